@@ -1,0 +1,55 @@
+"""What serves a task, behind one small interface. Engines are synchronous (the miner runs them
+in worker threads); GPU libraries are imported only when a GPU back end is chosen."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from core.capacity import TaskEntry
+from core.protocol import ChatRequest, ChatToken, ImageRequest
+from core.tasks import TASKS, Kind
+
+
+class ChatEngine(Protocol):
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The prompt as the model's tokenizer counts it (the units charged for it)."""
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatToken]:
+        """Completion tokens one by one, sampled with the request's seed, temperature and top-p."""
+
+
+class ImageEngine(Protocol):
+    def generate(self, request: ImageRequest) -> list[bytes]:
+        """PNG bytes, one per image, generated with the request's seed and steps."""
+
+
+Engine = ChatEngine | ImageEngine
+
+
+def tiny_seed(task_id: str) -> int:
+    """Tasks that name one production model share one tiny model, as they would share weights."""
+    return zlib.crc32(TASKS[task_id].model.encode())
+
+
+def load_engine(task_id: str, entry: TaskEntry) -> Engine:
+    """The engine a capacity-file entry asks for: ``model`` is a local path (or hub id for the GPU
+    back ends); with the cpu back end and no model, a tiny model is built from configs."""
+    kind = TASKS[task_id].kind
+    if kind is Kind.CHAT:
+        if entry.backend == "vllm":
+            raise NotImplementedError("the vllm back end is not built yet (issue 4)")
+        from core.backends.transformers_chat import TransformersChat
+
+        if entry.model:
+            return TransformersChat.from_pretrained(entry.model)
+        return TransformersChat.tiny(tiny_seed(task_id))
+    from core.backends.diffusers_images import DiffusersImages
+
+    if entry.backend == "vllm":
+        raise ValueError(f"task {task_id}: the vllm back end serves chat tasks only")
+    device = "cuda" if entry.backend == "diffusers" else "cpu"
+    if entry.model:
+        return DiffusersImages.from_pretrained(entry.model, kind, device=device)
+    return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed(task_id)), kind)

@@ -1,0 +1,77 @@
+"""Chat on transformers: a plain sampling loop with a KV cache, so every token comes with the
+model's log-probability and the stream is deterministic for a seed (CPU back end; the validator's
+CPU reference for checking reuses ``token_logprobs``)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import torch
+
+from core.protocol import ChatMessage, ChatRequest, ChatToken
+
+
+class TransformersChat:
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        # transformers renamed past_key_values to cache (5.2x); vllm's pin keeps older releases
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def tiny(cls, seed: int) -> TransformersChat:
+        from core.backends import tiny
+
+        return cls(tiny.chat_model(seed), tiny.chat_tokenizer())
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> TransformersChat:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+
+    def save_pretrained(self, path: str) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def render(self, messages: list[ChatMessage]) -> str:
+        """The prompt text: the tokenizer's own chat template when it has one."""
+        turns = [m.model_dump() for m in messages]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in turns) + "<|assistant|>"
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        return self.tokenizer(self.render(request.messages), add_special_tokens=False)["input_ids"]
+
+    @torch.inference_mode()
+    def stream(self, request: ChatRequest) -> Iterator[ChatToken]:
+        ids = torch.tensor([self.prompt_ids(request)])
+        generator = torch.Generator().manual_seed(request.seed)
+        past = None
+        eos = self.tokenizer.eos_token_id
+        for _ in range(request.max_tokens):
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: past})
+            past = getattr(out, self._cache_kw)
+            logits = out.logits[0, -1].float()
+            token = sample(logits, request.temperature, request.top_p, generator)
+            logprob = torch.log_softmax(logits, -1)[token].item()
+            yield ChatToken(token_id=token, text=self.tokenizer.decode([token]), logprob=logprob)
+            if token == eos:
+                return
+            ids = torch.tensor([[token]])
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float,
+           generator: torch.Generator) -> int:
+    """One token: greedy at temperature 0, else nucleus sampling from the tempered distribution."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, -1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,170 @@
+"""Capacity declarations: the miner's YAML (parse, validate) and the clamp both sides apply.
+
+A bad file stops the miner with one message naming the file, the key, the line and what is
+allowed; nothing starts on a bad file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.tasks import TASK_IDS, TASKS
+
+BACKENDS = ("cpu", "vllm", "diffusers")
+
+
+class ConfigError(Exception):
+    """A capacity file that cannot be used; the message is meant for the operator as is."""
+
+
+Capacity = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+
+
+TaskId = Literal[TASK_IDS]  # type: ignore[valid-type]
+
+
+class TaskEntry(BaseModel):
+    """One served task: its capacity per period in the task's unit, and how it is served."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: Capacity
+    backend: Literal["cpu", "vllm", "diffusers"] = "cpu"
+    group: str | None = None
+    model: str | None = None
+
+
+class GroupEntry(BaseModel):
+    """Tasks on one GPU share its concurrency limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    concurrency: Annotated[int, Field(ge=1, strict=True)] = 1
+
+
+class MinerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[TaskId, TaskEntry]
+    groups: dict[str, GroupEntry] = {}
+
+    def undefined_group(self) -> tuple[str, str] | None:
+        """The first (task, group) whose group is not defined under 'groups', if any."""
+        for task_id, entry in self.tasks.items():
+            if entry.group is not None and entry.group not in self.groups:
+                return task_id, entry.group
+        return None
+
+    def declaration(self) -> dict[str, float]:
+        """What the miner advertises: each served task's capacity, clamped as validators will."""
+        return clamp_declaration({t: e.capacity for t, e in self.tasks.items()})
+
+
+def clamp_declaration(raw: Mapping[str, object]) -> dict[str, float]:
+    """SPEC §3.1: drop unknown tasks and non-numbers, clamp to [0, max], drop what rounds to 0."""
+    out: dict[str, float] = {}
+    for task_id, value in raw.items():
+        task = TASKS.get(task_id)
+        if task is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        clamped = task.clamp(float(value))
+        if clamped > 0:
+            out[task_id] = clamped
+    return out
+
+
+def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
+    """Per concurrency group: declared GPU-seconds per period over what the group can give.
+
+    A value above 1 means the tasks sharing that GPU together declare more than it can serve at
+    the production speed expectations, which the next network-wide audit will claw back.
+    """
+    seconds: dict[str, float] = {}
+    for task_id, entry in config.tasks.items():
+        if entry.group is None:
+            continue
+        task = TASKS[task_id]
+        requests = entry.capacity / task.units_per_synthetic
+        need = requests * task.expected_seconds(task.units_per_synthetic)
+        seconds[entry.group] = seconds.get(entry.group, 0.0) + need
+    return {
+        group: need / (period_seconds * config.groups[group].concurrency)
+        for group, need in seconds.items()
+    }
+
+
+def load_config(path: str | Path) -> MinerConfig:
+    """Read and validate a capacity YAML file, or raise ConfigError with one clear message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'tasks' key at the top level")
+    try:
+        config = MinerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(path, e, lines)) from None
+    if bad := config.undefined_group():
+        task_id, group = bad
+        line = lines.get(("tasks", task_id, "group"))
+        raise ConfigError(
+            f"{path}: line {line}: tasks.{task_id}.group: group {group!r} is not defined "
+            f"(allowed: {', '.join(config.groups) or 'define it under groups: with a concurrency'})"
+        )
+    return config
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Line (1-based) of every mapping key in a composed YAML tree, by its path."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            out[path] = key.start_mark.line + 1
+            out.update(_key_lines(value, path))
+    return out
+
+
+_ALLOWED = {
+    "capacity": "a number >= 0 in the task's unit (tokens or steps per period)",
+    "backend": f"one of {', '.join(BACKENDS)}",
+    "concurrency": "an integer >= 1",
+    "group": "the name of a group defined under 'groups'",
+}
+
+
+def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
+    """The first validation error as 'file: line N: key: problem; got X (allowed: ...)'."""
+    first = error.errors()[0]
+    loc = tuple(str(p) for p in first["loc"] if p != "[key]")
+    line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+    msg = first["msg"].removeprefix("Value error, ")
+    allowed = _ALLOWED.get(loc[-1]) if loc else None
+    got = first.get("input")
+    if first["type"] == "extra_forbidden":
+        msg, got = "unknown key", None
+        model = MinerConfig if len(loc) == 1 else TaskEntry if loc[0] == "tasks" else GroupEntry
+        allowed = ", ".join(model.model_fields)
+    elif first["type"] == "missing":
+        msg, got = "required key is missing", None
+    elif first["type"] == "literal_error":
+        msg, allowed = "unknown task", ", ".join(TASK_IDS)
+    elif isinstance(got, dict):
+        got = None
+    where = f": line {line}" if line else ""
+    shown = f"; got {got!r}" if got is not None else ""
+    tail = f" (allowed: {allowed})" if allowed else ""
+    return f"{path}{where}: {'.'.join(loc) or '(top level)'}: {msg}{shown}{tail}"

@@ -1,0 +1,70 @@
+"""Chain access behind one small interface (SPEC §3.1): the metagraph, blocks and their hashes,
+weights and serving. Two implementations: ``subtensor`` (bittensor, production) and ``local``
+(a subnet kept in a file, for development and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import bittensor as bt
+
+
+@dataclass(frozen=True)
+class Neuron:
+    uid: int
+    hotkey: str
+    coldkey: str
+    stake: float
+    validator_permit: bool
+    endpoint: str | None  # "http://host:port" the neuron serves on, or None
+    registered_at: int  # block
+
+
+@dataclass(frozen=True)
+class Metagraph:
+    block: int
+    neurons: tuple[Neuron, ...]
+
+    def by_hotkey(self, hotkey: str) -> Neuron | None:
+        return next((n for n in self.neurons if n.hotkey == hotkey), None)
+
+    def validators(self, min_stake: float = 0.0) -> list[Neuron]:
+        """Neurons with a validator permit and at least ``min_stake``."""
+        return [n for n in self.neurons if n.validator_permit and n.stake >= min_stake]
+
+
+class Chain(Protocol):
+    netuid: int
+
+    async def block(self) -> int: ...
+
+    async def block_hash(self, block: int) -> str: ...
+
+    async def block_time(self) -> float:
+        """Seconds per block."""
+
+    async def tempo(self) -> int:
+        """Blocks per epoch: weights are set at most once per epoch."""
+
+    async def metagraph(self) -> Metagraph: ...
+
+    async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:
+        """Raises on failure; the caller retries."""
+
+    async def serve(self, wallet: bt.Wallet, host: str, port: int) -> None:
+        """Announce the endpoint a miner serves on."""
+
+    async def close(self) -> None: ...
+
+
+def connect(network: str, netuid: int) -> Chain:
+    """A chain client: ``local:PATH`` for a local subnet file, else a bittensor network name or a
+    ws(s):// endpoint."""
+    if network.startswith("local:"):
+        from core.chain.local import LocalChain
+
+        return LocalChain(network.removeprefix("local:"))
+    from core.chain.subtensor import SubtensorChain
+
+    return SubtensorChain(network, netuid)

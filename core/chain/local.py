@@ -1,0 +1,161 @@
+"""A local subnet kept in a folder: ``subnet.json`` (neurons, stakes, endpoints) and
+``weights.jsonl`` (every weight vector set, with its block and time).
+
+Blocks advance with wall-clock time from the subnet's genesis, and each block's hash is derived
+from the subnet's random seed, so every process that reads the folder agrees on the block, its
+hash and the metagraph without a node. Weights go through bittensor's own clip and u16
+normalisation, as on chain. Writes are atomic and serialised by a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import bittensor as bt
+from bittensor.intents.weights import clip_to_max_weight, normalize
+
+from core.chain import Metagraph, Neuron
+
+U16_MAX = 65535
+
+
+class LocalChainError(Exception):
+    pass
+
+
+class LocalChain:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._state_path = self.folder / "subnet.json"
+        if not self._state_path.exists():
+            raise LocalChainError(f"{self._state_path}: no local subnet here (create one first)")
+        self.netuid = int(self._read()["netuid"])
+
+    # -- creation and registration (what btcli does on a real chain) --
+
+    @classmethod
+    def create(cls, folder: str | Path, *, netuid: int = 19, block_time: float = 1.0,
+               tempo: int = 10, max_weight_limit: float = 1.0) -> LocalChain:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "netuid": netuid,
+            "genesis": time.time(),
+            "seed": secrets.token_hex(16),
+            "block_time": block_time,
+            "tempo": tempo,
+            "max_weight_limit": max_weight_limit,
+            "neurons": [],
+        }
+        _atomic_write(folder / "subnet.json", state)
+        return cls(folder)
+
+    def register(self, hotkey: str, coldkey: str, *, stake: float = 0.0,
+                 validator_permit: bool = False, registered_at: int | None = None) -> int:
+        with self._locked() as state:
+            for n in state["neurons"]:
+                if n["hotkey"] == hotkey:
+                    return n["uid"]
+            uid = len(state["neurons"])
+            state["neurons"].append({
+                "uid": uid, "hotkey": hotkey, "coldkey": coldkey, "stake": float(stake),
+                "validator_permit": bool(validator_permit), "endpoint": None,
+                "registered_at": self._block_of(state) if registered_at is None else registered_at,
+            })
+            return uid
+
+    # -- the Chain interface --
+
+    async def block(self) -> int:
+        return self._block_of(self._read())
+
+    async def block_hash(self, block: int) -> str:
+        seed = self._read()["seed"]
+        return "0x" + hashlib.sha256(f"{seed}:{block}".encode()).hexdigest()
+
+    async def block_time(self) -> float:
+        return float(self._read()["block_time"])
+
+    async def tempo(self) -> int:
+        return int(self._read()["tempo"])
+
+    async def metagraph(self) -> Metagraph:
+        state = self._read()
+        return Metagraph(
+            block=self._block_of(state),
+            neurons=tuple(Neuron(**n) for n in state["neurons"]),
+        )
+
+    async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:
+        hotkey = wallet.hotkey.ss58_address
+        state = self._read()
+        me = next((n for n in state["neurons"] if n["hotkey"] == hotkey), None)
+        if me is None or not me["validator_permit"]:
+            raise LocalChainError(f"{hotkey} is not a registered validator with a permit")
+        uids = sorted(weights)
+        floats = [float(weights[u]) for u in uids]
+        limit = float(state["max_weight_limit"])
+        if limit < 1.0:
+            floats = clip_to_max_weight(floats, limit)
+        out_uids, values = normalize(uids, floats)
+        if not out_uids:
+            raise LocalChainError("all weights are zero; nothing to set")
+        record = {
+            "block": self._block_of(state), "time": time.time(), "hotkey": hotkey,
+            "uid": me["uid"], "weights": dict(zip(map(str, out_uids), values)),
+        }
+        with open(self.folder / "weights.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def serve(self, wallet: bt.Wallet, host: str, port: int) -> None:
+        hotkey = wallet.hotkey.ss58_address
+        with self._locked() as state:
+            for n in state["neurons"]:
+                if n["hotkey"] == hotkey:
+                    n["endpoint"] = f"http://{host}:{port}"
+                    return
+        raise LocalChainError(f"{hotkey} is not registered on the local subnet {self.folder}")
+
+    async def close(self) -> None:
+        return None
+
+    # -- reading what was set --
+
+    def weights_log(self) -> list[dict]:
+        """Every weight vector set so far, oldest first (u16 values by uid)."""
+        path = self.folder / "weights.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # -- internals --
+
+    def _read(self) -> dict:
+        return json.loads(self._state_path.read_text())
+
+    @staticmethod
+    def _block_of(state: dict) -> int:
+        return int((time.time() - state["genesis"]) / state["block_time"])
+
+    @contextmanager
+    def _locked(self):
+        with open(self.folder / "subnet.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._read()
+            yield state
+            _atomic_write(self._state_path, state)
+
+
+def _atomic_write(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)

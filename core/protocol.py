@@ -1,0 +1,140 @@
+"""The synapses (SPEC §6): pydantic request/response models, one endpoint each, all versioned.
+
+Miner and validator meet only here. A message of another major version is refused with a clear
+4xx by the miner and skipped by the validator.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.tasks import TASKS, Kind
+
+PROTOCOL_VERSION = "4.0.0"
+MAJOR = int(PROTOCOL_VERSION.split(".")[0])
+
+# One endpoint per synapse; the task kind names the endpoint of its work.
+CAPACITY_PATH = "/capacity"
+PATHS: dict[Kind, str] = {
+    Kind.CHAT: "/chat",
+    Kind.TEXT_TO_IMAGE: "/text-to-image",
+    Kind.IMAGE_TO_IMAGE: "/image-to-image",
+    Kind.INPAINT: "/inpaint",
+}
+
+MAX_PROMPT_CHARS = 16_000
+MAX_IMAGE_B64_CHARS = 8_000_000
+
+
+def major_of(version: str) -> int | None:
+    """The major number of a version string, or None when it is not one."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def task_path(task_id: str) -> str:
+    return PATHS[TASKS[task_id].kind]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = PROTOCOL_VERSION
+
+
+class CapacityRequest(Message):
+    pass
+
+
+class CapacityResponse(Message):
+    """A miner's declaration: per task, the most units it serves in one period, all validators
+    together; each validator takes its stake share (SPEC §3.2)."""
+
+    hotkey: str
+    capacities: dict[str, float]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+
+
+class ChatRequest(Message):
+    task: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+
+
+class ChatToken(BaseModel):
+    """One streamed token: its id and text and the model's log-probability of it."""
+
+    token_id: int
+    text: str
+    logprob: float
+
+
+class ChatChunk(Message):
+    """A line of the chat stream: tokens, then a final line with ``done`` and the units charged."""
+
+    tokens: list[ChatToken] = []
+    done: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def units(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ImageRequest(Message):
+    task: str
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
+    steps: Annotated[int, Field(ge=1, le=200)]
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1024
+    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1024
+    guidance_scale: Annotated[float, Field(ge=0.0, le=30.0)] = 7.0
+    num_images: Annotated[int, Field(ge=1, le=4)] = 1
+
+    @property
+    def units(self) -> int:
+        """SPEC §1: image tasks count denoising steps x images."""
+        return self.steps * self.num_images
+
+
+class TextToImageRequest(ImageRequest):
+    pass
+
+
+class ImageToImageRequest(ImageRequest):
+    init_image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+
+
+class InpaintRequest(ImageRequest):
+    init_image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    mask_image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+
+
+class ImageResponse(Message):
+    images: list[str]  # PNG, base64
+    units: int
+
+
+class ErrorResponse(Message):
+    error: str
+
+
+REQUEST_MODELS: dict[Kind, type[Message]] = {
+    Kind.CHAT: ChatRequest,
+    Kind.TEXT_TO_IMAGE: TextToImageRequest,
+    Kind.IMAGE_TO_IMAGE: ImageToImageRequest,
+    Kind.INPAINT: InpaintRequest,
+}
