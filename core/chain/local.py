@@ -42,12 +42,14 @@ class LocalChain:
 
     @classmethod
     def create(cls, folder: str | Path, *, netuid: int = 19, block_time: float = 1.0,
-               tempo: int = 10, max_weight_limit: float = 1.0) -> LocalChain:
+               tempo: int = 10, max_weight_limit: float = 1.0, age_blocks: int = 0) -> LocalChain:
+        """A new subnet; ``age_blocks`` back-dates its genesis, so neurons registered at block 0
+        are that old (established, not young, in SPEC §3.3's terms)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "netuid": netuid,
-            "genesis": time.time(),
+            "genesis": time.time() - age_blocks * block_time,
             "seed": secrets.token_hex(16),
             "block_time": block_time,
             "tempo": tempo,

@@ -1,0 +1,1 @@
+"""The miner's HTTP service: signed synapse endpoints in front of the task back ends."""

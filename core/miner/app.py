@@ -1,0 +1,232 @@
+"""The miner's FastAPI app: the capacity synapse and one endpoint per task kind.
+
+Every request is verified (btauth/1 signature addressed to this miner: 401; a registered validator
+with a permit and the minimum stake: 403), checked for the protocol's major version (400), held to
+the caller's stake share of the declaration (429 with Retry-After), then served by the task's
+engine in a worker thread within its concurrency group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from core.backends import ChatEngine, Engine, ImageEngine
+from core.budget import stake_share
+from core.capacity import MinerConfig
+from core.chain import Chain, Metagraph
+from core.miner.limits import Ledger, Slots
+from core.protocol import (CAPACITY_PATH, MAJOR, PATHS, PROTOCOL_VERSION, REQUEST_MODELS,
+                           CapacityResponse, ChatChunk, ChatRequest, ErrorResponse, ImageResponse,
+                           major_of)
+from core.tasks import TASKS, Kind
+from core.transport.auth import Gate, Refused
+
+log = logging.getLogger("miner")
+
+
+@dataclass
+class MinerState:
+    """What the endpoints share: the declaration, engines, limits and the cached metagraph."""
+
+    hotkey: str
+    config: MinerConfig
+    engines: dict[str, Engine]
+    chain: Chain
+    gate: Gate
+    period_blocks: int
+    slots: Slots
+    ledger: Ledger = field(default_factory=Ledger)
+    metagraph: Metagraph | None = None
+    synced_at: float = 0.0
+    block_time: float = 12.0
+
+    async def sync(self) -> None:
+        self.metagraph = await self.chain.metagraph()
+        self.block_time = await self.chain.block_time()
+        self.synced_at = time.monotonic()
+
+    def block(self) -> float:
+        elapsed = time.monotonic() - self.synced_at
+        return self.metagraph.block + elapsed / self.block_time
+
+    def period(self) -> tuple[int, float]:
+        """The current period and the seconds left in it."""
+        block = self.block()
+        period = int(block // self.period_blocks)
+        return period, ((period + 1) * self.period_blocks - block) * self.block_time
+
+
+def refuse(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=reason).model_dump(), status_code=status, headers=headers)
+
+
+def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None) -> FastAPI:
+    """``announce``: (wallet, host, port) to serve on chain at start-up, or None."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if announce is not None:
+            await state.chain.serve(*announce)
+        await state.sync()
+
+        async def keep_synced():
+            while True:
+                await asyncio.sleep(sync_interval_s)
+                try:
+                    await state.sync()
+                except Exception as e:  # the chain may be briefly unreachable: keep serving
+                    log.warning("metagraph sync failed: %s", e)
+
+        task = asyncio.create_task(keep_synced())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
+    declaration = state.config.declaration()
+
+    async def admit(request: Request, kind: Kind | None):
+        """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
+        body = await request.body()
+        try:
+            validator = state.gate.admit(request.headers, body, request.method,
+                                         request.url.path, state.metagraph)
+        except Refused as e:
+            return refuse(e.status, e.reason)
+        try:
+            raw = json.loads(body or b"{}")
+        except ValueError:
+            return refuse(400, "body is not JSON")
+        version = raw.get("version", "") if isinstance(raw, dict) else ""
+        if major_of(str(version)) != MAJOR:
+            return refuse(400, f"protocol version {version!r} is not supported; this miner "
+                               f"speaks {PROTOCOL_VERSION} (major {MAJOR})")
+        if kind is None:
+            return validator, None
+        try:
+            message = REQUEST_MODELS[kind].model_validate(raw)
+        except ValidationError as e:
+            return JSONResponse({"version": PROTOCOL_VERSION, "error": "invalid request",
+                                 "detail": json.loads(e.json(include_url=False))}, 422)
+        task = TASKS.get(message.task)
+        if task is None or task.kind is not kind or message.task not in state.engines:
+            return refuse(404, f"task {message.task!r} is not served at {PATHS[kind]}")
+        return validator, message
+
+    def reserve(validator, task: str, units: float):
+        """Reserve units against the caller's share: the period, or a 429 Response."""
+        period, left_s = state.period()
+        allowance = declaration.get(task, 0.0) * stake_share(state.metagraph, validator.hotkey)
+        if not state.ledger.reserve(validator.hotkey, task, units, allowance, period):
+            return refuse(429, f"this validator's share of {task} is used up for this period",
+                          {"Retry-After": str(max(1, round(left_s)))})
+        return period
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "hotkey": state.hotkey, "version": PROTOCOL_VERSION}
+
+    @app.post(CAPACITY_PATH, response_model=CapacityResponse)
+    async def capacity(request: Request):
+        admitted = await admit(request, None)
+        if isinstance(admitted, Response):
+            return admitted
+        return CapacityResponse(hotkey=state.hotkey, capacities=declaration)
+
+    @app.post(PATHS[Kind.CHAT])
+    async def chat(request: Request):
+        admitted = await admit(request, Kind.CHAT)
+        if isinstance(admitted, Response):
+            return admitted
+        validator, message = admitted
+        engine: ChatEngine = state.engines[message.task]
+        prompt = len(engine.prompt_ids(message))
+        reserved = prompt + message.max_tokens
+        period = reserve(validator, message.task, reserved)
+        if isinstance(period, Response):
+            return period
+        if not await state.slots.acquire(message.task):
+            state.ledger.release(validator.hotkey, message.task, reserved, period)
+            return refuse(429, f"{message.task} is at its concurrency limit", {"Retry-After": "1"})
+
+        async def lines() -> AsyncIterator[bytes]:
+            produced = 0
+            try:
+                async for token in _in_thread(engine.stream(message)):
+                    produced += 1
+                    yield ChatChunk(tokens=[token]).model_dump_json().encode() + b"\n"
+                yield ChatChunk(done=True, prompt_tokens=prompt,
+                                completion_tokens=produced).model_dump_json().encode() + b"\n"
+            finally:
+                state.slots.release(message.task)
+                state.ledger.release(validator.hotkey, message.task, reserved - prompt - produced, period)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def image(request: Request, kind: Kind):
+        admitted = await admit(request, kind)
+        if isinstance(admitted, Response):
+            return admitted
+        validator, message = admitted
+        engine: ImageEngine = state.engines[message.task]
+        period = reserve(validator, message.task, message.units)
+        if isinstance(period, Response):
+            return period
+        if not await state.slots.acquire(message.task):
+            state.ledger.release(validator.hotkey, message.task, message.units, period)
+            return refuse(429, f"{message.task} is at its concurrency limit", {"Retry-After": "1"})
+        try:
+            images = await asyncio.to_thread(engine.generate, message)
+        except Exception as e:
+            state.ledger.release(validator.hotkey, message.task, message.units, period)
+            if isinstance(e, ValueError):  # e.g. an init image that does not decode
+                return refuse(422, f"cannot use this request: {e}")
+            log.exception("%s failed", message.task)
+            return refuse(500, f"{message.task} failed: {type(e).__name__}")
+        finally:
+            state.slots.release(message.task)
+        return ImageResponse(images=[base64.b64encode(i).decode() for i in images],
+                             units=message.units)
+
+    def image_endpoint(kind: Kind):
+        async def endpoint(request: Request):
+            return await image(request, kind)
+
+        return endpoint
+
+    for kind in (Kind.TEXT_TO_IMAGE, Kind.IMAGE_TO_IMAGE, Kind.INPAINT):
+        app.post(PATHS[kind], response_model=ImageResponse)(image_endpoint(kind))
+
+    return app
+
+
+async def _in_thread(iterator) -> AsyncIterator:
+    """Drive a blocking iterator in a worker thread, yielding its items on the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def pump():
+        try:
+            for item in iterator:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as e:  # surface the engine's error in the stream's task
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    worker = loop.run_in_executor(None, pump)
+    while (item := await queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    await worker

@@ -1,0 +1,51 @@
+"""Per-request records and their summary into a contender's period outcome (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from core.scoring import PeriodOutcome
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    RATE_LIMITED = "429"
+    SERVER_ERROR = "5xx"
+    TIMEOUT = "timeout"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    period: int
+    hotkey: str
+    task: str
+    organic: bool
+    outcome: Outcome
+    units: float  # served units when ok, else the units asked for
+    latency_s: float
+    quality: float | None = None  # set for checked results
+    at: float = 0.0  # unix time sent
+
+
+def summarize(records: Iterable[RequestRecord], declared: float, budget: float, f: float,
+              audit: bool) -> PeriodOutcome:
+    """One contender's period: units by outcome, and the checked quality. Timeouts and invalid
+    answers count with server errors."""
+    good = refused = failed = q_sum = 0.0
+    q_n = 0
+    for r in records:
+        if r.outcome is Outcome.OK:
+            good += r.units
+        elif r.outcome is Outcome.RATE_LIMITED:
+            refused += r.units
+        else:
+            failed += r.units
+        if r.quality is not None:
+            q_sum += r.quality
+            q_n += 1
+    return PeriodOutcome(declared=declared, budget=budget, f=f, audit=audit,
+                         consumed=good + refused + failed, good=good, refused=refused,
+                         failed=failed, quality_sum=q_sum, quality_n=q_n)

@@ -1,0 +1,1 @@
+"""The validator: capacities in, synthetic plan out, outcomes scored, weights set."""

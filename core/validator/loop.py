@@ -1,0 +1,226 @@
+"""The validator's period loop (SPEC §3): sync, fetch capacities, plan, send, score, set weights.
+
+Every step of a period is stored as it happens (the plan when the period starts, each request
+when it ends, contender states when the period closes), so a restarted validator resumes the
+period it was in: it rebuilds the plan from the store and sends only what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import bittensor as bt
+
+from core import plan
+from core.budget import Contender, contenders, stake_share
+from core.chain import Chain, Metagraph
+from core.records import summarize
+from core.scoring import ContenderState, advance, effective, weights
+from core.storage.sqlite import SqliteStore
+from core.transport.client import SignedClient
+from core.validator.dispatch import fetch_capacities, send
+from core.validator.report import period_table
+from core.tasks import TASKS
+from core.validator.synthetic import min_units, synthetic_request
+
+log = logging.getLogger("validator")
+
+
+@dataclass(frozen=True)
+class Settings:
+    period_blocks: int = 300
+    capacity_timeout_s: float = 12.0
+    max_concurrency: int = 64
+    image_size: int = 1024
+    retention_periods: int = 96
+    min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
+    weight_retries: int = 3
+
+
+class Validator:
+    def __init__(self, wallet: bt.Wallet, chain: Chain, store: SqliteStore, settings: Settings):
+        self.wallet = wallet
+        self.keypair = wallet.hotkey  # loaded once; signing with it is ~30x cheaper
+        self.chain = chain
+        self.store = store
+        self.settings = settings
+        self.client = SignedClient(self.keypair, max_connections=settings.max_concurrency * 2)
+        self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
+
+    @property
+    def hotkey(self) -> str:
+        return self.keypair.ss58_address
+
+    async def run(self, periods: int | None = None) -> None:
+        """Run periods back to back; ``periods`` stops after that many (None: forever)."""
+        done = 0
+        try:
+            while periods is None or done < periods:
+                period, left = await self._current()
+                info = self.store.period(period)
+                if info and info["finished"]:
+                    await asyncio.sleep(left)
+                    continue
+                if info is None and left < self.settings.min_period_share * await self._period_s():
+                    log.info("period %d has %.0fs left: waiting for the next one", period, left)
+                    await asyncio.sleep(left)
+                    continue
+                await self.run_period(period)
+                done += 1
+        finally:
+            await self.client.close()
+
+    async def _period_s(self) -> float:
+        return self.settings.period_blocks * await self.chain.block_time()
+
+    async def _current(self) -> tuple[int, float]:
+        block = await self.chain.block()
+        period = block // self.settings.period_blocks
+        end = (period + 1) * self.settings.period_blocks
+        return period, (end - block) * await self.chain.block_time()
+
+    async def run_period(self, period: int) -> None:
+        metagraph = await self.chain.metagraph()
+        targets, share = await self._plan(period, metagraph)
+        _, left = await self._current()
+        deadline = time.monotonic() + left
+        records = self.store.records(period)
+        used: dict[tuple[str, str], float] = defaultdict(float)
+        for r in records:
+            used[(r.hotkey, r.task)] += r.units
+        sends = plan.schedule(targets, dict(used), left, self.rng)
+        need = plan.required_concurrency(sends, left)
+        if need > self.settings.max_concurrency:
+            log.warning("period %d: the plan needs ~%.0f requests in flight at production speed, "
+                        "over --max-concurrency %d: it cannot all be sent in time",
+                        period, need, self.settings.max_concurrency)
+        log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
+                 period, len(targets), share, len(sends), " (resumed)" if records else "")
+        await self._send_all(period, metagraph, sends, used, deadline)
+        await self._top_up(period, metagraph, targets, used, deadline)
+        await asyncio.sleep(max(deadline - time.monotonic(), 0))
+        await self._close(period, targets, share, metagraph)
+
+    async def _plan(self, period: int, metagraph: Metagraph) -> tuple[list[plan.Target], float]:
+        """This period's targets: from the store when resuming, else drawn and stored now."""
+        info = self.store.period(period)
+        if info is not None:
+            targets = [
+                plan.Target(Contender(uid, hk, task, declared, budget, reg), f, bool(audit), reason)
+                for uid, hk, task, declared, budget, f, audit, reason, reg in self.store.targets(period)
+            ]
+            return targets, info["share"]
+        start = period * self.settings.period_blocks
+        block_hash = await self.chain.block_hash(start)
+        share = stake_share(metagraph, self.hotkey)
+        miners = [n for n in metagraph.neurons if n.hotkey != self.hotkey]
+        declared = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s)
+        audited = {key for key, s in self.store.states().items() if s.audited}
+        targets = plan.targets(contenders(metagraph, declared, share), block_hash,
+                               metagraph.block, self.settings.period_blocks, audited)
+        self.store.begin_period(period, start, block_hash, share, time.time(), targets)
+        return targets, share
+
+    async def _send_one(self, period: int, metagraph: Metagraph, s: plan.Send,
+                        used: dict[tuple[str, str], float]) -> None:
+        """Send one synthetic request and record it; ``s.units`` were reserved in ``used``."""
+        c = s.target.contender
+        message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size)
+        async with self._gate:
+            record = await send(self.client, metagraph.by_hotkey(c.hotkey), period, message, s.units)
+        self.store.record(record)
+        used[(c.hotkey, c.task)] += record.units - s.units
+
+    async def _send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
+                        used: dict[tuple[str, str], float], deadline: float) -> None:
+        """Send each request at its time; stop a contender once its planned units are used."""
+        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
+        t0 = time.monotonic()
+        in_flight: set[asyncio.Task] = set()
+
+        for s in sends:
+            await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
+            if time.monotonic() >= deadline:
+                break
+            c = s.target.contender
+            key = (c.hotkey, c.task)
+            if used[key] >= s.target.units or used[key] + s.units > c.budget:
+                continue
+            used[key] += s.units
+            task = asyncio.create_task(self._send_one(period, metagraph, s, used))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _top_up(self, period: int, metagraph: Metagraph, targets: list[plan.Target],
+                      used: dict[tuple[str, str], float], deadline: float) -> None:
+        """Chat answers may serve fewer units than planned (a shorter prompt, an early stop):
+        send what is still missing of ``f x budget``, so an honest miner shows all it can.
+        Refused or failed requests count their full units, so a failing miner gets no more."""
+        for _ in range(3):
+            sends = []
+            for t in targets:
+                c = t.contender
+                key = (c.hotkey, c.task)
+                missing = min(t.units, c.budget) - used[key]
+                if missing >= min_units(c.task):
+                    units = int(min(missing, TASKS[c.task].units_per_synthetic))
+                    sends.append(plan.Send(0.0, t, units))
+                    used[key] += units
+            if not sends or time.monotonic() >= deadline:
+                return
+            await asyncio.gather(*(self._send_one(period, metagraph, s, used) for s in sends),
+                                 return_exceptions=True)
+
+    async def _close(self, period: int, targets: list[plan.Target], share: float,
+                     metagraph: Metagraph) -> None:
+        """Score the period, store every contender's state, set weights."""
+        by_key = defaultdict(list)
+        for r in self.store.records(period):
+            by_key[(r.hotkey, r.task)].append(r)
+        states = self.store.states()
+        new_states: dict[tuple[str, str], ContenderState] = {}
+        rows = []
+        for t in targets:
+            c = t.contender
+            key = (c.hotkey, c.task)
+            outcome = summarize(by_key[key], c.declared, c.budget, t.f, t.audit)
+            new_states[key] = advance(states.get(key, ContenderState()), outcome, share)
+            rows.append((t, outcome, new_states[key], len(by_key[key])))
+        self.store.finish_period(period, new_states)
+        eff = {(t.contender.uid, t.contender.task): effective(new_states[(t.contender.hotkey,
+               t.contender.task)]) for t in targets}
+        vector = weights(eff, len(metagraph.neurons))
+        print(period_table(period, rows, vector), flush=True)
+        await self._set_weights(vector)
+        self.store.prune(period - self.settings.retention_periods)
+
+    async def _set_weights(self, vector) -> None:
+        """Once per epoch, never from an all-zero table, retried with backoff."""
+        if vector.sum() <= 0:
+            log.warning("no contender has effective capacity yet (no audit passed, or nothing "
+                        "served): weights not set")
+            return
+        block = await self.chain.block()
+        last = self.store.last_weights_block()
+        if last is not None and block - last < await self.chain.tempo():
+            log.info("weights were set at block %d; next after one epoch", last)
+            return
+        weights_by_uid = {uid: float(w) for uid, w in enumerate(vector) if w > 0}
+        for attempt in range(self.settings.weight_retries):
+            try:
+                await self.chain.set_weights(self.wallet, weights_by_uid)
+                self.store.note_weights(block, time.time(), weights_by_uid)
+                log.info("weights set at block %d for %d uids", block, len(weights_by_uid))
+                return
+            except Exception as e:
+                delay = 2 ** attempt
+                log.warning("setting weights failed (%s); retrying in %ds", e, delay)
+                await asyncio.sleep(delay)
+        log.error("weights not set after %d attempts", self.settings.weight_retries)

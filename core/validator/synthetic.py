@@ -1,0 +1,66 @@
+"""Synthetic requests: the validator's own work for a contender, sized to the task's units per
+synthetic request, with prompts and seeds the miner cannot predict."""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from core.protocol import (ChatMessage, ChatRequest, ImageToImageRequest, InpaintRequest, Message,
+                           TextToImageRequest)
+from core.tasks import TASKS, Kind
+
+WORDS = ("river mountain quiet city lantern forest ocean copper violet engine garden winter "
+         "harbor signal meadow thunder glass orchard desert comet library bridge marble echo "
+         "falcon canyon velvet circuit island summer shadow crystal").split()
+CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units left for the rendered prompt
+
+
+def min_units(task_id: str) -> int:
+    """The smallest request worth sending: a chat request's prompt alone costs about the
+    allowance, so a smaller one would overshoot what it was sized for."""
+    return CHAT_PROMPT_ALLOWANCE + 1 if TASKS[task_id].kind is Kind.CHAT else 1
+
+
+def prompt(rng: random.Random, n: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@lru_cache(maxsize=32)
+def _init_image(size: int, variant: int) -> tuple[str, str]:
+    """A noise image and a rectangular mask (base64 PNGs) for image-to-image and inpaint."""
+    rng = np.random.default_rng(variant)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+
+    def b64(array, mode):
+        buf = io.BytesIO()
+        Image.fromarray(array, mode).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    return b64(pixels, "RGB"), b64(mask, "L")
+
+
+def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int) -> Message:
+    """A request worth about ``units`` of the task (exactly, for image tasks)."""
+    kind = TASKS[task_id].kind
+    seed = rng.getrandbits(63)
+    if kind is Kind.CHAT:
+        return ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt(rng))],
+                           max_tokens=max(1, units - CHAT_PROMPT_ALLOWANCE),
+                           temperature=rng.choice((0.0, 0.7, 1.0)), top_p=rng.choice((0.9, 1.0)),
+                           seed=seed)
+    common = dict(task=task_id, prompt=prompt(rng), steps=units, seed=seed, height=image_size,
+                  width=image_size)
+    if kind is Kind.TEXT_TO_IMAGE:
+        return TextToImageRequest(**common)
+    image, mask = _init_image(image_size, rng.randrange(8))
+    if kind is Kind.IMAGE_TO_IMAGE:
+        return ImageToImageRequest(**common, init_image=image)
+    return InpaintRequest(**common, init_image=image, mask_image=mask)

@@ -1,0 +1,132 @@
+"""Run a Subnet 19 miner: serve the tasks declared in a capacity YAML over signed HTTP.
+
+    python neurons/miner.py --config miner_config/default.yml --wallet-name miner --network finney
+    python neurons/miner.py --config miner_config/default.yml --check-config
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core.capacity import ConfigError, group_load, load_config
+from core.tasks import TASKS
+
+log = logging.getLogger("miner")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Subnet 19 miner: advertises the capacities declared in --config and serves "
+                    "those tasks to validators over hotkey-signed HTTP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default="miner_config/default.yml",
+                   help="capacity YAML: per task its capacity per period, back end, group, model")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate --config and the back ends' settings, print the effective "
+                        "declaration, and exit (0 if usable, 1 if not)")
+    p.add_argument("--network", default="finney",
+                   help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
+                        "subnet folder (scripts/localnet.py makes one)")
+    p.add_argument("--netuid", type=int, default=19, help="subnet uid")
+    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
+    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
+    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=8091, help="port to listen on")
+    p.add_argument("--external-host", default=None,
+                   help="address announced on chain for validators to reach (default: --host)")
+    p.add_argument("--no-announce", action="store_true",
+                   help="do not announce host:port on chain at start-up (already served)")
+    p.add_argument("--period-blocks", type=int, default=300,
+                   help="blocks per scoring period, as validators use (300 = 60 min at 12 s)")
+    p.add_argument("--min-stake", type=float, default=1000.0,
+                   help="minimum stake of a validator this miner answers (others get 403)")
+    p.add_argument("--queue-wait", type=float, default=30.0,
+                   help="seconds a request may wait for a free slot in its concurrency group "
+                        "before it is answered 429")
+    p.add_argument("--sync-interval", type=float, default=12.0,
+                   help="seconds between metagraph syncs (stakes, permits)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="CPU threads per engine for the cpu back end (0: torch's default)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p.parse_args(argv)
+
+
+def check_config(args) -> int:
+    """Print the effective declaration and any warnings; 0 if the file is usable."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    print(f"{'task':<30} {'declared':>10} {'clamped':>10}  unit    backend    group")
+    effective = config.declaration()
+    for task_id, entry in config.tasks.items():
+        task = TASKS[task_id]
+        print(f"{task_id:<30} {entry.capacity:>10g} {effective.get(task_id, 0):>10g}  "
+              f"{task.unit.value:<7} {entry.backend:<10} {entry.group or '-'}")
+        if entry.capacity > task.max_capacity:
+            print(f"  warning: {task_id} declares more than the maximum {task.max_capacity}; "
+                  f"validators clamp it")
+        if 0 < entry.capacity < 1:
+            print(f"  warning: {task_id} declares under one unit; validators count it as 0")
+    period_s = args.period_blocks * 12.0
+    for group, load in group_load(config, period_s).items():
+        if load > 1:
+            print(f"  warning: group {group!r} declares {load:.1f}x what its GPU can serve in a "
+                  f"{period_s / 60:g}-minute period at production speed; tasks sharing a GPU "
+                  f"must together declare what it serves, or the next audit claws it back")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.check_config:
+        return check_config(args)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    import bittensor as bt
+    import uvicorn
+
+    from core.backends import load_engine
+    from core.chain import connect
+    from core.miner.app import MinerState, build_app
+    from core.miner.limits import Slots
+    from core.transport.auth import Gate
+
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
+    hotkey = wallet.hotkey  # load once: signing with the keypair is ~30x cheaper than the Wallet
+    chain = connect(args.network, args.netuid)
+    engines = {}
+    for task_id, entry in config.tasks.items():
+        log.info("loading %s on the %s back end", task_id, entry.backend)
+        engines[task_id] = load_engine(task_id, entry)
+    slots = Slots({g: e.concurrency for g, e in config.groups.items()},
+                  {t: e.group for t, e in config.tasks.items()}, args.queue_wait)
+    state = MinerState(hotkey=hotkey.ss58_address, config=config, engines=engines, chain=chain,
+                       gate=Gate(hotkey.ss58_address, min_stake=args.min_stake),
+                       period_blocks=args.period_blocks, slots=slots)
+    announce = None if args.no_announce else (wallet, args.external_host or args.host, args.port)
+    log.info("serving %s as %s on %s:%d", ", ".join(engines), hotkey.ss58_address,
+             args.host, args.port)
+    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce), host=args.host,
+                port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

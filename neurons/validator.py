@@ -1,0 +1,77 @@
+"""Run a Subnet 19 validator: each period, ask every miner for its capacities, test its stake
+share of them with synthetic requests, score against the declaration, and set weights.
+
+    python neurons/validator.py --wallet-name validator --network finney
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Subnet 19 validator: scores miners against their declared capacities "
+                    "and sets weights on chain.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--network", default="finney",
+                   help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
+                        "subnet folder (scripts/localnet.py makes one)")
+    p.add_argument("--netuid", type=int, default=19, help="subnet uid")
+    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
+    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
+    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    p.add_argument("--db", default="~/.sn19/validator.sqlite3",
+                   help="SQLite file for request records and scores (kept across restarts)")
+    p.add_argument("--period-blocks", type=int, default=300,
+                   help="blocks per scoring period (300 = 60 min at 12 s); miners use the same")
+    p.add_argument("--capacity-timeout", type=float, default=12.0,
+                   help="seconds to wait for each miner's capacity synapse")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="synthetic requests in flight at once")
+    p.add_argument("--image-size", type=int, default=1024,
+                   help="width and height of synthetic image requests (pixels, multiple of 8)")
+    p.add_argument("--retention-periods", type=int, default=96,
+                   help="periods of request records kept before pruning")
+    p.add_argument("--periods", type=int, default=None,
+                   help="stop after this many periods (default: run until stopped)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import bittensor as bt
+
+    from core.chain import connect
+    from core.storage.sqlite import SqliteStore, StorageError
+    from core.validator.loop import Settings, Validator
+
+    try:
+        store = SqliteStore(Path(args.db).expanduser())
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
+    settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
+                        max_concurrency=args.max_concurrency, image_size=args.image_size,
+                        retention_periods=args.retention_periods)
+    validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
+    try:
+        asyncio.run(validator.run(args.periods))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

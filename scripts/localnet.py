@@ -1,0 +1,160 @@
+"""Run the whole mission on one machine: a local subnet with 3 miners and 1 validator.
+
+Creates real bittensor wallets and a local subnet folder, starts each neuron as its own process on
+127.0.0.1 (the same neurons, synapses and HTTP stack as on the network), runs --periods short
+periods, prints each period's table and the weights set, stops every process it started, and
+exits non-zero if anything failed.
+
+    python scripts/localnet.py --periods 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import bittensor as bt
+
+from core.chain.local import LocalChain
+
+ROOT = Path(__file__).resolve().parent.parent
+MINERS = ("small", "medium", "large")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--periods", type=int, default=2, help="periods to run before stopping")
+    p.add_argument("--dir", default="localnet",
+                   help="folder for wallets, the subnet file, the database and logs (recreated)")
+    p.add_argument("--period-blocks", type=int, default=30, help="blocks per period")
+    p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
+    p.add_argument("--startup-timeout", type=float, default=180.0,
+                   help="seconds to wait for the miners to answer")
+    return p.parse_args(argv)
+
+
+def make_wallet(path: Path, name: str) -> bt.Wallet:
+    wallet = bt.Wallet(name, "default", str(path))
+    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    return wallet
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"a miner exited with {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the miner on port {port} did not answer in time")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    base = Path(args.dir).resolve()
+    shutil.rmtree(base, ignore_errors=True)
+    wallets_dir, chain_dir, logs = base / "wallets", base / "chain", base / "logs"
+    logs.mkdir(parents=True)
+    # Back-date genesis so the miners are established UIDs: the new validator, with no audit of
+    # them on record, audits each in its first period (SPEC §3.3's local first audit).
+    chain = LocalChain.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
+                              age_blocks=25 * args.period_blocks)
+    validator = make_wallet(wallets_dir, "validator")
+    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
+                   stake=10_000.0, validator_permit=True, registered_at=0)
+    common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
+              "--period-blocks", str(args.period_blocks), "--log-level", "WARNING"]
+    procs: list[subprocess.Popen] = []
+
+    def stop(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        ports = {}
+        for name in MINERS:
+            wallet = make_wallet(wallets_dir, f"miner-{name}")
+            chain.register(wallet.hotkey.ss58_address, wallet.coldkeypub.ss58_address,
+                           registered_at=0)
+            ports[name] = free_port()
+            log = open(logs / f"miner-{name}.log", "w")
+            procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "neurons/miner.py"), *common,
+                 "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),
+                 "--wallet-name", f"miner-{name}", "--host", "127.0.0.1",
+                 "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
+                 "--sync-interval", "2"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+        deadline = time.monotonic() + args.startup_timeout
+        for name, proc in zip(MINERS, procs):
+            wait_healthy(ports[name], proc, deadline)
+        print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
+              f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
+        vproc = subprocess.Popen(
+            [sys.executable, str(ROOT / "neurons/validator.py"), *common,
+             "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
+             "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True)
+        procs.append(vproc)
+        for line in vproc.stdout:
+            print(line, end="", flush=True)
+        code = vproc.wait()
+        if code != 0:
+            print(f"localnet: the validator exited with {code}", file=sys.stderr)
+            return 1
+        dead = [n for n, p in zip(MINERS, procs) if p.poll() is not None]
+        if dead:
+            print(f"localnet: miner(s) {', '.join(dead)} died; see {logs}", file=sys.stderr)
+            return 1
+        return report(chain)
+    except (RuntimeError, KeyboardInterrupt) as e:
+        print(f"localnet: {e or 'interrupted'}; logs in {logs}", file=sys.stderr)
+        return 1
+    finally:
+        stop()
+
+
+def report(chain: LocalChain) -> int:
+    """Print the weights set on the local subnet; non-zero when none were."""
+    log = chain.weights_log()
+    if not log:
+        print("localnet: no weights were set", file=sys.stderr)
+        return 1
+    names = ["validator"] + [f"miner-{m}" for m in MINERS]
+    for entry in log:
+        total = sum(entry["weights"].values())
+        shown = ", ".join(f"{names[int(u)]} (uid {u}) {v / total:.3f}"
+                          for u, v in sorted(entry["weights"].items(), key=lambda kv: int(kv[0])))
+        print(f"weights set at block {entry['block']}: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
