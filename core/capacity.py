@@ -160,7 +160,7 @@ def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str
         allowed = ", ".join(model.model_fields)
     elif first["type"] == "missing":
         msg, got = "required key is missing", None
-    elif first["type"] == "literal_error":
+    elif first["type"] == "literal_error" and len(loc) == 2 and loc[0] == "tasks":
         msg, allowed = "unknown task", ", ".join(TASK_IDS)
     elif isinstance(got, dict):
         got = None

@@ -15,8 +15,12 @@ from core.tasks import Kind
 
 
 def decode_image(b64: str, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
-    """A request's base64 image, resized to the requested width x height."""
-    return Image.open(io.BytesIO(base64.b64decode(b64, validate=True))).convert(mode).resize(size)
+    """A request's base64 image, resized to the requested width x height; ValueError when it is
+    not base64 or not an image."""
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(b64, validate=True))).convert(mode).resize(size)
+    except OSError as e:  # PIL's UnidentifiedImageError
+        raise ValueError(f"not an image: {e}") from None
 
 
 def png(image: Image.Image) -> bytes:

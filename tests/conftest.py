@@ -1,0 +1,40 @@
+"""Shared fixtures: a local subnet in a temp folder with real bittensor wallets and keypairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bittensor as bt
+import pytest
+from bittensor.sp_core import Keypair
+
+from core.chain.local import LocalChain
+
+
+@dataclass
+class Subnet:
+    chain: LocalChain
+    miner: bt.Wallet
+    validator: Keypair  # permit, big stake
+    weak: Keypair  # permit, stake below the miners' minimum
+    no_permit: Keypair
+    stranger: Keypair  # not registered
+
+
+def make_wallet(path, name) -> bt.Wallet:
+    wallet = bt.Wallet(name, "default", str(path))
+    wallet.create_new_coldkey(use_password=False, suppress=True)
+    wallet.create_new_hotkey(use_password=False, suppress=True)
+    return wallet
+
+
+@pytest.fixture
+def subnet(tmp_path) -> Subnet:
+    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=10, age_blocks=1000)
+    miner = make_wallet(tmp_path / "wallets", "miner")
+    chain.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
+    keys = {name: Keypair.create_from_uri(f"//{name}") for name in ("Alice", "Bob", "Carol", "Eve")}
+    chain.register(keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True)
+    chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True)
+    chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False)
+    return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"])

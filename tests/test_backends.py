@@ -1,0 +1,99 @@
+"""The CPU back end and the loading code production uses, on tiny models saved to disk."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.backends import load_engine, tiny_seed
+from core.backends.diffusers_images import DiffusersImages
+from core.backends.transformers_chat import TransformersChat
+from core.capacity import TaskEntry
+from core.protocol import ChatRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
+from core.tasks import Kind
+
+CHAT = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "tell me"}],
+                   max_tokens=24, temperature=0.9, top_p=0.95, seed=11)
+
+
+def ids(engine, request=CHAT):
+    return [t.token_id for t in engine.stream(request)]
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return TransformersChat.tiny(tiny_seed("chat-llama-3"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed("proteus-text-to-image")),
+                           Kind.TEXT_TO_IMAGE)
+
+
+def test_chat_is_deterministic_for_a_seed_and_varies_with_it(chat):
+    assert ids(chat) == ids(chat)
+    assert ids(chat) != ids(chat, CHAT.model_copy(update={"seed": 12}))
+
+
+def test_greedy_chat_picks_the_most_likely_token(chat):
+    greedy = list(chat.stream(CHAT.model_copy(update={"temperature": 0.0})))
+    assert all(t.logprob > np.log(0.05) for t in greedy[:3])
+
+
+def test_tasks_on_other_models_answer_differently(chat):
+    mixtral = load_engine("chat-mixtral", TaskEntry(capacity=1))
+    assert ids(mixtral, CHAT.model_copy(update={"task": "chat-mixtral"})) != ids(chat)
+
+
+def test_chat_save_and_load_path(chat, tmp_path):
+    chat.save_pretrained(str(tmp_path / "llama"))
+    loaded = load_engine("chat-llama-3", TaskEntry(capacity=1, model=str(tmp_path / "llama")))
+    assert ids(loaded) == ids(chat)
+    assert loaded.prompt_ids(CHAT) == chat.prompt_ids(CHAT)
+
+
+def decode(png):
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_images_are_deterministic_and_steps_matter(images):
+    req = TextToImageRequest(task="proteus-text-to-image", prompt="a red cat", steps=4,
+                             height=64, width=64, seed=5)
+    a, b = images.generate(req), images.generate(req)
+    assert a == b and decode(a[0]).shape == (64, 64, 3)
+    other = images.generate(req.model_copy(update={"seed": 6}))
+    assert not np.array_equal(decode(other[0]), decode(a[0]))
+
+
+def test_diffusers_save_and_load_path(images, tmp_path):
+    images.pipeline.save_pretrained(tmp_path / "sd")
+    loaded = DiffusersImages.from_pretrained(str(tmp_path / "sd"), Kind.TEXT_TO_IMAGE, device="cpu")
+    req = TextToImageRequest(task="proteus-text-to-image", prompt="a boat", steps=3, height=64,
+                             width=64, seed=1)
+    assert np.abs(decode(loaded.generate(req)[0]).astype(int)
+                  - decode(images.generate(req)[0]).astype(int)).max() <= 1
+
+
+def test_image_to_image_and_inpaint(images):
+    first = images.generate(TextToImageRequest(task="proteus-text-to-image", prompt="x", steps=2,
+                                               height=64, width=64))[0]
+    b64 = base64.b64encode(first).decode()
+    i2i = DiffusersImages(images.pipeline, Kind.IMAGE_TO_IMAGE)
+    out = i2i.generate(ImageToImageRequest(task="proteus-image-to-image", prompt="y", steps=4,
+                                           height=64, width=64, init_image=b64))
+    assert decode(out[0]).shape == (64, 64, 3)
+    inpaint = DiffusersImages(images.pipeline, Kind.INPAINT)
+    out = inpaint.generate(InpaintRequest(task="inpaint", prompt="y", steps=3, height=64, width=64,
+                                          init_image=b64, mask_image=b64, num_images=2))
+    assert len(out) == 2
+
+
+@pytest.mark.parametrize("init", ["not base64!", base64.b64encode(b"not an image").decode()])
+def test_bad_init_image_is_a_value_error(images, init):
+    i2i = DiffusersImages(images.pipeline, Kind.IMAGE_TO_IMAGE)
+    with pytest.raises(ValueError):
+        i2i.generate(ImageToImageRequest(task="proteus-image-to-image", prompt="y", steps=2,
+                                         height=64, width=64, init_image=init))

@@ -1,0 +1,78 @@
+import pytest
+
+from core.capacity import ConfigError, clamp_declaration, group_load, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "miner.yml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tasks:\n  chat-llama-4:\n    capacity: 10\n",
+     ["line 2", "tasks.chat-llama-4", "unknown task", "allowed: chat-llama-3"]),
+    ("tasks:\n  inpaint:\n    capacity: -3\n",
+     ["line 3", "tasks.inpaint.capacity", "greater than or equal to 0", "got -3"]),
+    ("tasks:\n  inpaint:\n    capacity: lots\n",
+     ["line 3", "tasks.inpaint.capacity", "valid number", "got 'lots'", "allowed: a number >= 0"]),
+    ("tasks:\n  inpaint:\n    capacity: '100'\n",
+     ["line 3", "tasks.inpaint.capacity", "got '100'"]),
+    ("tasks:\n  inpaint:\n    capacity: 10\n    colour: red\n",
+     ["line 4", "tasks.inpaint.colour", "unknown key", "allowed: capacity, backend, group, model"]),
+    ("tasks:\n  inpaint:\n    capacity: 10\nextra: 1\n",
+     ["line 4", "extra", "unknown key", "allowed: tasks, groups"]),
+    ("tasks:\n  inpaint: {capacity: [1\n", ["line 3", "YAML syntax error"]),
+    ("tasks:\n  inpaint:\n    backend: cpu\n", ["tasks.inpaint.capacity", "required key is missing"]),
+    ("tasks:\n  inpaint:\n    capacity: 10\n    backend: tpu\n",
+     ["line 4", "tasks.inpaint.backend", "allowed: one of cpu, vllm, diffusers"]),
+    ("tasks:\n  inpaint:\n    capacity: 10\n    group: gpu9\n",
+     ["line 4", "tasks.inpaint.group", "'gpu9' is not defined"]),
+    ("groups:\n  g: {concurrency: 0}\ntasks:\n  inpaint: {capacity: 1, group: g}\n",
+     ["line 2", "groups.g.concurrency", "allowed: an integer >= 1"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+])
+def test_bad_file_gives_one_clear_message(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path))
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yml: file not found"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_shipped_configs_load():
+    for name in ("default", "localnet/small", "localnet/medium", "localnet/large"):
+        assert load_config(f"miner_config/{name}.yml").declaration()
+
+
+def test_declaration_is_clamped(tmp_path):
+    config = load_config(write(tmp_path, "tasks:\n  inpaint: {capacity: 99999}\n"
+                                         "  chat-mixtral: {capacity: 0.4}\n"))
+    assert config.declaration() == {"inpaint": 4000.0}
+
+
+def test_clamp_declaration_drops_unknown_and_junk():
+    raw = {"inpaint": 10, "nope": 5, "chat-llama-3": "12", "chat-mixtral": True,
+           "proteus-text-to-image": float("nan")}
+    assert clamp_declaration(raw) == {"inpaint": 10.0}
+
+
+def test_group_load_flags_an_over_declared_gpu(tmp_path):
+    config = load_config(write(tmp_path, """
+tasks:
+  chat-llama-3: {capacity: 576000, group: g}
+  inpaint: {capacity: 4000, group: g}
+groups:
+  g: {concurrency: 1}
+"""))
+    assert group_load(config, 3600)["g"] > 1
+    config.groups["g"].concurrency = 64
+    assert group_load(config, 3600)["g"] < 1

@@ -1,0 +1,25 @@
+"""End to end: the local subnet in real processes (3 miners, 1 validator) on 127.0.0.1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from core.chain.local import LocalChain
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/localnet.py"), "--periods", "1",
+         "--dir", str(tmp_path / "net")],
+        capture_output=True, text=True, timeout=420, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "== period" in run.stdout and "local-first" in run.stdout
+    log = LocalChain(tmp_path / "net/chain").weights_log()
+    assert len(log) == 1
+    w = {int(uid): v for uid, v in log[0]["weights"].items()}
+    # uids 1, 2, 3 are the small, medium and large miners; the validator (uid 0) gets nothing
+    assert 0 not in w
+    assert w[3] > w[2] > w[1] > 0

@@ -1,0 +1,176 @@
+"""The miner's signed endpoints, through FastAPI's real stack, on the CPU back end."""
+
+import base64
+import json
+import time
+
+import pytest
+from bittensor import http_auth
+from fastapi.testclient import TestClient
+
+from core.backends import load_engine
+from core.capacity import MinerConfig, TaskEntry
+from core.miner.app import MinerState, build_app
+from core.miner.limits import Slots
+from core.protocol import CapacityRequest, ChatChunk, ChatRequest, ImageResponse, TextToImageRequest
+from core.transport.auth import Gate
+
+CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=2000),
+                            "proteus-text-to-image": TaskEntry(capacity=40)})
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return {t: load_engine(t, e) for t, e in CONFIG.tasks.items()}
+
+
+@pytest.fixture
+def miner(subnet, engines):
+    hotkey = subnet.miner.hotkey.ss58_address
+    state = MinerState(hotkey=hotkey, config=CONFIG, engines=engines, chain=subnet.chain,
+                       gate=Gate(hotkey, min_stake=100), period_blocks=1000,
+                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+    with TestClient(build_app(state, sync_interval_s=3600)) as client:
+        yield client, hotkey
+
+
+def post(client, path, message, signer, receiver, **sign_kw):
+    body = message if isinstance(message, bytes) else message.model_dump_json().encode()
+    headers = http_auth.sign(signer, method="POST", path=path, body=body, receiver_ss58=receiver,
+                             **sign_kw)
+    return client.post(path, content=body, headers=headers)
+
+
+def test_capacity_for_a_validator(miner, subnet):
+    client, me = miner
+    r = post(client, "/capacity", CapacityRequest(), subnet.validator, me)
+    assert r.status_code == 200
+    assert r.json()["capacities"] == {"chat-llama-3": 2000.0, "proteus-text-to-image": 40.0}
+    assert r.json()["hotkey"] == me
+
+
+def test_forged_signature_is_401(miner, subnet):
+    client, me = miner
+    body = CapacityRequest().model_dump_json().encode()
+    headers = http_auth.sign(subnet.stranger, method="POST", path="/capacity", body=body,
+                             receiver_ss58=me)
+    headers["X-Bittensor-Hotkey"] = subnet.validator.ss58_address  # claims to be the validator
+    r = client.post("/capacity", content=body, headers=headers)
+    assert r.status_code == 401 and "BadSignature" in r.json()["error"]
+
+
+def test_tampered_body_is_401(miner, subnet):
+    client, me = miner
+    body = CapacityRequest().model_dump_json().encode()
+    headers = http_auth.sign(subnet.validator, method="POST", path="/capacity", body=body,
+                             receiver_ss58=me)
+    r = client.post("/capacity", content=body + b" ", headers=headers)
+    assert r.status_code == 401
+
+
+def test_stale_request_is_401(miner, subnet):
+    client, me = miner
+    r = post(client, "/capacity", CapacityRequest(), subnet.validator, me,
+             nonce_ns=time.time_ns() - 60 * 10**9)
+    assert r.status_code == 401 and "StaleRequest" in r.json()["error"]
+
+
+def test_replayed_request_is_401(miner, subnet):
+    client, me = miner
+    body = CapacityRequest().model_dump_json().encode()
+    headers = http_auth.sign(subnet.validator, method="POST", path="/capacity", body=body,
+                             receiver_ss58=me)
+    assert client.post("/capacity", content=body, headers=headers).status_code == 200
+    r = client.post("/capacity", content=body, headers=headers)
+    assert r.status_code == 401 and "ReplayedRequest" in r.json()["error"]
+
+
+def test_wrong_receiver_is_401(miner, subnet):
+    client, _ = miner
+    r = post(client, "/capacity", CapacityRequest(), subnet.validator, subnet.stranger.ss58_address)
+    assert r.status_code == 401 and "WrongReceiver" in r.json()["error"]
+
+
+def test_unsigned_is_401(miner):
+    client, _ = miner
+    assert client.post("/capacity", content=b"{}").status_code == 401
+
+
+@pytest.mark.parametrize("who, reason", [
+    ("stranger", "not registered"), ("no_permit", "no validator permit"), ("weak", "below the minimum"),
+])
+def test_callers_without_standing_are_403(miner, subnet, who, reason):
+    client, me = miner
+    r = post(client, "/capacity", CapacityRequest(), getattr(subnet, who), me)
+    assert r.status_code == 403 and reason in r.json()["error"]
+
+
+def test_other_major_version_is_a_clear_400(miner, subnet):
+    client, me = miner
+    r = post(client, "/capacity", b'{"version": "3.9.0"}', subnet.validator, me)
+    assert r.status_code == 400 and "not supported" in r.json()["error"]
+
+
+def test_invalid_body_is_422(miner, subnet):
+    client, me = miner
+    body = b'{"version": "4.0.0", "task": "chat-llama-3", "messages": []}'
+    r = post(client, "/chat", body, subnet.validator, me)
+    assert r.status_code == 422
+
+
+def test_undeclared_task_is_404(miner, subnet):
+    client, me = miner
+    msg = TextToImageRequest(task="inpaint", prompt="x", steps=2, height=64, width=64)
+    r = post(client, "/text-to-image", msg, subnet.validator, me)
+    assert r.status_code == 404
+
+
+def chat(client, subnet, me, seed=1, max_tokens=20):
+    msg = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "hello"}],
+                      max_tokens=max_tokens, seed=seed, temperature=0.8)
+    r = post(client, "/chat", msg, subnet.validator, me)
+    if r.status_code != 200:
+        return r, []
+    return r, [ChatChunk.model_validate_json(line) for line in r.text.splitlines()]
+
+
+def test_chat_streams_tokens_with_logprobs_and_counts_units(miner, subnet, engines):
+    client, me = miner
+    r, chunks = chat(client, subnet, me)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    tokens = [t for c in chunks for t in c.tokens]
+    final = chunks[-1]
+    assert final.done and final.completion_tokens == len(tokens) <= 20
+    engine = engines["chat-llama-3"]
+    expected_prompt = len(engine.prompt_ids(ChatRequest(
+        task="chat-llama-3", messages=[{"role": "user", "content": "hello"}])))
+    assert final.prompt_tokens == expected_prompt
+    assert all(t.logprob <= 0 for t in tokens)
+    _, again = chat(client, subnet, me)
+    assert [t.token_id for c in again for t in c.tokens] == [t.token_id for t in tokens]
+
+
+def test_image_is_a_png_and_charges_steps(miner, subnet):
+    client, me = miner
+    msg = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=3, height=64,
+                             width=64, seed=9)
+    r = post(client, "/text-to-image", msg, subnet.validator, me)
+    assert r.status_code == 200
+    answer = ImageResponse.model_validate(r.json())
+    assert answer.units == 3
+    assert base64.b64decode(answer.images[0]).startswith(b"\x89PNG")
+
+
+def test_share_used_up_is_429_with_retry_after(miner, subnet, tmp_path):
+    """Alice holds 9000 of 9010 validator stake: ~1998 tokens of 2000. Bob's share is tiny."""
+    client, me = miner
+    served = 0
+    for seed in range(20):
+        r, chunks = chat(client, subnet, me, seed=seed, max_tokens=400)
+        if r.status_code == 429:
+            break
+        served += chunks[-1].units
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    assert "used up" in r.json()["error"]
+    assert served <= 2000 * 9000 / 9010

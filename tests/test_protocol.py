@@ -1,0 +1,57 @@
+import pytest
+from pydantic import ValidationError
+
+from core.protocol import (MAJOR, PATHS, PROTOCOL_VERSION, CapacityResponse, ChatChunk,
+                           ChatRequest, ChatToken, ImageResponse, ImageToImageRequest,
+                           InpaintRequest, TextToImageRequest, major_of, task_path)
+from core.tasks import TASKS, Kind
+
+MESSAGES = [
+    CapacityResponse(hotkey="5abc", capacities={"inpaint": 10.0}),
+    ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "héllo ✓"}],
+                max_tokens=12, temperature=0.7, top_p=0.9, seed=3),
+    ChatChunk(tokens=[ChatToken(token_id=5, text="a", logprob=-0.25)]),
+    ChatChunk(done=True, prompt_tokens=4, completion_tokens=9),
+    TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=10, seed=1),
+    ImageToImageRequest(task="proteus-image-to-image", prompt="x", steps=5, init_image="AAAA"),
+    InpaintRequest(task="inpaint", prompt="x", steps=5, init_image="AAAA", mask_image="AAAA"),
+    ImageResponse(images=["AAAA"], units=10),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip_keeps_every_field_and_the_version(message):
+    wire = message.model_dump_json()
+    back = type(message).model_validate_json(wire)
+    assert back == message
+    assert back.version == PROTOCOL_VERSION and major_of(back.version) == MAJOR
+
+
+def test_units():
+    assert ChatChunk(done=True, prompt_tokens=4, completion_tokens=9).units == 13
+    req = TextToImageRequest(task="inpaint", prompt="x", steps=7, num_images=3)
+    assert req.units == 21
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"messages": []},
+    {"messages": [{"role": "robot", "content": "x"}]}, {"unknown": 1},
+])
+def test_invalid_chat_requests_are_refused(bad):
+    base = {"task": "chat-llama-3", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(ValidationError):
+        ChatRequest.model_validate({**base, **bad})
+
+
+def test_image_size_must_be_a_multiple_of_8():
+    with pytest.raises(ValidationError):
+        TextToImageRequest(task="inpaint", prompt="x", steps=1, height=100)
+
+
+def test_every_task_has_an_endpoint():
+    assert {task_path(t) for t in TASKS} == set(PATHS.values())
+    assert PATHS[Kind.CHAT] == "/chat"
+
+
+def test_major_of():
+    assert major_of("4.1.2") == 4 and major_of("junk") is None and major_of("") is None
