@@ -11,6 +11,7 @@ import logging
 import sys
 
 from core.capacity import ConfigError, group_load, load_config
+from core.cli import add_common_args, setup_logging
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -27,21 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-config", action="store_true",
                    help="validate --config and the back ends' settings, print the effective "
                         "declaration, and exit (0 if usable, 1 if not)")
-    p.add_argument("--network", default="finney",
-                   help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
-                        "subnet folder (scripts/localnet.py makes one)")
-    p.add_argument("--netuid", type=int, default=19, help="subnet uid")
-    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
-    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
-    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    add_common_args(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=8091, help="port to listen on")
     p.add_argument("--external-host", default=None,
                    help="address announced on chain for validators to reach (default: --host)")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce host:port on chain at start-up (already served)")
-    p.add_argument("--period-blocks", type=int, default=300,
-                   help="blocks per scoring period, as validators use (300 = 60 min at 12 s)")
     p.add_argument("--min-stake", type=float, default=1000.0,
                    help="minimum stake of a validator this miner answers (others get 403)")
     p.add_argument("--queue-wait", type=float, default=30.0,
@@ -51,7 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads per engine for the cpu back end (0: torch's default)")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p.parse_args(argv)
 
 
@@ -85,8 +77,7 @@ def check_config(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     if args.check_config:
         return check_config(args)
     try:

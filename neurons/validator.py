@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
+
+from core.cli import add_common_args, setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,17 +20,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "and sets weights on chain.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--network", default="finney",
-                   help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
-                        "subnet folder (scripts/localnet.py makes one)")
-    p.add_argument("--netuid", type=int, default=19, help="subnet uid")
-    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
-    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
-    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    add_common_args(p)
     p.add_argument("--db", default="~/.sn19/validator.sqlite3",
                    help="SQLite file for request records and scores (kept across restarts)")
-    p.add_argument("--period-blocks", type=int, default=300,
-                   help="blocks per scoring period (300 = 60 min at 12 s); miners use the same")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=64,
@@ -40,14 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="periods of request records kept before pruning")
     p.add_argument("--periods", type=int, default=None,
                    help="stop after this many periods (default: run until stopped)")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     import bittensor as bt
 
     from core.chain import connect

@@ -1,7 +1,6 @@
 """The miner's signed endpoints, through FastAPI's real stack, on the CPU back end."""
 
 import base64
-import json
 import time
 
 import pytest
@@ -34,10 +33,15 @@ def miner(subnet, engines):
         yield client, hotkey
 
 
-def post(client, path, message, signer, receiver, **sign_kw):
+def signed(signer, receiver, message=CapacityRequest(), path="/capacity", **sign_kw):
+    """(body, headers) of a request signed by ``signer`` for ``receiver``."""
     body = message if isinstance(message, bytes) else message.model_dump_json().encode()
-    headers = http_auth.sign(signer, method="POST", path=path, body=body, receiver_ss58=receiver,
-                             **sign_kw)
+    return body, http_auth.sign(signer, method="POST", path=path, body=body,
+                                receiver_ss58=receiver, **sign_kw)
+
+
+def post(client, path, message, signer, receiver, **sign_kw):
+    body, headers = signed(signer, receiver, message, path, **sign_kw)
     return client.post(path, content=body, headers=headers)
 
 
@@ -51,9 +55,7 @@ def test_capacity_for_a_validator(miner, subnet):
 
 def test_forged_signature_is_401(miner, subnet):
     client, me = miner
-    body = CapacityRequest().model_dump_json().encode()
-    headers = http_auth.sign(subnet.stranger, method="POST", path="/capacity", body=body,
-                             receiver_ss58=me)
+    body, headers = signed(subnet.stranger, me)
     headers["X-Bittensor-Hotkey"] = subnet.validator.ss58_address  # claims to be the validator
     r = client.post("/capacity", content=body, headers=headers)
     assert r.status_code == 401 and "BadSignature" in r.json()["error"]
@@ -61,9 +63,7 @@ def test_forged_signature_is_401(miner, subnet):
 
 def test_tampered_body_is_401(miner, subnet):
     client, me = miner
-    body = CapacityRequest().model_dump_json().encode()
-    headers = http_auth.sign(subnet.validator, method="POST", path="/capacity", body=body,
-                             receiver_ss58=me)
+    body, headers = signed(subnet.validator, me)
     r = client.post("/capacity", content=body + b" ", headers=headers)
     assert r.status_code == 401
 
@@ -77,9 +77,7 @@ def test_stale_request_is_401(miner, subnet):
 
 def test_replayed_request_is_401(miner, subnet):
     client, me = miner
-    body = CapacityRequest().model_dump_json().encode()
-    headers = http_auth.sign(subnet.validator, method="POST", path="/capacity", body=body,
-                             receiver_ss58=me)
+    body, headers = signed(subnet.validator, me)
     assert client.post("/capacity", content=body, headers=headers).status_code == 200
     r = client.post("/capacity", content=body, headers=headers)
     assert r.status_code == 401 and "ReplayedRequest" in r.json()["error"]

@@ -27,7 +27,7 @@ from core.capacity import MinerConfig
 from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
 from core.protocol import (CAPACITY_PATH, MAJOR, PATHS, PROTOCOL_VERSION, REQUEST_MODELS,
-                           CapacityResponse, ChatChunk, ChatRequest, ErrorResponse, ImageResponse,
+                           CapacityResponse, ChatChunk, ErrorResponse, ImageResponse,
                            major_of)
 from core.tasks import TASKS, Kind
 from core.transport.auth import Gate, Refused

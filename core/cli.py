@@ -1,0 +1,24 @@
+"""Command-line flags both neurons share: which chain, which wallet, how to log."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", default="finney",
+                   help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
+                        "subnet folder (scripts/localnet.py makes one)")
+    p.add_argument("--netuid", type=int, default=19, help="subnet uid")
+    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
+    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
+    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    p.add_argument("--period-blocks", type=int, default=300,
+                   help="blocks per scoring period (300 = 60 min at 12 s); miners and "
+                        "validators must use the same")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
