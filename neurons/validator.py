@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 from core.cli import add_common_args, setup_logging
 
@@ -22,7 +21,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add_common_args(p)
     p.add_argument("--db", default="~/.sn19/validator.sqlite3",
-                   help="SQLite file for request records and scores (kept across restarts)")
+                   help="where records and scores are kept across restarts: a SQLite file, or "
+                        "a PostgreSQL DSN (postgresql://user@host/db)")
+    p.add_argument("--status", action="store_true",
+                   help="print the latest period from --db (per contender: declared, budget, "
+                        "requests, outcomes, score, credited, effective; the weights set), exit")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=64,
@@ -42,14 +45,19 @@ def main(argv=None) -> int:
     import bittensor as bt
 
     from core.chain import connect
-    from core.storage.sqlite import SqliteStore, StorageError
+    from core.storage import StorageError, open_store
     from core.validator.loop import Settings, Validator
+    from core.validator.status import status
 
     try:
-        store = SqliteStore(Path(args.db).expanduser())
+        store = open_store(args.db)
     except StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.status:
+        print(status(store))
+        store.close()
+        return 0
     wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
                         max_concurrency=args.max_concurrency, image_size=args.image_size,

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from core.chain.local import LocalChain
+from core.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,13 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
         capture_output=True, text=True, timeout=420, cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "== period" in run.stdout and "local-first" in run.stdout
+    assert "== period" in run.stdout
+    # a new validator audits every established miner in its first period: locally, or with the
+    # whole network when the block hash draws a network-wide audit
+    targets = open_store(str(tmp_path / "net/validator.sqlite3")).targets(
+        int(run.stdout.split("== period ")[1].split()[0]))
+    assert len(targets) == 9 and all(t.audit and t.reason in ("local-first", "network")
+                                     for t in targets)
     log = LocalChain(tmp_path / "net/chain").weights_log()
     assert len(log) == 1
     w = {int(uid): v for uid, v in log[0]["weights"].items()}

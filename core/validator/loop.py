@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import bittensor as bt
 
 from core import plan
-from core.budget import Contender, contenders, stake_share
+from core.budget import contenders, stake_share
 from core.chain import Chain, Metagraph
 from core.records import summarize
 from core.scoring import ContenderState, advance, effective, weights
-from core.storage.sqlite import SqliteStore
+from core.storage import Store
 from core.transport.client import SignedClient
 from core.validator.dispatch import fetch_capacities, send
 from core.validator.report import period_table
@@ -43,7 +43,7 @@ class Settings:
 
 
 class Validator:
-    def __init__(self, wallet: bt.Wallet, chain: Chain, store: SqliteStore, settings: Settings):
+    def __init__(self, wallet: bt.Wallet, chain: Chain, store: Store, settings: Settings):
         self.wallet = wallet
         self.keypair = wallet.hotkey  # loaded once; signing with it is ~30x cheaper
         self.chain = chain
@@ -60,6 +60,7 @@ class Validator:
         """Run periods back to back; ``periods`` stops after that many (None: forever)."""
         done = 0
         try:
+            await self.close_unfinished()
             while periods is None or done < periods:
                 period, left = await self._current()
                 info = self.store.period(period)
@@ -74,6 +75,16 @@ class Validator:
                 done += 1
         finally:
             await self.client.close()
+
+    async def close_unfinished(self) -> None:
+        """Score the periods a previous run began but did not close (it stopped in them): what
+        it recorded counts; nothing is sent for them any more."""
+        period, _ = await self._current()
+        for old in self.store.unfinished(before=period):
+            log.info("closing period %d, left unfinished by the previous run", old)
+            info = self.store.period(old)
+            await self._close(old, self.store.targets(old), info["share"],
+                              await self.chain.metagraph())
 
     async def _period_s(self) -> float:
         return self.settings.period_blocks * await self.chain.block_time()
@@ -110,11 +121,7 @@ class Validator:
         """This period's targets: from the store when resuming, else drawn and stored now."""
         info = self.store.period(period)
         if info is not None:
-            targets = [
-                plan.Target(Contender(uid, hk, task, declared, budget, reg), f, bool(audit), reason)
-                for uid, hk, task, declared, budget, f, audit, reason, reg in self.store.targets(period)
-            ]
-            return targets, info["share"]
+            return self.store.targets(period), info["share"]
         start = period * self.settings.period_blocks
         block_hash = await self.chain.block_hash(start)
         share = stake_share(metagraph, self.hotkey)
@@ -208,9 +215,9 @@ class Validator:
                         "served): weights not set")
             return
         block = await self.chain.block()
-        last = self.store.last_weights_block()
-        if last is not None and block - last < await self.chain.tempo():
-            log.info("weights were set at block %d; next after one epoch", last)
+        last = self.store.last_weights()
+        if last is not None and block - last[0] < await self.chain.tempo():
+            log.info("weights were set at block %d; next after one epoch", last[0])
             return
         weights_by_uid = {uid: float(w) for uid, w in enumerate(vector) if w > 0}
         for attempt in range(self.settings.weight_retries):

@@ -1,0 +1,28 @@
+"""The schema as versioned migrations, in SQL both SQLite and PostgreSQL accept. ``{id}`` is the
+dialect's auto-increment key. Each migration moves the schema one version up; never edit one that
+has shipped: add the next."""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE periods (
+            period BIGINT PRIMARY KEY, block BIGINT NOT NULL, block_hash TEXT NOT NULL,
+            share DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+            finished INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE targets (
+            period BIGINT NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, task TEXT NOT NULL,
+            declared DOUBLE PRECISION NOT NULL, budget DOUBLE PRECISION NOT NULL,
+            f DOUBLE PRECISION NOT NULL, audit INTEGER NOT NULL, reason TEXT NOT NULL,
+            registered_at BIGINT NOT NULL, PRIMARY KEY (period, hotkey, task))""",
+        """CREATE TABLE requests (
+            id {id}, period BIGINT NOT NULL, hotkey TEXT NOT NULL, task TEXT NOT NULL,
+            organic INTEGER NOT NULL, outcome TEXT NOT NULL, units DOUBLE PRECISION NOT NULL,
+            latency_s DOUBLE PRECISION NOT NULL, quality DOUBLE PRECISION,
+            at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX requests_period ON requests (period, hotkey, task)",
+        """CREATE TABLE states (
+            hotkey TEXT NOT NULL, task TEXT NOT NULL, period BIGINT NOT NULL, state TEXT NOT NULL,
+            PRIMARY KEY (hotkey, task))""",
+        """CREATE TABLE weights_set (
+            block BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL, weights TEXT NOT NULL)""",
+    ),
+)

@@ -1,0 +1,161 @@
+"""What the validator stores, over either database: periods and their plans, request records,
+contender states and the weights set. Every write commits before it returns."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Protocol
+
+from core.budget import Contender
+from core.plan import Target
+from core.records import Outcome, RequestRecord
+from core.scoring import ContenderState, PeriodOutcome
+from core.storage.schema import MIGRATIONS
+
+
+class StorageError(Exception):
+    """The database refused a read or write; the message names it and says why."""
+
+
+class Database(Protocol):
+    name: str
+    auto_id: str
+    errors: tuple[type[Exception], ...]
+
+    def execute(self, sql: str, args: tuple = ()) -> list[tuple]: ...
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None: ...
+
+    def transaction(self): ...
+
+    def close(self) -> None: ...
+
+
+class Store:
+    def __init__(self, db: Database):
+        self.db = db
+        self.version = self.migrate()
+
+    @contextmanager
+    def _guard(self):
+        try:
+            yield
+        except self.db.errors as e:
+            raise StorageError(f"{self.db.name}: {type(e).__name__}: {e}") from None
+
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._guard():
+            return self.db.execute(sql, args)
+
+    def migrate(self) -> int:
+        """Apply pending migrations, each in its own transaction; returns the schema version."""
+        with self._guard():
+            self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = self.db.execute("SELECT MAX(version) FROM schema_version")
+            version = rows[0][0] or 0
+            if version > len(MIGRATIONS):
+                raise StorageError(f"{self.db.name}: schema v{version} is newer than this code "
+                                   f"(v{len(MIGRATIONS)}); upgrade the validator")
+            for i in range(version, len(MIGRATIONS)):
+                with self.db.transaction():
+                    for statement in MIGRATIONS[i]:
+                        self.db.execute(statement.replace("{id}", self.db.auto_id))
+                    self.db.execute("INSERT INTO schema_version VALUES (?)", (i + 1,))
+        return len(MIGRATIONS)
+
+    # -- periods and their plans --
+
+    def begin_period(self, period: int, block: int, block_hash: str, share: float,
+                     started_at: float, targets: list[Target]) -> None:
+        """Store a period's plan in one transaction: a restart finds all of it or none."""
+        with self._guard(), self.db.transaction():
+            self.db.execute("INSERT INTO periods VALUES (?, ?, ?, ?, ?, 0) "
+                            "ON CONFLICT (period) DO NOTHING",
+                            (period, block, block_hash, share, started_at))
+            self.db.executemany(
+                "INSERT INTO targets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (period, hotkey, task) DO NOTHING",
+                [(period, t.contender.uid, t.contender.hotkey, t.contender.task,
+                  t.contender.declared, t.contender.budget, t.f, int(t.audit), t.reason,
+                  t.contender.registered_at) for t in targets])
+
+    def period(self, period: int) -> dict | None:
+        rows = self._run("SELECT block, block_hash, share, started_at, finished FROM periods "
+                         "WHERE period = ?", (period,))
+        if not rows:
+            return None
+        block, block_hash, share, started_at, finished = rows[0]
+        return {"block": block, "block_hash": block_hash, "share": share,
+                "started_at": started_at, "finished": bool(finished)}
+
+    def unfinished(self, before: int) -> list[int]:
+        """Periods begun but never closed (the validator stopped in them), oldest first."""
+        rows = self._run("SELECT period FROM periods WHERE finished = 0 AND period < ? "
+                         "ORDER BY period", (before,))
+        return [r[0] for r in rows]
+
+    def latest_period(self) -> int | None:
+        return self._run("SELECT MAX(period) FROM periods")[0][0]
+
+    def targets(self, period: int) -> list[Target]:
+        rows = self._run("SELECT uid, hotkey, task, declared, budget, f, audit, reason, "
+                         "registered_at FROM targets WHERE period = ? ORDER BY uid, task", (period,))
+        return [Target(Contender(uid, hk, task, declared, budget, reg), f, bool(audit), reason)
+                for uid, hk, task, declared, budget, f, audit, reason, reg in rows]
+
+    # -- requests --
+
+    def record(self, r: RequestRecord) -> None:
+        self._run("INSERT INTO requests (period, hotkey, task, organic, outcome, units, latency_s, "
+                  "quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (r.period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units,
+                   r.latency_s, r.quality, r.at))
+
+    def records(self, period: int) -> list[RequestRecord]:
+        rows = self._run("SELECT period, hotkey, task, organic, outcome, units, latency_s, "
+                         "quality, at FROM requests WHERE period = ? ORDER BY id", (period,))
+        return [RequestRecord(p, h, t, bool(o), Outcome(out), u, lat, q, at)
+                for p, h, t, o, out, u, lat, q, at in rows]
+
+    # -- contender states --
+
+    def finish_period(self, period: int, states: dict[tuple[str, str], ContenderState]) -> None:
+        """Store every contender's new state and mark the period done, in one transaction."""
+        rows = [(hk, task, period, json.dumps(asdict(s))) for (hk, task), s in states.items()]
+        with self._guard(), self.db.transaction():
+            self.db.executemany(
+                "INSERT INTO states VALUES (?, ?, ?, ?) ON CONFLICT (hotkey, task) "
+                "DO UPDATE SET period = excluded.period, state = excluded.state", rows)
+            self.db.execute("UPDATE periods SET finished = 1 WHERE period = ?", (period,))
+
+    def states(self) -> dict[tuple[str, str], ContenderState]:
+        out = {}
+        for hotkey, task, raw in self._run("SELECT hotkey, task, state FROM states"):
+            d = json.loads(raw)
+            d["since_audit"] = tuple(tuple(x) for x in d["since_audit"])
+            d["window"] = tuple(PeriodOutcome(**o) for o in d["window"])
+            out[(hotkey, task)] = ContenderState(**d)
+        return out
+
+    # -- weights --
+
+    def note_weights(self, block: int, at: float, weights: dict[int, float]) -> None:
+        self._run("INSERT INTO weights_set VALUES (?, ?, ?)", (block, at, json.dumps(weights)))
+
+    def last_weights(self) -> tuple[int, dict[int, float]] | None:
+        """The block and weights of the latest vector set."""
+        rows = self._run("SELECT block, weights FROM weights_set ORDER BY block DESC LIMIT 1")
+        if not rows:
+            return None
+        return rows[0][0], {int(k): v for k, v in json.loads(rows[0][1]).items()}
+
+    def prune(self, before_period: int) -> None:
+        """Drop request records and plans older than the retention window."""
+        with self._guard(), self.db.transaction():
+            for table in ("requests", "targets", "periods"):
+                self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
+
+    def close(self) -> None:
+        self.db.close()
