@@ -38,3 +38,32 @@ def subnet(tmp_path) -> Subnet:
     chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True)
     chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False)
     return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"])
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    from tests.postgres import binaries_present, postgres_server
+
+    if not binaries_present():
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """An empty Store on each database (PostgreSQL: a fresh schema on the session's server)."""
+    from core.storage import open_store
+
+    if request.param == "sqlite":
+        s = open_store(str(tmp_path / "v.sqlite3"))
+    else:
+        import psycopg
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"t_{tmp_path.name.lower().replace('-', '_')}"[:60]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        s = open_store(f"{dsn}?options=-csearch_path%3D{schema}")
+    yield s
+    s.close()

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import psycopg
 
+from core.storage.store import StorageError
+
 
 class PostgresDatabase:
     dialect = "postgresql"
@@ -17,7 +19,10 @@ class PostgresDatabase:
         shown = psycopg.conninfo.conninfo_to_dict(dsn)
         shown.pop("password", None)  # the name appears in logs and errors: never the password
         self.name = psycopg.conninfo.make_conninfo(**shown)
-        self._db = psycopg.connect(dsn, autocommit=True)
+        try:
+            self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        except psycopg.Error as e:
+            raise StorageError(f"{self.name}: cannot connect: {e}") from None
         self._lock = threading.RLock()
 
     @staticmethod

@@ -8,6 +8,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.storage.store import StorageError
+
 
 class SqliteDatabase:
     dialect = "sqlite"
@@ -17,9 +19,12 @@ class SqliteDatabase:
     def __init__(self, path: Path):
         self.name = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as e:
+            raise StorageError(f"{path}: cannot open the database: {e}") from None
         self._lock = threading.RLock()
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:

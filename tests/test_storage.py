@@ -1,0 +1,89 @@
+"""The validator's store, the same tests on SQLite and on a real PostgreSQL server."""
+
+import pytest
+
+from core.budget import Contender
+from core.plan import Target
+from core.records import Outcome, RequestRecord
+from core.scoring import ContenderState, PeriodOutcome, advance
+from core.storage import StorageError, open_store
+from core.storage.schema import MIGRATIONS
+
+TARGETS = [Target(Contender(1, "hk1", "inpaint", 100.0, 50.0, 7), 0.9, True, "network"),
+           Target(Contender(2, "hk2", "chat-llama-3", 3000.0, 1500.0, 9), 0.05, False, "")]
+
+
+def rec(period, outcome=Outcome.OK, units=20.0, quality=1.0):
+    return RequestRecord(period, "hk1", "inpaint", False, outcome, units, 0.5, quality, 1.0)
+
+
+def test_period_plan_round_trip(store):
+    assert store.period(5) is None
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)  # a resumed start changes nothing
+    assert store.period(5) == {"block": 1500, "block_hash": "0xabc", "share": 0.25,
+                               "started_at": 123.0, "finished": False}
+    assert store.targets(5) == TARGETS
+    assert store.unfinished(before=6) == [5] and store.unfinished(before=5) == []
+
+
+def test_records_round_trip_in_order(store):
+    records = [rec(3), rec(3, Outcome.RATE_LIMITED, quality=None), rec(4, Outcome.TIMEOUT, quality=None)]
+    for r in records:
+        store.record(r)
+    assert store.records(3) == records[:2] and store.records(4) == records[2:]
+
+
+def test_states_round_trip_and_finish_marks_the_period(store):
+    store.begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)
+    state = advance(ContenderState(), PeriodOutcome(100, 100, 0.9, True, 90, 45, 0, 45, 1.5, 2), 1.0)
+    store.finish_period(5, {("hk1", "inpaint"): state})
+    assert store.states() == {("hk1", "inpaint"): state}
+    assert store.period(5)["finished"] and store.unfinished(before=6) == []
+    later = advance(state, PeriodOutcome(100, 100, 0.05, False, 5, 5), 1.0)
+    store.finish_period(6, {("hk1", "inpaint"): later})
+    assert store.states()[("hk1", "inpaint")] == later
+
+
+def test_weights_and_prune(store):
+    assert store.last_weights() is None
+    store.note_weights(100, 1.0, {1: 0.25, 3: 0.75})
+    store.note_weights(130, 2.0, {1: 0.5})
+    assert store.last_weights() == (130, {1: 0.5})
+    for p in (1, 2, 3):
+        store.begin_period(p, p * 10, "0x", 1.0, 0.0, TARGETS)
+        store.record(rec(p))
+    store.prune(before_period=3)
+    assert store.records(1) == [] and store.targets(2) == [] and store.period(2) is None
+    assert len(store.records(3)) == 1 and store.period(3) is not None
+
+
+def test_migrations_are_recorded_and_reapplying_is_a_no_op(tmp_path):
+    path = str(tmp_path / "v.sqlite3")
+    first = open_store(path)
+    first.record(rec(1))
+    first.close()
+    again = open_store(path)
+    assert again.version == len(MIGRATIONS) and len(again.records(1)) == 1
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = str(tmp_path / "v.sqlite3")
+    s = open_store(path)
+    s._run("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS) + 1,))
+    s.close()
+    with pytest.raises(StorageError, match="newer than this code"):
+        open_store(path)
+
+
+def test_unreadable_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "v.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="v.sqlite3"):
+        open_store(str(bad))
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password():
+    with pytest.raises(StorageError, match="cannot connect") as err:
+        open_store("postgresql://v:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in str(err.value)
