@@ -11,21 +11,16 @@ exits non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import bittensor as bt
-
 from core.chain.local import LocalChain
+from core.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 MINERS = ("small", "medium", "large")
 
 
@@ -40,32 +35,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=180.0,
                    help="seconds to wait for the miners to answer")
     return p.parse_args(argv)
-
-
-def make_wallet(path: Path, name: str) -> bt.Wallet:
-    wallet = bt.Wallet(name, "default", str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a miner exited with {proc.returncode} before serving")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the miner on port {port} did not answer in time")
 
 
 def main(argv=None) -> int:
@@ -96,7 +65,6 @@ def main(argv=None) -> int:
                 p.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         ports = {}
         for name in MINERS:
@@ -105,23 +73,20 @@ def main(argv=None) -> int:
                            registered_at=0)
             ports[name] = free_port()
             log = open(logs / f"miner-{name}.log", "w")
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "neurons/miner.py"), *common,
-                 "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),
-                 "--wallet-name", f"miner-{name}", "--host", "127.0.0.1",
-                 "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
-                 "--sync-interval", "2"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+            procs.append(neuron("miner", [
+                *common, "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),
+                "--wallet-name", f"miner-{name}", "--host", "127.0.0.1",
+                "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
+                "--sync-interval", "2"], stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + args.startup_timeout
         for name, proc in zip(MINERS, procs):
             wait_healthy(ports[name], proc, deadline)
         print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
               f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
-        vproc = subprocess.Popen(
-            [sys.executable, str(ROOT / "neurons/validator.py"), *common,
-             "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
-             "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True)
+        vproc = neuron("validator", [
+            *common, "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
+            "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(vproc)
         for line in vproc.stdout:
             print(line, end="", flush=True)

@@ -9,6 +9,7 @@ import pytest
 from bittensor.sp_core import Keypair
 
 from core.chain.local import LocalChain
+from core.localproc import make_wallet
 
 
 @dataclass
@@ -19,13 +20,6 @@ class Subnet:
     weak: Keypair  # permit, stake below the miners' minimum
     no_permit: Keypair
     stranger: Keypair  # not registered
-
-
-def make_wallet(path, name) -> bt.Wallet:
-    wallet = bt.Wallet(name, "default", str(path))
-    wallet.create_new_coldkey(use_password=False, suppress=True)
-    wallet.create_new_hotkey(use_password=False, suppress=True)
-    return wallet
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""Neurons as local processes on 127.0.0.1: wallets, ports, start and wait. Shared by
+scripts/localnet.py and the tests that run the real neurons."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import bittensor as bt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_wallet(path: Path, name: str) -> bt.Wallet:
+    """A real bittensor wallet (unencrypted keyfiles) under ``path``."""
+    wallet = bt.Wallet(name, "default", str(path))
+    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    return wallet
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def neuron(script: str, args: list[str], **popen) -> subprocess.Popen:
+    """Start ``neurons/<script>.py`` with ``args``, unbuffered, from the repository root."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / f"neurons/{script}.py"), *args],
+                            env=env, cwd=ROOT, **popen)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
+    """Until the miner on ``port`` answers /health; RuntimeError if it dies or time runs out."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the miner for port {port} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"the miner on port {port} did not answer in time")
