@@ -51,17 +51,17 @@ class PeriodOutcome:
         return period_score(self.consumed, self.good, self.refused, self.failed, self.budget)
 
 
-def period_score(consumed, good, refused, failed, budget):
-    """``good_fraction x (1 - f429 x unqueried) x (1 - f5xx x unqueried)``; numpy-friendly.
+def period_score(consumed: float, good: float, refused: float, failed: float,
+                 budget: float) -> float:
+    """``good_fraction x (1 - f429 x unqueried) x (1 - f5xx x unqueried)``.
 
     Refusing early in a period (much budget unqueried) costs most; refusing once the validator has
     used most of the budget is forgiven."""
-    consumed, budget = np.asarray(consumed, float), np.asarray(budget, float)
-    safe = np.where(consumed > 0, consumed, 1.0)
-    unqueried = np.where(budget > 0, np.maximum(budget - consumed, 0) / np.where(budget > 0, budget, 1), 0)
-    score = (np.asarray(good) / safe) * (1 - np.asarray(refused) / safe * unqueried) \
-        * (1 - np.asarray(failed) / safe * unqueried)
-    return np.where(consumed > 0, score, 0.0)[()]
+    if consumed <= 0:
+        return 0.0
+    unqueried = max(budget - consumed, 0.0) / budget if budget > 0 else 0.0
+    return (good / consumed) * (1 - refused / consumed * unqueried) \
+        * (1 - failed / consumed * unqueried)
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class ContenderState:
     since_audit: tuple[tuple[float, float], ...] = ()  # (credited before repayment, score)
     window: tuple[PeriodOutcome, ...] = field(default=())  # the last K periods, oldest first
     credited: float = 0.0  # latest period's credited capacity, after repayment
+    reliability: float = 0.0  # over the window, kept so that weights need no pass over it
+    quality: float = 0.0
 
 
 def demonstrated(outcome: PeriodOutcome, share: float) -> float:
@@ -88,7 +90,7 @@ def advance(state: ContenderState, outcome: PeriodOutcome, share: float,
             k: int = K_PERIODS) -> ContenderState:
     """Fold one period into a contender's state: audits update what it has shown and charge the
     over-claim clawback; every period repays debt from credited capacity before it earns."""
-    score = float(outcome.score)
+    score = outcome.score
     debt, since, shown, audited = state.debt, state.since_audit, state.demonstrated, state.audited
     if outcome.audit:
         d = demonstrated(outcome, share)
@@ -97,34 +99,34 @@ def advance(state: ContenderState, outcome: PeriodOutcome, share: float,
         shown, audited, since = d, True, ()
     credited = min(outcome.declared, shown)
     repay = min(debt, credited)
+    window = (state.window + (outcome,))[-k:]
     return ContenderState(
         demonstrated=shown,
         audited=audited,
         debt=debt - repay,
         since_audit=since + ((credited, score),),
-        window=(state.window + (outcome,))[-k:],
+        window=window,
         credited=credited - repay,
+        reliability=reliability(window),
+        quality=quality(window),
     )
 
 
-def reliability(state: ContenderState) -> float:
+def reliability(window: Sequence[PeriodOutcome]) -> float:
     """Consumed-weighted mean period score over the window."""
-    consumed = np.array([o.consumed for o in state.window])
-    if consumed.sum() <= 0:
-        return 0.0
-    scores = np.array([o.score for o in state.window])
-    return float((consumed * scores).sum() / consumed.sum())
+    consumed = sum(o.consumed for o in window)
+    return sum(o.consumed * o.score for o in window) / consumed if consumed > 0 else 0.0
 
 
-def quality(state: ContenderState) -> float:
+def quality(window: Sequence[PeriodOutcome]) -> float:
     """Mean quality of the checked results in the window; 0 when none was checked."""
-    n = sum(o.quality_n for o in state.window)
-    return sum(o.quality_sum for o in state.window) / n if n else 0.0
+    n = sum(o.quality_n for o in window)
+    return sum(o.quality_sum for o in window) / n if n else 0.0
 
 
 def effective(state: ContenderState) -> float:
     """``credited x reliability x quality ^ 3``: linear in capacity, steep in quality."""
-    return state.credited * reliability(state) * quality(state) ** QUALITY_POWER
+    return state.credited * state.reliability * state.quality ** QUALITY_POWER
 
 
 def weights(effective_by: Mapping[tuple[int, str], float], n_uids: int) -> np.ndarray:

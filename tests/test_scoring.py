@@ -75,14 +75,17 @@ def test_debt_is_repaid_before_earning():
 
 
 def test_reliability_is_consumed_weighted_and_quality_is_the_mean():
-    s = ContenderState(window=(
+    window = (
         PeriodOutcome(100, 100, 0.1, False, consumed=10, good=10, quality_sum=0.9, quality_n=1),
         PeriodOutcome(100, 100, 0.9, True, consumed=90, good=45, failed=45, quality_sum=1.5,
                       quality_n=2),
-    ))
-    s90 = float(period_score(90, 45, 0, 45, 100))
-    assert reliability(s) == pytest.approx((10 * 1 + 90 * s90) / 100)
-    assert quality(s) == pytest.approx(0.8)
+    )
+    s90 = period_score(90, 45, 0, 45, 100)
+    assert reliability(window) == pytest.approx((10 * 1 + 90 * s90) / 100)
+    assert quality(window) == pytest.approx(0.8)
+    state = advance(advance(ContenderState(), window[0], 1.0), window[1], 1.0)
+    assert state.reliability == reliability(window) and state.quality == quality(window)
+    assert effective(state) == pytest.approx(state.credited * reliability(window) * 0.8 ** 3)
 
 
 def test_window_keeps_the_last_k_periods():

@@ -60,7 +60,8 @@ class LocalChain:
         return cls(folder)
 
     def register(self, hotkey: str, coldkey: str, *, stake: float = 0.0,
-                 validator_permit: bool = False, registered_at: int | None = None) -> int:
+                 validator_permit: bool = False, registered_at: int | None = None,
+                 endpoint: str | None = None) -> int:
         with self._locked() as state:
             for n in state["neurons"]:
                 if n["hotkey"] == hotkey:
@@ -68,7 +69,7 @@ class LocalChain:
             uid = len(state["neurons"])
             state["neurons"].append({
                 "uid": uid, "hotkey": hotkey, "coldkey": coldkey, "stake": float(stake),
-                "validator_permit": bool(validator_permit), "endpoint": None,
+                "validator_permit": bool(validator_permit), "endpoint": endpoint,
                 "registered_at": self._block_of(state) if registered_at is None else registered_at,
             })
             return uid

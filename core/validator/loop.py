@@ -112,7 +112,7 @@ class Validator:
                         period, need, self.settings.max_concurrency)
         log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
                  period, len(targets), share, len(sends), " (resumed)" if records else "")
-        await self._send_all(period, metagraph, sends, used, deadline)
+        await self.send_all(period, metagraph, sends, used, deadline)
         await self._top_up(period, metagraph, targets, used, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
         await self._close(period, targets, share, metagraph)
@@ -143,7 +143,7 @@ class Validator:
         self.store.record(record)
         used[(c.hotkey, c.task)] += record.units - s.units
 
-    async def _send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
+    async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
                         used: dict[tuple[str, str], float], deadline: float) -> None:
         """Send each request at its time; stop a contender once its planned units are used."""
         self._gate = asyncio.Semaphore(self.settings.max_concurrency)

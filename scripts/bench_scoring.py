@@ -1,0 +1,165 @@
+"""Benchmarks of the validator's heart (issue 3), each figure on its own line as `name: value unit`.
+
+- weights: effective capacity and the weight vector for 256 miners x all 9 tasks with 16 periods
+  of history each (median of --repeats runs), and one period's close (advance every contender).
+- dispatch: synthetic requests scheduled and sent per second by one validator process to 256
+  simulated miners on 127.0.0.1 (signed aiohttp requests, answers parsed, every record committed
+  to SQLite), with --concurrency requests in flight.
+
+    python scripts/bench_scoring.py [--requests 6000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import multiprocessing as mp
+import random
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+N_MINERS = 256
+
+
+def weights_figures(repeats: int) -> None:
+    from core.scoring import ContenderState, PeriodOutcome, advance, effective, weights
+    from core.tasks import TASK_IDS
+
+    rng = random.Random(0)
+
+    def outcome(audit: bool) -> PeriodOutcome:
+        declared = rng.uniform(100, 10_000)
+        f = rng.uniform(0.8, 1.0) if audit else 0.05
+        consumed = f * declared
+        good = consumed * rng.uniform(0.7, 1.0)
+        return PeriodOutcome(declared, declared, f, audit, consumed, good, consumed - good, 0.0,
+                             rng.uniform(0.5, 1.0), 3)
+
+    keys = [(uid, task) for uid in range(N_MINERS) for task in TASK_IDS]
+    states = {}
+    for key in keys:
+        s = ContenderState()
+        for period in range(16):
+            s = advance(s, outcome(period % 8 == 0), 1.0)
+        states[key] = s
+    times, closes = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        vector = weights({k: effective(s) for k, s in states.items()}, N_MINERS)
+        times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for key in keys:
+            advance(states[key], outcome(False), 1.0)
+        closes.append(time.perf_counter() - t)
+    assert abs(vector.sum() - 1) < 1e-9
+    print(f"contenders: {len(keys)} count")
+    print(f"weights_256_miners_9_tasks_16_periods: {statistics.median(times) * 1e3:.2f} ms")
+    print(f"period_close_advance_all_contenders: {statistics.median(closes) * 1e3:.2f} ms")
+
+
+def _png() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def serve_simulated_miners(ports: list[int]) -> None:
+    """One process answering as many miners (one port each), instantly and validly."""
+    from aiohttp import web
+
+    png = _png()
+
+    async def image(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        return web.json_response({"version": body["version"], "images": [png],
+                                  "units": body["steps"] * body.get("num_images", 1)})
+
+    async def main():
+        app = web.Application(client_max_size=2**24)
+        app.router.add_post("/{kind}", image)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for port in ports:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def dispatch_figures(requests: int, concurrency: int, processes: int) -> None:
+    import bittensor as bt
+    from bittensor.sp_core import Keypair
+
+    from core import plan
+    from core.budget import Contender
+    from core.chain.local import LocalChain
+    from core.localproc import free_ports, make_wallet
+    from core.storage import open_store
+    from core.validator.loop import Settings, Validator
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
+    chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
+    wallet: bt.Wallet = make_wallet(tmp / "wallets", "validator")
+    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True)
+    ports = free_ports(N_MINERS)
+    for i, port in enumerate(ports):
+        hotkey = Keypair.create_from_uri(f"//miner{i}").ss58_address
+        chain.register(hotkey, "c", registered_at=0, endpoint=f"http://127.0.0.1:{port}")
+    ctx = mp.get_context("spawn")
+    servers = [ctx.Process(target=serve_simulated_miners, args=(ports[i::processes],), daemon=True)
+               for i in range(processes)]
+    for s in servers:
+        s.start()
+    await asyncio.sleep(3.0)
+    store = open_store(str(tmp / "v.sqlite3"))
+    validator = Validator(wallet, chain, store, Settings(max_concurrency=concurrency, image_size=64))
+    metagraph = await chain.metagraph()
+    per_miner = requests // N_MINERS
+    units = 20 * per_miner
+    targets = [plan.Target(Contender(n.uid, n.hotkey, "inpaint", units, units, 0), 1.0, True, "network")
+               for n in metagraph.neurons if n.endpoint]
+    try:
+        for label, period_s in (("warmup", 0.001), ("run", 0.001)):
+            sends = plan.schedule(targets, {}, period_s)
+            used = defaultdict(float)
+            t = time.perf_counter()
+            await validator.send_all(1 if label == "run" else 0, metagraph, sends, used,
+                                     deadline=time.monotonic() + 600)
+            elapsed = time.perf_counter() - t
+        records = store.records(1)
+        ok = sum(r.outcome.value == "ok" for r in records)
+    finally:
+        await validator.client.close()
+        for s in servers:
+            s.terminate()
+    if ok != len(records):
+        raise SystemExit(f"only {ok} of {len(records)} simulated requests succeeded")
+    print(f"dispatch_miners: {N_MINERS} count")
+    print(f"dispatch_requests: {len(records)} count")
+    print(f"dispatch_ok: {ok} count")
+    print(f"dispatch_concurrency: {concurrency} count")
+    print(f"dispatch_rate: {len(records) / elapsed:.0f} req/s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=20, help="runs of the weights computation")
+    p.add_argument("--requests", type=int, default=6144, help="synthetic requests to dispatch")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    p.add_argument("--miner-processes", type=int, default=1,
+                   help="processes serving the 256 simulated miners")
+    a = p.parse_args()
+    weights_figures(a.repeats)
+    asyncio.run(dispatch_figures(a.requests, a.concurrency, a.miner_processes))
+
+
+if __name__ == "__main__":
+    main()
