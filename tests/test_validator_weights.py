@@ -1,0 +1,91 @@
+"""Weights leave the validator once per epoch, never all-zero, retried with backoff; --status
+shows what the database holds."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from core.chain.local import LocalChain
+from core.localproc import make_wallet
+from core.storage import open_store
+from core.validator.loop import Settings, Validator
+from core.validator.status import status
+
+
+class FlakyChain(LocalChain):
+    """The local subnet, refusing the first ``failures`` weight submissions."""
+
+    def __init__(self, folder, failures):
+        super().__init__(folder)
+        self.failures, self.attempts = failures, 0
+
+    async def set_weights(self, wallet, weights):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise ConnectionError("chain unreachable")
+        await super().set_weights(wallet, weights)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    LocalChain.create(tmp_path / "chain", tempo=50, age_blocks=1000)
+    wallet = make_wallet(tmp_path / "w", "v")
+    LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
+                                            validator_permit=True)
+    return tmp_path, wallet
+
+
+async def _no_sleep(_):
+    return None
+
+
+def validator(tmp_path, wallet, failures, retries=3):
+    chain = FlakyChain(tmp_path / "chain", failures)
+    return Validator(wallet, chain, open_store(str(tmp_path / "v.sqlite3")),
+                     Settings(weight_retries=retries)), chain
+
+
+def test_weights_are_retried_then_set_once_per_epoch(setup):
+    tmp_path, wallet = setup
+    v, chain = validator(tmp_path, wallet, failures=2)
+    asyncio.run(v._set_weights(np.array([0.0, 0.25, 0.75])))
+    assert chain.attempts == 3 and len(chain.weights_log()) == 1
+    assert v.store.last_weights()[1] == {1: 0.25, 2: 0.75}
+    asyncio.run(v._set_weights(np.array([0.0, 0.5, 0.5])))  # same epoch: not again
+    assert chain.attempts == 3
+
+
+def test_weights_give_up_after_the_retries(setup):
+    tmp_path, wallet = setup
+    v, chain = validator(tmp_path, wallet, failures=5, retries=3)
+    asyncio.run(v._set_weights(np.array([1.0])))
+    assert chain.attempts == 3 and chain.weights_log() == [] and v.store.last_weights() is None
+
+
+def test_an_all_zero_table_is_never_set(setup):
+    tmp_path, wallet = setup
+    v, chain = validator(tmp_path, wallet, failures=0)
+    asyncio.run(v._set_weights(np.zeros(4)))
+    assert chain.attempts == 0
+
+
+def test_status_shows_the_latest_period(setup):
+    from core.budget import Contender
+    from core.plan import Target
+    from core.records import Outcome, RequestRecord
+
+    tmp_path, wallet = setup
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    assert status(store) == "no period recorded yet"
+    target = Target(Contender(3, "hk", "inpaint", 400.0, 100.0, 0), 0.9, True, "network")
+    store.begin_period(7, 2100, "0x1", 0.25, 0.0, [target])
+    store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, 1.0))
+    store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.RATE_LIMITED, 20, 0.1))
+    store.note_weights(2000, 0.0, {3: 1.0})
+    text = status(store)
+    assert "== period 7 ==" in text and "in progress" in text
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("3 inpaint"))
+    assert row.split()[2:5] == ["400", "100", "0.90"] and "network" in row
+    assert "uid 3: 1.000" in text and "block 2000" in text
