@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.tasks import TASK_IDS, TASKS
+from core.tasks import TASK_IDS, TASKS, Kind
 
 BACKENDS = ("cpu", "vllm", "diffusers")
 
@@ -36,6 +36,12 @@ class TaskEntry(BaseModel):
     backend: Literal["cpu", "vllm", "diffusers"] = "cpu"
     group: str | None = None
     model: str | None = None
+    # GPU back ends only
+    device: str = "cuda"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    max_model_len: Annotated[int, Field(ge=256)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
 
 
 class GroupEntry(BaseModel):
@@ -55,6 +61,14 @@ class MinerConfig(BaseModel):
         for task_id, entry in self.tasks.items():
             if entry.group is not None and entry.group not in self.groups:
                 return task_id, entry.group
+        return None
+
+    def misplaced_backend(self) -> tuple[str, str] | None:
+        """The first (task, backend) whose back end cannot serve the task's kind, if any."""
+        for task_id, entry in self.tasks.items():
+            chat = TASKS[task_id].kind is Kind.CHAT
+            if (entry.backend == "vllm" and not chat) or (entry.backend == "diffusers" and chat):
+                return task_id, entry.backend
         return None
 
     def declaration(self) -> dict[str, float]:
@@ -124,7 +138,35 @@ def load_config(path: str | Path) -> MinerConfig:
             f"{path}: line {line}: tasks.{task_id}.group: group {group!r} is not defined "
             f"(allowed: {', '.join(config.groups) or 'define it under groups: with a concurrency'})"
         )
+    if bad := config.misplaced_backend():
+        task_id, backend = bad
+        line = lines.get(("tasks", task_id, "backend"))
+        allowed = "cpu or vllm" if TASKS[task_id].kind is Kind.CHAT else "cpu or diffusers"
+        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.backend: {backend} cannot serve "
+                          f"{TASKS[task_id].kind.value} tasks (allowed: {allowed})")
     return config
+
+
+def backend_problems(config: MinerConfig) -> list[str]:
+    """What would stop the configured back ends from loading on this machine (missing packages,
+    no GPU), found without importing them."""
+    import importlib.util
+
+    needs = {"cpu": ("torch", "transformers", "diffusers"), "vllm": ("vllm", "transformers"),
+             "diffusers": ("torch", "diffusers")}
+    extra = {"cpu": "cpu", "vllm": "gpu", "diffusers": "gpu"}
+    problems = []
+    for backend in sorted({e.backend for e in config.tasks.values()}):
+        missing = [m for m in needs[backend] if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(f"the {backend} back end needs {', '.join(missing)}: "
+                            f"pip install -e '.[{extra[backend]}]'")
+        elif backend != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(f"the {backend} back end needs a CUDA GPU and torch sees none")
+    return problems
 
 
 def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
@@ -143,6 +185,10 @@ _ALLOWED = {
     "backend": f"one of {', '.join(BACKENDS)}",
     "concurrency": "an integer >= 1",
     "group": "the name of a group defined under 'groups'",
+    "dtype": "auto, float16, bfloat16 or float32",
+    "gpu_memory_utilization": "a fraction of the GPU's memory, 0 < x <= 1",
+    "max_model_len": "an integer >= 256 (tokens of prompt + completion)",
+    "tensor_parallel_size": "an integer >= 1 (GPUs per model)",
 }
 
 

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from core.capacity import ConfigError, group_load, load_config
+from core.capacity import ConfigError, backend_problems, group_load, load_config
 from core.cli import add_common_args, setup_logging
 from core.tasks import TASKS
 
@@ -66,13 +66,16 @@ def check_config(args) -> int:
                   f"validators clamp it")
         if 0 < entry.capacity < 1:
             print(f"  warning: {task_id} declares under one unit; validators count it as 0")
+    problems = backend_problems(config)
+    for problem in problems:
+        print(f"  error: {problem}")
     period_s = args.period_blocks * 12.0
     for group, load in group_load(config, period_s).items():
         if load > 1:
             print(f"  warning: group {group!r} declares {load:.1f}x what its GPU can serve in a "
                   f"{period_s / 60:g}-minute period at production speed; tasks sharing a GPU "
                   f"must together declare what it serves, or the next audit claws it back")
-    return 0
+    return 1 if problems else 0
 
 
 def main(argv=None) -> int:

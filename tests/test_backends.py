@@ -1,5 +1,6 @@
 """The CPU back end and the loading code production uses, on tiny models saved to disk."""
 
+import asyncio
 import base64
 import io
 
@@ -19,7 +20,7 @@ CHAT = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "t
 
 
 def ids(engine, request=CHAT):
-    return [t.token_id for t in engine.stream(request)]
+    return [t.token_id for t in engine.tokens(request)]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,21 @@ def test_chat_is_deterministic_for_a_seed_and_varies_with_it(chat):
 
 
 def test_greedy_chat_picks_the_most_likely_token(chat):
-    greedy = list(chat.stream(CHAT.model_copy(update={"temperature": 0.0})))
+    greedy = list(chat.tokens(CHAT.model_copy(update={"temperature": 0.0})))
     assert all(t.logprob > np.log(0.05) for t in greedy[:3])
+
+
+def test_async_stream_yields_the_same_tokens_and_stops_when_abandoned(chat):
+    async def first(n):
+        got = []
+        async for token in chat.stream(CHAT):
+            got.append(token.token_id)
+            if len(got) == n:
+                break  # the consumer leaves: the sampling thread must stop, not run on
+        return got
+
+    assert asyncio.run(first(100)) == ids(chat)
+    assert asyncio.run(first(3)) == ids(chat)[:3]
 
 
 def test_tasks_on_other_models_answer_differently(chat):

@@ -19,7 +19,7 @@ def write(tmp_path, text):
     ("tasks:\n  inpaint:\n    capacity: '100'\n",
      ["line 3", "tasks.inpaint.capacity", "got '100'"]),
     ("tasks:\n  inpaint:\n    capacity: 10\n    colour: red\n",
-     ["line 4", "tasks.inpaint.colour", "unknown key", "allowed: capacity, backend, group, model"]),
+     ["line 4", "tasks.inpaint.colour", "unknown key", "allowed: capacity, backend, group, model, device, dtype"]),
     ("tasks:\n  inpaint:\n    capacity: 10\nextra: 1\n",
      ["line 4", "extra", "unknown key", "allowed: tasks, groups"]),
     ("tasks:\n  inpaint: {capacity: [1\n", ["line 3", "YAML syntax error"]),
@@ -31,6 +31,10 @@ def write(tmp_path, text):
     ("groups:\n  g: {concurrency: 0}\ntasks:\n  inpaint: {capacity: 1, group: g}\n",
      ["line 2", "groups.g.concurrency", "allowed: an integer >= 1"]),
     ("- just\n- a list\n", ["expected a mapping"]),
+    ("tasks:\n  inpaint:\n    capacity: 10\n    backend: vllm\n",
+     ["line 4", "tasks.inpaint.backend", "vllm cannot serve inpaint tasks", "allowed: cpu or diffusers"]),
+    ("tasks:\n  chat-mixtral: {capacity: 10, backend: vllm, gpu_memory_utilization: 1.5}\n",
+     ["line 2", "gpu_memory_utilization", "allowed: a fraction of the GPU's memory"]),
 ])
 def test_bad_file_gives_one_clear_message(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -76,3 +80,17 @@ groups:
     assert group_load(config, 3600)["g"] > 1
     config.groups["g"].concurrency = 64
     assert group_load(config, 3600)["g"] < 1
+
+
+def test_check_config_reports_back_ends_that_cannot_load_here(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "tasks:\n  chat-llama-3: {capacity: 500000, backend: vllm}\n")
+    run = subprocess.run([sys.executable, "neurons/miner.py", "--config", str(path),
+                          "--check-config"], capture_output=True, text=True)
+    assert run.returncode == 1  # no vllm (and no GPU) on this machine
+    assert "the vllm back end needs vllm" in run.stdout
+    ok = subprocess.run([sys.executable, "neurons/miner.py", "--check-config"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "chat-llama-3" in ok.stdout

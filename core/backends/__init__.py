@@ -1,10 +1,12 @@
-"""What serves a task, behind one small interface. Engines are synchronous (the miner runs them
-in worker threads); GPU libraries are imported only when a GPU back end is chosen."""
+"""What serves a task, behind one small interface. Chat engines stream asynchronously (vLLM batches
+concurrent requests in its own loop; the transformers engine runs in a worker thread); image
+engines are synchronous and run in worker threads. GPU libraries are imported only when a GPU back
+end is chosen."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from core.capacity import TaskEntry
@@ -16,8 +18,9 @@ class ChatEngine(Protocol):
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The prompt as the model's tokenizer counts it (the units charged for it)."""
 
-    def stream(self, request: ChatRequest) -> Iterator[ChatToken]:
-        """Completion tokens one by one, sampled with the request's seed, temperature and top-p."""
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatToken]:
+        """Completion tokens one by one, sampled with the request's seed, temperature and top-p,
+        each with the model's log-probability of it."""
 
 
 class ImageEngine(Protocol):
@@ -38,8 +41,12 @@ def load_engine(task_id: str, entry: TaskEntry) -> Engine:
     back ends); with the cpu back end and no model, a tiny model is built from configs."""
     kind = TASKS[task_id].kind
     if kind is Kind.CHAT:
+        if entry.backend == "diffusers":
+            raise ValueError(f"task {task_id}: the diffusers back end serves image tasks only")
         if entry.backend == "vllm":
-            raise NotImplementedError("the vllm back end is not built yet (issue 4)")
+            from core.backends.vllm_chat import VllmChat
+
+            return VllmChat.load(entry.model or TASKS[task_id].model, entry)
         from core.backends.transformers_chat import TransformersChat
 
         if entry.model:
@@ -49,7 +56,9 @@ def load_engine(task_id: str, entry: TaskEntry) -> Engine:
 
     if entry.backend == "vllm":
         raise ValueError(f"task {task_id}: the vllm back end serves chat tasks only")
-    device = "cuda" if entry.backend == "diffusers" else "cpu"
+    if entry.backend == "diffusers":
+        return DiffusersImages.from_pretrained(entry.model or TASKS[task_id].model, kind,
+                                               device=entry.device, dtype=entry.dtype)
     if entry.model:
-        return DiffusersImages.from_pretrained(entry.model, kind, device=device)
+        return DiffusersImages.from_pretrained(entry.model, kind, device="cpu")
     return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed(task_id)), kind)

@@ -50,12 +50,15 @@ class DiffusersImages:
         return tiny.image_pipeline(seed)
 
     @classmethod
-    def from_pretrained(cls, model: str, kind: Kind, *, device: str = "cuda") -> DiffusersImages:
-        """Load a checkpoint (a local folder, or a hub id where the hub is reachable)."""
+    def from_pretrained(cls, model: str, kind: Kind, *, device: str = "cuda",
+                        dtype: str = "auto") -> DiffusersImages:
+        """Load a checkpoint (a local folder, or a hub id where the hub is reachable); ``auto``
+        dtype is float16 on CUDA and float32 on the CPU."""
         from diffusers import AutoPipelineForText2Image
 
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=dtype)
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=getattr(torch, dtype))
         return cls(pipeline.to(device), kind)
 
     @torch.inference_mode()

@@ -4,8 +4,10 @@ CPU reference for checking reuses ``token_logprobs``)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import torch
 
@@ -46,8 +48,36 @@ class TransformersChat:
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         return self.tokenizer(self.render(request.messages), add_special_tokens=False)["input_ids"]
 
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatToken]:
+        """The sampling loop in a worker thread, its tokens handed to the event loop."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()  # set when the consumer goes away: the thread stops sampling
+        done = object()
+
+        def pump():
+            try:
+                for token in self.tokens(request):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, token)
+            except BaseException as e:  # surface the engine's error in the stream
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, pump)
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
+
     @torch.inference_mode()
-    def stream(self, request: ChatRequest) -> Iterator[ChatToken]:
+    def tokens(self, request: ChatRequest) -> Iterator[ChatToken]:
+        """The sampling loop itself, synchronous (the checker's CPU reference reuses it)."""
         ids = torch.tensor([self.prompt_ids(request)])
         generator = torch.Generator().manual_seed(request.seed)
         past = None

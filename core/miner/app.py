@@ -162,7 +162,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         async def lines() -> AsyncIterator[bytes]:
             produced = 0
             try:
-                async for token in _in_thread(engine.stream(message)):
+                async for token in engine.stream(message):
                     produced += 1
                     yield ChatChunk(tokens=[token]).model_dump_json().encode() + b"\n"
                 yield ChatChunk(done=True, prompt_tokens=prompt,
@@ -209,24 +209,3 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
 
     return app
 
-
-async def _in_thread(iterator) -> AsyncIterator:
-    """Drive a blocking iterator in a worker thread, yielding its items on the event loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    def pump():
-        try:
-            for item in iterator:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-        except BaseException as e:  # surface the engine's error in the stream's task
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        loop.call_soon_threadsafe(queue.put_nowait, done)
-
-    worker = loop.run_in_executor(None, pump)
-    while (item := await queue.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    await worker
