@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue-wait", type=float, default=30.0,
                    help="seconds a request may wait for a free slot in its concurrency group "
                         "before it is answered 429")
+    p.add_argument("--max-waiting", type=int, default=64,
+                   help="requests queued per concurrency group; when full, the caller with the "
+                        "least stake is answered 429")
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--torch-threads", type=int, default=0,
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         log.info("loading %s on the %s back end", task_id, entry.backend)
         engines[task_id] = load_engine(task_id, entry)
     slots = Slots({g: e.concurrency for g, e in config.groups.items()},
-                  {t: e.group for t, e in config.tasks.items()}, args.queue_wait)
+                  {t: e.group for t, e in config.tasks.items()}, args.queue_wait, args.max_waiting)
     state = MinerState(hotkey=hotkey.ss58_address, config=config, engines=engines, chain=chain,
                        gate=Gate(hotkey.ss58_address, min_stake=args.min_stake),
                        period_blocks=args.period_blocks, slots=slots)

@@ -20,6 +20,7 @@ class Subnet:
     weak: Keypair  # permit, stake below the miners' minimum
     no_permit: Keypair
     stranger: Keypair  # not registered
+    other: Keypair  # a second validator with a permit and stake
 
 
 @pytest.fixture
@@ -27,11 +28,13 @@ def subnet(tmp_path) -> Subnet:
     chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=10, age_blocks=1000)
     miner = make_wallet(tmp_path / "wallets", "miner")
     chain.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
-    keys = {name: Keypair.create_from_uri(f"//{name}") for name in ("Alice", "Bob", "Carol", "Eve")}
+    keys = {name: Keypair.create_from_uri(f"//{name}")
+            for name in ("Alice", "Bob", "Carol", "Dave", "Eve")}
     chain.register(keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True)
     chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True)
     chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False)
-    return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"])
+    chain.register(keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True)
+    return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"], keys["Dave"])
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ def run(coro):
 
 def test_metagraph_and_blocks(subnet):
     graph = run(subnet.chain.metagraph())
-    assert [n.uid for n in graph.neurons] == [0, 1, 2, 3]
+    assert [n.uid for n in graph.neurons] == [0, 1, 2, 3, 4]
     assert graph.by_hotkey(subnet.validator.ss58_address).stake == 9000
-    assert [n.uid for n in graph.validators(min_stake=100)] == [1]
+    assert [n.uid for n in graph.validators(min_stake=100)] == [1, 4]
     assert graph.block >= 1000
     assert run(subnet.chain.block_time()) == 1.0 and run(subnet.chain.tempo()) == 10
 

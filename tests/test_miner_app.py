@@ -11,11 +11,14 @@ from core.backends import load_engine
 from core.capacity import MinerConfig, TaskEntry
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
-from core.protocol import CapacityRequest, ChatChunk, ChatRequest, ImageResponse, TextToImageRequest
+from core.protocol import (CapacityRequest, ChatChunk, ChatRequest, ImageResponse,
+                           ImageToImageRequest, InpaintRequest, TextToImageRequest)
 from core.transport.auth import Gate
 
 CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=2000),
-                            "proteus-text-to-image": TaskEntry(capacity=40)})
+                            "proteus-text-to-image": TaskEntry(capacity=40),
+                            "proteus-image-to-image": TaskEntry(capacity=40),
+                            "inpaint": TaskEntry(capacity=40)})
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,8 @@ def test_capacity_for_a_validator(miner, subnet):
     client, me = miner
     r = post(client, "/capacity", CapacityRequest(), subnet.validator, me)
     assert r.status_code == 200
-    assert r.json()["capacities"] == {"chat-llama-3": 2000.0, "proteus-text-to-image": 40.0}
+    assert r.json()["capacities"] == {"chat-llama-3": 2000.0, "proteus-text-to-image": 40.0,
+                                      "proteus-image-to-image": 40.0, "inpaint": 40.0}
     assert r.json()["hotkey"] == me
 
 
@@ -118,9 +122,12 @@ def test_invalid_body_is_422(miner, subnet):
 
 def test_undeclared_task_is_404(miner, subnet):
     client, me = miner
-    msg = TextToImageRequest(task="inpaint", prompt="x", steps=2, height=64, width=64)
+    msg = TextToImageRequest(task="dreamshaper-text-to-image", prompt="x", steps=2, height=64,
+                             width=64)
     r = post(client, "/text-to-image", msg, subnet.validator, me)
     assert r.status_code == 404
+    wrong_endpoint = TextToImageRequest(task="inpaint", prompt="x", steps=2, height=64, width=64)
+    assert post(client, "/text-to-image", wrong_endpoint, subnet.validator, me).status_code == 404
 
 
 def chat(client, subnet, me, seed=1, max_tokens=20):
@@ -148,19 +155,32 @@ def test_chat_streams_tokens_with_logprobs_and_counts_units(miner, subnet, engin
     assert [t.token_id for c in again for t in c.tokens] == [t.token_id for t in tokens]
 
 
-def test_image_is_a_png_and_charges_steps(miner, subnet):
-    client, me = miner
-    msg = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=3, height=64,
-                             width=64, seed=9)
-    r = post(client, "/text-to-image", msg, subnet.validator, me)
-    assert r.status_code == 200
+def image(client, subnet, me, path, message):
+    r = post(client, path, message, subnet.validator, me)
+    assert r.status_code == 200, r.text
     answer = ImageResponse.model_validate(r.json())
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in answer.images)
+    return answer
+
+
+def test_every_image_kind_is_served_as_png_and_charges_steps(miner, subnet):
+    client, me = miner
+    t2i = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=3, height=64,
+                             width=64, seed=9)
+    answer = image(client, subnet, me, "/text-to-image", t2i)
     assert answer.units == 3
-    assert base64.b64decode(answer.images[0]).startswith(b"\x89PNG")
+    init = answer.images[0]
+    i2i = ImageToImageRequest(task="proteus-image-to-image", prompt="a dog", steps=4, height=64,
+                              width=64, init_image=init)
+    assert image(client, subnet, me, "/image-to-image", i2i).units == 4
+    inpaint = InpaintRequest(task="inpaint", prompt="a hat", steps=2, num_images=2, height=64,
+                             width=64, init_image=init, mask_image=init)
+    answer = image(client, subnet, me, "/inpaint", inpaint)
+    assert answer.units == 4 and len(answer.images) == 2
 
 
-def test_share_used_up_is_429_with_retry_after(miner, subnet, tmp_path):
-    """Alice holds 9000 of 9010 validator stake: ~1998 tokens of 2000. Bob's share is tiny."""
+def test_share_used_up_is_429_while_another_validator_is_served(miner, subnet):
+    """Alice holds 9000 of 12010 permit stake: ~1499 of the 2000 tokens; Dave 3000: ~500."""
     client, me = miner
     served = 0
     for seed in range(20):
@@ -171,4 +191,11 @@ def test_share_used_up_is_429_with_retry_after(miner, subnet, tmp_path):
     assert r.status_code == 429
     assert int(r.headers["Retry-After"]) >= 1
     assert "used up" in r.json()["error"]
-    assert served <= 2000 * 9000 / 9010
+    assert 0 < served <= 2000 * 9000 / 12010
+    msg = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "hi"}],
+                      max_tokens=100)
+    assert post(client, "/chat", msg, subnet.other, me).status_code == 200
+    metrics = client.get("/metrics").text
+    assert f'sn19_miner_refused_total{{reason="share",task="chat-llama-3",validator="{subnet.validator.ss58_address}"}} 1.0' in metrics
+    assert 'sn19_miner_declared_units{task="chat-llama-3"} 2000.0' in metrics
+    assert "sn19_miner_units_total" in metrics

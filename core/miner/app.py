@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from core.backends import ChatEngine, Engine, ImageEngine
@@ -26,6 +27,7 @@ from core.budget import stake_share
 from core.capacity import MinerConfig
 from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
+from core.miner.metrics import MinerMetrics
 from core.protocol import (CAPACITY_PATH, MAJOR, PATHS, PROTOCOL_VERSION, REQUEST_MODELS,
                            CapacityResponse, ChatChunk, ErrorResponse, ImageResponse,
                            major_of)
@@ -94,6 +96,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
 
     app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
     declaration = state.config.declaration()
+    metrics = MinerMetrics(declaration)
 
     async def admit(request: Request, kind: Kind | None):
         """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
@@ -123,18 +126,28 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             return refuse(404, f"task {message.task!r} is not served at {PATHS[kind]}")
         return validator, message
 
-    def reserve(validator, task: str, units: float):
-        """Reserve units against the caller's share: the period, or a 429 Response."""
+    async def start(validator, task: str, units: float):
+        """Reserve units against the caller's share, then wait for a slot in the task's group
+        (served by stake): the period, or a 429 Response."""
         period, left_s = state.period()
         allowance = declaration.get(task, 0.0) * stake_share(state.metagraph, validator.hotkey)
         if not state.ledger.reserve(validator.hotkey, task, units, allowance, period):
+            metrics.refuse(task, validator.hotkey, "share")
             return refuse(429, f"this validator's share of {task} is used up for this period",
                           {"Retry-After": str(max(1, round(left_s)))})
+        if not await state.slots.acquire(task, validator.stake):
+            state.ledger.release(validator.hotkey, task, units, period)
+            metrics.refuse(task, validator.hotkey, "busy")
+            return refuse(429, f"{task} is at its concurrency limit", {"Retry-After": "1"})
         return period
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "hotkey": state.hotkey, "version": PROTOCOL_VERSION}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(CAPACITY_PATH, response_model=CapacityResponse)
     async def capacity(request: Request):
@@ -152,24 +165,25 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         engine: ChatEngine = state.engines[message.task]
         prompt = len(engine.prompt_ids(message))
         reserved = prompt + message.max_tokens
-        period = reserve(validator, message.task, reserved)
+        period = await start(validator, message.task, reserved)
         if isinstance(period, Response):
             return period
-        if not await state.slots.acquire(message.task):
-            state.ledger.release(validator.hotkey, message.task, reserved, period)
-            return refuse(429, f"{message.task} is at its concurrency limit", {"Retry-After": "1"})
+        began = time.perf_counter()
 
         async def lines() -> AsyncIterator[bytes]:
-            produced = 0
+            produced, status = 0, 500
             try:
                 async for token in engine.stream(message):
                     produced += 1
                     yield ChatChunk(tokens=[token]).model_dump_json().encode() + b"\n"
                 yield ChatChunk(done=True, prompt_tokens=prompt,
                                 completion_tokens=produced).model_dump_json().encode() + b"\n"
+                status = 200
             finally:
                 state.slots.release(message.task)
                 state.ledger.release(validator.hotkey, message.task, reserved - prompt - produced, period)
+                metrics.served(message.task, validator.hotkey, status, prompt + produced,
+                               time.perf_counter() - began)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -179,22 +193,24 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             return admitted
         validator, message = admitted
         engine: ImageEngine = state.engines[message.task]
-        period = reserve(validator, message.task, message.units)
+        period = await start(validator, message.task, message.units)
         if isinstance(period, Response):
             return period
-        if not await state.slots.acquire(message.task):
-            state.ledger.release(validator.hotkey, message.task, message.units, period)
-            return refuse(429, f"{message.task} is at its concurrency limit", {"Retry-After": "1"})
+        began = time.perf_counter()
         try:
             images = await asyncio.to_thread(engine.generate, message)
         except Exception as e:
             state.ledger.release(validator.hotkey, message.task, message.units, period)
-            if isinstance(e, ValueError):  # e.g. an init image that does not decode
+            status = 422 if isinstance(e, ValueError) else 500
+            metrics.served(message.task, validator.hotkey, status, 0, time.perf_counter() - began)
+            if status == 422:  # e.g. an init image that does not decode
                 return refuse(422, f"cannot use this request: {e}")
             log.exception("%s failed", message.task)
             return refuse(500, f"{message.task} failed: {type(e).__name__}")
         finally:
             state.slots.release(message.task)
+        metrics.served(message.task, validator.hotkey, 200, message.units,
+                       time.perf_counter() - began)
         return ImageResponse(images=[base64.b64encode(i).decode() for i in images],
                              units=message.units)
 

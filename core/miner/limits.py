@@ -40,23 +40,62 @@ class Ledger:
             return self._used.get((validator, task), 0.0)
 
 
-class Slots:
-    """Concurrency limits: tasks in one group share one limit; a task without a group has its own
-    limit of one. A request waits at most ``max_wait_s`` for a slot."""
+class Gpu:
+    """One concurrency group: ``limit`` requests served at once, up to ``max_waiting`` more
+    queued. A freed slot goes to the waiter with the most stake; when the queue is full, a caller
+    with more stake than the least-staked waiter takes its place (that waiter gets a 429)."""
 
-    def __init__(self, groups: dict[str, int], task_groups: dict[str, str | None], max_wait_s: float):
-        self._by_group = {g: asyncio.Semaphore(n) for g, n in groups.items()}
-        self._by_task = {
-            t: self._by_group[g] if g else asyncio.Semaphore(1) for t, g in task_groups.items()
-        }
-        self.max_wait_s = max_wait_s
+    def __init__(self, limit: int, max_waiting: int):
+        self.limit, self.max_waiting = limit, max_waiting
+        self.busy = 0
+        self._waiting: list[tuple[float, int, asyncio.Future]] = []
+        self._seq = 0
 
-    async def acquire(self, task: str) -> bool:
-        try:
-            await asyncio.wait_for(self._by_task[task].acquire(), self.max_wait_s)
+    async def acquire(self, stake: float, max_wait_s: float) -> bool:
+        if self.busy < self.limit and not self._waiting:
+            self.busy += 1
             return True
+        if len(self._waiting) >= self.max_waiting:
+            weakest = min(self._waiting, key=lambda w: (w[0], -w[1]))
+            if weakest[0] >= stake:
+                return False
+            self._waiting.remove(weakest)
+            weakest[2].set_result(False)
+        self._seq += 1
+        entry = (stake, self._seq, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            return await asyncio.wait_for(entry[2], max_wait_s)
         except TimeoutError:
             return False
+        finally:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+    def release(self) -> None:
+        """Hand the slot to the highest-stake waiter still waiting, else free it."""
+        while self._waiting:
+            best = max(self._waiting, key=lambda w: (w[0], -w[1]))
+            self._waiting.remove(best)
+            if not best[2].done():
+                best[2].set_result(True)
+                return
+        self.busy -= 1
+
+
+class Slots:
+    """Concurrency limits per task: tasks in one group share a ``Gpu``; a task without a group
+    has its own, of one request at a time."""
+
+    def __init__(self, groups: dict[str, int], task_groups: dict[str, str | None],
+                 max_wait_s: float, max_waiting: int = 64):
+        by_group = {g: Gpu(n, max_waiting) for g, n in groups.items()}
+        self._by_task = {t: by_group[g] if g else Gpu(1, max_waiting)
+                         for t, g in task_groups.items()}
+        self.max_wait_s = max_wait_s
+
+    async def acquire(self, task: str, stake: float = 0.0) -> bool:
+        return await self._by_task[task].acquire(stake, self.max_wait_s)
 
     def release(self, task: str) -> None:
         self._by_task[task].release()

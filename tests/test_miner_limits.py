@@ -1,0 +1,87 @@
+"""Per-validator shares and concurrency groups, on their own."""
+
+import asyncio
+
+from core.miner.limits import Gpu, Ledger, Slots
+
+
+def test_ledger_holds_each_validator_to_its_allowance_per_period():
+    ledger = Ledger()
+    assert ledger.reserve("a", "t", 60, 100, period=1)
+    assert not ledger.reserve("a", "t", 50, 100, period=1)
+    assert ledger.reserve("b", "t", 100, 100, period=1)  # another validator, its own share
+    ledger.release("a", "t", 30, period=1)  # unused units come back
+    assert ledger.reserve("a", "t", 70, 100, period=1)
+    assert ledger.reserve("a", "t", 100, 100, period=2)  # a new period starts afresh
+    ledger.release("a", "t", 100, period=1)  # a late release of an old period changes nothing
+    assert ledger.used("a", "t") == 100
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_group_serves_its_limit_at_once_and_queues_the_rest():
+    async def main():
+        gpu = Gpu(limit=2, max_waiting=8)
+        running = peak = 0
+
+        async def job():
+            nonlocal running, peak
+            assert await gpu.acquire(1.0, max_wait_s=5)
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            gpu.release()
+
+        await asyncio.gather(*(job() for _ in range(7)))
+        return peak, gpu.busy
+
+    assert run(main()) == (2, 0)
+
+
+def test_freed_slots_go_to_the_highest_stake_first():
+    async def main():
+        gpu = Gpu(limit=1, max_waiting=8)
+        assert await gpu.acquire(0, 1)
+        order = []
+
+        async def wait(stake):
+            assert await gpu.acquire(stake, 5)
+            order.append(stake)
+            gpu.release()
+
+        tasks = [asyncio.create_task(wait(s)) for s in (10, 500, 50)]
+        await asyncio.sleep(0.01)
+        gpu.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert run(main()) == [500, 50, 10]
+
+
+def test_a_full_queue_refuses_the_least_staked():
+    async def main():
+        gpu = Gpu(limit=1, max_waiting=2)
+        assert await gpu.acquire(0, 1)
+        low = asyncio.create_task(gpu.acquire(10, 5))
+        mid = asyncio.create_task(gpu.acquire(20, 5))
+        await asyncio.sleep(0.01)
+        refused = await gpu.acquire(5, 5)  # poorer than everyone queued: refused at once
+        high = asyncio.create_task(gpu.acquire(99, 5))  # richer: takes the poorest's place
+        await asyncio.sleep(0.01)
+        evicted = await low
+        gpu.release()
+        return refused, evicted, await high, mid.done()
+
+    assert run(main()) == (False, False, True, False)
+
+
+def test_waiting_is_bounded_in_time():
+    async def main():
+        slots = Slots({}, {"inpaint": None}, max_wait_s=0.05)
+        assert await slots.acquire("inpaint", 1.0)
+        return await slots.acquire("inpaint", 1.0)  # the task's own limit of one is taken
+
+    assert run(main()) is False
