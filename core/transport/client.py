@@ -6,8 +6,8 @@ requests in flight aiohttp kept ~2,800 req/s here where httpx fell to ~90 (httpx
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 from bittensor import http_auth
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 class Reply:
     status: int
     body: bytes
-    retry_after: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class SignedClient:
@@ -52,7 +52,7 @@ class SignedClient:
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
-            return Reply(r.status, await r.read(), _retry_after(r.headers))
+            return Reply(r.status, await r.read(), r.headers)
 
     async def stream(self, endpoint: str, path: str, receiver: str, message: BaseModel,
                      timeout: float) -> AsyncIterator[tuple[int, bytes]]:
@@ -74,9 +74,3 @@ class SignedClient:
             await self._session.close()
             self._session = None
 
-
-def _retry_after(headers) -> float | None:
-    try:
-        return float(headers["Retry-After"])
-    except (KeyError, ValueError):
-        return None
