@@ -11,7 +11,7 @@ import logging
 import sys
 
 from core.capacity import ConfigError, backend_problems, group_load, load_config
-from core.cli import add_common_args, setup_logging
+from core.cli import CliError, add_common_args, load_wallet, setup_logging
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -86,13 +86,17 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     if args.check_config:
         return check_config(args)
+    from core.chain import ChainError
+
     try:
-        config = load_config(args.config)
-    except ConfigError as e:
+        return serve(args)
+    except (ConfigError, CliError, ChainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    import bittensor as bt
+
+def serve(args) -> int:
+    config = load_config(args.config)
     import uvicorn
 
     from core.backends import load_engine
@@ -105,8 +109,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
-    hotkey = wallet.hotkey  # load once: signing with the keypair is ~30x cheaper than the Wallet
+    wallet, hotkey = load_wallet(args)
     chain = connect(args.network, args.netuid)
     engines = {}
     for task_id, entry in config.tasks.items():

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from core.cli import add_common_args, setup_logging
+from core.cli import CliError, add_common_args, load_wallet, setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,23 +42,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    import bittensor as bt
+    from core.chain import ChainError
+    from core.storage import StorageError
 
+    try:
+        return run(args)
+    except (StorageError, CliError, ChainError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
     from core.chain import connect
-    from core.storage import StorageError, open_store
+    from core.storage import open_store
     from core.validator.loop import Settings, Validator
     from core.validator.status import status
 
-    try:
-        store = open_store(args.db)
-    except StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    store = open_store(args.db)
     if args.status:
         print(status(store))
         store.close()
         return 0
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
+    wallet, _ = load_wallet(args)
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
                         max_concurrency=args.max_concurrency, image_size=args.image_size,
                         retention_periods=args.retention_periods)

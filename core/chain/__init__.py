@@ -10,6 +10,10 @@ from typing import Protocol
 import bittensor as bt
 
 
+class ChainError(Exception):
+    """The chain cannot be reached or used as asked; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class Neuron:
     uid: int
@@ -67,4 +71,7 @@ def connect(network: str, netuid: int) -> Chain:
         return LocalChain(network.removeprefix("local:"))
     from core.chain.subtensor import SubtensorChain
 
-    return SubtensorChain(network, netuid)
+    try:
+        return SubtensorChain(network, netuid)
+    except ValueError as e:  # bittensor's word on an unknown network name
+        raise ChainError(str(e)) from None

@@ -21,12 +21,12 @@ from pathlib import Path
 import bittensor as bt
 from bittensor.intents.weights import clip_to_max_weight, normalize
 
-from core.chain import Metagraph, Neuron
+from core.chain import ChainError, Metagraph, Neuron
 
 U16_MAX = 65535
 
 
-class LocalChainError(Exception):
+class LocalChainError(ChainError):
     pass
 
 

@@ -1,0 +1,49 @@
+"""The entry points: --help explains every flag; start-up problems are one clear line, status 1."""
+
+import subprocess
+import sys
+
+import pytest
+
+from core.localproc import make_wallet
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("neurons/miner.py", ["--config", "--check-config", "--network", "--netuid", "--wallet-name",
+                          "--wallet-hotkey", "--wallet-path", "--host", "--port",
+                          "--external-host", "--no-announce", "--period-blocks", "--min-stake",
+                          "--queue-wait", "--max-waiting", "--sync-interval", "--torch-threads",
+                          "--log-level"]),
+    ("neurons/validator.py", ["--network", "--netuid", "--wallet-name", "--wallet-hotkey",
+                              "--wallet-path", "--db", "--status", "--period-blocks",
+                              "--capacity-timeout", "--max-concurrency", "--image-size",
+                              "--retention-periods", "--periods", "--log-level"]),
+    ("scripts/localnet.py", ["--periods", "--dir", "--period-blocks", "--block-time",
+                             "--startup-timeout"]),
+])
+def test_help_explains_every_flag(script, flags):
+    out = run(script, "--help")
+    assert out.returncode == 0
+    for flag in flags:
+        assert f"  {flag}" in out.stdout, flag
+
+
+def test_missing_wallet_is_one_clear_line(tmp_path):
+    out = run("neurons/miner.py", "--wallet-name", "ghost", "--wallet-path", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: cannot load the hotkey of wallet ghost/default")
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_network_and_missing_local_subnet(tmp_path):
+    make_wallet(tmp_path / "w", "v")
+    common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--db",
+              str(tmp_path / "v.sqlite3")]
+    out = run("neurons/validator.py", "--network", "mars", *common)
+    assert out.returncode == 1 and "Unknown network 'mars'" in out.stderr
+    out = run("neurons/validator.py", "--network", f"local:{tmp_path}/none", *common)
+    assert out.returncode == 1 and "no local subnet here" in out.stderr
