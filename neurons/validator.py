@@ -34,6 +34,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="width and height of synthetic image requests (pixels, multiple of 8)")
     p.add_argument("--retention-periods", type=int, default=96,
                    help="periods of request records kept before pruning")
+    p.add_argument("--check", choices=("gpu", "cpu", "off"), default="gpu",
+                   help="quality checking: recompute a sample of results with the tasks' "
+                        "production models on a GPU (gpu), with the tiny CPU models of the local "
+                        "subnet (cpu), or not at all (off: quality is the speed factor alone)")
+    p.add_argument("--check-rate", type=float, default=0.1,
+                   help="share of results checked beyond each contender's first of the period")
+    p.add_argument("--check-queue", type=int, default=256,
+                   help="results waiting for a check; when full the oldest is dropped, counted")
     p.add_argument("--periods", type=int, default=None,
                    help="stop after this many periods (default: run until stopped)")
     return p.parse_args(argv)
@@ -64,9 +72,18 @@ def run(args) -> int:
         store.close()
         return 0
     wallet, _ = load_wallet(args)
+    if args.check == "gpu":
+        import importlib.util
+
+        cuda = importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
+        if not cuda:
+            raise CliError("--check gpu recomputes results with the production models and needs "
+                           "a CUDA GPU with the gpu extra; use --check cpu on a local subnet or "
+                           "--check off (quality from speed alone)")
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
                         max_concurrency=args.max_concurrency, image_size=args.image_size,
-                        retention_periods=args.retention_periods)
+                        retention_periods=args.retention_periods, check=args.check,
+                        check_rate=args.check_rate, check_queue=args.check_queue)
     validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     try:
         asyncio.run(validator.run(args.periods))

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
               f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
         vproc = neuron("validator", [
             *common, "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
-            "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5"],
+            "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5",
+            "--check", "cpu"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(vproc)
         for line in vproc.stdout:

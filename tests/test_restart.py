@@ -33,7 +33,7 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]
     port = free_port()
     db = str(tmp_path / "v.sqlite3")
-    vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1"]
+    vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1", "--check", "cpu"]
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(port),
                               "--min-stake", "0", "--torch-threads", "1"],

@@ -29,10 +29,12 @@ class TransformersChat:
         return cls(tiny.chat_model(seed), tiny.chat_tokenizer())
 
     @classmethod
-    def from_pretrained(cls, path: str) -> TransformersChat:
+    def from_pretrained(cls, path: str, device: str = "cpu") -> TransformersChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path))
 
     def save_pretrained(self, path: str) -> None:
         self.model.save_pretrained(path)
@@ -92,6 +94,16 @@ class TransformersChat:
             if token == eos:
                 return
             ids = torch.tensor([[token]])
+
+
+    @torch.inference_mode()
+    def completion_logits(self, request: ChatRequest, token_ids: list[int]) -> torch.Tensor:
+        """The model's logits before each completion token, in one forward pass over prompt and
+        completion: shape (len(token_ids), vocab). The checker's reference."""
+        prompt = self.prompt_ids(request)
+        ids = torch.tensor([prompt + list(token_ids)], device=self.model.device)
+        logits = self.model(input_ids=ids).logits[0].float().cpu()
+        return logits[len(prompt) - 1: len(prompt) - 1 + len(token_ids)]
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float,

@@ -107,11 +107,16 @@ class Store:
 
     # -- requests --
 
-    def record(self, r: RequestRecord) -> None:
-        self._run("INSERT INTO requests (period, hotkey, task, organic, outcome, units, latency_s, "
-                  "quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (r.period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units,
-                   r.latency_s, r.quality, r.at))
+    def record(self, r: RequestRecord) -> int:
+        """Store a request's record; returns its id (to set its quality once it is checked)."""
+        rows = self._run("INSERT INTO requests (period, hotkey, task, organic, outcome, units, "
+                         "latency_s, quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                         (r.period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units,
+                          r.latency_s, r.quality, r.at))
+        return rows[0][0]
+
+    def set_quality(self, record_id: int, quality: float) -> None:
+        self._run("UPDATE requests SET quality = ? WHERE id = ?", (quality, record_id))
 
     def records(self, period: int) -> list[RequestRecord]:
         rows = self._run("SELECT period, hotkey, task, organic, outcome, units, latency_s, "

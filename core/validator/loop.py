@@ -18,6 +18,7 @@ import bittensor as bt
 
 from core import plan
 from core.budget import contenders, stake_share
+from core.checking.service import Checker, Job
 from core.chain import Chain, Metagraph
 from core.records import summarize
 from core.scoring import ContenderState, advance, effective, weights
@@ -40,6 +41,9 @@ class Settings:
     retention_periods: int = 96
     min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
     weight_retries: int = 3
+    check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
+    check_rate: float = 0.1
+    check_queue: int = 256
 
 
 class Validator:
@@ -51,6 +55,8 @@ class Validator:
         self.settings = settings
         self.client = SignedClient(self.keypair, max_connections=settings.max_concurrency * 2)
         self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
+        self.checker = None if settings.check == "off" else Checker(
+            store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
 
     @property
     def hotkey(self) -> str:
@@ -75,6 +81,8 @@ class Validator:
                 done += 1
         finally:
             await self.client.close()
+            if self.checker:
+                await self.checker.close()
 
     async def close_unfinished(self) -> None:
         """Score the periods a previous run began but did not close (it stopped in them): what
@@ -115,6 +123,8 @@ class Validator:
         await self.send_all(period, metagraph, sends, used, deadline)
         await self._top_up(period, metagraph, targets, used, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
+        if self.checker:
+            await self.checker.drain(period, timeout=await self._period_s() / 2)
         await self._close(period, targets, share, metagraph)
 
     async def _plan(self, period: int, metagraph: Metagraph) -> tuple[list[plan.Target], float]:
@@ -139,9 +149,13 @@ class Validator:
         c = s.target.contender
         message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size)
         async with self._gate:
-            record = await send(self.client, metagraph.by_hotkey(c.hotkey), period, message, s.units)
-        self.store.record(record)
+            record, answer = await send(self.client, metagraph.by_hotkey(c.hotkey), period,
+                                        message, s.units, speed_only=self.checker is None)
+        record_id = self.store.record(record)
         used[(c.hotkey, c.task)] += record.units - s.units
+        if answer is not None and self.checker and self.checker.wants(period, c.hotkey, c.task):
+            self.checker.submit(Job(record_id, period, c.task, message, answer,
+                                    record.latency_s, record.units))
 
     async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
                         used: dict[tuple[str, str], float], deadline: float) -> None:

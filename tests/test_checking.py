@@ -1,0 +1,185 @@
+"""Quality checking (SPEC §5) against adversarial miners built from the real tiny engines: each
+cheat scores 0, honest answers pass."""
+
+import asyncio
+import base64
+import random
+
+import pytest
+
+from core.backends import load_engine, tiny_seed
+from core.backends.transformers_chat import TransformersChat
+from core.capacity import TaskEntry
+from core.checking.chat import check_chat
+from core.checking.images import check_images
+from core.checking.service import Checker, Job, quality_of
+from core.protocol import (ChatChunk, ChatRequest, ChatToken, ImageResponse, ImageToImageRequest,
+                           InpaintRequest, TextToImageRequest)
+from core.records import Outcome, RequestRecord
+from core.storage import open_store
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return load_engine("chat-llama-3", TaskEntry(capacity=1))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_engine("chat-llama-3", TaskEntry(capacity=1))  # the validator's own copy
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {t: load_engine(t, TaskEntry(capacity=1))
+            for t in ("proteus-text-to-image", "proteus-image-to-image", "inpaint")}
+
+
+def chat_request(seed, temperature=0.8, top_p=0.95, max_tokens=48):
+    return ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": f"tell {seed}"}],
+                       max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def answer(engine, request):
+    tokens = list(engine.tokens(request))
+    final = ChatChunk(done=True, prompt_tokens=len(engine.prompt_ids(request)),
+                      completion_tokens=len(tokens))
+    return tokens, final
+
+
+@pytest.mark.parametrize("seed, temperature, top_p", [
+    (s, t, p) for s, (t, p) in enumerate([(0.0, 1.0), (0.7, 0.9), (1.0, 1.0), (1.0, 0.9)] * 5)])
+def test_honest_chat_passes(chat, reference, seed, temperature, top_p):
+    request = chat_request(seed, temperature, top_p)
+    verdict = check_chat(reference, request, *answer(chat, request))
+    assert verdict.passed, verdict.reason
+
+
+def test_a_different_model_fails(reference):
+    other = TransformersChat.tiny(tiny_seed("chat-mixtral"))
+    request = chat_request(1)
+    verdict = check_chat(reference, request, *answer(other, request))
+    assert not verdict.passed and "logprobs differ" in verdict.reason
+
+
+def test_random_tokens_with_made_up_logprobs_fail(chat, reference):
+    request = chat_request(2)
+    rng = random.Random(0)
+    tokens = [ChatToken(token_id=rng.randrange(5, 261), text="?", logprob=-0.5)
+              for _ in range(request.max_tokens)]
+    final = ChatChunk(done=True, prompt_tokens=len(chat.prompt_ids(request)),
+                      completion_tokens=len(tokens))
+    assert not check_chat(reference, request, tokens, final).passed
+
+
+def test_random_tokens_with_the_models_own_logprobs_fail_the_likelihood_test(chat, reference):
+    """A miner that knows the model but does not sample from it (random text, true logprobs)."""
+    import torch
+
+    request = chat_request(3, temperature=1.0, top_p=1.0, max_tokens=64)
+    rng = random.Random(1)
+    ids = [rng.randrange(5, 261) for _ in range(request.max_tokens)]
+    logprobs = torch.log_softmax(reference.completion_logits(request, ids), -1)
+    tokens = [ChatToken(token_id=i, text="?", logprob=float(logprobs[n, i]))
+              for n, i in enumerate(ids)]
+    final = ChatChunk(done=True, prompt_tokens=len(chat.prompt_ids(request)),
+                      completion_tokens=len(tokens))
+    verdict = check_chat(reference, request, tokens, final)
+    assert not verdict.passed and "less likely" in verdict.reason
+
+
+def test_truncated_text_fails(chat, reference):
+    request = chat_request(4, max_tokens=40)
+    tokens, _ = answer(chat, request)
+    cut = tokens[:20]
+    final = ChatChunk(done=True, prompt_tokens=len(chat.prompt_ids(request)), completion_tokens=20)
+    verdict = check_chat(reference, request, cut, final)
+    assert not verdict.passed and "truncated" in verdict.reason
+
+
+def test_charging_more_tokens_than_used_fails(chat, reference):
+    request = chat_request(5)
+    tokens, final = answer(chat, request)
+    padded = final.model_copy(update={"prompt_tokens": final.prompt_tokens + 30})
+    verdict = check_chat(reference, request, tokens, padded)
+    assert not verdict.passed and "charged" in verdict.reason
+
+
+def image_requests(init):
+    common = dict(prompt="a red boat", steps=4, height=64, width=64)
+    return [TextToImageRequest(task="proteus-text-to-image", seed=s, **common) for s in range(4)] + [
+        ImageToImageRequest(task="proteus-image-to-image", seed=s, init_image=init, **common)
+        for s in range(3)] + [
+        InpaintRequest(task="inpaint", seed=s, init_image=init, mask_image=init, **common)
+        for s in range(3)]
+
+
+def respond(engine, request):
+    return ImageResponse(images=[base64.b64encode(i).decode() for i in engine.generate(request)],
+                         units=request.units)
+
+
+@pytest.fixture(scope="module")
+def init(images):
+    req = TextToImageRequest(task="proteus-text-to-image", prompt="x", steps=2, height=64, width=64)
+    return respond(images["proteus-text-to-image"], req).images[0]
+
+
+def test_honest_images_pass(images, init):
+    reference = {t: load_engine(t, TaskEntry(capacity=1)) for t in images}
+    for request in image_requests(init):
+        verdict = check_images(reference[request.task], request, respond(images[request.task], request))
+        assert verdict.passed, verdict.reason
+
+
+def test_a_cached_image_for_a_new_seed_fails(images):
+    engine = images["proteus-text-to-image"]
+    first = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=4, height=64,
+                               width=64, seed=1)
+    cached = respond(engine, first)
+    verdict = check_images(engine, first.model_copy(update={"seed": 2}), cached)
+    assert not verdict.passed and "differ from the reference" in verdict.reason
+
+
+def test_charging_more_steps_than_requested_fails(images):
+    engine = images["proteus-text-to-image"]
+    request = TextToImageRequest(task="proteus-text-to-image", prompt="a", steps=3, height=64,
+                                 width=64)
+    overcharged = respond(engine, request).model_copy(update={"units": 9})
+    assert "charged 9 steps" in check_images(engine, request, overcharged).reason
+
+
+def test_a_failed_check_is_quality_zero_and_a_passed_one_the_speed_factor(chat):
+    request = chat_request(6)
+    tokens, final = answer(chat, request)
+    honest = Job(1, 7, "chat-llama-3", request, (tokens, final), 0.1, final.units)
+    assert quality_of(honest, "cpu") == (1.0, "")
+    slow = Job(1, 7, "chat-llama-3", request, (tokens, final), 1e6, final.units)
+    assert quality_of(slow, "cpu")[0] == 0.0
+    lying = Job(1, 7, "chat-llama-3", request,
+                (tokens, final.model_copy(update={"prompt_tokens": 1})), 0.1, final.units)
+    quality, reason = quality_of(lying, "cpu")
+    assert quality == 0.0 and "charged" in reason
+
+
+def test_checker_samples_queues_boundedly_and_writes_quality(chat, tmp_path):
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    checker = Checker(store, "cpu", rate=0.0, max_queue=2)
+    assert checker.wants(7, "hk", "chat-llama-3")  # the first result of the period
+    assert not checker.wants(7, "hk", "chat-llama-3")  # rate 0: no more
+    request = chat_request(8)
+    tokens, final = answer(chat, request)
+
+    async def main():
+        ids = [store.record(RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
+                                          final.units, 0.1)) for _ in range(4)]
+        for i in ids:  # four jobs before the worker first runs, into a queue of two
+            checker.submit(Job(i, 7, "chat-llama-3", request, (tokens, final), 0.1, final.units))
+        await checker.drain(7, timeout=60)
+        await checker.close()
+        return ids
+
+    ids = asyncio.run(main())
+    quality = {r_id: r.quality for r_id, r in zip(ids, store.records(7))}
+    assert checker.stats.dropped == 2 and checker.stats.checked == 2
+    assert [quality[i] for i in ids] == [None, None, 1.0, 1.0]  # the oldest were dropped
