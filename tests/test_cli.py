@@ -41,9 +41,16 @@ def test_missing_wallet_is_one_clear_line(tmp_path):
 
 def test_unknown_network_and_missing_local_subnet(tmp_path):
     make_wallet(tmp_path / "w", "v")
-    common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--db",
+    common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off", "--db",
               str(tmp_path / "v.sqlite3")]
     out = run("neurons/validator.py", "--network", "mars", *common)
     assert out.returncode == 1 and "Unknown network 'mars'" in out.stderr
     out = run("neurons/validator.py", "--network", f"local:{tmp_path}/none", *common)
     assert out.returncode == 1 and "no local subnet here" in out.stderr
+
+
+def test_gpu_checking_without_a_gpu_says_what_to_do(tmp_path):
+    make_wallet(tmp_path / "w", "v")
+    out = run("neurons/validator.py", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v",
+              "--db", str(tmp_path / "v.sqlite3"))
+    assert out.returncode == 1 and "--check gpu" in out.stderr and "--check off" in out.stderr
