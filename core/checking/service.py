@@ -64,15 +64,26 @@ class References:
 _references: References | None = None  # one per worker thread pool or process
 
 
-def quality_of(job: Job, mode: str) -> tuple[float, str]:
-    """The job's quality (0 when the check fails, else the speed factor) and why."""
+def references(mode: str) -> References:
+    """This worker's references (loaded on first use of each task)."""
     global _references
     if _references is None or _references.mode != mode:
         _references = References(mode)
+    return _references
+
+
+def preload(mode: str, tasks) -> None:
+    """Load the references of ``tasks`` now rather than at their first check."""
+    for task in tasks:
+        references(mode).engine(task)
+
+
+def quality_of(job: Job, mode: str) -> tuple[float, str]:
+    """The job's quality (0 when the check fails, else the speed factor) and why."""
     from core.checking.chat import check_chat
     from core.checking.images import check_images
 
-    engine = _references.engine(job.task)
+    engine = references(mode).engine(job.task)
     if isinstance(job.request, ChatRequest):
         tokens, final = job.answer
         verdict = check_chat(engine, job.request, tokens, final)
