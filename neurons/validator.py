@@ -42,9 +42,45 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of results checked beyond each contender's first of the period")
     p.add_argument("--check-queue", type=int, default=256,
                    help="results waiting for a check; when full the oldest is dropped, counted")
+    p.add_argument("--api-port", type=int, default=0,
+                   help="serve the OpenAI-compatible API for organic traffic on this port, in "
+                        "this process (0: no API)")
+    p.add_argument("--api-host", default="0.0.0.0", help="address the API listens on")
+    p.add_argument("--api-max-body", type=int, default=16 * 2**20,
+                   help="largest API request body in bytes (larger: 413)")
     p.add_argument("--periods", type=int, default=None,
                    help="stop after this many periods (default: run until stopped)")
+    sub = p.add_subparsers(dest="command", metavar="api-key",
+                           help="manage the API's keys in --db, then exit (api-key --help)")
+    key = sub.add_parser("api-key", help="create, revoke or list API keys")
+    key.add_argument("action", choices=("create", "revoke", "list"))
+    key.add_argument("name", nargs="?", help="the key's name (create, revoke)")
+    key.add_argument("--per-minute", type=int, default=60,
+                     help="requests a minute the key may make (create)")
     return p.parse_args(argv)
+
+
+def api_key(store, args) -> int:
+    """The api-key subcommand: keys are shown once, at creation; only their hash is stored."""
+    from core.validator import keys
+
+    if args.action == "list":
+        for k in keys.listing(store):
+            state = "revoked" if k.revoked_at else "live"
+            print(f"{k.name:<24} {k.prefix}...  {k.per_minute:>5}/min  {state}")
+        return 0
+    if not args.name:
+        raise CliError(f"api-key {args.action} needs a NAME")
+    if args.action == "create":
+        try:
+            print(keys.create(store, args.name, args.per_minute))
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        return 0
+    if not keys.revoke(store, args.name):
+        raise CliError(f"no live key named {args.name!r}")
+    print(f"revoked {args.name}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -67,6 +103,11 @@ def run(args) -> int:
     from core.validator.status import status
 
     store = open_store(args.db)
+    if args.command == "api-key":
+        try:
+            return api_key(store, args)
+        finally:
+            store.close()
     if args.status:
         print(status(store))
         store.close()
@@ -86,12 +127,32 @@ def run(args) -> int:
                         check_rate=args.check_rate, check_queue=args.check_queue)
     validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     try:
-        asyncio.run(validator.run(args.periods))
+        asyncio.run(serve(validator, args))
     except KeyboardInterrupt:
         pass
     finally:
         store.close()
     return 0
+
+
+async def serve(validator, args) -> None:
+    """The period loop, and the organic API beside it when --api-port is set."""
+    if not args.api_port:
+        await validator.run(args.periods)
+        return
+    import uvicorn
+
+    from core.validator.api import build_api
+
+    server = uvicorn.Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body),
+                                           host=args.api_host, port=args.api_port,
+                                           log_level="warning"))
+    api = asyncio.create_task(server.serve())
+    try:
+        await validator.run(args.periods)
+    finally:
+        server.should_exit = True
+        await api
 
 
 if __name__ == "__main__":

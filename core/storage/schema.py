@@ -25,4 +25,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE weights_set (
             block BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL, weights TEXT NOT NULL)""",
     ),
+    (
+        """CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY, prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+            per_minute INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION)""",
+    ),
 )

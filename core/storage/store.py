@@ -156,6 +156,32 @@ class Store:
             return None
         return rows[0][0], {int(k): v for k, v in json.loads(rows[0][1]).items()}
 
+    # -- API keys (only their hashes) --
+
+    def add_api_key(self, name: str, prefix: str, digest: str, per_minute: int, at: float) -> bool:
+        """False when a key of that name exists already."""
+        if self._run("SELECT 1 FROM api_keys WHERE name = ?", (name,)):
+            return False
+        self._run("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                  (name, prefix, digest, per_minute, at))
+        return True
+
+    def revoke_api_key(self, name: str, at: float) -> bool:
+        """False when there is no live key of that name."""
+        if not self._run("SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)):
+            return False
+        self._run("UPDATE api_keys SET revoked_at = ? WHERE name = ?", (at, name))
+        return True
+
+    def api_keys(self, digest: str | None = None) -> list[tuple]:
+        """(name, prefix, per_minute, created_at, revoked_at): every key, or the live one with
+        this digest."""
+        if digest is None:
+            return self._run("SELECT name, prefix, per_minute, created_at, revoked_at "
+                             "FROM api_keys ORDER BY created_at")
+        return self._run("SELECT name, prefix, per_minute, created_at, revoked_at FROM api_keys "
+                         "WHERE hash = ? AND revoked_at IS NULL", (digest,))
+
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window."""
         with self._guard(), self.db.transaction():

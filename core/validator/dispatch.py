@@ -87,9 +87,9 @@ def _status_outcome(status: int) -> Outcome:
 
 async def _exchange(client: SignedClient, neuron: Neuron, message: Message):
     """(outcome, units served, the answer when valid)."""
-    path = task_path(message.task)
     if isinstance(message, ChatRequest):
-        return await _chat(client, neuron, path, message)
+        return await _chat(client, neuron, message)
+    path = task_path(message.task)
     reply = await client.post(neuron.endpoint, path, neuron.hotkey, message, timeout=3600)
     if reply.status != 200:
         return _status_outcome(reply.status), 0, None
@@ -103,18 +103,43 @@ async def _exchange(client: SignedClient, neuron: Neuron, message: Message):
     return (Outcome.OK, answer.units, answer) if valid else (Outcome.INVALID, 0, None)
 
 
-async def _chat(client: SignedClient, neuron: Neuron, path: str, message: ChatRequest):
-    tokens: list[ChatToken] = []
+class MinerFailed(Exception):
+    """A miner's answer that cannot be used; ``outcome`` says how it failed."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest):
+    """The miner's chat stream, chunk by chunk, checked as it goes: raises MinerFailed for an
+    error status, a malformed line, a final line that does not add up, or no final line."""
+    path = task_path(message.task)
+    tokens = 0
     async for status, line in client.stream(neuron.endpoint, path, neuron.hotkey, message, 3600):
         if status != 200:
-            return _status_outcome(status), 0, None
+            raise MinerFailed(_status_outcome(status))
         try:
             chunk = ChatChunk.model_validate_json(line)
         except ValidationError:
-            return Outcome.INVALID, 0, None
-        tokens.extend(chunk.tokens)
+            raise MinerFailed(Outcome.INVALID) from None
+        tokens += len(chunk.tokens)
+        if tokens > message.max_tokens:
+            raise MinerFailed(Outcome.INVALID)
+        if chunk.done and not (chunk.completion_tokens == tokens and chunk.prompt_tokens > 0):
+            raise MinerFailed(Outcome.INVALID)
+        yield chunk
         if chunk.done:
-            valid = (chunk.completion_tokens == len(tokens) <= message.max_tokens
-                     and chunk.prompt_tokens > 0)
-            return (Outcome.OK, chunk.units, (tokens, chunk)) if valid else (Outcome.INVALID, 0, None)
-    return Outcome.INVALID, 0, None  # the stream ended without its final line
+            return
+    raise MinerFailed(Outcome.INVALID)  # the stream ended without its final line
+
+
+async def _chat(client: SignedClient, neuron: Neuron, message: ChatRequest):
+    tokens: list[ChatToken] = []
+    try:
+        async for chunk in chat_chunks(client, neuron, message):
+            tokens.extend(chunk.tokens)
+            if chunk.done:
+                return Outcome.OK, chunk.units, (tokens, chunk)
+    except MinerFailed as e:
+        return e.outcome, 0, None

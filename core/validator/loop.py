@@ -24,6 +24,7 @@ from core.records import summarize
 from core.scoring import ContenderState, advance, effective, weights
 from core.storage import Store
 from core.transport.client import SignedClient
+from core.validator.book import PeriodBook
 from core.validator.dispatch import fetch_capacities, send
 from core.validator.report import period_table
 from core.tasks import TASKS
@@ -54,6 +55,7 @@ class Validator:
         self.store = store
         self.settings = settings
         self.client = SignedClient(self.keypair, max_connections=settings.max_concurrency * 2)
+        self.book = PeriodBook()  # the current period, shared with the organic API
         self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
         self.checker = None if settings.check == "off" else Checker(
             store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
@@ -112,6 +114,8 @@ class Validator:
         used: dict[tuple[str, str], float] = defaultdict(float)
         for r in records:
             used[(r.hotkey, r.task)] += r.units
+        quality = {key: s.quality for key, s in self.store.states().items() if s.window}
+        self.book.open(period, targets, used, metagraph, quality)
         sends = plan.schedule(targets, dict(used), left, self.rng)
         need = plan.required_concurrency(sends, left)
         if need > self.settings.max_concurrency:
@@ -120,8 +124,8 @@ class Validator:
                         period, need, self.settings.max_concurrency)
         log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
                  period, len(targets), share, len(sends), " (resumed)" if records else "")
-        await self.send_all(period, metagraph, sends, used, deadline)
-        await self._top_up(period, metagraph, targets, used, deadline)
+        await self.send_all(period, metagraph, sends, self.book.used, deadline)
+        await self._top_up(period, metagraph, targets, self.book.used, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
         if self.checker:
             await self.checker.drain(period, timeout=await self._period_s() / 2)
@@ -151,10 +155,15 @@ class Validator:
         async with self._gate:
             record, answer = await send(self.client, metagraph.by_hotkey(c.hotkey), period,
                                         message, s.units, speed_only=self.checker is None)
-        record_id = self.store.record(record)
         used[(c.hotkey, c.task)] += record.units - s.units
-        if answer is not None and self.checker and self.checker.wants(period, c.hotkey, c.task):
-            self.checker.submit(Job(record_id, period, c.task, message, answer,
+        self.keep(record, message, answer)
+
+    def keep(self, record, message, answer) -> None:
+        """Store a finished request and send it for checking when the sample wants it."""
+        record_id = self.store.record(record)
+        if answer is not None and self.checker and self.checker.wants(
+                record.period, record.hotkey, record.task):
+            self.checker.submit(Job(record_id, record.period, record.task, message, answer,
                                     record.latency_s, record.units))
 
     async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],

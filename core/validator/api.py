@@ -1,0 +1,272 @@
+"""The validator's OpenAI-compatible API for its users (organic traffic).
+
+POST /v1/chat/completions (streamed as server-sent events, or whole), POST /v1/images/generations
+(text-to-image), POST /v1/images/image-to-image and /v1/images/inpaint (JSON with base64 images),
+GET /v1/models (the tasks with this period's capacity). Every call needs an API key
+(``Authorization: Bearer sn19-...``) within its rate limit; errors are OpenAI-style JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
+                           TextToImageRequest)
+from core.tasks import TASKS, Kind
+from core.validator import keys
+from core.validator.organic import AllFailed, NoCapacity, Organic
+
+DEFAULT_MAX_BODY = 16 * 2**20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}},
+                        status_code=status, headers=headers)
+
+
+class Text(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Text]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: Annotated[list[Turn], Field(min_length=1)]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stream: bool = False
+    n: int = 1
+    stream_options: dict | None = None
+
+
+class ImagesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    prompt: str
+    n: Annotated[int, Field(ge=1, le=4)] = 1
+    size: str = "1024x1024"
+    response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = None
+    steps: int | None = None  # extension: denoising steps (default: the task's usual)
+    negative_prompt: str = ""
+    guidance_scale: float = 7.0
+
+
+class ImageToImageBody(ImagesRequest):
+    image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: float = 0.75
+
+
+class InpaintBody(ImageToImageBody):
+    mask: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: float = 1.0
+
+
+def task_for(model: str, kind: Kind) -> str:
+    """A task id, or a production model id, naming a task of ``kind``."""
+    for task in TASKS.values():
+        if task.kind is kind and model in (task.id, task.model):
+            return task.id
+    choices = ", ".join(t.id for t in TASKS.values() if t.kind is kind)
+    raise ApiError(404, f"model {model!r} is not served here for {kind.value}; use one of: {choices}",
+                   "not_found_error")
+
+
+def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3) -> FastAPI:
+    app = FastAPI(title="SN19 validator API", version="1",
+                  description="OpenAI-compatible access to Subnet 19's miners")
+    organic = Organic(validator, max_attempts)
+    limiter = keys.RateLimiter()
+    seeds = random.Random()
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, e: ApiError):
+        return error(e.status, e.message, e.kind, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in first["loc"] if x != "body")
+        return error(400, f"{where}: {first['msg']}" if where else first["msg"],
+                     "invalid_request_error")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            return error(413, f"request body over {max_body} bytes", "invalid_request_error")
+        return await call_next(request)
+
+    def authorize(request: Request) -> keys.ApiKey:
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                           "authentication_error")
+        key = keys.find(validator.store, token)
+        if key is None:
+            raise ApiError(401, "invalid or revoked API key", "authentication_error")
+        wait = limiter.allow(key)
+        if wait:
+            raise ApiError(429, f"rate limit of {key.per_minute} requests a minute reached",
+                           "rate_limit_error", {"Retry-After": str(max(1, round(wait)))})
+        return key
+
+    def message(model_cls, **fields):
+        try:
+            return model_cls(**fields)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ApiError(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+    @app.get("/v1/models")
+    async def models(_: keys.ApiKey = Depends(authorize)):
+        live = validator.book.capacity()
+        return {"object": "list", "data": [
+            {"id": t.id, "object": "model", "created": 0, "owned_by": "sn19", "kind": t.kind.value,
+             "unit": t.unit.value, "upstream": t.model,
+             "budget": live.get(t.id, {}).get("budget", 0.0),
+             "remaining": live.get(t.id, {}).get("remaining", 0.0)}
+            for t in TASKS.values()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, _: keys.ApiKey = Depends(authorize)):
+        if body.n != 1:
+            raise ApiError(400, "n: only 1 choice per request is supported")
+        task = task_for(body.model, Kind.CHAT)
+        request = message(ChatRequest, task=task,
+                          messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+                          max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+                          temperature=body.temperature, top_p=body.top_p,
+                          seed=body.seed if body.seed is not None else seeds.getrandbits(62))
+        stream = organic.chat(request)
+        try:
+            first = await anext(stream)
+        except (NoCapacity, AllFailed) as e:
+            raise ApiError(503 if isinstance(e, NoCapacity) else 502, str(e), "api_error") from None
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(first, stream, ident, created, task, request, usage),
+                                     media_type="text/event-stream")
+        chunks = [first]
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+        except (NoCapacity, AllFailed) as e:
+            raise ApiError(502, str(e), "api_error") from None
+        final = chunks[-1]
+        text = "".join(t.text for c in chunks for t in c.tokens)
+        return {"id": ident, "object": "chat.completion", "created": created, "model": task,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": _finish(final, request)}],
+                "usage": _usage(final)}
+
+    async def image(request, task: str):
+        try:
+            answer = await organic.image(request)
+        except NoCapacity as e:
+            raise ApiError(503, str(e), "api_error") from None
+        except AllFailed as e:
+            raise ApiError(502, str(e), "api_error") from None
+        return {"created": int(time.time()), "model": task,
+                "data": [{"b64_json": b64} for b64 in answer.images]}
+
+    def image_fields(body: ImagesRequest, task: str) -> dict:
+        try:
+            width, height = (int(x) for x in body.size.lower().split("x"))
+        except ValueError:
+            raise ApiError(400, f"size: expected WIDTHxHEIGHT, got {body.size!r}") from None
+        return dict(task=task, prompt=body.prompt, negative_prompt=body.negative_prompt,
+                    steps=body.steps or TASKS[task].units_per_synthetic, width=width, height=height,
+                    seed=body.seed if body.seed is not None else seeds.getrandbits(62),
+                    guidance_scale=body.guidance_scale, num_images=body.n)
+
+    @app.post("/v1/images/generations")
+    async def generations(body: ImagesRequest, _: keys.ApiKey = Depends(authorize)):
+        task = task_for(body.model, Kind.TEXT_TO_IMAGE)
+        return await image(message(TextToImageRequest, **image_fields(body, task)), task)
+
+    @app.post("/v1/images/image-to-image")
+    async def image_to_image(body: ImageToImageBody, _: keys.ApiKey = Depends(authorize)):
+        task = task_for(body.model, Kind.IMAGE_TO_IMAGE)
+        return await image(message(ImageToImageRequest, **image_fields(body, task),
+                                   init_image=body.image, strength=body.strength), task)
+
+    @app.post("/v1/images/inpaint")
+    async def inpaint(body: InpaintBody, _: keys.ApiKey = Depends(authorize)):
+        task = task_for(body.model, Kind.INPAINT)
+        return await image(message(InpaintRequest, **image_fields(body, task),
+                                   init_image=body.image, mask_image=body.mask,
+                                   strength=body.strength), task)
+
+    return app
+
+
+def _finish(final, request: ChatRequest) -> str:
+    return "length" if final.completion_tokens >= request.max_tokens else "stop"
+
+
+def _usage(final) -> dict:
+    return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+            "total_tokens": final.units}
+
+
+async def _sse(first, stream, ident: str, created: int, task: str, request: ChatRequest,
+               usage: bool):
+    """OpenAI's chat.completion.chunk events; a failure no miner could finish ends the stream with
+    an error event (the client's library raises it)."""
+    def event(delta: dict, finish: str | None = None, **extra) -> bytes:
+        payload = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                   "model": task, "choices": [{"index": 0, "delta": delta,
+                                               "finish_reason": finish}], **extra}
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    chunk = first
+    try:
+        while True:
+            if chunk.tokens:
+                yield event({"content": "".join(t.text for t in chunk.tokens)})
+            if chunk.done:
+                yield event({}, _finish(chunk, request))
+                if usage:
+                    payload = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                               "model": task, "choices": [], "usage": _usage(chunk)}
+                    yield b"data: " + json.dumps(payload).encode() + b"\n\n"
+                break
+            chunk = await anext(stream)
+    except (NoCapacity, AllFailed, StopAsyncIteration) as e:
+        body = {"error": {"message": f"the stream could not be finished: {e}", "type": "api_error"}}
+        yield b"data: " + json.dumps(body).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

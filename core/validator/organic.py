@@ -1,0 +1,138 @@
+"""Serving the validator's users (organic traffic, SPEC §3.3): route each request to a contender
+with budget left, weighted by remaining budget and recent quality; on failure, try another
+(bounded); count the units against the contender's budget like synthetic ones; record and sample
+for checking.
+
+A chat stream that breaks mid-way is finished by another miner: requests carry a seed, so a miner
+running the same model repeats the same tokens, and the ones the client already has are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
+from core.records import Outcome, RequestRecord
+from core.scoring import speed_factor
+from core.tasks import TASKS
+from core.validator.dispatch import MinerFailed, chat_chunks, send, timeout_for
+
+MAX_ATTEMPTS = 3
+
+
+class NoCapacity(Exception):
+    """No contender of the task has budget left for the request this period."""
+
+
+class AllFailed(Exception):
+    """Every miner tried failed the request."""
+
+
+def prompt_allowance(request: ChatRequest) -> int:
+    """Units reserved for the prompt before the miner counts it: generous (a token per 2
+    characters, plus the chat template), the unused part is given back when it answers."""
+    return sum(len(m.content) for m in request.messages) // 2 + 32
+
+
+class Organic:
+    def __init__(self, validator, max_attempts: int = MAX_ATTEMPTS, rng: random.Random | None = None):
+        self.v = validator
+        self.max_attempts = max_attempts
+        self.rng = rng or random.Random()
+
+    def _pick(self, task: str, units: float, tried: set[str]):
+        book = self.v.book
+        if book.period is None:
+            raise NoCapacity(f"no period is planned yet for {task}")
+        options = [(t, w) for t, w in book.candidates(task, units) if t.contender.hotkey not in tried]
+        if not options:
+            return None
+        targets, weights = zip(*options)
+        if sum(weights) <= 0:
+            return self.rng.choice(targets)
+        return self.rng.choices(targets, weights=weights)[0]
+
+    def _quality(self, task: str, latency: float, units: float) -> float | None:
+        """Without a checker, a success's quality is its speed factor at once."""
+        if self.v.checker is not None:
+            return None
+        return speed_factor(latency, TASKS[task].expected_seconds(units))
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Token chunks as they arrive, then a final chunk with the units. Raises NoCapacity or
+        AllFailed (before or during the stream) when no miner can finish it."""
+        reserve = request.max_tokens + prompt_allowance(request)
+        sent: list[ChatToken] = []
+        tried: set[str] = set()
+        for _ in range(self.max_attempts):
+            target = self._pick(request.task, reserve, tried)
+            if target is None:
+                break
+            c = target.contender
+            tried.add(c.hotkey)
+            key = (c.hotkey, c.task)
+            if not self.v.book.reserve(key, reserve):
+                continue
+            period, neuron = self.v.book.period, self.v.book.metagraph.by_hotkey(c.hotkey)
+            tokens: list[ChatToken] = []
+            final = outcome = None
+            started, at = time.perf_counter(), time.time()
+            try:
+                async with asyncio.timeout(timeout_for(c.task, reserve)):
+                    async for chunk in chat_chunks(self.v.client, neuron, request):
+                        tokens.extend(chunk.tokens)
+                        if len(tokens) > len(sent):
+                            fresh = tokens[len(sent):]
+                            sent.extend(fresh)
+                            yield ChatChunk(tokens=fresh)
+                        if chunk.done:
+                            final = chunk
+            except MinerFailed as e:
+                outcome = e.outcome
+            except TimeoutError:
+                outcome = Outcome.TIMEOUT
+            except aiohttp.ClientError:
+                outcome = Outcome.SERVER_ERROR
+            latency = time.perf_counter() - started
+            if final is not None:
+                self.v.book.settle(key, reserve, final.units)
+                self.v.keep(RequestRecord(period, c.hotkey, c.task, True, Outcome.OK, final.units,
+                                          latency, self._quality(c.task, latency, final.units), at),
+                            request, (tokens, final))
+                yield ChatChunk(done=True, prompt_tokens=final.prompt_tokens,
+                                completion_tokens=len(sent))
+                return
+            self.v.book.settle(key, reserve, reserve)
+            self.v.keep(RequestRecord(period, c.hotkey, c.task, True, outcome, reserve, latency,
+                                      None, at), request, None)
+        if not tried:
+            raise NoCapacity(f"no miner has {request.task} capacity left this period")
+        raise AllFailed(f"{len(tried)} miner(s) failed this request")
+
+    async def image(self, request: ImageRequest) -> ImageResponse:
+        units = request.units
+        tried: set[str] = set()
+        for _ in range(self.max_attempts):
+            target = self._pick(request.task, units, tried)
+            if target is None:
+                break
+            c = target.contender
+            tried.add(c.hotkey)
+            key = (c.hotkey, c.task)
+            if not self.v.book.reserve(key, units):
+                continue
+            record, answer = await send(self.v.client, self.v.book.metagraph.by_hotkey(c.hotkey),
+                                        self.v.book.period, request, units, organic=True,
+                                        speed_only=self.v.checker is None)
+            self.v.book.settle(key, units, record.units)
+            self.v.keep(record, request, answer)
+            if answer is not None:
+                return answer
+        if not tried:
+            raise NoCapacity(f"no miner has {request.task} capacity left this period")
+        raise AllFailed(f"{len(tried)} miner(s) failed this request")

@@ -1,0 +1,168 @@
+"""The organic API in-process against real miner apps on 127.0.0.1: keys, limits, routing,
+failover mid-stream, and organic units reducing the synthetic plan."""
+
+import asyncio
+import base64
+import json
+
+import httpx
+import pytest
+from bittensor.sp_core import Keypair
+
+from core import plan
+from core.backends import load_engine
+from core.backends.transformers_chat import TransformersChat
+from core.budget import contenders
+from core.capacity import MinerConfig, TaskEntry
+from core.chain.local import LocalChain
+from core.localproc import free_ports, make_wallet
+from core.miner.app import MinerState, build_app
+from core.miner.limits import Slots
+from core.storage import open_store
+from core.transport.auth import Gate
+from core.validator import keys
+from core.validator.api import build_api
+from core.validator.loop import Settings, Validator
+from tests.servers import serving
+
+CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=50_000),
+                            "proteus-text-to-image": TaskEntry(capacity=2_000)})
+
+
+class BreaksMidStream(TransformersChat):
+    """A miner whose GPU dies after a few tokens of every answer."""
+
+    async def stream(self, request):
+        n = 0
+        async for token in super().stream(request):
+            yield token
+            n += 1
+            if n == 5:
+                raise RuntimeError("GPU fell off the bus")
+
+
+@pytest.fixture(scope="module")
+def engines():
+    chat = load_engine("chat-llama-3", TaskEntry(capacity=1))
+    return {"good": {"chat-llama-3": chat,
+                     "proteus-text-to-image": load_engine("proteus-text-to-image", TaskEntry(capacity=1))},
+            "broken": {"chat-llama-3": BreaksMidStream(chat.model, chat.tokenizer),
+                       "proteus-text-to-image": load_engine("proteus-text-to-image", TaskEntry(capacity=1))}}
+
+
+@pytest.fixture
+def net(tmp_path, engines):
+    chain = LocalChain.create(tmp_path / "chain", age_blocks=10_000)
+    wallet = make_wallet(tmp_path / "w", "validator")
+    chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True)
+    ports = free_ports(2)
+    apps = {}
+    for name, port in zip(("broken", "good"), ports):
+        miner = Keypair.create_from_uri(f"//{name}")
+        chain.register(miner.ss58_address, "c", registered_at=0, endpoint=f"http://127.0.0.1:{port}")
+        state = MinerState(hotkey=miner.ss58_address, config=CONFIG, engines=engines[name],
+                           chain=chain, gate=Gate(miner.ss58_address), period_blocks=10**6,
+                           slots=Slots({}, {t: None for t in CONFIG.tasks}, 30))
+        apps[name] = (build_app(state, sync_interval_s=3600), port, miner.ss58_address)
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    with serving(apps["broken"][0], apps["broken"][1]), serving(apps["good"][0], apps["good"][1]):
+        yield chain, wallet, store, {n: a[2] for n, a in apps.items()}
+
+
+async def open_period(chain, wallet, store, quality):
+    """A validator whose book holds the period's contenders (as its loop would plan them)."""
+    v = Validator(wallet, chain, store, Settings(check="off"))
+    graph = await chain.metagraph()
+    declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
+    targets = [plan.Target(c, 0.05, False, "") for c in contenders(graph, declared, 1.0)]
+    v.book.open(7, targets, {}, graph, quality)
+    return v
+
+
+def client(api):
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api")
+
+
+def test_keys_limits_and_errors(net):
+    chain, wallet, store, _ = net
+    key = keys.create(store, "alice", per_minute=1)
+    old = keys.create(store, "old")
+    keys.revoke(store, "old")
+
+    async def main():
+        v = await open_period(chain, wallet, store, {})
+        async with client(build_api(v, max_body=10_000)) as c:
+            out = {"none": (await c.get("/v1/models")).status_code,
+                   "bad": (await c.get("/v1/models", headers={"Authorization": "Bearer nope"})).status_code,
+                   "revoked": (await c.get("/v1/models", headers={"Authorization": f"Bearer {old}"})).status_code}
+            auth = {"Authorization": f"Bearer {key}"}
+            models = await c.get("/v1/models", headers=auth)
+            out["models"] = {m["id"]: m["remaining"] for m in models.json()["data"]}
+            big = await c.post("/v1/chat/completions", headers=auth, content=b"x" * 20_000)
+            out["big"] = big.status_code
+            limited = await c.get("/v1/models", headers=auth)
+            out["limited"] = (limited.status_code, limited.headers.get("retry-after"),
+                              limited.json()["error"]["type"])
+        await v.client.close()
+        return out
+
+    out = asyncio.run(main())
+    assert (out["none"], out["bad"], out["revoked"]) == (401, 401, 401)
+    assert out["models"]["chat-llama-3"] == 100_000 and out["models"]["inpaint"] == 0
+    assert out["big"] == 413
+    assert out["limited"][0] == 429 and int(out["limited"][1]) >= 1
+    assert out["limited"][2] == "rate_limit_error"
+
+
+def test_a_miner_failing_mid_stream_is_replaced_unseen(net, engines):
+    chain, wallet, store, hotkeys = net
+    key = keys.create(store, "bob", per_minute=100)
+
+    async def main():
+        # route to the broken miner first: the good one looks far worse on quality
+        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
+        async with client(build_api(v)) as c:
+            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hello"}],
+                    "max_tokens": 30, "temperature": 0.8, "seed": 42, "stream": True}
+            async with c.stream("POST", "/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        await v.client.close()
+        return r.status_code, events, v
+
+    status, events, v = asyncio.run(main())
+    assert status == 200 and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert not any("error" in c for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    from core.protocol import ChatRequest
+    expected = "".join(t.text for t in engines["good"]["chat-llama-3"].tokens(ChatRequest(
+        task="chat-llama-3", messages=[{"role": "user", "content": "hello"}], max_tokens=30,
+        temperature=0.8, seed=42)))
+    assert text == expected
+    records = {r.hotkey: r for r in store.records(7)}
+    assert records[hotkeys["broken"]].outcome.value in ("invalid", "5xx")
+    assert records[hotkeys["good"]].outcome.value == "ok" and records[hotkeys["good"]].organic
+
+
+def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
+    chain, wallet, store, hotkeys = net
+    key = keys.create(store, "carol", per_minute=100)
+
+    async def main():
+        v = await open_period(chain, wallet, store, {(hotkeys["broken"], "proteus-text-to-image"): 1e-6})
+        async with client(build_api(v)) as c:
+            r = await c.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "proteus-text-to-image", "prompt": "a cat",
+                                   "size": "64x64", "steps": 20, "n": 2})
+        await v.client.close()
+        return r, v
+
+    r, v = asyncio.run(main())
+    assert r.status_code == 200, r.text
+    assert all(base64.b64decode(d["b64_json"]).startswith(b"\x89PNG") for d in r.json()["data"])
+    served = next(rec for rec in store.records(7) if rec.organic)
+    key_ = (served.hotkey, "proteus-text-to-image")
+    assert served.units == 40 and v.book.used[key_] == 40
+    target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
+    assert sum(s.units for s in plan.schedule([target], dict(v.book.used), 60.0)) == 60
