@@ -20,6 +20,8 @@ from pathlib import Path
 
 from core.chain.local import LocalChain
 from core.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
+from core.storage import open_store
+from core.validator import keys
 
 MINERS = ("small", "medium", "large")
 
@@ -34,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
     p.add_argument("--startup-timeout", type=float, default=180.0,
                    help="seconds to wait for the miners to answer")
+    p.add_argument("--api-port", type=int, default=0,
+                   help="also serve the validator's OpenAI-compatible API on this port of "
+                        "127.0.0.1, with a key printed at start (0: no API)")
     return p.parse_args(argv)
 
 
@@ -83,10 +88,19 @@ def main(argv=None) -> int:
             wait_healthy(ports[name], proc, deadline)
         print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
               f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
+        api = []
+        if args.api_port:
+            store = open_store(str(base / "validator.sqlite3"))
+            key = keys.create(store, "localnet", per_minute=600)
+            store.close()
+            api = ["--api-port", str(args.api_port), "--api-host", "127.0.0.1"]
+            print(f"localnet: API on http://127.0.0.1:{args.api_port}/v1 with key {key}\n"
+                  f"  curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{args.api_port}/v1/models",
+                  flush=True)
         vproc = neuron("validator", [
             *common, "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
             "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5",
-            "--check", "cpu"],
+            "--check", "cpu", *api],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(vproc)
         for line in vproc.stdout:

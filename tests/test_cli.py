@@ -21,9 +21,11 @@ def run(*args):
     ("neurons/validator.py", ["--network", "--netuid", "--wallet-name", "--wallet-hotkey",
                               "--wallet-path", "--db", "--status", "--period-blocks",
                               "--capacity-timeout", "--max-concurrency", "--image-size",
-                              "--retention-periods", "--periods", "--log-level"]),
+                              "--retention-periods", "--periods", "--log-level", "--check",
+                              "--check-rate", "--check-queue", "--api-port", "--api-host",
+                              "--api-max-body"]),
     ("scripts/localnet.py", ["--periods", "--dir", "--period-blocks", "--block-time",
-                             "--startup-timeout"]),
+                             "--startup-timeout", "--api-port"]),
 ])
 def test_help_explains_every_flag(script, flags):
     out = run(script, "--help")
