@@ -127,12 +127,23 @@ def run(args) -> int:
                         check_rate=args.check_rate, check_queue=args.check_queue)
     validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     try:
-        asyncio.run(serve(validator, args))
+        run_loop(serve(validator, args))
     except KeyboardInterrupt:
         pass
     finally:
         store.close()
     return 0
+
+
+def run_loop(main) -> None:
+    """uvloop when installed (uvicorn[standard] brings it): the relay of organic streams and the
+    fan-out to miners cost less CPU on it."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def serve(validator, args) -> None:

@@ -42,7 +42,7 @@ def requests():
 
 
 async def _drain(stream) -> int:
-    return sum([1 async for _ in stream])
+    return sum([len(batch) async for batch in stream])
 
 
 async def measure(n: int, threads: int) -> dict[str, float]:

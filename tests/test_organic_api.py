@@ -34,11 +34,12 @@ class BreaksMidStream(TransformersChat):
 
     async def stream(self, request):
         n = 0
-        async for token in super().stream(request):
-            yield token
-            n += 1
-            if n == 5:
-                raise RuntimeError("GPU fell off the bus")
+        async for batch in super().stream(request):
+            for token in batch:
+                yield [token]
+                n += 1
+                if n == 5:
+                    raise RuntimeError("GPU fell off the bus")
 
 
 @pytest.fixture(scope="module")

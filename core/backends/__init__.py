@@ -18,9 +18,10 @@ class ChatEngine(Protocol):
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The prompt as the model's tokenizer counts it (the units charged for it)."""
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatToken]:
-        """Completion tokens one by one, sampled with the request's seed, temperature and top-p,
-        each with the model's log-probability of it."""
+    def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
+        """Completion tokens in order, sampled with the request's seed, temperature and top-p,
+        each with the model's log-probability of it; in batches of whatever is ready, so a busy
+        server sends fewer, fuller messages."""
 
 
 class ImageEngine(Protocol):

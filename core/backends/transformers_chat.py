@@ -50,8 +50,9 @@ class TransformersChat:
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         return self.tokenizer(self.render(request.messages), add_special_tokens=False)["input_ids"]
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatToken]:
-        """The sampling loop in a worker thread, its tokens handed to the event loop."""
+    async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
+        """The sampling loop in a worker thread; its tokens handed to the event loop in batches of
+        what is ready."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()  # set when the consumer goes away: the thread stops sampling
@@ -69,10 +70,22 @@ class TransformersChat:
 
         worker = loop.run_in_executor(None, pump)
         try:
-            while (item := await queue.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            finished = False
+            while not finished:
+                batch = []
+                item = await queue.get()
+                while True:
+                    if item is done:
+                        finished = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    batch.append(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    yield batch
         finally:
             stop.set()
             await asyncio.shield(worker)

@@ -36,7 +36,7 @@ class VllmChat:
         turns = [m.model_dump() for m in request.messages]
         return self.tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatToken]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -49,8 +49,11 @@ class VllmChat:
         try:
             async for output in self.engine.generate(prompt, params, request_id):
                 completion = output.outputs[0]
-                for token_id, candidates in zip(completion.token_ids, completion.logprobs or []):
-                    yield ChatToken(token_id=token_id, text=self.tokenizer.decode([token_id]),
-                                    logprob=candidates[token_id].logprob)
+                batch = [ChatToken(token_id=token_id, text=self.tokenizer.decode([token_id]),
+                                   logprob=candidates[token_id].logprob)
+                         for token_id, candidates in zip(completion.token_ids,
+                                                         completion.logprobs or [])]
+                if batch:
+                    yield batch
         finally:  # the client went away, or the stream ended: free the engine's slot
             await self.engine.abort(request_id)

@@ -173,9 +173,9 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         async def lines() -> AsyncIterator[bytes]:
             produced, status = 0, 500
             try:
-                async for token in engine.stream(message):
-                    produced += 1
-                    yield ChatChunk(tokens=[token]).model_dump_json().encode() + b"\n"
+                async for batch in engine.stream(message):
+                    produced += len(batch)
+                    yield ChatChunk(tokens=batch).model_dump_json().encode() + b"\n"
                 yield ChatChunk(done=True, prompt_tokens=prompt,
                                 completion_tokens=produced).model_dump_json().encode() + b"\n"
                 status = 200

@@ -1,5 +1,5 @@
 """SQLite: one file, WAL journal, every write committed before it returns, so a killed validator
-loses nothing it recorded."""
+loses nothing it recorded (a power loss may lose the last commits: synchronous=NORMAL)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ class SqliteDatabase:
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives the process crashing or being killed (17x cheaper
+            # than FULL here: 0.02 vs 0.35 ms); only a power loss may drop the last ones
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as e:
             raise StorageError(f"{path}: cannot open the database: {e}") from None

@@ -21,6 +21,9 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+KEEPALIVE_S = 4.0
+
+
 class SignedClient:
     def __init__(self, keypair, *, max_connections: int = 256):
         self._keypair = keypair  # the loaded hotkey: signing with it costs ~36 µs, a Wallet ~1 ms
@@ -33,9 +36,11 @@ class SignedClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=64),
-            )
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                limit=self._limit, limit_per_host=64,
+                # idle connections go before the server's keep-alive (uvicorn: 5 s) closes them:
+                # reusing one it closed fails as "Server disconnected", a 5xx the miner never sent
+                keepalive_timeout=KEEPALIVE_S))
         return self._session
 
     def _sign(self, path: str, body: bytes, receiver: str) -> dict[str, str]:
