@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.tasks import TASKS, Kind
 
@@ -26,6 +26,20 @@ PATHS: dict[Kind, str] = {
 
 MAX_PROMPT_CHARS = 16_000
 MAX_IMAGE_B64_CHARS = 8_000_000
+
+
+def _unicode(text: str) -> str:
+    """JSON can carry lone surrogates (\\udcff) that no tokenizer or encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type, read as one
+    return Annotated[str, Field(min_length=min_length, max_length=max_length),
+                     AfterValidator(_unicode)]
 
 
 def major_of(version: str) -> int | None:
@@ -58,11 +72,11 @@ class CapacityResponse(Message):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    content: Text(MAX_PROMPT_CHARS)
 
 
 class ChatRequest(Message):
-    task: str
+    task: Text(64)
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
@@ -92,9 +106,9 @@ class ChatChunk(Message):
 
 
 class ImageRequest(Message):
-    task: str
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
+    task: Text(64)
+    prompt: Text(MAX_PROMPT_CHARS, min_length=1)
+    negative_prompt: Text(MAX_PROMPT_CHARS) = ""
     steps: Annotated[int, Field(ge=1, le=200)]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1024

@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-waiting", type=int, default=64,
                    help="requests queued per concurrency group; when full, the caller with the "
                         "least stake is answered 429")
+    p.add_argument("--max-body", type=int, default=None,
+                   help="largest request body in bytes (413 beyond; default: room for an "
+                        "inpaint request's two largest images)")
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--torch-threads", type=int, default=0,
@@ -123,7 +126,9 @@ def serve(args) -> int:
     announce = None if args.no_announce else (wallet, args.external_host or args.host, args.port)
     log.info("serving %s as %s on %s:%d", ", ".join(engines), hotkey.ss58_address,
              args.host, args.port)
-    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce), host=args.host,
+    limits = {"max_body": args.max_body} if args.max_body else {}
+    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce, **limits),
+                host=args.host,
                 port=args.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
 

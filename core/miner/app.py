@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.backends import ChatEngine, Engine, ImageEngine
 from core.budget import stake_share
@@ -28,13 +29,15 @@ from core.capacity import MinerConfig
 from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
-from core.protocol import (CAPACITY_PATH, MAJOR, PATHS, PROTOCOL_VERSION, REQUEST_MODELS,
-                           CapacityResponse, ChatChunk, ErrorResponse, ImageResponse,
-                           major_of)
+from core.protocol import (CAPACITY_PATH, MAJOR, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
+                           REQUEST_MODELS, CapacityResponse, ChatChunk, ErrorResponse,
+                           ImageResponse, major_of)
 from core.tasks import TASKS, Kind
 from core.transport.auth import Gate, Refused
+from core.transport.limits import BodyLimit
 
 log = logging.getLogger("miner")
+DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
 
 
 @dataclass
@@ -73,7 +76,8 @@ def refuse(status: int, reason: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse(ErrorResponse(error=reason).model_dump(), status_code=status, headers=headers)
 
 
-def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None) -> FastAPI:
+def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None,
+              max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     """``announce``: (wallet, host, port) to serve on chain at start-up, or None."""
 
     @asynccontextmanager
@@ -95,6 +99,11 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         task.cancel()
 
     app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body, reject=refuse)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
+        return refuse(e.status_code, str(e.detail), getattr(e, "headers", None))
     declaration = state.config.declaration()
     metrics = MinerMetrics(declaration)
 
@@ -108,7 +117,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             return refuse(e.status, e.reason)
         try:
             raw = json.loads(body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested beyond Python's stack
             return refuse(400, "body is not JSON")
         version = raw.get("version", "") if isinstance(raw, dict) else ""
         if major_of(str(version)) != MAJOR:
@@ -119,8 +128,9 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         try:
             message = REQUEST_MODELS[kind].model_validate(raw)
         except ValidationError as e:
+            detail = json.loads(e.json(include_url=False, include_input=False, include_context=False))
             return JSONResponse({"version": PROTOCOL_VERSION, "error": "invalid request",
-                                 "detail": json.loads(e.json(include_url=False))}, 422)
+                                 "detail": detail}, 422)
         task = TASKS.get(message.task)
         if task is None or task.kind is not kind or message.task not in state.engines:
             return refuse(404, f"task {message.task!r} is not served at {PATHS[kind]}")

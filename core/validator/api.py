@@ -18,10 +18,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
                            TextToImageRequest)
 from core.tasks import TASKS, Kind
+from core.transport.limits import BodyLimit
 from core.validator import keys
 from core.validator.organic import AllFailed, NoCapacity, Organic
 
@@ -113,6 +115,11 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     async def api_error(_, e: ApiError):
         return error(e.status, e.message, e.kind, e.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return error(e.status_code, str(e.detail), kind, getattr(e, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
@@ -120,12 +127,8 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         return error(400, f"{where}: {first['msg']}" if where else first["msg"],
                      "invalid_request_error")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return error(413, f"request body over {max_body} bytes", "invalid_request_error")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=max_body,
+                       reject=lambda status, message: error(status, message, "invalid_request_error"))
 
     def authorize(request: Request) -> keys.ApiKey:
         header = request.headers.get("authorization", "")
