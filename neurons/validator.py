@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
 
 from core.cli import CliError, add_common_args, load_wallet, setup_logging
@@ -147,23 +150,40 @@ def run_loop(main) -> None:
 
 
 async def serve(validator, args) -> None:
-    """The period loop, and the organic API beside it when --api-port is set."""
-    if not args.api_port:
-        await validator.run(args.periods)
-        return
-    import uvicorn
+    """The period loop, and the organic API beside it when --api-port is set, until the loop ends
+    or SIGTERM/SIGINT: then the loop is cancelled (every record is already committed; the period
+    resumes at the next start) and the API finishes its requests."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = api = None
+    if args.api_port:
+        import uvicorn
 
-    from core.validator.api import build_api
+        from core.validator.api import build_api
 
-    server = uvicorn.Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body),
-                                           host=args.api_host, port=args.api_port,
-                                           log_level="warning"))
-    api = asyncio.create_task(server.serve())
-    try:
-        await validator.run(args.periods)
-    finally:
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # this process's handlers above stop both
+                yield
+
+        server = Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body),
+                                       host=args.api_host, port=args.api_port,
+                                       log_level="warning", timeout_graceful_shutdown=30))
+        api = asyncio.create_task(server.serve())
+    work = asyncio.create_task(validator.run(args.periods))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    stopping.cancel()
+    if server is not None:
         server.should_exit = True
         await api
+    logging.getLogger("validator").info("validator stopped%s", " by signal" if stop.is_set() else "")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import aiohttp
 import bittensor as bt
 
 from core import plan
 from core.budget import contenders, stake_share
 from core.checking.service import Checker, Job
-from core.chain import Chain, Metagraph
+from core.chain import Chain, ChainError, Metagraph
 from core.records import summarize
 from core.scoring import ContenderState, advance, effective, weights
-from core.storage import Store
+from core.storage import StorageError, Store
 from core.transport.client import SignedClient
 from core.validator.book import PeriodBook
 from core.validator.dispatch import fetch_capacities, send
@@ -42,6 +43,7 @@ class Settings:
     retention_periods: int = 96
     min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
     weight_retries: int = 3
+    max_backoff_s: float = 60.0
     check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
     check_rate: float = 0.1
     check_queue: int = 256
@@ -66,25 +68,40 @@ class Validator:
 
     async def run(self, periods: int | None = None) -> None:
         """Run periods back to back; ``periods`` stops after that many (None: forever)."""
-        done = 0
+        done, failures, closed = 0, 0, False
         try:
-            await self.close_unfinished()
             while periods is None or done < periods:
-                period, left = await self._current()
-                info = self.store.period(period)
-                if info and info["finished"]:
-                    await asyncio.sleep(left)
-                    continue
-                if info is None and left < self.settings.min_period_share * await self._period_s():
-                    log.info("period %d has %.0fs left: waiting for the next one", period, left)
-                    await asyncio.sleep(left)
-                    continue
-                await self.run_period(period)
-                done += 1
+                try:
+                    if not closed:
+                        await self.close_unfinished()
+                        closed = True
+                    done += await self._step()
+                    failures = 0
+                except (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError) as e:
+                    # the chain or the database is away: what was recorded stays; try again
+                    failures += 1
+                    delay = min(2 ** failures, self.settings.max_backoff_s)
+                    log.error("period step failed (%s: %s); retrying in %ds",
+                              type(e).__name__, e, delay)
+                    await asyncio.sleep(delay)
         finally:
             await self.client.close()
             if self.checker:
                 await self.checker.close()
+
+    async def _step(self) -> int:
+        """Run the current period if it is due (1), or wait for the next one (0)."""
+        period, left = await self._current()
+        info = self.store.period(period)
+        if info and info["finished"]:
+            await asyncio.sleep(left)
+            return 0
+        if info is None and left < self.settings.min_period_share * await self._period_s():
+            log.info("period %d has %.0fs left: waiting for the next one", period, left)
+            await asyncio.sleep(left)
+            return 0
+        await self.run_period(period)
+        return 1
 
     async def close_unfinished(self) -> None:
         """Score the periods a previous run began but did not close (it stopped in them): what

@@ -1,0 +1,125 @@
+"""Faults: an unreachable chain, a locked database, a hanging or garbage-speaking miner, SIGTERM.
+The validator records what happened, keeps going, and stops cleanly."""
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+
+from core.chain import ChainError, Neuron
+from core.chain.local import LocalChain
+from core.localproc import free_port, make_wallet, neuron
+from core.protocol import ChatRequest, TextToImageRequest
+from core.records import Outcome
+from core.storage import StorageError, open_store
+from core.transport.client import SignedClient
+from core.validator.dispatch import send
+from core.validator.loop import Settings, Validator
+from tests.servers import serving
+
+
+class DownChain(LocalChain):
+    """The local subnet, unreachable for its first ``outages`` metagraph reads."""
+
+    def __init__(self, folder, outages):
+        super().__init__(folder)
+        self.outages = outages
+
+    async def metagraph(self):
+        if self.outages:
+            self.outages -= 1
+            raise ChainError("connection refused")
+        return await super().metagraph()
+
+
+def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
+    LocalChain.create(tmp_path / "chain", block_time=0.2, tempo=5, age_blocks=1000)
+    wallet = make_wallet(tmp_path / "w", "v")
+    LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
+                                            validator_permit=True)
+    chain = DownChain(tmp_path / "chain", outages=2)
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    v = Validator(wallet, chain, store, Settings(period_blocks=10, check="off", max_backoff_s=0.5))
+    asyncio.run(asyncio.wait_for(v.run(periods=1), 60))
+    assert store.latest_period() is not None and store.period(store.latest_period())["finished"]
+    assert caplog.text.count("retrying") == 2 and "connection refused" in caplog.text
+
+
+def test_a_locked_database_is_a_clear_error_and_nothing_is_half_written(tmp_path):
+    path = tmp_path / "v.sqlite3"
+    store = open_store(str(path))
+    store.db._db.execute("PRAGMA busy_timeout=200")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    from core.plan import Target
+    from core.budget import Contender
+
+    target = Target(Contender(1, "hk", "inpaint", 10, 10, 0), 1.0, True, "network")
+    with pytest.raises(StorageError, match=r"v\.sqlite3: OperationalError: database is locked"):
+        store.begin_period(3, 30, "0x", 1.0, 0.0, [target])
+    other.execute("ROLLBACK")
+    assert store.period(3) is None and store.targets(3) == []  # all of the plan or none
+    store.begin_period(3, 30, "0x", 1.0, 0.0, [target])
+    assert store.targets(3) == [target]
+
+
+@pytest.fixture
+def bad_miner():
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def hangs(request: Request):
+        await request.body()
+        await asyncio.sleep(30)
+
+    @app.post("/text-to-image")
+    async def garbage(request: Request):
+        await request.body()
+        return PlainTextResponse("<html>surprise</html>")
+
+    port = free_port()
+    with serving(app, port) as url:
+        yield Neuron(1, "5bad", "c", 0, False, url, 0)
+
+
+def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner):
+    from bittensor.sp_core import Keypair
+
+    async def main():
+        client = SignedClient(Keypair.create_from_uri("//V"))
+        chat = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "x"}],
+                           max_tokens=1)
+        t = time.monotonic()
+        hung, _ = await send(client, bad_miner, 1, chat, 1)
+        waited = time.monotonic() - t
+        image = TextToImageRequest(task="proteus-text-to-image", prompt="x", steps=1, height=64,
+                                   width=64)
+        garbled, _ = await send(client, bad_miner, 1, image, 1)
+        await client.close()
+        return hung, waited, garbled
+
+    hung, waited, garbled = asyncio.run(main())
+    assert hung.outcome is Outcome.TIMEOUT and 2 < waited < 10
+    assert garbled.outcome is Outcome.INVALID
+
+
+def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
+    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
+    wallet = make_wallet(tmp_path / "w", "v")
+    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True)
+    db = str(tmp_path / "v.sqlite3")
+    proc = neuron("validator", ["--network", f"local:{chain.folder}", "--wallet-path",
+                                str(tmp_path / "w"), "--wallet-name", "v", "--db", db,
+                                "--period-blocks", "30", "--check", "off"],
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "stopped" in out
+    open_store(db).close()  # the database opens cleanly
