@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,10 @@ def load_wallet(args):
     import bittensor as bt
 
     wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, args.wallet_path)
+    path = Path(wallet.hotkey_file.path).expanduser()
+    if path.exists() and path.stat().st_mode & 0o077:
+        raise CliError(f"{path} can be read by other users (mode {path.stat().st_mode & 0o777:o}): "
+                       f"run chmod 600 {path}")
     try:
         return wallet, wallet.hotkey
     except (OSError, ValueError) as e:

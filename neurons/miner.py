@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from core.capacity import ConfigError, backend_problems, group_load, load_config
 from core.cli import CliError, add_common_args, load_wallet, setup_logging
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-waiting", type=int, default=64,
                    help="requests queued per concurrency group; when full, the caller with the "
                         "least stake is answered 429")
+    p.add_argument("--state-dir", default="~/.sn19",
+                   help="folder for the miner's own state: the nonces it accepted, so requests "
+                        "replayed across a restart are still refused")
     p.add_argument("--max-body", type=int, default=None,
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
@@ -107,6 +111,7 @@ def serve(args) -> int:
     from core.miner.app import MinerState, build_app
     from core.miner.limits import Slots
     from core.transport.auth import Gate
+    from core.transport.nonces import SqliteNonceStore
 
     if args.torch_threads:
         import torch
@@ -121,7 +126,9 @@ def serve(args) -> int:
     slots = Slots({g: e.concurrency for g, e in config.groups.items()},
                   {t: e.group for t, e in config.tasks.items()}, args.queue_wait, args.max_waiting)
     state = MinerState(hotkey=hotkey.ss58_address, config=config, engines=engines, chain=chain,
-                       gate=Gate(hotkey.ss58_address, min_stake=args.min_stake),
+                       gate=Gate(hotkey.ss58_address, min_stake=args.min_stake,
+                                 nonce_store=SqliteNonceStore(Path(args.state_dir) /
+                                                              f"nonces-{hotkey.ss58_address}.sqlite3")),
                        period_blocks=args.period_blocks, slots=slots)
     announce = None if args.no_announce else (wallet, args.external_host or args.host, args.port)
     log.info("serving %s as %s on %s:%d", ", ".join(engines), hotkey.ss58_address,

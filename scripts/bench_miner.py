@@ -70,7 +70,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
                             str(tmp / "wallets"), "--wallet-name", "miner", "--config",
                             str(tmp / "miner.yml"), "--host", "127.0.0.1", "--port", str(port),
                             "--min-stake", "0", "--torch-threads", str(threads),
-                            "--log-level", "WARNING", "--period-blocks", "100000"],
+                            "--log-level", "WARNING", "--period-blocks", "100000",
+                            "--state-dir", str(tmp / "state")],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = SignedClient(validator)
     me, url = miner.hotkey.ss58_address, f"http://127.0.0.1:{port}"

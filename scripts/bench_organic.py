@@ -104,7 +104,8 @@ async def measure(requests: int, rounds: int) -> None:
               "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
     procs = [neuron("miner", [*common, "--config", str(tmp / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(miner_port),
-                              "--min-stake", "0", "--torch-threads", "1", "--max-waiting", "256"],
+                              "--min-stake", "0", "--torch-threads", "1", "--max-waiting", "256",
+                              "--state-dir", str(tmp / "state")],
                     stdout=open(tmp / "miner.log", "w"), stderr=subprocess.STDOUT)]
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)

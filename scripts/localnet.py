@@ -82,7 +82,8 @@ def main(argv=None) -> int:
                 *common, "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),
                 "--wallet-name", f"miner-{name}", "--host", "127.0.0.1",
                 "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
-                "--sync-interval", "2"], stdout=log, stderr=subprocess.STDOUT))
+                "--sync-interval", "2", "--state-dir", str(base / "state")],
+                stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + args.startup_timeout
         for name, proc in zip(MINERS, procs):
             wait_healthy(ports[name], proc, deadline)

@@ -56,3 +56,14 @@ def test_gpu_checking_without_a_gpu_says_what_to_do(tmp_path):
     out = run("neurons/validator.py", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v",
               "--db", str(tmp_path / "v.sqlite3"))
     assert out.returncode == 1 and "--check gpu" in out.stderr and "--check off" in out.stderr
+
+
+def test_a_hotkey_readable_by_others_is_refused(tmp_path):
+    make_wallet(tmp_path / "w", "v")
+    hotkey = tmp_path / "w" / "v" / "hotkeys" / "default"
+    assert hotkey.stat().st_mode & 0o777 == 0o600  # as bittensor writes it
+    hotkey.chmod(0o644)
+    out = run("neurons/validator.py", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v",
+              "--check", "off", "--db", str(tmp_path / "v.sqlite3"))
+    assert out.returncode == 1 and "can be read by other users (mode 644)" in out.stderr
+    assert f"chmod 600 {hotkey}" in out.stderr

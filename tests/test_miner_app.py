@@ -199,3 +199,22 @@ def test_share_used_up_is_429_while_another_validator_is_served(miner, subnet):
     assert f'sn19_miner_refused_total{{reason="share",task="chat-llama-3",validator="{subnet.validator.ss58_address}"}} 1.0' in metrics
     assert 'sn19_miner_declared_units{task="chat-llama-3"} 2000.0' in metrics
     assert "sn19_miner_units_total" in metrics
+
+
+def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tmp_path):
+    from core.transport.nonces import SqliteNonceStore
+
+    me = subnet.miner.hotkey.ss58_address
+    body, headers = signed(subnet.validator, me)
+
+    def app():
+        state = MinerState(hotkey=me, config=CONFIG, engines=engines, chain=subnet.chain,
+                           gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
+                           period_blocks=1000, slots=Slots({}, {t: None for t in CONFIG.tasks}, 5))
+        return TestClient(build_app(state, sync_interval_s=3600))
+
+    with app() as first:
+        assert first.post("/capacity", content=body, headers=headers).status_code == 200
+    with app() as restarted:  # a new process, the same state folder
+        r = restarted.post("/capacity", content=body, headers=headers)
+        assert r.status_code == 401 and "ReplayedRequest" in r.json()["error"]

@@ -17,7 +17,8 @@ def test_sigterm_finishes_in_flight_requests(subnet, tmp_path):
     miner = neuron("miner", ["--network", f"local:{subnet.chain.folder}", "--wallet-path",
                              str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                              str(tmp_path / "miner.yml"), "--host", "127.0.0.1", "--port",
-                             str(port), "--min-stake", "0", "--torch-threads", "1"],
+                             str(port), "--min-stake", "0", "--torch-threads", "1",
+                             "--state-dir", str(tmp_path / "state")],
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_healthy(port, miner, time.monotonic() + 120)

@@ -2,6 +2,7 @@
 API, each its own process on 127.0.0.1."""
 
 import base64
+import json
 import subprocess
 import time
 
@@ -40,14 +41,17 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
             procs.append(neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"),
                                           "--wallet-name", f"miner{i}", "--host", "127.0.0.1",
                                           "--port", str(port), "--min-stake", "0",
-                                          "--torch-threads", "1", "--sync-interval", "2"],
+                                          "--torch-threads", "1", "--sync-interval", "2",
+                                          "--state-dir", str(tmp_path / "state")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port, proc in zip(miner_ports, procs):
             wait_healthy(port, proc, time.monotonic() + 120)
+        log = tmp_path / "validator.log"
         procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db,
                                           "--check", "cpu", "--image-size", "64", "--periods", "3",
-                                          "--api-port", str(api_port), "--api-host", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                          "--api-port", str(api_port), "--api-host", "127.0.0.1",
+                                          "--log-level", "DEBUG"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT))
         api = f"http://127.0.0.1:{api_port}/v1"
 
         def chat_capacity() -> float:
@@ -101,6 +105,12 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+    # nothing secret in the validator's logs, even at DEBUG: not the API key, not the hotkey
+    logged = log.read_text()
+    hotkey = json.loads((wallets / "validator/hotkeys/default").read_text())
+    secrets = [key, key[len("sn19-"):]] + [hotkey[f] for f in ("privateKey", "secretPhrase",
+                                                                "secretSeed")]
+    assert "DEBUG" in logged and not any(s in logged for s in secrets)
     records = open_store(db)
     latest = records.latest_period()
     served = [r for p in range(latest - 3, latest + 1) for r in records.records(p) if r.organic]

@@ -36,7 +36,8 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1", "--check", "cpu"]
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(port),
-                              "--min-stake", "0", "--torch-threads", "1"],
+                              "--min-stake", "0", "--torch-threads", "1",
+                              "--state-dir", str(tmp_path / "state")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         wait_healthy(port, procs[0], time.monotonic() + 120)
