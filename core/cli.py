@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 
@@ -27,6 +28,18 @@ def setup_logging(level: str) -> None:
 
 class CliError(Exception):
     """A start-up problem the operator must fix; printed as one line, exit status 1."""
+
+
+def guarded(main, args, *errors: type[Exception]) -> int:
+    """``main(args)``, with the expected start-up errors (a bad file, wallet, chain or database)
+    turned into one line on stderr and exit status 1 instead of a traceback."""
+    from core.chain import ChainError
+
+    try:
+        return main(args)
+    except (CliError, ChainError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def load_wallet(args):

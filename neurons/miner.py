@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.capacity import ConfigError, backend_problems, group_load, load_config
-from core.cli import CliError, add_common_args, load_wallet, setup_logging
+from core.cli import add_common_args, guarded, load_wallet, setup_logging
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -93,13 +93,7 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     if args.check_config:
         return check_config(args)
-    from core.chain import ChainError
-
-    try:
-        return serve(args)
-    except (ConfigError, CliError, ChainError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return guarded(serve, args, ConfigError)
 
 
 def serve(args) -> int:

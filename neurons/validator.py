@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from core.cli import CliError, add_common_args, load_wallet, setup_logging
+from core.cli import CliError, add_common_args, guarded, load_wallet, setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,14 +89,9 @@ def api_key(store, args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    from core.chain import ChainError
     from core.storage import StorageError
 
-    try:
-        return run(args)
-    except (StorageError, CliError, ChainError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return guarded(run, args, StorageError)
 
 
 def run(args) -> int:

@@ -37,17 +37,22 @@ def over_claim_gain(k: float, seed: int, periods: int = 300) -> float:
     return run(1000 * k) - run(1000)
 
 
-@SLOW
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.floats(min_value=1.25, max_value=8), st.integers(0, 10**6))
-def test_over_claiming_earns_less_than_the_truth(k, seed):
-    assert over_claim_gain(k, seed) < 0
+def test_over_claiming_earns_less_than_the_truth_in_expectation(k, base):
+    """SPEC §4 promises a loss in expectation over the audit draw: one seed's audits can all draw
+    a low f (see the xfail below), so the mean over several block-hash sequences is asserted."""
+    gains = [over_claim_gain(k, base + i, periods=200) for i in range(6)]
+    assert np.mean(gains) < 0
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "SPEC gap: audits test f ~ U(0.8, 1.0) of the budget, so a miner declaring k < ~1.15 x its "
-    "capacity serves all it is asked whenever f x k <= 1, and is never clawed back "
-    "(threshold 90%): it earns a few % more than the truth. Full-budget audits close it "
-    "(test_full_budget_audits_make_every_over_claim_lose)."))
+    "SPEC gap: an audit asks for f ~ U(0.8, 1.0) of the declaration, and demonstrated = good / "
+    "(f x share). A miner that serves all it is asked (f x k <= 1) shows its whole declaration; "
+    "one asked for more than its capacity C serves C and is credited C / f, up to 1.25 C. Over-"
+    "claims below ~1.25x therefore gain in expectation (k = 1.1: +3%; k = 1.15: +0.8%), and "
+    "larger ones can gain on an unlucky run of low-f audits (k = 1.5, seed 10534: +0.2%). "
+    "Full-budget audits close it (test_full_budget_audits_make_every_over_claim_lose)."))
 @pytest.mark.parametrize("k", [1.05, 1.1])
 def test_small_over_claims_under_spec_audits(k):
     assert over_claim_gain(k, seed=1, periods=400) < 0

@@ -57,6 +57,24 @@ class Organic:
             return self.rng.choice(targets)
         return self.rng.choices(targets, weights=weights)[0]
 
+    def _attempts(self, task: str, units: float, tried: set[str]):
+        """Contenders to try in turn (at most ``max_attempts``), each with ``units`` reserved in
+        the period book; ``tried`` collects their hotkeys."""
+        for _ in range(self.max_attempts):
+            target = self._pick(task, units, tried)
+            if target is None:
+                return
+            tried.add(target.contender.hotkey)
+            key = (target.contender.hotkey, task)
+            if self.v.book.reserve(key, units):
+                yield target.contender, key
+
+    @staticmethod
+    def _give_up(task: str, tried: set[str]) -> Exception:
+        if not tried:
+            return NoCapacity(f"no miner has {task} capacity left this period")
+        return AllFailed(f"{len(tried)} miner(s) failed this request")
+
     def _quality(self, task: str, latency: float, units: float) -> float | None:
         """Without a checker, a success's quality is its speed factor at once."""
         if self.v.checker is not None:
@@ -69,15 +87,7 @@ class Organic:
         reserve = request.max_tokens + prompt_allowance(request)
         sent: list[ChatToken] = []
         tried: set[str] = set()
-        for _ in range(self.max_attempts):
-            target = self._pick(request.task, reserve, tried)
-            if target is None:
-                break
-            c = target.contender
-            tried.add(c.hotkey)
-            key = (c.hotkey, c.task)
-            if not self.v.book.reserve(key, reserve):
-                continue
+        for c, key in self._attempts(request.task, reserve, tried):
             period, neuron = self.v.book.period, self.v.book.metagraph.by_hotkey(c.hotkey)
             tokens: list[ChatToken] = []
             final = outcome = None
@@ -110,22 +120,12 @@ class Organic:
             self.v.book.settle(key, reserve, reserve)
             self.v.keep(RequestRecord(period, c.hotkey, c.task, True, outcome, reserve, latency,
                                       None, at), request, None)
-        if not tried:
-            raise NoCapacity(f"no miner has {request.task} capacity left this period")
-        raise AllFailed(f"{len(tried)} miner(s) failed this request")
+        raise self._give_up(request.task, tried)
 
     async def image(self, request: ImageRequest) -> ImageResponse:
         units = request.units
         tried: set[str] = set()
-        for _ in range(self.max_attempts):
-            target = self._pick(request.task, units, tried)
-            if target is None:
-                break
-            c = target.contender
-            tried.add(c.hotkey)
-            key = (c.hotkey, c.task)
-            if not self.v.book.reserve(key, units):
-                continue
+        for c, key in self._attempts(request.task, units, tried):
             record, answer = await send(self.v.client, self.v.book.metagraph.by_hotkey(c.hotkey),
                                         self.v.book.period, request, units, organic=True,
                                         speed_only=self.v.checker is None)
@@ -133,6 +133,4 @@ class Organic:
             self.v.keep(record, request, answer)
             if answer is not None:
                 return answer
-        if not tried:
-            raise NoCapacity(f"no miner has {request.task} capacity left this period")
-        raise AllFailed(f"{len(tried)} miner(s) failed this request")
+        raise self._give_up(request.task, tried)
