@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from core.chain import Metagraph
+from core.metagraph import Metagraph
 
 
 @dataclass(frozen=True)

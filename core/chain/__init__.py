@@ -4,38 +4,17 @@ weights and serving. Two implementations: ``subtensor`` (bittensor, production) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import bittensor as bt
 
+from core.metagraph import Metagraph, Neuron
+
+__all__ = ["Chain", "ChainError", "Metagraph", "Neuron", "connect"]
+
 
 class ChainError(Exception):
     """The chain cannot be reached or used as asked; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Neuron:
-    uid: int
-    hotkey: str
-    coldkey: str
-    stake: float
-    validator_permit: bool
-    endpoint: str | None  # "http://host:port" the neuron serves on, or None
-    registered_at: int  # block
-
-
-@dataclass(frozen=True)
-class Metagraph:
-    block: int
-    neurons: tuple[Neuron, ...]
-
-    def by_hotkey(self, hotkey: str) -> Neuron | None:
-        return next((n for n in self.neurons if n.hotkey == hotkey), None)
-
-    def validators(self, min_stake: float = 0.0) -> list[Neuron]:
-        """Neurons with a validator permit and at least ``min_stake``."""
-        return [n for n in self.neurons if n.validator_permit and n.stake >= min_stake]
 
 
 class Chain(Protocol):
