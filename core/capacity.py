@@ -147,28 +147,6 @@ def load_config(path: str | Path) -> MinerConfig:
     return config
 
 
-def backend_problems(config: MinerConfig) -> list[str]:
-    """What would stop the configured back ends from loading on this machine (missing packages,
-    no GPU), found without importing them."""
-    import importlib.util
-
-    needs = {"cpu": ("torch", "transformers", "diffusers"), "vllm": ("vllm", "transformers"),
-             "diffusers": ("torch", "diffusers")}
-    extra = {"cpu": "cpu", "vllm": "gpu", "diffusers": "gpu"}
-    problems = []
-    for backend in sorted({e.backend for e in config.tasks.values()}):
-        missing = [m for m in needs[backend] if importlib.util.find_spec(m) is None]
-        if missing:
-            problems.append(f"the {backend} back end needs {', '.join(missing)}: "
-                            f"pip install -e '.[{extra[backend]}]'")
-        elif backend != "cpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                problems.append(f"the {backend} back end needs a CUDA GPU and torch sees none")
-    return problems
-
-
 def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
     """Line (1-based) of every mapping key in a composed YAML tree, by its path."""
     out: dict[tuple, int] = {}

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from core.capacity import ConfigError, backend_problems, group_load, load_config
+from core.capacity import ConfigError, group_load, load_config
 from core.cli import add_common_args, guarded, load_wallet, setup_logging
 from core.tasks import TASKS
 
@@ -76,6 +76,8 @@ def check_config(args) -> int:
                   f"validators clamp it")
         if 0 < entry.capacity < 1:
             print(f"  warning: {task_id} declares under one unit; validators count it as 0")
+    from core.backends import backend_problems
+
     problems = backend_problems(config)
     for problem in problems:
         print(f"  error: {problem}")

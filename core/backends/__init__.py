@@ -9,7 +9,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from core.capacity import TaskEntry
+from core.capacity import MinerConfig, TaskEntry
 from core.protocol import ChatRequest, ChatToken, ImageRequest
 from core.tasks import TASKS, Kind
 
@@ -63,3 +63,25 @@ def load_engine(task_id: str, entry: TaskEntry) -> Engine:
     if entry.model:
         return DiffusersImages.from_pretrained(entry.model, kind, device="cpu")
     return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed(task_id)), kind)
+
+
+def backend_problems(config: MinerConfig) -> list[str]:
+    """What would stop the configured back ends from loading on this machine (missing packages,
+    no GPU), found without importing them."""
+    import importlib.util
+
+    needs = {"cpu": ("torch", "transformers", "diffusers"), "vllm": ("vllm", "transformers"),
+             "diffusers": ("torch", "diffusers")}
+    extra = {"cpu": "cpu", "vllm": "gpu", "diffusers": "gpu"}
+    problems = []
+    for backend in sorted({e.backend for e in config.tasks.values()}):
+        missing = [m for m in needs[backend] if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(f"the {backend} back end needs {', '.join(missing)}: "
+                            f"pip install -e '.[{extra[backend]}]'")
+        elif backend != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(f"the {backend} back end needs a CUDA GPU and torch sees none")
+    return problems
