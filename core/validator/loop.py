@@ -44,6 +44,7 @@ class Settings:
     min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
     weight_retries: int = 3
     max_backoff_s: float = 60.0
+    max_check_wait_s: float = 120.0  # at a period's end, for its results still being checked
     check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
     check_rate: float = 0.1
     check_queue: int = 256
@@ -144,8 +145,9 @@ class Validator:
         await self.send_all(period, metagraph, sends, self.book.used, deadline)
         await self._top_up(period, metagraph, targets, self.book.used, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
-        if self.checker:
-            await self.checker.drain(period, timeout=await self._period_s() / 2)
+        if self.checker:  # a check still queued after this counts for nothing: bound the wait
+            await self.checker.drain(period, timeout=min(await self._period_s() / 2,
+                                                          self.settings.max_check_wait_s))
         await self._close(period, targets, share, metagraph)
 
     async def _plan(self, period: int, metagraph: Metagraph) -> tuple[list[plan.Target], float]:
