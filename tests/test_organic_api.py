@@ -167,3 +167,16 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     assert served.units == 40 and v.book.used[key_] == 40
     target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
     assert sum(s.units for s in plan.schedule([target], dict(v.book.used), 60.0)) == 60
+
+
+def test_requests_finishing_after_the_period_are_recorded_in_the_next():
+    import time as clock
+
+    from core.validator.book import PeriodBook
+
+    book = PeriodBook()
+    assert book.recording_period() is None
+    book.open(7, [], {}, None, {}, ends_at=clock.monotonic() + 60)
+    assert book.recording_period() == 7
+    book.open(7, [], {}, None, {}, ends_at=clock.monotonic() - 1)  # closing; next not planned yet
+    assert book.recording_period() == 8

@@ -4,6 +4,8 @@ done, and the metagraph to reach it. Units are reserved before a request and set
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -18,12 +20,22 @@ class PeriodBook:
     used: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     quality: dict[tuple[str, str], float] = field(default_factory=dict)
     metagraph: Metagraph | None = None
+    ends_at: float = math.inf  # time.monotonic() at which the period ends
 
     def open(self, period: int, targets: list[Target], used: dict[tuple[str, str], float],
-             metagraph: Metagraph, quality: dict[tuple[str, str], float]) -> None:
+             metagraph: Metagraph, quality: dict[tuple[str, str], float],
+             ends_at: float = math.inf) -> None:
         self.period, self.metagraph, self.quality = period, metagraph, quality
+        self.ends_at = ends_at
         self.targets = {(t.contender.hotkey, t.contender.task): t for t in targets}
         self.used = defaultdict(float, used)
+
+    def recording_period(self) -> int | None:
+        """The period a request finishing now belongs to: past the book's end (while the next
+        period's plan is being made) it is the next one, whose plan then counts it."""
+        if self.period is None:
+            return None
+        return self.period + 1 if time.monotonic() >= self.ends_at else self.period
 
     def remaining(self, key: tuple[str, str]) -> float:
         t = self.targets.get(key)

@@ -133,7 +133,7 @@ class Validator:
         for r in records:
             used[(r.hotkey, r.task)] += r.units
         quality = {key: s.quality for key, s in self.store.states().items() if s.window}
-        self.book.open(period, targets, used, metagraph, quality)
+        self.book.open(period, targets, used, metagraph, quality, ends_at=deadline)
         sends = plan.schedule(targets, dict(used), left, self.rng)
         need = plan.required_concurrency(sends, left)
         if need > self.settings.max_concurrency:

@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 
@@ -88,7 +89,7 @@ class Organic:
         sent: list[ChatToken] = []
         tried: set[str] = set()
         for c, key in self._attempts(request.task, reserve, tried):
-            period, neuron = self.v.book.period, self.v.book.metagraph.by_hotkey(c.hotkey)
+            neuron = self.v.book.metagraph.by_hotkey(c.hotkey)
             tokens: list[ChatToken] = []
             final = outcome = None
             started, at = time.perf_counter(), time.time()
@@ -109,6 +110,7 @@ class Organic:
             except aiohttp.ClientError:
                 outcome = Outcome.SERVER_ERROR
             latency = time.perf_counter() - started
+            period = self.v.book.recording_period()
             if final is not None:
                 self.v.book.settle(key, reserve, final.units)
                 self.v.keep(RequestRecord(period, c.hotkey, c.task, True, Outcome.OK, final.units,
@@ -129,6 +131,7 @@ class Organic:
             record, answer = await send(self.v.client, self.v.book.metagraph.by_hotkey(c.hotkey),
                                         self.v.book.period, request, units, organic=True,
                                         speed_only=self.v.checker is None)
+            record = replace(record, period=self.v.book.recording_period())
             self.v.book.settle(key, units, record.units)
             self.v.keep(record, request, answer)
             if answer is not None:
