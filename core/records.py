@@ -49,3 +49,16 @@ def summarize(records: Iterable[RequestRecord], declared: float, budget: float, 
     return PeriodOutcome(declared=declared, budget=budget, f=f, audit=audit,
                          consumed=good + refused + failed, good=good, refused=refused,
                          failed=failed, quality_sum=q_sum, quality_n=q_n)
+
+
+def period_outcomes(targets, records: Iterable[RequestRecord]) -> list[tuple]:
+    """Every target's (target, PeriodOutcome, number of requests) from a period's records."""
+    by_key: dict[tuple[str, str], list[RequestRecord]] = {}
+    for r in records:
+        by_key.setdefault((r.hotkey, r.task), []).append(r)
+    out = []
+    for t in targets:
+        c = t.contender
+        mine = by_key.get((c.hotkey, c.task), [])
+        out.append((t, summarize(mine, c.declared, c.budget, t.f, t.audit), len(mine)))
+    return out

@@ -21,7 +21,7 @@ from core import plan
 from core.budget import contenders, stake_share
 from core.checking.service import Checker, Job
 from core.chain import Chain, ChainError, Metagraph
-from core.records import summarize
+from core.records import period_outcomes
 from core.scoring import ContenderState, advance, effective, weights
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
@@ -230,18 +230,13 @@ class Validator:
     async def _close(self, period: int, targets: list[plan.Target], share: float,
                      metagraph: Metagraph) -> None:
         """Score the period, store every contender's state, set weights."""
-        by_key = defaultdict(list)
-        for r in self.store.records(period):
-            by_key[(r.hotkey, r.task)].append(r)
         states = self.store.states()
         new_states: dict[tuple[str, str], ContenderState] = {}
         rows = []
-        for t in targets:
-            c = t.contender
-            key = (c.hotkey, c.task)
-            outcome = summarize(by_key[key], c.declared, c.budget, t.f, t.audit)
+        for t, outcome, n in period_outcomes(targets, self.store.records(period)):
+            key = (t.contender.hotkey, t.contender.task)
             new_states[key] = advance(states.get(key, ContenderState()), outcome, share)
-            rows.append((t, outcome, new_states[key], len(by_key[key])))
+            rows.append((t, outcome, new_states[key], n))
         self.store.finish_period(period, new_states)
         eff = {(t.contender.uid, t.contender.task): effective(new_states[(t.contender.hotkey,
                t.contender.task)]) for t in targets}

@@ -4,11 +4,9 @@ and the weights last set."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
-from core.records import summarize
+from core.records import period_outcomes
 from core.scoring import ContenderState
 from core.storage import Store
 from core.validator.report import period_table
@@ -18,15 +16,9 @@ def status(store: Store) -> str:
     period = store.latest_period()
     if period is None:
         return "no period recorded yet"
-    by_key = defaultdict(list)
-    for r in store.records(period):
-        by_key[(r.hotkey, r.task)].append(r)
     states = store.states()
-    table = []
-    for t in store.targets(period):
-        key = (t.contender.hotkey, t.contender.task)
-        outcome = summarize(by_key[key], t.contender.declared, t.contender.budget, t.f, t.audit)
-        table.append((t, outcome, states.get(key, ContenderState()), len(by_key[key])))
+    table = [(t, outcome, states.get((t.contender.hotkey, t.contender.task), ContenderState()), n)
+             for t, outcome, n in period_outcomes(store.targets(period), store.records(period))]
     last = store.last_weights()
     weights = last[1] if last else {}
     vector = np.zeros(max(weights, default=-1) + 1)
