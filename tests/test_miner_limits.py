@@ -14,7 +14,7 @@ def test_ledger_holds_each_validator_to_its_allowance_per_period():
     assert ledger.reserve("a", "t", 70, 100, period=1)
     assert ledger.reserve("a", "t", 100, 100, period=2)  # a new period starts afresh
     ledger.release("a", "t", 100, period=1)  # a late release of an old period changes nothing
-    assert ledger.used("a", "t") == 100
+    assert not ledger.reserve("a", "t", 1, 100, period=2)
 
 
 def run(coro):

@@ -35,10 +35,6 @@ class Ledger:
                 key = (validator, task)
                 self._used[key] = max(self._used[key] - units, 0.0)
 
-    def used(self, validator: str, task: str) -> float:
-        with self._lock:
-            return self._used.get((validator, task), 0.0)
-
 
 class Gpu:
     """One concurrency group: ``limit`` requests served at once, up to ``max_waiting`` more

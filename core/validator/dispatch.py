@@ -53,6 +53,11 @@ def timeout_for(task_id: str, units: float) -> float:
     return 2 * TASKS[task_id].expected_seconds(units) + 2.0
 
 
+def speed_quality(task: str, latency: float, units: float) -> float:
+    """A success's quality when no checker runs: its speed factor alone."""
+    return speed_factor(latency, TASKS[task].expected_seconds(units))
+
+
 async def send(client: SignedClient, neuron: Neuron, period: int, message: Message,
                units: int, *, organic: bool = False,
                speed_only: bool = False) -> tuple[RequestRecord, object]:
@@ -71,8 +76,7 @@ async def send(client: SignedClient, neuron: Neuron, period: int, message: Messa
         outcome, served = Outcome.SERVER_ERROR, 0
     latency = time.perf_counter() - started
     ok = outcome is Outcome.OK
-    quality = speed_factor(latency, TASKS[task].expected_seconds(served)) if ok and speed_only \
-        else None
+    quality = speed_quality(task, latency, served) if ok and speed_only else None
     record = RequestRecord(period=period, hotkey=neuron.hotkey, task=task, organic=organic,
                            outcome=outcome, units=served if ok else units, latency_s=latency,
                            quality=quality, at=at)

@@ -19,9 +19,7 @@ import aiohttp
 
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.records import Outcome, RequestRecord
-from core.scoring import speed_factor
-from core.tasks import TASKS
-from core.validator.dispatch import MinerFailed, chat_chunks, send, timeout_for
+from core.validator.dispatch import MinerFailed, chat_chunks, send, speed_quality, timeout_for
 
 MAX_ATTEMPTS = 3
 
@@ -80,7 +78,7 @@ class Organic:
         """Without a checker, a success's quality is its speed factor at once."""
         if self.v.checker is not None:
             return None
-        return speed_factor(latency, TASKS[task].expected_seconds(units))
+        return speed_quality(task, latency, units)
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Token chunks as they arrive, then a final chunk with the units. Raises NoCapacity or
