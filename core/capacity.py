@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.tasks import TASK_IDS, TASKS, Kind
 
@@ -28,11 +28,35 @@ Capacity = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 TaskId = Literal[TASK_IDS]  # type: ignore[valid-type]
 
 
+class WorkerEntry(BaseModel):
+    """One worker of a task's pool: an in-process back end on ``device``, or a server at ``url``
+    (``vllm serve`` or ``neurons/worker.py``), with the capacity and concurrency it brings."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: Capacity
+    concurrency: Annotated[int, Field(ge=1, strict=True)] = 1
+    device: str | None = None
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")] | None = None
+    model: str | None = None  # the model name a url server knows (default: the task's model)
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if (self.device is None) == (self.url is None):
+            raise ValueError("a worker needs exactly one of device (in-process) or url (a server)")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/") if self.url else f"local:{self.device}"
+
+
 class TaskEntry(BaseModel):
     """One served task: its capacity per period in the task's unit, and how it is served."""
 
     model_config = ConfigDict(extra="forbid")
-    capacity: Capacity
+    capacity: Capacity | None = None
+    workers: Annotated[list[WorkerEntry], Field(min_length=1)] | None = None
     backend: Literal["cpu", "vllm", "diffusers"] = "cpu"
     group: str | None = None
     model: str | None = None
@@ -42,6 +66,20 @@ class TaskEntry(BaseModel):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_model_len: Annotated[int, Field(ge=256)] | None = None
     tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _capacity_given(self):
+        if self.capacity is None and self.workers is None:
+            raise ValueError("a task needs a capacity, or workers each with its own")
+        if self.capacity is not None and self.workers is not None:
+            raise ValueError("a task with workers declares their capacities, not its own")
+        return self
+
+    def total(self) -> float:
+        """The capacity of the whole task: its own, or the sum of its workers'."""
+        if self.workers is None:
+            return self.capacity
+        return sum(w.capacity for w in self.workers)
 
 
 class GroupEntry(BaseModel):
@@ -73,7 +111,7 @@ class MinerConfig(BaseModel):
 
     def declaration(self) -> dict[str, float]:
         """What the miner advertises: each served task's capacity, clamped as validators will."""
-        return clamp_declaration({t: e.capacity for t, e in self.tasks.items()})
+        return clamp_declaration({t: e.total() for t, e in self.tasks.items()})
 
 
 def clamp_declaration(raw: Mapping[str, object]) -> dict[str, float]:
@@ -100,7 +138,7 @@ def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
         if entry.group is None:
             continue
         task = TASKS[task_id]
-        requests = entry.capacity / task.units_per_synthetic
+        requests = entry.total() / task.units_per_synthetic
         need = requests * task.expected_seconds(task.units_per_synthetic)
         seconds[entry.group] = seconds.get(entry.group, 0.0) + need
     return {
@@ -155,6 +193,10 @@ def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
             path = prefix + (key.value,)
             out[path] = key.start_mark.line + 1
             out.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[prefix + (str(i),)] = item.start_mark.line + 1
+            out.update(_key_lines(item, prefix + (str(i),)))
     return out
 
 
@@ -167,6 +209,9 @@ _ALLOWED = {
     "gpu_memory_utilization": "a fraction of the GPU's memory, 0 < x <= 1",
     "max_model_len": "an integer >= 256 (tokens of prompt + completion)",
     "tensor_parallel_size": "an integer >= 1 (GPUs per model)",
+    "workers": "a list of workers, each with a capacity and a device or a url",
+    "url": "http(s)://host:port of a vllm serve or neurons/worker.py server",
+    "token_env": "the name of an environment variable holding the worker's token",
 }
 
 
@@ -180,7 +225,8 @@ def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str
     got = first.get("input")
     if first["type"] == "extra_forbidden":
         msg, got = "unknown key", None
-        model = MinerConfig if len(loc) == 1 else TaskEntry if loc[0] == "tasks" else GroupEntry
+        model = (MinerConfig if len(loc) == 1 else WorkerEntry if "workers" in loc
+                 else TaskEntry if loc[0] == "tasks" else GroupEntry)
         allowed = ", ".join(model.model_fields)
     elif first["type"] == "missing":
         msg, got = "required key is missing", None

@@ -83,6 +83,12 @@ class ChatRequest(Message):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
 
+    def units_allowance(self) -> int:
+        """Units to reserve before the prompt is tokenized: max_tokens and a generous prompt
+        estimate (a token per 2 characters, plus the chat template); the unused part is given
+        back when the answer's count is known."""
+        return self.max_tokens + sum(len(m.content) for m in self.messages) // 2 + 32
+
 
 class ChatToken(BaseModel):
     """One streamed token: its id and text and the model's log-probability of it."""

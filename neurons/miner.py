@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "inpaint request's two largest images)")
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
+    p.add_argument("--health-interval", type=float, default=5.0,
+                   help="seconds between health checks of the workers listed in --config; a "
+                        "worker that fails one is taken out (and out of the declaration) until "
+                        "it answers again")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads per engine for the cpu back end (0: torch's default)")
     return p.parse_args(argv)
@@ -69,12 +73,12 @@ def check_config(args) -> int:
     effective = config.declaration()
     for task_id, entry in config.tasks.items():
         task = TASKS[task_id]
-        print(f"{task_id:<30} {entry.capacity:>10g} {effective.get(task_id, 0):>10g}  "
+        print(f"{task_id:<30} {entry.total():>10g} {effective.get(task_id, 0):>10g}  "
               f"{task.unit.value:<7} {entry.backend:<10} {entry.group or '-'}")
-        if entry.capacity > task.max_capacity:
+        if entry.total() > task.max_capacity:
             print(f"  warning: {task_id} declares more than the maximum {task.max_capacity}; "
                   f"validators clamp it")
-        if 0 < entry.capacity < 1:
+        if 0 < entry.total() < 1:
             print(f"  warning: {task_id} declares under one unit; validators count it as 0")
     from core.backends import backend_problems
 
@@ -102,10 +106,10 @@ def serve(args) -> int:
     config = load_config(args.config)
     import uvicorn
 
-    from core.backends import load_engine
     from core.chain import connect
     from core.miner.app import MinerState, build_app
     from core.miner.limits import Slots
+    from core.miner.pool import build_pools
     from core.transport.auth import Gate
     from core.transport.nonces import SqliteNonceStore
 
@@ -115,22 +119,22 @@ def serve(args) -> int:
         torch.set_num_threads(args.torch_threads)
     wallet, hotkey = load_wallet(args)
     chain = connect(args.network, args.netuid)
-    engines = {}
-    for task_id, entry in config.tasks.items():
-        log.info("loading %s on the %s back end", task_id, entry.backend)
-        engines[task_id] = load_engine(task_id, entry)
+    pools = build_pools(config)
     slots = Slots({g: e.concurrency for g, e in config.groups.items()},
-                  {t: e.group for t, e in config.tasks.items()}, args.queue_wait, args.max_waiting)
-    state = MinerState(hotkey=hotkey.ss58_address, config=config, engines=engines, chain=chain,
+                  {t: e.group for t, e in config.tasks.items() if e.workers is None},
+                  args.queue_wait, args.max_waiting,
+                  pooled={t: pools[t].concurrency() for t, e in config.tasks.items() if e.workers})
+    state = MinerState(hotkey=hotkey.ss58_address, config=config, pools=pools, chain=chain,
                        gate=Gate(hotkey.ss58_address, min_stake=args.min_stake,
                                  nonce_store=SqliteNonceStore(Path(args.state_dir) /
                                                               f"nonces-{hotkey.ss58_address}.sqlite3")),
                        period_blocks=args.period_blocks, slots=slots)
     announce = None if args.no_announce else (wallet, args.external_host or args.host, args.port)
-    log.info("serving %s as %s on %s:%d", ", ".join(engines), hotkey.ss58_address,
+    log.info("serving %s as %s on %s:%d", ", ".join(pools), hotkey.ss58_address,
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}
-    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce, **limits),
+    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce,
+                          health_interval_s=args.health_interval, **limits),
                 host=args.host,
                 port=args.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.localproc import make_wallet
+from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
 from core.storage import open_store
@@ -55,7 +56,7 @@ def miner(tmp_path_factory):
                                 "proteus-text-to-image": TaskEntry(capacity=10**4)})
     engines = {t: load_engine(t, e) for t, e in config.tasks.items()}
     me = wallet.hotkey.ss58_address
-    state = MinerState(hotkey=me, config=config, engines=engines, chain=chain, gate=Gate(me),
+    state = MinerState(hotkey=me, config=config, pools=build_pools(config, engines), chain=chain, gate=Gate(me),
                        period_blocks=10**6, slots=Slots({}, {t: None for t in config.tasks}, 5))
     with TestClient(build_app(state, sync_interval_s=3600, max_body=64_000)) as client:
         yield client, validator, me

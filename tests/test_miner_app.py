@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from core.backends import load_engine
 from core.capacity import MinerConfig, TaskEntry
+from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
 from core.protocol import (CapacityRequest, ChatChunk, ChatRequest, ImageResponse,
@@ -29,7 +30,7 @@ def engines():
 @pytest.fixture
 def miner(subnet, engines):
     hotkey = subnet.miner.hotkey.ss58_address
-    state = MinerState(hotkey=hotkey, config=CONFIG, engines=engines, chain=subnet.chain,
+    state = MinerState(hotkey=hotkey, config=CONFIG, pools=build_pools(CONFIG, engines), chain=subnet.chain,
                        gate=Gate(hotkey, min_stake=100), period_blocks=1000,
                        slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
     with TestClient(build_app(state, sync_interval_s=3600)) as client:
@@ -208,7 +209,7 @@ def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tm
     body, headers = signed(subnet.validator, me)
 
     def app():
-        state = MinerState(hotkey=me, config=CONFIG, engines=engines, chain=subnet.chain,
+        state = MinerState(hotkey=me, config=CONFIG, pools=build_pools(CONFIG, engines), chain=subnet.chain,
                            gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
                            period_blocks=1000, slots=Slots({}, {t: None for t in CONFIG.tasks}, 5))
         return TestClient(build_app(state, sync_interval_s=3600))

@@ -16,6 +16,7 @@ from core.budget import contenders
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.localproc import free_ports, make_wallet
+from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
 from core.storage import open_store
@@ -61,7 +62,7 @@ def net(tmp_path, engines):
     for name, port in zip(("broken", "good"), ports):
         miner = Keypair.create_from_uri(f"//{name}")
         chain.register(miner.ss58_address, "c", registered_at=0, endpoint=f"http://127.0.0.1:{port}")
-        state = MinerState(hotkey=miner.ss58_address, config=CONFIG, engines=engines[name],
+        state = MinerState(hotkey=miner.ss58_address, config=CONFIG, pools=build_pools(CONFIG, engines[name]),
                            chain=chain, gate=Gate(miner.ss58_address), period_blocks=10**6,
                            slots=Slots({}, {t: None for t in CONFIG.tasks}, 30))
         apps[name] = (build_app(state, sync_interval_s=3600), port, miner.ss58_address)

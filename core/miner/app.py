@@ -3,7 +3,8 @@
 Every request is verified (btauth/1 signature addressed to this miner: 401; a registered validator
 with a permit and the minimum stake: 403), checked for the protocol's major version (400), held to
 the caller's stake share of the declaration (429 with Retry-After), then served by the task's
-engine in a worker thread within its concurrency group.
+task's pool of workers within its concurrency limit. The capacity synapse advertises what the
+healthy workers bring, checked every ``health_interval_s``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.backends import ChatEngine, Engine, ImageEngine
 from core.budget import stake_share
-from core.capacity import MinerConfig
+from core.capacity import MinerConfig, clamp_declaration
 from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
+from core.miner.pool import NoWorker, Pool
 from core.protocol import (CAPACITY_PATH, MAJOR, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
-                           REQUEST_MODELS, CapacityResponse, ChatChunk, ErrorResponse,
+                           REQUEST_MODELS, CapacityResponse, ErrorResponse,
                            ImageResponse, major_of)
 from core.tasks import TASKS, Kind
 from core.transport.auth import Gate, Refused
@@ -42,11 +43,11 @@ DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two i
 
 @dataclass
 class MinerState:
-    """What the endpoints share: the declaration, engines, limits and the cached metagraph."""
+    """What the endpoints share: the declaration, the workers, limits and the cached metagraph."""
 
     hotkey: str
     config: MinerConfig
-    engines: dict[str, Engine]
+    pools: dict[str, Pool]
     chain: Chain
     gate: Gate
     period_blocks: int
@@ -55,6 +56,10 @@ class MinerState:
     metagraph: Metagraph | None = None
     synced_at: float = 0.0
     block_time: float = 12.0
+
+    def declaration(self) -> dict[str, float]:
+        """What the healthy workers bring, clamped as validators will."""
+        return clamp_declaration({task: pool.declared() for task, pool in self.pools.items()})
 
     async def sync(self) -> None:
         self.metagraph = await self.chain.metagraph()
@@ -77,8 +82,16 @@ def refuse(status: int, reason: str, headers: dict | None = None) -> JSONRespons
 
 
 def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None,
-              max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+              max_body: int = DEFAULT_MAX_BODY, health_interval_s: float = 5.0) -> FastAPI:
     """``announce``: (wallet, host, port) to serve on chain at start-up, or None."""
+    metrics = MinerMetrics(state.pools)
+
+    def changed(pool: Pool) -> None:
+        state.slots.resize(pool.task, pool.concurrency())
+        metrics.workers(pool)
+
+    for pool in state.pools.values():
+        pool.on_change = changed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,9 +107,16 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
                 except Exception as e:  # the chain may be briefly unreachable: keep serving
                     log.warning("metagraph sync failed: %s", e)
 
-        task = asyncio.create_task(keep_synced())
+        async def keep_checked():
+            while True:
+                await asyncio.sleep(health_interval_s)
+                await asyncio.gather(*(pool.check() for pool in state.pools.values()))
+
+        tasks = [asyncio.create_task(keep_synced()), asyncio.create_task(keep_checked())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*(pool.close() for pool in state.pools.values()))
 
     app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=max_body, reject=refuse)
@@ -104,8 +124,6 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
         return refuse(e.status_code, str(e.detail), getattr(e, "headers", None))
-    declaration = state.config.declaration()
-    metrics = MinerMetrics(declaration)
 
     async def admit(request: Request, kind: Kind | None):
         """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
@@ -132,7 +150,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             return JSONResponse({"version": PROTOCOL_VERSION, "error": "invalid request",
                                  "detail": detail}, 422)
         task = TASKS.get(message.task)
-        if task is None or task.kind is not kind or message.task not in state.engines:
+        if task is None or task.kind is not kind or message.task not in state.pools:
             return refuse(404, f"task {message.task!r} is not served at {PATHS[kind]}")
         return validator, message
 
@@ -140,7 +158,11 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         """Reserve units against the caller's share, then wait for a slot in the task's group
         (served by stake): the period, or a 429 Response."""
         period, left_s = state.period()
-        allowance = declaration.get(task, 0.0) * stake_share(state.metagraph, validator.hotkey)
+        if state.pools[task].concurrency() == 0:
+            metrics.refuse(task, validator.hotkey, "no worker")
+            return refuse(503, f"no {task} worker is up", {"Retry-After": "5"})
+        allowance = state.declaration().get(task, 0.0) * stake_share(state.metagraph,
+                                                                    validator.hotkey)
         if not state.ledger.reserve(validator.hotkey, task, units, allowance, period):
             metrics.refuse(task, validator.hotkey, "share")
             return refuse(429, f"this validator's share of {task} is used up for this period",
@@ -164,7 +186,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         admitted = await admit(request, None)
         if isinstance(admitted, Response):
             return admitted
-        return CapacityResponse(hotkey=state.hotkey, capacities=declaration)
+        return CapacityResponse(hotkey=state.hotkey, capacities=state.declaration())
 
     @app.post(PATHS[Kind.CHAT])
     async def chat(request: Request):
@@ -172,28 +194,45 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         if isinstance(admitted, Response):
             return admitted
         validator, message = admitted
-        engine: ChatEngine = state.engines[message.task]
-        prompt = len(engine.prompt_ids(message))
-        reserved = prompt + message.max_tokens
+        reserved = message.units_allowance()
         period = await start(validator, message.task, reserved)
         if isinstance(period, Response):
             return period
         began = time.perf_counter()
+        stream = state.pools[message.task].chat(message)
+        served = {"units": 0, "status": 500}
+
+        def finish() -> None:
+            state.slots.release(message.task)
+            state.ledger.release(validator.hotkey, message.task, reserved - served["units"], period)
+            metrics.served(message.task, validator.hotkey, served["status"], served["units"],
+                           time.perf_counter() - began)
+
+        try:
+            first = await anext(stream)
+        except Exception as e:  # nothing sent yet: a clean error answer
+            served["status"] = 503 if isinstance(e, NoWorker) else 500
+            finish()
+            if isinstance(e, NoWorker):
+                return refuse(503, str(e), {"Retry-After": "5"})
+            log.exception("%s failed", message.task)
+            return refuse(500, f"{message.task} failed: {type(e).__name__}")
 
         async def lines() -> AsyncIterator[bytes]:
-            produced, status = 0, 500
+            chunk = first
             try:
-                async for batch in engine.stream(message):
-                    produced += len(batch)
-                    yield ChatChunk(tokens=batch).model_dump_json().encode() + b"\n"
-                yield ChatChunk(done=True, prompt_tokens=prompt,
-                                completion_tokens=produced).model_dump_json().encode() + b"\n"
-                status = 200
+                while True:
+                    if chunk.done:
+                        served["units"], served["status"] = chunk.units, 200
+                    else:
+                        served["units"] += len(chunk.tokens)
+                    yield chunk.model_dump_json().encode() + b"\n"
+                    if chunk.done:
+                        return
+                    chunk = await anext(stream)
             finally:
-                state.slots.release(message.task)
-                state.ledger.release(validator.hotkey, message.task, reserved - prompt - produced, period)
-                metrics.served(message.task, validator.hotkey, status, prompt + produced,
-                               time.perf_counter() - began)
+                await stream.aclose()
+                finish()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -202,19 +241,20 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         if isinstance(admitted, Response):
             return admitted
         validator, message = admitted
-        engine: ImageEngine = state.engines[message.task]
         period = await start(validator, message.task, message.units)
         if isinstance(period, Response):
             return period
         began = time.perf_counter()
         try:
-            images = await asyncio.to_thread(engine.generate, message)
+            images = await state.pools[message.task].images(message)
         except Exception as e:
             state.ledger.release(validator.hotkey, message.task, message.units, period)
-            status = 422 if isinstance(e, ValueError) else 500
+            status = 422 if isinstance(e, ValueError) else 503 if isinstance(e, NoWorker) else 500
             metrics.served(message.task, validator.hotkey, status, 0, time.perf_counter() - began)
             if status == 422:  # e.g. an init image that does not decode
                 return refuse(422, f"cannot use this request: {e}")
+            if status == 503:
+                return refuse(503, str(e), {"Retry-After": "5"})
             log.exception("%s failed", message.task)
             return refuse(500, f"{message.task} failed: {type(e).__name__}")
         finally:

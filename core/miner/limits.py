@@ -70,25 +70,41 @@ class Gpu:
 
     def release(self) -> None:
         """Hand the slot to the highest-stake waiter still waiting, else free it."""
+        if self.busy > self.limit or not self._hand_over():
+            self.busy -= 1
+
+    def _hand_over(self) -> bool:
         while self._waiting:
             best = max(self._waiting, key=lambda w: (w[0], -w[1]))
             self._waiting.remove(best)
             if not best[2].done():
                 best[2].set_result(True)
-                return
-        self.busy -= 1
+                return True
+        return False
+
+    def resize(self, limit: int) -> None:
+        """A pool's workers came or went: serve that many at once from now on (requests running
+        beyond a lowered limit finish; waiters get the slots a raised one opens)."""
+        self.limit = limit
+        while self.busy < self.limit and self._hand_over():
+            self.busy += 1
 
 
 class Slots:
     """Concurrency limits per task: tasks in one group share a ``Gpu``; a task without a group
-    has its own, of one request at a time."""
+    has its own, of one request at a time; a task with workers has its own, as large as its
+    healthy workers' concurrency together (``pooled``)."""
 
     def __init__(self, groups: dict[str, int], task_groups: dict[str, str | None],
-                 max_wait_s: float, max_waiting: int = 64):
+                 max_wait_s: float, max_waiting: int = 64, pooled: dict[str, int] | None = None):
         by_group = {g: Gpu(n, max_waiting) for g, n in groups.items()}
         self._by_task = {t: by_group[g] if g else Gpu(1, max_waiting)
                          for t, g in task_groups.items()}
+        self._by_task.update({t: Gpu(n, max_waiting) for t, n in (pooled or {}).items()})
         self.max_wait_s = max_wait_s
+
+    def resize(self, task: str, limit: int) -> None:
+        self._by_task[task].resize(limit)
 
     async def acquire(self, task: str, stake: float = 0.0) -> bool:
         return await self._by_task[task].acquire(stake, self.max_wait_s)

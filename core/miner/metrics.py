@@ -13,7 +13,7 @@ log = logging.getLogger("miner.requests")
 
 
 class MinerMetrics:
-    def __init__(self, declaration: dict[str, float]):
+    def __init__(self, pools: dict):
         self.registry = CollectorRegistry()
         self.requests = Counter("sn19_miner_requests", "Requests answered, by HTTP status",
                                 ["task", "validator", "status"], registry=self.registry)
@@ -24,10 +24,19 @@ class MinerMetrics:
         self.latency = Histogram("sn19_miner_latency_seconds", "Time to serve a request",
                                  ["task"], registry=self.registry,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80))
-        declared = Gauge("sn19_miner_declared_units", "Declared capacity per period", ["task"],
-                         registry=self.registry)
-        for task, value in declaration.items():
-            declared.labels(task).set(value)
+        self.declared = Gauge("sn19_miner_declared_units",
+                              "Declared capacity per period (the healthy workers')", ["task"],
+                              registry=self.registry)
+        self.up = Gauge("sn19_miner_worker_up", "1 while the worker answers, 0 while it is out",
+                        ["task", "worker"], registry=self.registry)
+        for pool in pools.values():
+            self.workers(pool)
+
+    def workers(self, pool) -> None:
+        """A pool's workers' health and the declaration they make, as they are now."""
+        self.declared.labels(pool.task).set(pool.declared())
+        for worker in pool.workers:
+            self.up.labels(pool.task, worker.name).set(int(worker.healthy))
 
     def served(self, task: str, validator: str, status: int, units: float, seconds: float) -> None:
         self.requests.labels(task, validator, str(status)).inc()

@@ -32,12 +32,6 @@ class AllFailed(Exception):
     """Every miner tried failed the request."""
 
 
-def prompt_allowance(request: ChatRequest) -> int:
-    """Units reserved for the prompt before the miner counts it: generous (a token per 2
-    characters, plus the chat template), the unused part is given back when it answers."""
-    return sum(len(m.content) for m in request.messages) // 2 + 32
-
-
 class Organic:
     def __init__(self, validator, max_attempts: int = MAX_ATTEMPTS, rng: random.Random | None = None):
         self.v = validator
@@ -83,7 +77,7 @@ class Organic:
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Token chunks as they arrive, then a final chunk with the units. Raises NoCapacity or
         AllFailed (before or during the stream) when no miner can finish it."""
-        reserve = request.max_tokens + prompt_allowance(request)
+        reserve = request.units_allowance()
         sent: list[ChatToken] = []
         tried: set[str] = set()
         for c, key in self._attempts(request.task, reserve, tried):

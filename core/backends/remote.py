@@ -1,0 +1,109 @@
+"""Clients for workers that run on other hosts: chat through the OpenAI-compatible API that
+``vllm serve`` exposes (and ``neurons/worker.py`` too), images through the worker's own
+endpoints. One aiohttp session per client; a bearer token when the worker wants one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from core.openai_wire import StreamError, read_chunk
+from core.protocol import PATHS, ChatChunk, ChatRequest, ImageRequest, ImageResponse
+from core.tasks import TASKS
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+class WorkerError(Exception):
+    """The worker answered, but not with a result: ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"worker answered {status}: {message}")
+        self.status = status
+
+
+class RemoteWorker:
+    def __init__(self, url: str, token: str | None = None, max_connections: int = 256):
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._limit = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created inside the event loop that uses it
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=4.0))
+        return self._session
+
+    async def alive(self) -> bool:
+        """``GET /health`` answers 200 (vllm serve and the project's worker both have it)."""
+        try:
+            async with self._http().get(f"{self.url}/health",
+                                        timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _post(self, path: str, payload: dict, timeout: float | None):
+        return self._http().post(f"{self.url}{path}", json=payload,
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class OpenAIChat(RemoteWorker):
+    """Chat on an OpenAI-compatible server: streamed, with each token's id and log-probability
+    and the usage at the end, sampled with the request's seed."""
+
+    def __init__(self, url: str, model: str, token: str | None = None, **kw):
+        super().__init__(url, token, **kw)
+        self.model = model
+
+    def body(self, request: ChatRequest) -> dict:
+        return {"model": self.model, "messages": [m.model_dump() for m in request.messages],
+                "max_tokens": request.max_tokens, "temperature": request.temperature,
+                "top_p": request.top_p, "seed": request.seed, "stream": True,
+                "stream_options": {"include_usage": True}, "logprobs": True, "top_logprobs": 0,
+                "return_tokens_as_token_ids": True}
+
+    async def chunks(self, request: ChatRequest, timeout: float | None = None
+                     ) -> AsyncIterator[ChatChunk]:
+        """Token batches as they arrive, then the final chunk with the usage."""
+        async with await self._post("/v1/chat/completions", self.body(request), timeout) as r:
+            if r.status != 200:
+                raise WorkerError(r.status, (await r.text())[:300])
+            final = None
+            async for line in r.content:
+                chunk = read_chunk(line)
+                if chunk is True:
+                    break
+                if chunk is None:
+                    continue
+                if chunk.done:
+                    final = chunk
+                else:
+                    yield chunk
+            if final is None:
+                raise StreamError("the stream ended without its usage")
+            yield final
+
+
+class WorkerImages(RemoteWorker):
+    """Images on a project worker (``neurons/worker.py``): the miner's request models, as JSON."""
+
+    async def generate(self, request: ImageRequest, timeout: float | None = None) -> list[bytes]:
+        path = PATHS[TASKS[request.task].kind]
+        async with await self._post(path, request.model_dump(mode="json"), timeout) as r:
+            if r.status == 422:
+                raise ValueError((await r.text())[:300])
+            if r.status != 200:
+                raise WorkerError(r.status, (await r.text())[:300])
+            answer = ImageResponse.model_validate_json(await r.read())
+        return [base64.b64decode(i) for i in answer.images]

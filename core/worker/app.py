@@ -1,0 +1,146 @@
+"""The worker's FastAPI app: one task on one back end, no chain and no wallet.
+
+The front end (``neurons/miner.py``) reaches it with a bearer token. Chat is served through the
+OpenAI-compatible ``/v1/chat/completions`` (streamed, with token ids and log-probabilities, as
+``vllm serve`` answers it), so one client in the front end talks to either; images through the
+miner's own request models on the miner's paths. ``/health`` needs no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.backends import ChatEngine, Engine, ImageEngine
+from core.openai_wire import DONE, chunk_event, finish_reason, usage_event
+from core.protocol import PATHS, REQUEST_MODELS, ChatMessage, ChatRequest, ImageResponse
+from core.tasks import TASKS, Kind
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class CompletionBody(BaseModel):
+    """What the front end's OpenAI client sends (other OpenAI fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stream: bool = False
+    stream_options: dict | None = None
+    logprobs: bool = False
+
+
+def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1) -> FastAPI:
+    """``concurrency``: requests the engine runs at once; more wait their turn."""
+    task = TASKS[task_id]
+    app = FastAPI(title=f"SN19 worker: {task_id}")
+    slots = asyncio.Semaphore(concurrency)
+    busy = {"n": 0}
+
+    def fail(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+
+    async def authorized(request: Request) -> None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(_, __):
+        return fail(401, "missing or wrong worker token")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "task": task_id, "busy": busy["n"], "concurrency": concurrency}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        return {"object": "list", "data": [{"id": task.model, "object": "model", "created": 0,
+                                            "owned_by": "sn19-worker"}]}
+
+    if task.kind is Kind.CHAT:
+        chat: ChatEngine = engine
+
+        @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+        async def completions(body: CompletionBody):
+            try:
+                request = ChatRequest(task=task_id, messages=body.messages,
+                                      max_tokens=body.max_tokens, temperature=body.temperature,
+                                      top_p=body.top_p, seed=body.seed)
+            except ValidationError as e:
+                first = e.errors()[0]
+                return fail(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            prompt = len(chat.prompt_ids(request))
+
+            async def run():
+                async with slots:
+                    busy["n"] += 1
+                    try:
+                        async for batch in chat.stream(request):
+                            yield batch
+                    finally:
+                        busy["n"] -= 1
+
+            if not body.stream:
+                tokens = [t async for batch in run() for t in batch]
+                choice = {"index": 0, "finish_reason": finish_reason(len(tokens), body.max_tokens),
+                          "message": {"role": "assistant", "content": "".join(t.text for t in tokens)}}
+                return {"id": ident, "object": "chat.completion", "created": created,
+                        "model": task.model, "choices": [choice],
+                        "usage": {"prompt_tokens": prompt, "completion_tokens": len(tokens),
+                                  "total_tokens": prompt + len(tokens)}}
+
+            async def events():
+                produced = 0
+                yield chunk_event(ident, created, task.model, {"role": "assistant", "content": ""})
+                async for batch in run():
+                    produced += len(batch)
+                    yield chunk_event(ident, created, task.model,
+                                      {"content": "".join(t.text for t in batch)},
+                                      logprobs=batch if body.logprobs else None)
+                yield chunk_event(ident, created, task.model, {},
+                                  finish_reason(produced, body.max_tokens))
+                if (body.stream_options or {}).get("include_usage"):
+                    yield usage_event(ident, created, task.model, prompt, produced)
+                yield DONE
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+    else:
+        images: ImageEngine = engine
+
+        @app.post(PATHS[task.kind], dependencies=[Depends(authorized)])
+        async def generate(raw: Request):
+            try:
+                request = REQUEST_MODELS[task.kind].model_validate_json(await raw.body())
+            except ValidationError as e:
+                first = e.errors()[0]
+                return fail(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            if request.task != task_id:
+                return fail(404, f"this worker serves {task_id}, not {request.task}")
+            async with slots:
+                busy["n"] += 1
+                try:
+                    pngs = await asyncio.to_thread(images.generate, request)
+                except ValueError as e:
+                    return fail(422, f"cannot use this request: {e}")
+                finally:
+                    busy["n"] -= 1
+            answer = ImageResponse(images=[base64.b64encode(p).decode() for p in pngs],
+                                   units=request.units)
+            return Response(answer.model_dump_json(), media_type="application/json")
+
+    return app
