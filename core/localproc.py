@@ -40,22 +40,24 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def neuron(script: str, args: list[str], **popen) -> subprocess.Popen:
-    """Start ``neurons/<script>.py`` with ``args``, unbuffered, from the repository root."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def neuron(script: str, args: list[str], env: dict[str, str] | None = None,
+           **popen) -> subprocess.Popen:
+    """Start ``neurons/<script>.py`` with ``args`` (and ``env`` added to this environment),
+    unbuffered, from the repository root."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.Popen([sys.executable, str(ROOT / f"neurons/{script}.py"), *args],
                             env=env, cwd=ROOT, **popen)
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
-    """Until the miner on ``port`` answers /health; RuntimeError if it dies or time runs out."""
+    """Until the neuron on ``port`` answers /health; RuntimeError if it dies or time runs out."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the miner for port {port} exited with {proc.returncode}")
+            raise RuntimeError(f"the neuron for port {port} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError(f"the miner on port {port} did not answer in time")
+    raise RuntimeError(f"the neuron on port {port} did not answer in time")

@@ -75,6 +75,9 @@ def check_config(args) -> int:
         task = TASKS[task_id]
         print(f"{task_id:<30} {entry.total():>10g} {effective.get(task_id, 0):>10g}  "
               f"{task.unit.value:<7} {entry.backend:<10} {entry.group or '-'}")
+        for worker in entry.workers or ():
+            print(f"  worker {worker.name}: capacity {worker.capacity:g}, "
+                  f"concurrency {worker.concurrency}")
         if entry.total() > task.max_capacity:
             print(f"  warning: {task_id} declares more than the maximum {task.max_capacity}; "
                   f"validators clamp it")

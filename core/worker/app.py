@@ -48,7 +48,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
     task = TASKS[task_id]
     app = FastAPI(title=f"SN19 worker: {task_id}")
     slots = asyncio.Semaphore(concurrency)
-    busy = {"n": 0}
+    busy = {"n": 0, "served": 0}
 
     def fail(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
@@ -64,7 +64,8 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "task": task_id, "busy": busy["n"], "concurrency": concurrency}
+        return {"status": "ok", "task": task_id, "busy": busy["n"], "served": busy["served"],
+                "concurrency": concurrency}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
@@ -89,6 +90,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
             async def run():
                 async with slots:
                     busy["n"] += 1
+                    busy["served"] += 1
                     try:
                         async for batch in chat.stream(request):
                             yield batch
@@ -133,6 +135,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                 return fail(404, f"this worker serves {task_id}, not {request.task}")
             async with slots:
                 busy["n"] += 1
+                busy["served"] += 1
                 try:
                     pngs = await asyncio.to_thread(images.generate, request)
                 except ValueError as e:
