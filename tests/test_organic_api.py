@@ -77,7 +77,8 @@ async def open_period(chain, wallet, store, quality):
     graph = await chain.metagraph()
     declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
     targets = [plan.Target(c, 0.05, False, "") for c in contenders(graph, declared, 1.0)]
-    v.book.open(7, targets, {}, graph, quality)
+    store.begin_period(7, 7 * 300, "0x0", 1.0, 0.0, targets)
+    v.book.open(7, targets, graph, quality)
     return v
 
 
@@ -165,9 +166,9 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     assert all(base64.b64decode(d["b64_json"]).startswith(b"\x89PNG") for d in r.json()["data"])
     served = next(rec for rec in store.records(7) if rec.organic)
     key_ = (served.hotkey, "proteus-text-to-image")
-    assert served.units == 40 and v.book.used[key_] == 40
+    assert served.units == 40 and v.book.used()[key_] == 40
     target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
-    assert sum(s.units for s in plan.schedule([target], dict(v.book.used), 60.0)) == 60
+    assert sum(s.units for s in plan.schedule([target], v.book.used(), 60.0)) == 60
 
 
 def test_requests_finishing_after_the_period_are_recorded_in_the_next():
@@ -175,9 +176,9 @@ def test_requests_finishing_after_the_period_are_recorded_in_the_next():
 
     from core.validator.book import PeriodBook
 
-    book = PeriodBook()
+    book = PeriodBook(None)
     assert book.recording_period() is None
-    book.open(7, [], {}, None, {}, ends_at=clock.monotonic() + 60)
+    book.open(7, [], None, {}, ends_at=clock.monotonic() + 60)
     assert book.recording_period() == 7
-    book.open(7, [], {}, None, {}, ends_at=clock.monotonic() - 1)  # closing; next not planned yet
+    book.open(7, [], None, {}, ends_at=clock.monotonic() - 1)  # closing; next not planned yet
     assert book.recording_period() == 8

@@ -87,3 +87,38 @@ def test_unreachable_postgres_is_a_clear_error_without_the_password():
     with pytest.raises(StorageError, match="cannot connect") as err:
         open_store("postgresql://v:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(err.value)
+
+
+def test_reservations_stay_within_the_budget_and_the_cap(store):
+    store.begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)  # hk1/inpaint: budget 50
+    assert store.reserve(5, "hk1", "inpaint", 30)
+    assert not store.reserve(5, "hk1", "inpaint", 30)  # 60 > 50
+    assert store.reserve(5, "hk1", "inpaint", 20)
+    store.settle(5, "hk1", "inpaint", -15)  # a request used 15 less than it reserved
+    assert store.spent(5, "inpaint") == {("hk1", "inpaint"): (50.0, 35.0)}
+    assert not store.reserve(5, "hk1", "inpaint", 5, cap=35)  # the plan's share is used
+    assert store.reserve(5, "hk1", "inpaint", 5, cap=36)
+    assert not store.reserve(6, "hk1", "inpaint", 1)  # no such period planned
+
+
+def test_concurrent_reservations_from_many_connections_never_overspend(postgres_dsn, tmp_path):
+    """Eight connections (as eight API replicas would hold) race for one budget of 50 units."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "race"')
+    dsn = f"{postgres_dsn}?options=-csearch_path%3Drace"
+    stores = [open_store(dsn) for _ in range(8)]
+    stores[0].begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)
+
+    def spend(store) -> int:
+        return sum(store.reserve(5, "hk1", "inpaint", 3) for _ in range(20))
+
+    with ThreadPoolExecutor(8) as pool:
+        granted = sum(pool.map(spend, stores))
+    assert granted == 16  # 16 x 3 = 48 <= 50 < 17 x 3, whatever the interleaving
+    assert stores[0].spent(5, "inpaint")[("hk1", "inpaint")] == (50.0, 48.0)
+    for s in stores:
+        s.close()

@@ -31,4 +31,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             per_minute INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
             revoked_at DOUBLE PRECISION)""",
     ),
+    (
+        # what each contender's budget has spent, kept where every API replica reserves it
+        "ALTER TABLE targets ADD COLUMN used DOUBLE PRECISION NOT NULL DEFAULT 0",
+    ),
 )

@@ -75,7 +75,8 @@ class Store:
                             "ON CONFLICT (period) DO NOTHING",
                             (period, block, block_hash, share, started_at))
             self.db.executemany(
-                "INSERT INTO targets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO targets (period, uid, hotkey, task, declared, budget, f, audit, reason, "
+                "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (period, hotkey, task) DO NOTHING",
                 [(period, t.contender.uid, t.contender.hotkey, t.contender.task,
                   t.contender.declared, t.contender.budget, t.f, int(t.audit), t.reason,
@@ -104,6 +105,32 @@ class Store:
                          "registered_at FROM targets WHERE period = ? ORDER BY uid, task", (period,))
         return [Target(Contender(uid, hk, task, declared, budget, reg), f, bool(audit), reason)
                 for uid, hk, task, declared, budget, f, audit, reason, reg in rows]
+
+    # -- budgets: what each contender of a period has spent, shared by every replica --
+
+    def reserve(self, period: int, hotkey: str, task: str, units: float,
+                cap: float | None = None) -> bool:
+        """Spend ``units`` of the contender's budget if they fit in it (and its use so far is
+        under ``cap``), in one statement: concurrent replicas never spend beyond the budget."""
+        limit, args = "", (units, period, hotkey, task, units)
+        if cap is not None:
+            limit, args = " AND used < ?", args + (cap,)
+        rows = self._run("UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? "
+                         f"AND task = ? AND used + ? <= budget{limit} RETURNING used", args)
+        return bool(rows)
+
+    def settle(self, period: int, hotkey: str, task: str, delta: float) -> None:
+        """Correct a reservation by what the request really used (``delta`` may be negative)."""
+        self._run("UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?",
+                  (delta, period, hotkey, task))
+
+    def spent(self, period: int, task: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
+        """(budget, used) per (hotkey, task) of the period, or of one task in it."""
+        sql = "SELECT hotkey, task, budget, used FROM targets WHERE period = ?"
+        args: tuple = (period,)
+        if task is not None:
+            sql, args = sql + " AND task = ?", (period, task)
+        return {(hk, t): (budget, used) for hk, t, budget, used in self._run(sql, args)}
 
     # -- requests --
 

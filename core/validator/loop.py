@@ -11,7 +11,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 import aiohttp
@@ -58,7 +57,7 @@ class Validator:
         self.store = store
         self.settings = settings
         self.client = SignedClient(self.keypair, max_connections=settings.max_concurrency * 2)
-        self.book = PeriodBook()  # the current period, shared with the organic API
+        self.book = PeriodBook(store)  # the current period, shared with the organic API
         self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
         self.checker = None if settings.check == "off" else Checker(
             store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
@@ -128,22 +127,19 @@ class Validator:
         targets, share = await self._plan(period, metagraph)
         _, left = await self._current()
         deadline = time.monotonic() + left
-        records = self.store.records(period)
-        used: dict[tuple[str, str], float] = defaultdict(float)
-        for r in records:
-            used[(r.hotkey, r.task)] += r.units
         quality = {key: s.quality for key, s in self.store.states().items() if s.window}
-        self.book.open(period, targets, used, metagraph, quality, ends_at=deadline)
-        sends = plan.schedule(targets, dict(used), left, self.rng)
+        self.book.open(period, targets, metagraph, quality, ends_at=deadline)
+        used = self.book.used()  # resuming, or after organic traffic served by other replicas
+        sends = plan.schedule(targets, used, left, self.rng)
         need = plan.required_concurrency(sends, left)
         if need > self.settings.max_concurrency:
             log.warning("period %d: the plan needs ~%.0f requests in flight at production speed, "
                         "over --max-concurrency %d: it cannot all be sent in time",
                         period, need, self.settings.max_concurrency)
         log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
-                 period, len(targets), share, len(sends), " (resumed)" if records else "")
-        await self.send_all(period, metagraph, sends, self.book.used, deadline)
-        await self._top_up(period, metagraph, targets, self.book.used, deadline)
+                 period, len(targets), share, len(sends), " (resumed)" if any(used.values()) else "")
+        await self.send_all(period, metagraph, sends, deadline)
+        await self._top_up(period, metagraph, targets, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
         if self.checker:  # a check still queued after this counts for nothing: bound the wait
             await self.checker.drain(period, timeout=min(await self._period_s() / 2,
@@ -166,15 +162,14 @@ class Validator:
         self.store.begin_period(period, start, block_hash, share, time.time(), targets)
         return targets, share
 
-    async def _send_one(self, period: int, metagraph: Metagraph, s: plan.Send,
-                        used: dict[tuple[str, str], float]) -> None:
-        """Send one synthetic request and record it; ``s.units`` were reserved in ``used``."""
+    async def _send_one(self, period: int, metagraph: Metagraph, s: plan.Send) -> None:
+        """Send one synthetic request and record it; ``s.units`` were reserved in the book."""
         c = s.target.contender
         message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size)
         async with self._gate:
             record, answer = await send(self.client, metagraph.by_hotkey(c.hotkey), period,
                                         message, s.units, speed_only=self.checker is None)
-        used[(c.hotkey, c.task)] += record.units - s.units
+        self.book.settle(period, (c.hotkey, c.task), s.units, record.units)
         self.keep(record, message, answer)
 
     def keep(self, record, message, answer) -> None:
@@ -186,7 +181,7 @@ class Validator:
                                     record.latency_s, record.units))
 
     async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
-                        used: dict[tuple[str, str], float], deadline: float) -> None:
+                       deadline: float) -> None:
         """Send each request at its time; stop a contender once its planned units are used."""
         self._gate = asyncio.Semaphore(self.settings.max_concurrency)
         t0 = time.monotonic()
@@ -197,34 +192,35 @@ class Validator:
             if time.monotonic() >= deadline:
                 break
             c = s.target.contender
-            key = (c.hotkey, c.task)
-            if used[key] >= s.target.units or used[key] + s.units > c.budget:
-                continue
-            used[key] += s.units
-            task = asyncio.create_task(self._send_one(period, metagraph, s, used))
+            if self.book.reserve((c.hotkey, c.task), s.units, cap=s.target.units) is None:
+                continue  # its planned units are used (organic traffic first), or its budget
+            task = asyncio.create_task(self._send_one(period, metagraph, s))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _top_up(self, period: int, metagraph: Metagraph, targets: list[plan.Target],
-                      used: dict[tuple[str, str], float], deadline: float) -> None:
+                      deadline: float) -> None:
         """Chat answers may serve fewer units than planned (a shorter prompt, an early stop):
         send what is still missing of ``f x budget``, so an honest miner shows all it can.
         Refused or failed requests count their full units, so a failing miner gets no more."""
         for _ in range(3):
+            if time.monotonic() >= deadline:
+                return
             sends = []
+            used = self.book.used()
             for t in targets:
                 c = t.contender
                 key = (c.hotkey, c.task)
-                missing = min(t.units, c.budget) - used[key]
+                missing = min(t.units, c.budget) - used.get(key, 0.0)
                 if missing >= min_units(c.task):
                     units = int(min(missing, TASKS[c.task].units_per_synthetic))
-                    sends.append(plan.Send(0.0, t, units))
-                    used[key] += units
-            if not sends or time.monotonic() >= deadline:
+                    if self.book.reserve(key, units, cap=t.units) is not None:
+                        sends.append(plan.Send(0.0, t, units))
+            if not sends:
                 return
-            await asyncio.gather(*(self._send_one(period, metagraph, s, used) for s in sends),
+            await asyncio.gather(*(self._send_one(period, metagraph, s) for s in sends),
                                  return_exceptions=True)
 
     async def _close(self, period: int, targets: list[plan.Target], share: float,

@@ -52,15 +52,16 @@ class Organic:
 
     def _attempts(self, task: str, units: float, tried: set[str]):
         """Contenders to try in turn (at most ``max_attempts``), each with ``units`` reserved in
-        the period book; ``tried`` collects their hotkeys."""
+        the period book, and the period they were reserved in; ``tried`` collects their hotkeys."""
         for _ in range(self.max_attempts):
             target = self._pick(task, units, tried)
             if target is None:
                 return
             tried.add(target.contender.hotkey)
             key = (target.contender.hotkey, task)
-            if self.v.book.reserve(key, units):
-                yield target.contender, key
+            period = self.v.book.reserve(key, units)
+            if period is not None:
+                yield target.contender, key, period
 
     @staticmethod
     def _give_up(task: str, tried: set[str]) -> Exception:
@@ -80,7 +81,7 @@ class Organic:
         reserve = request.units_allowance()
         sent: list[ChatToken] = []
         tried: set[str] = set()
-        for c, key in self._attempts(request.task, reserve, tried):
+        for c, key, reserved_in in self._attempts(request.task, reserve, tried):
             neuron = self.v.book.metagraph.by_hotkey(c.hotkey)
             tokens: list[ChatToken] = []
             final = outcome = None
@@ -104,14 +105,13 @@ class Organic:
             latency = time.perf_counter() - started
             period = self.v.book.recording_period()
             if final is not None:
-                self.v.book.settle(key, reserve, final.units)
+                self.v.book.settle(reserved_in, key, reserve, final.units)
                 self.v.keep(RequestRecord(period, c.hotkey, c.task, True, Outcome.OK, final.units,
                                           latency, self._quality(c.task, latency, final.units), at),
                             request, (tokens, final))
                 yield ChatChunk(done=True, prompt_tokens=final.prompt_tokens,
                                 completion_tokens=len(sent))
                 return
-            self.v.book.settle(key, reserve, reserve)
             self.v.keep(RequestRecord(period, c.hotkey, c.task, True, outcome, reserve, latency,
                                       None, at), request, None)
         raise self._give_up(request.task, tried)
@@ -119,12 +119,12 @@ class Organic:
     async def image(self, request: ImageRequest) -> ImageResponse:
         units = request.units
         tried: set[str] = set()
-        for c, key in self._attempts(request.task, units, tried):
+        for c, key, reserved_in in self._attempts(request.task, units, tried):
             record, answer = await send(self.v.client, self.v.book.metagraph.by_hotkey(c.hotkey),
-                                        self.v.book.period, request, units, organic=True,
+                                        reserved_in, request, units, organic=True,
                                         speed_only=self.v.checker is None)
             record = replace(record, period=self.v.book.recording_period())
-            self.v.book.settle(key, units, record.units)
+            self.v.book.settle(reserved_in, key, units, record.units)
             self.v.keep(record, request, answer)
             if answer is not None:
                 return answer
