@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-host", default="0.0.0.0", help="address the API listens on")
     p.add_argument("--api-max-body", type=int, default=16 * 2**20,
                    help="largest API request body in bytes (larger: 413)")
+    p.add_argument("--leader-poll", type=float, default=5.0,
+                   help="with several processes on one --db (API replicas), only one runs the "
+                        "period loop; the others try to take it over every this many seconds")
     p.add_argument("--periods", type=int, default=None,
                    help="stop after this many periods (default: run until stopped)")
     sub = p.add_subparsers(dest="command", metavar="api-key",
@@ -145,9 +148,13 @@ def run_loop(main) -> None:
 
 
 async def serve(validator, args) -> None:
-    """The period loop, and the organic API beside it when --api-port is set, until the loop ends
-    or SIGTERM/SIGINT: then the loop is cancelled (every record is already committed; the period
-    resumes at the next start) and the API finishes its requests."""
+    """The organic API when --api-port is set, and the period loop when this process holds the
+    database's lease (else it serves the plan of the process that does, and takes over when that
+    one dies), until --periods are done or SIGTERM/SIGINT: then the loop is cancelled (every
+    record is already committed; the period resumes at the next start) and the API finishes its
+    requests."""
+    from core.validator.replica import lead_or_follow
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,7 +174,7 @@ async def serve(validator, args) -> None:
                                        host=args.api_host, port=args.api_port,
                                        log_level="warning", timeout_graceful_shutdown=30))
         api = asyncio.create_task(server.serve())
-    work = asyncio.create_task(validator.run(args.periods))
+    work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
@@ -178,6 +185,7 @@ async def serve(validator, args) -> None:
     if server is not None:
         server.should_exit = True
         await api
+    await validator.close()
     logging.getLogger("validator").info("validator stopped%s", " by signal" if stop.is_set() else "")
 
 

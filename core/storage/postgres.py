@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from contextlib import contextmanager
 
 import psycopg
@@ -24,6 +25,7 @@ class PostgresDatabase:
         except psycopg.Error as e:
             raise StorageError(f"{self.name}: cannot connect: {e}") from None
         self._lock = threading.RLock()
+        self._dsn = dsn
 
     @staticmethod
     def _sql(sql: str) -> str:
@@ -46,3 +48,46 @@ class PostgresDatabase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def lease(self, name: str) -> AdvisoryLease:
+        return AdvisoryLease(self._dsn, name)
+
+
+class AdvisoryLease:
+    """Exclusive work among processes sharing the database (the period loop): a session-level
+    advisory lock, held on a connection of its own for as long as that connection lives. When the
+    holder dies its connection closes and the lock is free at once; when its host vanishes, the
+    keepalives set here let the server drop the session within about 11 s."""
+
+    def __init__(self, dsn: str, name: str):
+        self._dsn, self._key = dsn, zlib.crc32(name.encode())
+        self._conn: psycopg.Connection | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease if it is free (False when another process holds it, or on errors)."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10,
+                                             keepalives=1, keepalives_idle=5,
+                                             keepalives_interval=2, keepalives_count=3)
+                for setting in ("tcp_keepalives_idle = 5", "tcp_keepalives_interval = 2",
+                                "tcp_keepalives_count = 3"):
+                    self._conn.execute(f"SET {setting}")
+            return self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                      (self._key,)).fetchone()[0]
+        except psycopg.Error:
+            self.release()
+            return False
+
+    def held(self) -> bool:
+        """Whether the lock's connection still answers (the lock lives as long as it does)."""
+        try:
+            return self._conn is not None and self._conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.Error:
+            self.release()
+            return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -3,8 +3,11 @@ loses nothing it recorded (a power loss may lose the last commits: synchronous=N
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +32,7 @@ class SqliteDatabase:
         except sqlite3.Error as e:
             raise StorageError(f"{path}: cannot open the database: {e}") from None
         self._lock = threading.RLock()
+        self._path = path
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -52,3 +56,32 @@ class SqliteDatabase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def lease(self, name: str) -> FileLease:
+        return FileLease(self._path.with_name(f"{self._path.name}.{zlib.crc32(name.encode()):08x}.lease"))
+
+
+class FileLease:
+    """Exclusive work among processes sharing the SQLite file (one host): an flock on a file
+    beside it, which the kernel drops when the holding process dies."""
+
+    def __init__(self, path):
+        self._path, self._fd = path, None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -32,6 +32,18 @@ class Database(Protocol):
 
     def close(self) -> None: ...
 
+    def lease(self, name: str) -> Lease: ...
+
+
+class Lease(Protocol):
+    """Work only one process sharing the database may do at a time (the period loop)."""
+
+    def acquire(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
 
 class Store:
     def __init__(self, db: Database):
@@ -214,6 +226,10 @@ class Store:
         with self._guard(), self.db.transaction():
             for table in ("requests", "targets", "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
+
+    def lease(self, name: str) -> Lease:
+        """The lease named ``name`` among the processes sharing this database."""
+        return self.db.lease(name)
 
     def close(self) -> None:
         self.db.close()

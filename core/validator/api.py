@@ -153,6 +153,11 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
             first = e.errors()[0]
             raise ApiError(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
+    @app.get("/health")
+    async def health():
+        """For load balancers (no key): this replica's period and whether it runs the loop."""
+        return {"status": "ok", "period": validator.book.period, "period_loop": validator.leading}
+
     @app.get("/v1/models")
     async def models(_: keys.ApiKey = Depends(authorize)):
         live = validator.book.capacity()

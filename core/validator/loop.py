@@ -58,6 +58,7 @@ class Validator:
         self.settings = settings
         self.client = SignedClient(self.keypair, max_connections=settings.max_concurrency * 2)
         self.book = PeriodBook(store)  # the current period, shared with the organic API
+        self.leading = False  # whether this process runs the period loop (replica.py)
         self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
         self.checker = None if settings.check == "off" else Checker(
             store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
@@ -67,27 +68,47 @@ class Validator:
         return self.keypair.ss58_address
 
     async def run(self, periods: int | None = None) -> None:
-        """Run periods back to back; ``periods`` stops after that many (None: forever)."""
-        done, failures, closed = 0, 0, False
+        """Run periods back to back (``periods``: that many; None: forever), then close."""
         try:
-            while periods is None or done < periods:
-                try:
-                    if not closed:
-                        await self.close_unfinished()
-                        closed = True
-                    done += await self._step()
-                    failures = 0
-                except (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError) as e:
-                    # the chain or the database is away: what was recorded stays; try again
-                    failures += 1
-                    delay = min(2 ** failures, self.settings.max_backoff_s)
-                    log.error("period step failed (%s: %s); retrying in %ds",
-                              type(e).__name__, e, delay)
-                    await asyncio.sleep(delay)
+            await self.periods(periods)
         finally:
-            await self.client.close()
-            if self.checker:
-                await self.checker.close()
+            await self.close()
+
+    async def periods(self, periods: int | None = None) -> None:
+        """The period loop itself; every failure of the chain or database is retried."""
+        done, failures, closed = 0, 0, False
+        while periods is None or done < periods:
+            try:
+                if not closed:
+                    await self.close_unfinished()
+                    closed = True
+                done += await self._step()
+                failures = 0
+            except (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError) as e:
+                # the chain or the database is away: what was recorded stays; try again
+                failures += 1
+                delay = min(2 ** failures, self.settings.max_backoff_s)
+                log.error("period step failed (%s: %s); retrying in %ds",
+                          type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+
+    async def follow(self) -> None:
+        """In a replica that does not run the loop: serve the period the loop planned (its
+        targets are in the shared store) until it ends."""
+        period = self.store.latest_period()
+        if period is None or period == self.book.period:
+            return
+        current, left = await self._current()
+        metagraph = await self.chain.metagraph()
+        quality = {key: s.quality for key, s in self.store.states().items() if s.window}
+        self.book.open(period, self.store.targets(period), metagraph, quality,
+                       ends_at=time.monotonic() + (left if period == current else 0.0))
+        log.info("serving period %d as planned by the process running the loop", period)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.checker:
+            await self.checker.close()
 
     async def _step(self) -> int:
         """Run the current period if it is due (1), or wait for the next one (0)."""

@@ -1,0 +1,113 @@
+"""One validator as two processes on one real PostgreSQL server: both serve organic traffic,
+neither lets a contender's budget be overspent, one runs the period loop, and killing it hands
+the loop to the other."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+import uuid
+
+import httpx
+import psycopg
+
+from core.chain.local import LocalChain
+from core.localproc import free_ports, make_wallet, neuron, wait_healthy
+from core.storage import open_store
+from core.validator import keys
+
+POLL_S = 1.0
+STEPS = 4
+
+
+def health(port: int) -> dict:
+    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+
+
+def until(condition, within: float, what: str):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {within:g} s")
+
+
+def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_dsn, tmp_path):
+    schema = f"replicas_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    dsn = f"{postgres_dsn}?options=-csearch_path%3D{schema}"
+    chain = LocalChain.create(tmp_path / "chain", block_time=0.5, tempo=40, age_blocks=100_000)
+    validator = make_wallet(tmp_path / "wallets", "validator")
+    chain.register(validator.hotkey.ss58_address, "cv", stake=10_000.0, validator_permit=True,
+                   registered_at=0)
+    miner = make_wallet(tmp_path / "wallets", "miner")
+    miner_port, *api_ports = free_ports(3)
+    chain.register(miner.hotkey.ss58_address, "cm", registered_at=0,
+                   endpoint=f"http://127.0.0.1:{miner_port}")
+    (tmp_path / "miner.yml").write_text("tasks:\n  proteus-text-to-image: {capacity: 60}\n")
+    store = open_store(dsn)
+    key = keys.create(store, "test", per_minute=10_000)
+    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(tmp_path / "wallets"),
+              "--period-blocks", "40"]
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(neuron("miner", [
+            *common, "--wallet-name", "miner", "--config", str(tmp_path / "miner.yml"), "--host",
+            "127.0.0.1", "--port", str(miner_port), "--min-stake", "0", "--torch-threads", "1",
+            "--no-announce", "--state-dir", str(tmp_path / "state")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_healthy(miner_port, procs[0], time.monotonic() + 120)  # before the loop asks it
+        replicas = {port: neuron("validator", [
+            *common, "--wallet-name", "validator", "--db", dsn, "--check", "off", "--image-size",
+            "64", "--api-port", str(port), "--api-host", "127.0.0.1", "--leader-poll",
+            str(POLL_S), "--capacity-timeout", "5"], stdout=open(tmp_path / f"v{port}.log", "w"),
+            stderr=subprocess.STDOUT) for port in api_ports}
+        procs += replicas.values()
+        for port, proc in replicas.items():
+            wait_healthy(port, proc, time.monotonic() + 120)
+        # both serve the period the loop planned (a fresh start may wait for the next period)
+        period = until(lambda: len({health(p)["period"] for p in api_ports} - {None}) == 1
+                       and health(api_ports[0])["period"], 60, "both replicas serve a period")
+        leaders = [p for p in api_ports if health(p)["period_loop"]]
+        assert len(leaders) == 1
+
+        async def organic(port: int) -> int:
+            async with httpx.AsyncClient(timeout=60) as client:
+                r = await client.post(
+                    f"http://127.0.0.1:{port}/v1/images/generations",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "proteus-text-to-image", "prompt": "a red cube",
+                          "size": "64x64", "steps": STEPS, "seed": port})
+                return r.status_code
+
+        async def burst():
+            return await asyncio.gather(*(organic(api_ports[i % 2]) for i in range(40)))
+
+        statuses = asyncio.run(burst())
+        by_replica = {p: [s for i, s in enumerate(statuses) if api_ports[i % 2] == p]
+                      for p in api_ports}
+        assert all(200 in s for s in by_replica.values()), statuses  # both replicas served
+        assert 503 in statuses  # and the budget ran out: 40 x 4 steps is more than it holds
+        budget, used = store.spent(period)[(miner.hotkey.ss58_address, "proteus-text-to-image")]
+        records = store.records(period)
+        assert used <= budget + 1e-9
+        assert sum(r.units for r in records) <= budget + 1e-9
+        assert sum(r.organic for r in records if r.outcome.value == "ok") >= statuses.count(200)
+
+        leader = leaders[0]
+        other = next(p for p in api_ports if p != leader)
+        replicas[leader].send_signal(signal.SIGKILL)
+        replicas[leader].wait()
+        took = time.monotonic()
+        until(lambda: health(other)["period_loop"], POLL_S + 5, "the other replica takes the loop")
+        assert time.monotonic() - took <= POLL_S + 5
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        store.close()
