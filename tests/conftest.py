@@ -48,7 +48,7 @@ def subnet(tmp_path) -> Subnet:
 
 @pytest.fixture(scope="session")
 def postgres_dsn():
-    from tests.postgres import binaries_present, postgres_server
+    from core.localpg import binaries_present, postgres_server
 
     if not binaries_present():
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")

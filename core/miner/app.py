@@ -107,6 +107,8 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
                 except Exception as e:  # the chain may be briefly unreachable: keep serving
                     log.warning("metagraph sync failed: %s", e)
 
+        await asyncio.gather(*(pool.check() for pool in state.pools.values()))  # declare truly
+
         async def keep_checked():
             while True:
                 await asyncio.sleep(health_interval_s)

@@ -1,6 +1,6 @@
-"""A private PostgreSQL server for tests: initdb in a temp folder, listening on 127.0.0.1 only,
-stopped at the end. Uses the machine's binaries (as the postgres user when run as root, since
-initdb refuses root)."""
+"""A private PostgreSQL server for tests and benchmarks: initdb in a temp folder, listening on
+127.0.0.1 only, stopped at the end. Uses the machine's binaries (as the postgres user when run
+as root, since initdb refuses root)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server():
-    """Yields a DSN to a fresh database on a private server."""
+def postgres_server(fsync: bool = False):
+    """Yields a DSN to a fresh database on a private server; ``fsync`` as in production (tests
+    leave it off: faster, and nothing there must survive a power loss)."""
     folder = Path(tempfile.mkdtemp(prefix="sn19-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
@@ -33,7 +34,7 @@ def postgres_server():
         port = s.getsockname()[1]
     subprocess.run(_as_owner(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust",
                               "--no-sync"]), check=True, capture_output=True)
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync={'on' if fsync else 'off'}"
     subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-o", opts, "-w", "-l",
                               str(folder / "log"), "start"]), check=True, capture_output=True)
     try:
