@@ -85,3 +85,23 @@ def test_waiting_is_bounded_in_time():
         return await slots.acquire("inpaint", 1.0)  # the task's own limit of one is taken
 
     assert run(main()) is False
+
+
+def test_a_resized_group_follows_its_workers():
+    """A worker lost: running requests finish, no new one starts beyond the lower limit; it comes
+    back: the waiters get the slots it opens at once."""
+    async def main():
+        gpu = Gpu(limit=2, max_waiting=8)
+        assert await gpu.acquire(1.0, 1) and await gpu.acquire(1.0, 1)
+        gpu.resize(1)
+        waiter = asyncio.create_task(gpu.acquire(1.0, 5))
+        await asyncio.sleep(0.01)
+        gpu.release()  # 2 busy > limit 1: the slot is not handed on
+        await asyncio.sleep(0.01)
+        assert not waiter.done() and gpu.busy == 1
+        gpu.resize(2)
+        assert await waiter and gpu.busy == 2
+        gpu.resize(0)
+        assert not await gpu.acquire(1.0, 0.05)  # nothing serves: the wait times out
+
+    run(main())

@@ -122,3 +122,15 @@ def test_concurrent_reservations_from_many_connections_never_overspend(postgres_
     assert stores[0].spent(5, "inpaint")[("hk1", "inpaint")] == (50.0, 48.0)
     for s in stores:
         s.close()
+
+
+def test_a_lease_has_one_holder_until_it_is_released(store):
+    first, second = store.lease("period-loop:v"), store.lease("period-loop:v")
+    other = store.lease("period-loop:another-validator")
+    assert first.acquire() and first.held()
+    assert not second.acquire() and not second.held()
+    assert other.acquire()  # another name, another lease
+    first.release()
+    assert second.acquire() and second.held()
+    second.release()
+    other.release()

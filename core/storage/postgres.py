@@ -62,6 +62,7 @@ class AdvisoryLease:
     def __init__(self, dsn: str, name: str):
         self._dsn, self._key = dsn, zlib.crc32(name.encode())
         self._conn: psycopg.Connection | None = None
+        self._held = False
 
     def acquire(self) -> bool:
         """Take the lease if it is free (False when another process holds it, or on errors)."""
@@ -73,21 +74,26 @@ class AdvisoryLease:
                 for setting in ("tcp_keepalives_idle = 5", "tcp_keepalives_interval = 2",
                                 "tcp_keepalives_count = 3"):
                     self._conn.execute(f"SET {setting}")
-            return self._conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                      (self._key,)).fetchone()[0]
+            self._held = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                            (self._key,)).fetchone()[0]
+            return self._held
         except psycopg.Error:
             self.release()
             return False
 
     def held(self) -> bool:
-        """Whether the lock's connection still answers (the lock lives as long as it does)."""
+        """Whether the lock was taken and its connection still answers (the lock lives as long
+        as it does)."""
+        if not self._held:
+            return False
         try:
-            return self._conn is not None and self._conn.execute("SELECT 1").fetchone() == (1,)
+            return self._conn.execute("SELECT 1").fetchone() == (1,)
         except psycopg.Error:
             self.release()
             return False
 
     def release(self) -> None:
+        self._held = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
