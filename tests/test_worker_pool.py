@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 import pytest
 from bittensor import http_auth
 
@@ -62,6 +63,15 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
                 await wrong.close()
 
         chunks, refused = asyncio.run(run())
+        # OpenAI's own client reads it too, whole or streamed
+        official = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN)
+        whole = official.chat.completions.create(
+            model="any", messages=[{"role": "user", "content": "hi 7"}], max_tokens=40, seed=7,
+            temperature=0.8)
+        streamed = official.chat.completions.create(
+            model="any", messages=[{"role": "user", "content": "hi 7"}], max_tokens=40, seed=7,
+            temperature=0.8, stream=True, logprobs=True)
+        streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     finally:
         stop(worker)
     assert refused == 401
@@ -75,6 +85,9 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
     assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(tokens, expected))
     assert "".join(t.text for t in tokens) == "".join(t.text for t in expected)
     assert final.prompt_tokens == len(local.prompt_ids(chat_request(7, 40)))
+    text = "".join(t.text for t in expected)
+    assert whole.choices[0].message.content == text == streamed_text
+    assert whole.usage.completion_tokens == len(expected)
 
 
 def test_worker_images_client_against_a_worker_server():

@@ -8,7 +8,6 @@ GET /v1/models (the tasks with this period's capacity). Every call needs an API 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.openai_wire import DONE, chunk_event, event, finish_reason, usage_event
 from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
                            TextToImageRequest)
 from core.tasks import TASKS, Kind
@@ -198,7 +198,8 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         text = "".join(t.text for c in chunks for t in c.tokens)
         return {"id": ident, "object": "chat.completion", "created": created, "model": task,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": _finish(final, request)}],
+                             "finish_reason": finish_reason(final.completion_tokens,
+                                                            request.max_tokens)}],
                 "usage": _usage(final)}
 
     async def image(request, task: str):
@@ -242,10 +243,6 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     return app
 
 
-def _finish(final, request: ChatRequest) -> str:
-    return "length" if final.completion_tokens >= request.max_tokens else "stop"
-
-
 def _usage(final) -> dict:
     return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
             "total_tokens": final.units}
@@ -255,27 +252,22 @@ async def _sse(first, stream, ident: str, created: int, task: str, request: Chat
                usage: bool):
     """OpenAI's chat.completion.chunk events; a failure no miner could finish ends the stream with
     an error event (the client's library raises it)."""
-    def event(delta: dict, finish: str | None = None, **extra) -> bytes:
-        payload = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                   "model": task, "choices": [{"index": 0, "delta": delta,
-                                               "finish_reason": finish}], **extra}
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-    yield event({"role": "assistant", "content": ""})
+    yield chunk_event(ident, created, task, {"role": "assistant", "content": ""})
     chunk = first
     try:
         while True:
             if chunk.tokens:
-                yield event({"content": "".join(t.text for t in chunk.tokens)})
+                yield chunk_event(ident, created, task,
+                                  {"content": "".join(t.text for t in chunk.tokens)})
             if chunk.done:
-                yield event({}, _finish(chunk, request))
+                yield chunk_event(ident, created, task, {},
+                                  finish_reason(chunk.completion_tokens, request.max_tokens))
                 if usage:
-                    payload = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                               "model": task, "choices": [], "usage": _usage(chunk)}
-                    yield b"data: " + json.dumps(payload).encode() + b"\n\n"
+                    yield usage_event(ident, created, task, chunk.prompt_tokens,
+                                      chunk.completion_tokens)
                 break
             chunk = await anext(stream)
     except (NoCapacity, AllFailed, StopAsyncIteration) as e:
-        body = {"error": {"message": f"the stream could not be finished: {e}", "type": "api_error"}}
-        yield b"data: " + json.dumps(body).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        yield event({"error": {"message": f"the stream could not be finished: {e}",
+                               "type": "api_error"}})
+    yield DONE
