@@ -112,7 +112,10 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         async def keep_checked():
             while True:
                 await asyncio.sleep(health_interval_s)
-                await asyncio.gather(*(pool.check() for pool in state.pools.values()))
+                try:
+                    await asyncio.gather(*(pool.check() for pool in state.pools.values()))
+                except Exception:  # a probe that breaks must not end the checks for good
+                    log.exception("worker health check failed")
 
         tasks = [asyncio.create_task(keep_synced()), asyncio.create_task(keep_checked())]
         yield
