@@ -54,6 +54,7 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
             wrong = OpenAIChat(f"http://127.0.0.1:{port}", "any", "not-the-token")
             try:
                 assert await client.alive()
+                assert not await wrong.alive()  # a wrong token: down, not serving 401s
                 chunks = [c async for c in client.chunks(chat_request(7, 40))]
                 with pytest.raises(WorkerError) as refused:
                     [c async for c in wrong.chunks(chat_request(7))]

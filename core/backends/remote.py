@@ -40,9 +40,10 @@ class RemoteWorker:
         return self._session
 
     async def alive(self) -> bool:
-        """``GET /health`` answers 200 (vllm serve and the project's worker both have it)."""
+        """``GET /v1/models`` answers 200 with our token (vllm serve and the project's worker
+        both have it): up, and reachable with what the front end sends."""
         try:
-            async with self._http().get(f"{self.url}/health",
+            async with self._http().get(f"{self.url}/v1/models",
                                         timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):

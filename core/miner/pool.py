@@ -2,8 +2,9 @@
 
 Each request goes to the healthy worker with the most free concurrency. A worker that cannot be
 reached is taken out at once (and the request tried on another, if nothing was sent yet); health
-checks put it back when it answers again. The miner declares what its healthy workers bring, so a
-lost GPU lowers the declaration before an audit can find the gap (SPEC §4).
+checks put it back when it answers again, with the front end's token (a wrong token is down, not
+a worker answering 401s). The miner declares what its healthy workers bring, so a lost GPU lowers
+the declaration before an audit can find the gap (SPEC §4).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class Pool:
             except (*UNREACHABLE, WorkerError) as e:
                 if isinstance(e, UNREACHABLE):
                     self.mark(worker, False, type(e).__name__)
-                if started:
+                if started or not _retryable(e):
                     raise
             finally:
                 worker.in_flight -= 1
@@ -166,13 +167,19 @@ class Pool:
                 return await worker.images(request)
             except UNREACHABLE as e:
                 self.mark(worker, False, type(e).__name__)
-            except WorkerError:
-                pass  # it answered: the health check decides whether it stays
+            except WorkerError as e:  # it answered: the health check decides whether it stays
+                if not _retryable(e):
+                    raise
             finally:
                 worker.in_flight -= 1
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers))
+
+
+def _retryable(error: Exception) -> bool:
+    """Another worker may succeed where this one failed, unless it refused the request itself."""
+    return not (isinstance(error, WorkerError) and 400 <= error.status < 500)
 
 
 def _server(task_id: str, entry: WorkerEntry, where: str) -> ServerWorker:
