@@ -161,7 +161,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
 
     async def start(validator, task: str, units: float):
         """Reserve units against the caller's share, then wait for a slot in the task's group
-        (served by stake): the period, or a 429 Response."""
+        (served by stake): the period, or a 429 Response (503 while no worker of it is up)."""
         period, left_s = state.period()
         if state.pools[task].concurrency() == 0:
             metrics.refuse(task, validator.hotkey, "no worker")
