@@ -49,7 +49,7 @@ class RemoteWorker:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def _post(self, path: str, payload: dict, timeout: float | None):
+    def _post(self, path: str, payload: dict, timeout: float | None):
         return self._http().post(f"{self.url}{path}", json=payload,
                                  timeout=aiohttp.ClientTimeout(total=timeout))
 
@@ -77,7 +77,7 @@ class OpenAIChat(RemoteWorker):
     async def chunks(self, request: ChatRequest, timeout: float | None = None
                      ) -> AsyncIterator[ChatChunk]:
         """Token batches as they arrive, then the final chunk with the usage."""
-        async with await self._post("/v1/chat/completions", self.body(request), timeout) as r:
+        async with self._post("/v1/chat/completions", self.body(request), timeout) as r:
             if r.status != 200:
                 raise WorkerError(r.status, (await r.text())[:300])
             final = None
@@ -101,7 +101,7 @@ class WorkerImages(RemoteWorker):
 
     async def generate(self, request: ImageRequest, timeout: float | None = None) -> list[bytes]:
         path = PATHS[TASKS[request.task].kind]
-        async with await self._post(path, request.model_dump(mode="json"), timeout) as r:
+        async with self._post(path, request.model_dump(mode="json"), timeout) as r:
             if r.status == 422:
                 raise ValueError((await r.text())[:300])
             if r.status != 200:

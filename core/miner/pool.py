@@ -131,6 +131,14 @@ class Pool:
         for worker, alive in zip(self.workers, answers):
             self.mark(worker, alive, "" if alive else "health check failed")
 
+    def _failed(self, worker: Worker, error: Exception) -> bool:
+        """Take out a worker that cannot be reached (one that answered stays: the health check
+        decides); whether another worker may succeed, i.e. it did not refuse the request itself."""
+        if isinstance(error, UNREACHABLE):
+            self.mark(worker, False, type(error).__name__)
+            return True
+        return not 400 <= error.status < 500
+
     def _next(self, tried: set[str]) -> Worker:
         worker = self.pick(tried)
         if worker is None:
@@ -151,9 +159,7 @@ class Pool:
                     yield chunk
                 return
             except (*UNREACHABLE, WorkerError) as e:
-                if isinstance(e, UNREACHABLE):
-                    self.mark(worker, False, type(e).__name__)
-                if started or not _retryable(e):
+                if not self._failed(worker, e) or started:
                     raise
             finally:
                 worker.in_flight -= 1
@@ -165,21 +171,14 @@ class Pool:
             worker.in_flight += 1
             try:
                 return await worker.images(request)
-            except UNREACHABLE as e:
-                self.mark(worker, False, type(e).__name__)
-            except WorkerError as e:  # it answered: the health check decides whether it stays
-                if not _retryable(e):
+            except (*UNREACHABLE, WorkerError) as e:
+                if not self._failed(worker, e):
                     raise
             finally:
                 worker.in_flight -= 1
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers))
-
-
-def _retryable(error: Exception) -> bool:
-    """Another worker may succeed where this one failed, unless it refused the request itself."""
-    return not (isinstance(error, WorkerError) and 400 <= error.status < 500)
 
 
 def _server(task_id: str, entry: WorkerEntry, where: str) -> ServerWorker:

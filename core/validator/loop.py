@@ -100,10 +100,13 @@ class Validator:
             return
         current, left = await self._current()
         metagraph = await self.chain.metagraph()
-        quality = {key: s.quality for key, s in self.store.states().items() if s.window}
-        self.book.open(period, self.store.targets(period), metagraph, quality,
+        self.book.open(period, self.store.targets(period), metagraph, self._recent_quality(),
                        ends_at=time.monotonic() + (left if period == current else 0.0))
         log.info("serving period %d as planned by the process running the loop", period)
+
+    def _recent_quality(self) -> dict[tuple[str, str], float]:
+        """Each scored contender's recent quality: the organic API's routing weight."""
+        return {key: s.quality for key, s in self.store.states().items() if s.window}
 
     async def close(self) -> None:
         await self.client.close()
@@ -148,8 +151,7 @@ class Validator:
         targets, share = await self._plan(period, metagraph)
         _, left = await self._current()
         deadline = time.monotonic() + left
-        quality = {key: s.quality for key, s in self.store.states().items() if s.window}
-        self.book.open(period, targets, metagraph, quality, ends_at=deadline)
+        self.book.open(period, targets, metagraph, self._recent_quality(), ends_at=deadline)
         used = self.book.used()  # resuming, or after organic traffic served by other replicas
         sends = plan.schedule(targets, used, left, self.rng)
         need = plan.required_concurrency(sends, left)

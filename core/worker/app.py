@@ -13,6 +13,7 @@ import base64
 import hmac
 import time
 import uuid
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -48,10 +49,25 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
     task = TASKS[task_id]
     app = FastAPI(title=f"SN19 worker: {task_id}")
     slots = asyncio.Semaphore(concurrency)
-    busy = {"n": 0, "served": 0}
+    load = {"busy": 0, "served": 0}
+
+    @asynccontextmanager
+    async def running():
+        """A request's turn on the engine (``concurrency`` at once), counted for /health."""
+        async with slots:
+            load["busy"] += 1
+            load["served"] += 1
+            try:
+                yield
+            finally:
+                load["busy"] -= 1
 
     def fail(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+
+    def invalid(status: int, error: ValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        return fail(status, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
 
     async def authorized(request: Request) -> None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -64,8 +80,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "task": task_id, "busy": busy["n"], "served": busy["served"],
-                "concurrency": concurrency}
+        return {"status": "ok", "task": task_id, **load, "concurrency": concurrency}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
@@ -82,20 +97,14 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                                       max_tokens=body.max_tokens, temperature=body.temperature,
                                       top_p=body.top_p, seed=body.seed)
             except ValidationError as e:
-                first = e.errors()[0]
-                return fail(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+                return invalid(400, e)
             ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             prompt = len(chat.prompt_ids(request))
 
             async def run():
-                async with slots:
-                    busy["n"] += 1
-                    busy["served"] += 1
-                    try:
-                        async for batch in chat.stream(request):
-                            yield batch
-                    finally:
-                        busy["n"] -= 1
+                async with running():
+                    async for batch in chat.stream(request):
+                        yield batch
 
             if not body.stream:
                 tokens = [t async for batch in run() for t in batch]
@@ -129,19 +138,14 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
             try:
                 request = REQUEST_MODELS[task.kind].model_validate_json(await raw.body())
             except ValidationError as e:
-                first = e.errors()[0]
-                return fail(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+                return invalid(422, e)
             if request.task != task_id:
                 return fail(404, f"this worker serves {task_id}, not {request.task}")
-            async with slots:
-                busy["n"] += 1
-                busy["served"] += 1
+            async with running():
                 try:
                     pngs = await asyncio.to_thread(images.generate, request)
                 except ValueError as e:
                     return fail(422, f"cannot use this request: {e}")
-                finally:
-                    busy["n"] -= 1
             answer = ImageResponse(images=[base64.b64encode(p).decode() for p in pngs],
                                    units=request.units)
             return Response(answer.model_dump_json(), media_type="application/json")
