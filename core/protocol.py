@@ -26,6 +26,16 @@ PATHS: dict[Kind, str] = {
 
 MAX_PROMPT_CHARS = 16_000
 MAX_IMAGE_B64_CHARS = 8_000_000
+# Bounds on what a miner may answer (SPEC §6: nothing a peer sends is trusted before it is
+# checked). Every integer on the wire is bounded, so no figure overflows a database column, and
+# every answer has a size the validator reads no further than.
+MAX_COUNT = 2**24  # tokens or steps in one answer: far above any honest request's
+MAX_TOKEN_TEXT = 256  # characters of one token's text (the longest real vocabulary entries are ~128)
+MAX_COMPLETION = 4096  # tokens a chat request may ask for
+MAX_TOKENS_PER_LINE = 128  # a miner writes a larger batch as several chat lines
+MAX_CHAT_LINE_BYTES = 256 * 1024  # > MAX_TOKENS_PER_LINE tokens of MAX_TOKEN_TEXT, JSON-escaped
+MAX_CAPACITY_BYTES = 64 * 1024  # nine tasks' declarations take < 1 KiB
+MAX_TASKS_DECLARED = 64
 
 
 def _unicode(text: str) -> str:
@@ -53,8 +63,8 @@ def task_path(task_id: str) -> str:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str = PROTOCOL_VERSION
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    version: Annotated[str, Field(max_length=32)] = PROTOCOL_VERSION
 
 
 class CapacityRequest(Message):
@@ -65,8 +75,9 @@ class CapacityResponse(Message):
     """A miner's declaration: per task, the most units it serves in one period, all validators
     together; each validator takes its stake share (SPEC §3.2)."""
 
-    hotkey: str
-    capacities: dict[str, float]
+    hotkey: Annotated[str, Field(max_length=64)]
+    capacities: Annotated[dict[Annotated[str, Field(max_length=64)], float],
+                          Field(max_length=MAX_TASKS_DECLARED)]
 
 
 class ChatMessage(BaseModel):
@@ -78,7 +89,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(Message):
     task: Text(64)
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
-    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_COMPLETION)] = 256
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
@@ -93,18 +104,19 @@ class ChatRequest(Message):
 class ChatToken(BaseModel):
     """One streamed token: its id and text and the model's log-probability of it."""
 
-    token_id: int
-    text: str
-    logprob: float
+    model_config = ConfigDict(allow_inf_nan=False)
+    token_id: Annotated[int, Field(ge=0, lt=MAX_COUNT)]
+    text: Annotated[str, Field(max_length=MAX_TOKEN_TEXT)]
+    logprob: Annotated[float, Field(ge=-1e6, le=1e-3)]  # a log-probability: at most 0 (+ rounding)
 
 
 class ChatChunk(Message):
     """A line of the chat stream: tokens, then a final line with ``done`` and the units charged."""
 
-    tokens: list[ChatToken] = []
+    tokens: Annotated[list[ChatToken], Field(max_length=MAX_COMPLETION)] = []
     done: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    completion_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
 
     @property
     def units(self) -> int:
@@ -144,8 +156,14 @@ class InpaintRequest(ImageRequest):
 
 
 class ImageResponse(Message):
-    images: list[str]  # PNG, base64
-    units: int
+    images: Annotated[list[Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]],
+                      Field(max_length=4)]  # PNG, base64
+    units: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+    @staticmethod
+    def max_bytes(request: ImageRequest) -> int:
+        """The most bytes an honest answer to ``request`` takes: read no further."""
+        return request.num_images * (MAX_IMAGE_B64_CHARS + 8) + 4096
 
 
 class ErrorResponse(Message):

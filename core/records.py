@@ -15,6 +15,14 @@ class Outcome(str, Enum):
     SERVER_ERROR = "5xx"
     TIMEOUT = "timeout"
     INVALID = "invalid"
+    # Not the miner's doing, so never scored: the validator (period end) or its client gave up on
+    # a request still within its expected time; or the miner refused our signature or permit
+    # (401/403: the validator's clock, key or metagraph is at fault, and it says so loudly).
+    ABANDONED = "abandoned"
+    UNAUTHORIZED = "401/403"
+
+
+NOT_SCORED = frozenset({Outcome.ABANDONED, Outcome.UNAUTHORIZED})
 
 
 @dataclass(frozen=True)
@@ -24,7 +32,8 @@ class RequestRecord:
     task: str
     organic: bool
     outcome: Outcome
-    units: float  # served units when ok, else the units asked for
+    units: float  # counted by the validator: served when ok or abandoned, 0 when unauthorized,
+    #               else the units asked for
     latency_s: float
     quality: float | None = None  # set for checked results
     at: float = 0.0  # unix time sent
@@ -37,6 +46,8 @@ def summarize(records: Iterable[RequestRecord], declared: float, budget: float, 
     good = refused = failed = q_sum = 0.0
     q_n = 0
     for r in records:
+        if r.outcome in NOT_SCORED:
+            continue
         if r.outcome is Outcome.OK:
             good += r.units
         elif r.outcome is Outcome.RATE_LIMITED:

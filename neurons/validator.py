@@ -31,8 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "requests, outcomes, score, credited, effective; the weights set), exit")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
-    p.add_argument("--max-concurrency", type=int, default=64,
-                   help="synthetic requests in flight at once")
+    p.add_argument("--max-concurrency", type=int, default=256,
+                   help="synthetic requests in flight at once, all miners together")
+    p.add_argument("--max-per-miner", type=int, default=16,
+                   help="synthetic requests in flight at once to one miner (a slow miner holds "
+                        "no more slots than this)")
     p.add_argument("--image-size", type=int, default=1024,
                    help="width and height of synthetic image requests (pixels, multiple of 8)")
     p.add_argument("--retention-periods", type=int, default=96,
@@ -41,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="quality checking: recompute a sample of results with the tasks' "
                         "production models on a GPU (gpu), with the tiny CPU models of the local "
                         "subnet (cpu), or not at all (off: quality is the speed factor alone)")
+    p.add_argument("--tokenizers", choices=("production", "tiny"), default=None,
+                   help="tokenizers the validator counts chat prompts with (it never takes a "
+                        "miner's count): the tasks' production tokenizers (from the Hugging Face "
+                        "cache or hub), or the local subnet's tiny one (default: tiny with "
+                        "--check cpu, else production)")
     p.add_argument("--check-rate", type=float, default=0.1,
                    help="share of results checked beyond each contender's first of the period")
     p.add_argument("--check-queue", type=int, default=256,
@@ -100,6 +108,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from core.chain import connect
     from core.storage import open_store
+    from core.validator.counting import CountingError
     from core.validator.loop import Settings, Validator
     from core.validator.status import status
 
@@ -123,10 +132,15 @@ def run(args) -> int:
                            "a CUDA GPU with the gpu extra; use --check cpu on a local subnet or "
                            "--check off (quality from speed alone)")
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
-                        max_concurrency=args.max_concurrency, image_size=args.image_size,
+                        max_concurrency=args.max_concurrency, max_per_miner=args.max_per_miner,
+                        image_size=args.image_size,
+                        tokenizers=args.tokenizers or ("tiny" if args.check == "cpu" else "production"),
                         retention_periods=args.retention_periods, check=args.check,
                         check_rate=args.check_rate, check_queue=args.check_queue)
-    validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
+    try:
+        validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
+    except CountingError as e:
+        raise CliError(str(e)) from None
     try:
         run_loop(serve(validator, args))
     except KeyboardInterrupt:

@@ -110,7 +110,7 @@ async def measure(requests: int, rounds: int) -> None:
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
         procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db,
-                                          "--check", "off", "--api-port", str(api_port),
+                                          "--check", "off", "--tokenizers", "tiny", "--api-port", str(api_port),
                                           "--api-host", "127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         api = f"http://127.0.0.1:{api_port}/v1"

@@ -115,6 +115,7 @@ async def routing(n: int) -> dict[str, float]:
 
 def _replica(dsn: str, seconds: float, start, counts) -> None:
     """One replica's accounting loop on its own connection, like the organic API's per request."""
+    from core.records import Outcome, RequestRecord
     from core.storage import open_store
     from core.validator.book import PeriodBook
 
@@ -130,8 +131,9 @@ def _replica(dsn: str, seconds: float, start, counts) -> None:
             break
         key = (options[done % len(options)][0].contender.hotkey, "chat-llama-3")
         period = book.reserve(key, 10)
-        if period is not None:
-            book.settle(period, key, 10, 7)
+        if period is not None:  # the request served 7 of the 10 reserved: settled with its record
+            store.finish_request(RequestRecord(period, key[0], "chat-llama-3", True, Outcome.OK,
+                                               7, 0.01), reserved=10)
         done += 1
     counts.put(done)
     store.close()

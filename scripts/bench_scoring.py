@@ -21,7 +21,6 @@ import random
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 N_MINERS = 256
@@ -120,19 +119,21 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
         s.start()
     await asyncio.sleep(3.0)
     store = open_store(str(tmp / "v.sqlite3"))
-    validator = Validator(wallet, chain, store, Settings(max_concurrency=concurrency, image_size=64,
-                                                             check="off"))
+    validator = Validator(wallet, chain, store, Settings(
+        max_concurrency=concurrency, max_per_miner=concurrency, image_size=64, check="off",
+        tokenizers="tiny"))
     metagraph = await chain.metagraph()
     per_miner = requests // N_MINERS
     units = 20 * per_miner
     targets = [plan.Target(Contender(n.uid, n.hotkey, "inpaint", units, units, 0), 1.0, True, "network")
                for n in metagraph.neurons if n.endpoint]
     try:
-        for label, period_s in (("warmup", 0.001), ("run", 0.001)):
-            sends = plan.schedule(targets, {}, period_s)
-            used = defaultdict(float)
+        for period in (0, 1):  # a warm-up, then the measured run
+            store.begin_period(period, 0, "0x", 1.0, 0.0, targets)
+            validator.book.open(period, targets, metagraph, {})
+            sends = plan.schedule(targets, {}, 0.001)
             t = time.perf_counter()
-            await validator.send_all(1 if label == "run" else 0, metagraph, sends, used,
+            await validator.send_all(period, metagraph, sends, [],
                                      deadline=time.monotonic() + 600)
             elapsed = time.perf_counter() - t
         records = store.records(1)

@@ -43,8 +43,8 @@ def test_missing_wallet_is_one_clear_line(tmp_path):
 
 def test_unknown_network_and_missing_local_subnet(tmp_path):
     make_wallet(tmp_path / "w", "v")
-    common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off", "--db",
-              str(tmp_path / "v.sqlite3")]
+    common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off",
+              "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3")]
     out = run("neurons/validator.py", "--network", "mars", *common)
     assert out.returncode == 1 and "Unknown network 'mars'" in out.stderr
     out = run("neurons/validator.py", "--network", f"local:{tmp_path}/none", *common)
@@ -64,6 +64,6 @@ def test_a_hotkey_readable_by_others_is_refused(tmp_path):
     assert hotkey.stat().st_mode & 0o777 == 0o600  # as bittensor writes it
     hotkey.chmod(0o644)
     out = run("neurons/validator.py", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v",
-              "--check", "off", "--db", str(tmp_path / "v.sqlite3"))
+              "--check", "off", "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3"))
     assert out.returncode == 1 and "can be read by other users (mode 644)" in out.stderr
     assert f"chmod 600 {hotkey}" in out.stderr

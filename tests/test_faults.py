@@ -18,7 +18,8 @@ from core.protocol import ChatRequest, TextToImageRequest
 from core.records import Outcome
 from core.storage import StorageError, open_store
 from core.transport.client import SignedClient
-from core.validator.dispatch import send
+from core.validator.counting import PromptCounter
+from core.validator.traffic import Attempt, Traffic
 from core.validator.loop import Settings, Validator
 from tests.servers import serving
 
@@ -44,7 +45,7 @@ def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
                                             validator_permit=True)
     chain = DownChain(tmp_path / "chain", outages=2)
     store = open_store(str(tmp_path / "v.sqlite3"))
-    v = Validator(wallet, chain, store, Settings(period_blocks=10, check="off", max_backoff_s=0.5))
+    v = Validator(wallet, chain, store, Settings(period_blocks=10, check="off", max_backoff_s=0.5, tokenizers="tiny"))
     asyncio.run(asyncio.wait_for(v.run(periods=1), 60))
     assert store.latest_period() is not None and store.period(store.latest_period())["finished"]
     assert caplog.text.count("retrying") == 2 and "connection refused" in caplog.text
@@ -87,25 +88,30 @@ def bad_miner():
         yield Neuron(1, "5bad", "c", 0, False, url, 0)
 
 
-def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner):
+def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner, tmp_path):
     from bittensor.sp_core import Keypair
+
+    store = open_store(str(tmp_path / "v.sqlite3"))
 
     async def main():
         client = SignedClient(Keypair.create_from_uri("//V"))
+        traffic = Traffic(client, PromptCounter("tiny"), store, None)
         chat = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "x"}],
                            max_tokens=1)
+        prompt, units = traffic.cost(chat)
         t = time.monotonic()
-        hung, _ = await send(client, bad_miner, 1, chat, 1)
+        hung = await traffic.send(Attempt(bad_miner, chat, prompt, units, 1))
         waited = time.monotonic() - t
         image = TextToImageRequest(task="proteus-text-to-image", prompt="x", steps=1, height=64,
                                    width=64)
-        garbled, _ = await send(client, bad_miner, 1, image, 1)
+        garbled = await traffic.send(Attempt(bad_miner, image, 0, 1, 1))
         await client.close()
-        return hung, waited, garbled
+        return hung.record, waited, garbled.record
 
     hung, waited, garbled = asyncio.run(main())
     assert hung.outcome is Outcome.TIMEOUT and 2 < waited < 10
     assert garbled.outcome is Outcome.INVALID
+    assert [r.outcome for r in store.records(1)] == [Outcome.TIMEOUT, Outcome.INVALID]
 
 
 def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
@@ -115,7 +121,7 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     db = str(tmp_path / "v.sqlite3")
     proc = neuron("validator", ["--network", f"local:{chain.folder}", "--wallet-path",
                                 str(tmp_path / "w"), "--wallet-name", "v", "--db", db,
-                                "--period-blocks", "30", "--check", "off"],
+                                "--period-blocks", "30", "--check", "off", "--tokenizers", "tiny"],
                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(4)
     proc.send_signal(signal.SIGTERM)

@@ -123,7 +123,7 @@ def _api():
     wallet = make_wallet(tmp / "w", "validator")
     chain.register(wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True)
     store = open_store(str(tmp / "v.sqlite3"))
-    validator = Validator(wallet, chain, store, Settings(check="off"))
+    validator = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})
     return build_api(validator, max_body=64_000), keys.create(store, "fuzz", per_minute=10**9)
 

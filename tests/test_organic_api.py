@@ -73,7 +73,7 @@ def net(tmp_path, engines):
 
 async def open_period(chain, wallet, store, quality):
     """A validator whose book holds the period's contenders (as its loop would plan them)."""
-    v = Validator(wallet, chain, store, Settings(check="off"))
+    v = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     graph = await chain.metagraph()
     declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
     targets = [plan.Target(c, 0.05, False, "") for c in contenders(graph, declared, 1.0)]
@@ -169,16 +169,3 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     assert served.units == 40 and v.book.used()[key_] == 40
     target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
     assert sum(s.units for s in plan.schedule([target], v.book.used(), 60.0)) == 60
-
-
-def test_requests_finishing_after_the_period_are_recorded_in_the_next():
-    import time as clock
-
-    from core.validator.book import PeriodBook
-
-    book = PeriodBook(None)
-    assert book.recording_period() is None
-    book.open(7, [], None, {}, ends_at=clock.monotonic() + 60)
-    assert book.recording_period() == 7
-    book.open(7, [], None, {}, ends_at=clock.monotonic() - 1)  # closing; next not planned yet
-    assert book.recording_period() == 8

@@ -134,3 +134,42 @@ def test_a_lease_has_one_holder_until_it_is_released(store):
     assert second.acquire() and second.held()
     second.release()
     other.release()
+
+
+def used_and_recorded(store, period):
+    """Per contender of ``period``: (used, Σ units of its records), which must agree."""
+    records = store.records(period)
+    return {key: (used, sum(r.units for r in records if (r.hotkey, r.task) == key))
+            for key, (_, used) in store.spent(period).items()}
+
+
+def test_a_request_is_settled_with_its_record_and_used_is_their_sum(store):
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    assert store.reserve(5, "hk1", "inpaint", 30)
+    assert store.finish_request(rec(5, units=20.0), reserved=30) == (1, 5)  # served less
+    assert store.reserve(5, "hk1", "inpaint", 20)
+    store.finish_request(rec(5, Outcome.TIMEOUT, units=20.0, quality=None), reserved=20)
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (40.0, 40.0)
+
+
+def test_a_request_ending_after_its_period_was_sealed_lands_in_the_next(store):
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    assert store.reserve(5, "hk1", "inpaint", 20)  # in flight while period 5 closes
+    store.seal(5)
+    _, period = store.finish_request(rec(5, units=15.0), reserved=20)
+    assert period == 6 and store.records(5) == [] and store.records(6)[0].units == 15.0
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (0.0, 0.0)
+    store.begin_period(6, 1800, "0x", 1.0, 0.0, TARGETS)  # begins after: counts it in
+    assert used_and_recorded(store, 6)[("hk1", "inpaint")] == (15.0, 15.0)
+    assert store.reserve(6, "hk1", "inpaint", 10)
+    store.seal(6)
+    _, period = store.finish_request(rec(6, units=10.0), reserved=10)
+    assert period == 7  # past every sealed period, even with none open yet
+
+
+def test_used_is_rederived_from_records_after_a_crash(store):
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    assert store.reserve(5, "hk1", "inpaint", 20) and store.reserve(5, "hk1", "inpaint", 20)
+    store.finish_request(rec(5, units=20.0), reserved=20)  # the other never ended: a kill -9
+    store.rederive_used(5)
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (20.0, 20.0)

@@ -44,7 +44,7 @@ async def _no_sleep(_):
 def validator(tmp_path, wallet, failures, retries=3):
     chain = FlakyChain(tmp_path / "chain", failures)
     return Validator(wallet, chain, open_store(str(tmp_path / "v.sqlite3")),
-                     Settings(weight_retries=retries, check="off")), chain
+                     Settings(weight_retries=retries, check="off", tokenizers="tiny")), chain
 
 
 def test_weights_are_retried_then_set_once_per_epoch(setup):

@@ -1,7 +1,8 @@
 """Tiny models built offline from configs with a fixed seed, for the CPU back end and tests.
 
 They have the production architectures (Llama for chat, Stable Diffusion for images) at a few
-hundred thousand parameters, random but deterministic weights, and tokenizers written by hand,
+hundred thousand parameters, random but deterministic weights, and tokenizers written by hand
+(the chat tokenizer needs no torch: the validator counts prompts with it),
 so the same loading, serving and checking code runs here without a model hub. A different seed
 is a different model: that is how tests stand in a miner that runs the wrong one.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-
-import torch
 
 CHAT_SPECIALS = ("<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
 
@@ -41,6 +40,7 @@ def chat_tokenizer():
 
 def chat_model(seed: int):
     """A tiny LlamaForCausalLM with weights drawn from ``seed``."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -70,6 +70,7 @@ def clip_tokenizer(folder: Path):
 
 def image_pipeline(seed: int):
     """A tiny StableDiffusionPipeline (UNet, VAE, CLIP text encoder) with weights from ``seed``."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

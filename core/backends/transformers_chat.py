@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import torch
 
-from core.protocol import ChatMessage, ChatRequest, ChatToken
+from core.backends import prompt
+from core.protocol import ChatRequest, ChatToken
 
 
 class TransformersChat:
@@ -40,15 +41,8 @@ class TransformersChat:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
-    def render(self, messages: list[ChatMessage]) -> str:
-        """The prompt text: the tokenizer's own chat template when it has one."""
-        turns = [m.model_dump() for m in messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in turns) + "<|assistant|>"
-
     def prompt_ids(self, request: ChatRequest) -> list[int]:
-        return self.tokenizer(self.render(request.messages), add_special_tokens=False)["input_ids"]
+        return prompt.prompt_ids(self.tokenizer, request.messages)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
         """The sampling loop in a worker thread; its tokens handed to the event loop in batches of
@@ -113,10 +107,10 @@ class TransformersChat:
     def completion_logits(self, request: ChatRequest, token_ids: list[int]) -> torch.Tensor:
         """The model's logits before each completion token, in one forward pass over prompt and
         completion: shape (len(token_ids), vocab). The checker's reference."""
-        prompt = self.prompt_ids(request)
-        ids = torch.tensor([prompt + list(token_ids)], device=self.model.device)
+        head = self.prompt_ids(request)
+        ids = torch.tensor([head + list(token_ids)], device=self.model.device)
         logits = self.model(input_ids=ids).logits[0].float().cpu()
-        return logits[len(prompt) - 1: len(prompt) - 1 + len(token_ids)]
+        return logits[len(head) - 1: len(head) - 1 + len(token_ids)]
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float,

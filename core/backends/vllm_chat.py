@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+from core.backends import prompt
 from core.capacity import TaskEntry
 from core.protocol import ChatRequest, ChatToken
 
@@ -33,8 +34,7 @@ class VllmChat:
         return cls(AsyncLLMEngine.from_engine_args(args), AutoTokenizer.from_pretrained(model))
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
-        turns = [m.model_dump() for m in request.messages]
-        return self.tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True)
+        return prompt.prompt_ids(self.tokenizer, request.messages)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
         from vllm import SamplingParams
@@ -45,9 +45,9 @@ class VllmChat:
             seed=request.seed, logprobs=0, output_kind=RequestOutputKind.DELTA,
         )
         request_id = uuid.uuid4().hex
-        prompt = {"prompt_token_ids": self.prompt_ids(request)}
+        inputs = {"prompt_token_ids": self.prompt_ids(request)}
         try:
-            async for output in self.engine.generate(prompt, params, request_id):
+            async for output in self.engine.generate(inputs, params, request_id):
                 completion = output.outputs[0]
                 batch = [ChatToken(token_id=token_id, text=self.tokenizer.decode([token_id]),
                                    logprob=candidates[token_id].logprob)

@@ -31,13 +31,24 @@ from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
 from core.protocol import (CAPACITY_PATH, MAJOR, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
-                           REQUEST_MODELS, CapacityResponse, ErrorResponse,
-                           ImageResponse, major_of)
+                           MAX_TOKENS_PER_LINE, REQUEST_MODELS, CapacityResponse, ChatChunk,
+                           ErrorResponse, ImageResponse, major_of)
 from core.tasks import TASKS, Kind
 from core.transport.auth import Gate, Refused
 from core.transport.limits import BodyLimit
 
 log = logging.getLogger("miner")
+
+
+def wire_lines(chunk: ChatChunk) -> list[bytes]:
+    """A chunk as NDJSON lines of at most MAX_TOKENS_PER_LINE tokens, so every line stays within
+    the size validators read (MAX_CHAT_LINE_BYTES)."""
+    step = MAX_TOKENS_PER_LINE
+    parts = [chunk] if len(chunk.tokens) <= step else [
+        ChatChunk(tokens=chunk.tokens[i:i + step]) for i in range(0, len(chunk.tokens), step)]
+    return [part.model_dump_json().encode() + b"\n" for part in parts]
+
+
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
 
 
@@ -231,7 +242,8 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
                         served["units"], served["status"] = chunk.units, 200
                     else:
                         served["units"] += len(chunk.tokens)
-                    yield chunk.model_dump_json().encode() + b"\n"
+                    for line in wire_lines(chunk):
+                        yield line
                     if chunk.done:
                         return
                     chunk = await anext(stream)

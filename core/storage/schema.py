@@ -35,4 +35,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # what each contender's budget has spent, kept where every API replica reserves it
         "ALTER TABLE targets ADD COLUMN used DOUBLE PRECISION NOT NULL DEFAULT 0",
     ),
+    (
+        # a period sealed for scoring takes no more records: late ones go to the next period
+        "ALTER TABLE periods ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0",
+    ),
 )

@@ -17,6 +17,7 @@ from core.storage.store import StorageError
 class SqliteDatabase:
     dialect = "sqlite"
     auto_id = "INTEGER PRIMARY KEY"
+    row_lock = ""  # BEGIN IMMEDIATE already serialises every writer
     errors = (sqlite3.Error,)
 
     def __init__(self, path: Path):

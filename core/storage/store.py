@@ -15,6 +15,9 @@ from core.scoring import ContenderState, PeriodOutcome
 from core.storage.schema import MIGRATIONS
 
 
+_SETTLE = "UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?"
+
+
 class StorageError(Exception):
     """The database refused a read or write; the message names it and says why."""
 
@@ -22,6 +25,7 @@ class StorageError(Exception):
 class Database(Protocol):
     name: str
     auto_id: str
+    row_lock: str  # appended to a SELECT that must wait for a concurrent update of its rows
     errors: tuple[type[Exception], ...]
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]: ...
@@ -83,7 +87,8 @@ class Store:
                      started_at: float, targets: list[Target]) -> None:
         """Store a period's plan in one transaction: a restart finds all of it or none."""
         with self._guard(), self.db.transaction():
-            self.db.execute("INSERT INTO periods VALUES (?, ?, ?, ?, ?, 0) "
+            self.db.execute("INSERT INTO periods (period, block, block_hash, share, started_at, "
+                            "finished) VALUES (?, ?, ?, ?, ?, 0) "
                             "ON CONFLICT (period) DO NOTHING",
                             (period, block, block_hash, share, started_at))
             self.db.executemany(
@@ -93,6 +98,7 @@ class Store:
                 [(period, t.contender.uid, t.contender.hotkey, t.contender.task,
                   t.contender.declared, t.contender.budget, t.f, int(t.audit), t.reason,
                   t.contender.registered_at) for t in targets])
+            self.rederive_used(period)  # requests recorded here before it began (finish_request)
 
     def period(self, period: int) -> dict | None:
         rows = self._run("SELECT block, block_hash, share, started_at, finished FROM periods "
@@ -133,8 +139,7 @@ class Store:
 
     def settle(self, period: int, hotkey: str, task: str, delta: float) -> None:
         """Correct a reservation by what the request really used (``delta`` may be negative)."""
-        self._run("UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?",
-                  (delta, period, hotkey, task))
+        self._run(_SETTLE, (delta, period, hotkey, task))
 
     def spent(self, period: int, task: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
         """(budget, used) per (hotkey, task) of the period, or of one task in it."""
@@ -144,15 +149,55 @@ class Store:
             sql, args = sql + " AND task = ?", (period, task)
         return {(hk, t): (budget, used) for hk, t, budget, used in self._run(sql, args)}
 
+    def rederive_used(self, period: int) -> None:
+        """Set every contender's ``used`` to the units of its records: after a crash, the
+        reservations of requests that never finished are not counted as spent."""
+        self._run("UPDATE targets SET used = (SELECT COALESCE(SUM(r.units), 0) FROM requests r "
+                  "WHERE r.period = targets.period AND r.hotkey = targets.hotkey "
+                  "AND r.task = targets.task) WHERE period = ?", (period,))
+
     # -- requests --
 
+    def finish_request(self, r: RequestRecord, reserved: float) -> tuple[int, int]:
+        """Store a request's record and settle the ``reserved`` units it held in ``r.period``, in
+        one transaction; returns (record id, period recorded in).
+
+        A request that ends after its period was sealed for scoring (``seal``) is recorded in the
+        first period not sealed yet, and its units move there with it, so every record lands in a
+        period that is scored and each period's ``used`` stays the sum of its records."""
+        with self._guard(), self.db.transaction():
+            sealed = self.db.execute(f"SELECT sealed FROM periods WHERE period = ?{self.db.row_lock}",
+                                     (r.period,))
+            period = r.period
+            if sealed and sealed[0][0]:
+                period = self.db.execute(
+                    "SELECT COALESCE(MIN(p.period), ?) FROM periods p WHERE p.period > ? AND "
+                    "p.sealed = 0", (self._after_sealed(r.period), r.period))[0][0]
+                self.db.execute(_SETTLE, (-reserved, r.period, r.hotkey, r.task))
+                self.db.execute(_SETTLE, (r.units, period, r.hotkey, r.task))
+            elif r.units != reserved:
+                self.db.execute(_SETTLE, (r.units - reserved, period, r.hotkey, r.task))
+            rows = self.db.execute(
+                "INSERT INTO requests (period, hotkey, task, organic, outcome, units, latency_s, "
+                "quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units, r.latency_s,
+                 r.quality, r.at))
+        return rows[0][0], period
+
     def record(self, r: RequestRecord) -> int:
-        """Store a request's record; returns its id (to set its quality once it is checked)."""
-        rows = self._run("INSERT INTO requests (period, hotkey, task, organic, outcome, units, "
-                         "latency_s, quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                         (r.period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units,
-                          r.latency_s, r.quality, r.at))
-        return rows[0][0]
+        """Store a record whose units were reserved as they are (nothing to settle)."""
+        return self.finish_request(r, r.units)[0]
+
+    def _after_sealed(self, period: int) -> int:
+        """The period after the last sealed one from ``period`` on: where a late record goes when
+        no later period is open yet (``begin_period`` counts it in when that one begins)."""
+        return self.db.execute("SELECT MAX(period) FROM periods WHERE sealed = 1 AND period >= ?",
+                               (period,))[0][0] + 1
+
+    def seal(self, period: int) -> None:
+        """No record lands in ``period`` any more (its close reads them next): a request still
+        running is recorded in the next period. Waits for records being written into it."""
+        self._run("UPDATE periods SET sealed = 1 WHERE period = ?", (period,))
 
     def set_quality(self, record_id: int, quality: float) -> None:
         self._run("UPDATE requests SET quality = ? WHERE id = ?", (quality, record_id))

@@ -14,6 +14,10 @@ from bittensor import http_auth
 from pydantic import BaseModel
 
 
+class TooLarge(Exception):
+    """A peer's answer, or one line of it, went past the size its message allows."""
+
+
 @dataclass
 class Reply:
     status: int
@@ -50,29 +54,47 @@ class SignedClient:
         return headers
 
     async def post(self, endpoint: str, path: str, receiver: str, message: BaseModel,
-                   timeout: float) -> Reply:
-        """POST a message signed for ``receiver``; raises asyncio.TimeoutError or aiohttp errors."""
+                   timeout: float, max_bytes: int) -> Reply:
+        """POST a message signed for ``receiver``; the answer read up to ``max_bytes`` (TooLarge
+        beyond). Raises asyncio.TimeoutError or aiohttp errors."""
         body = message.model_dump_json().encode()
         async with self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
-            return Reply(r.status, await r.read(), r.headers)
+            if (r.content_length or 0) > max_bytes:
+                raise TooLarge(f"{r.content_length} bytes announced, {max_bytes} allowed")
+            data = bytearray()
+            async for block in r.content.iter_any():
+                data += block
+                if len(data) > max_bytes:
+                    raise TooLarge(f"more than {max_bytes} bytes")
+            return Reply(r.status, bytes(data), r.headers)
 
     async def stream(self, endpoint: str, path: str, receiver: str, message: BaseModel,
-                     timeout: float) -> AsyncIterator[tuple[int, bytes]]:
-        """POST and yield (status, line) for each line of the answer as it arrives."""
+                     timeout: float, max_line: int) -> AsyncIterator[tuple[int, bytes]]:
+        """POST and yield (status, line) for each non-blank line of the answer as it arrives; a
+        line longer than ``max_line`` bytes raises TooLarge (nothing longer is ever buffered)."""
         body = message.model_dump_json().encode()
         async with self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
             if r.status != 200:
-                yield r.status, await r.read()
+                yield r.status, b""  # the status says it all; the body is not read
                 return
-            async for line in r.content:
-                if line.strip():
-                    yield r.status, line
+            pending = bytearray()
+            async for block in r.content.iter_any():
+                pending += block
+                *lines, rest = pending.split(b"\n")
+                if len(rest) > max_line or any(len(line) > max_line for line in lines):
+                    raise TooLarge(f"a line over {max_line} bytes")
+                pending = bytearray(rest)
+                for line in lines:
+                    if line.strip():
+                        yield r.status, bytes(line)
+            if pending.strip():
+                yield r.status, bytes(pending)
 
     async def close(self) -> None:
         if self._session is not None:

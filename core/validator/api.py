@@ -107,7 +107,7 @@ def task_for(model: str, kind: Kind) -> str:
 def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3) -> FastAPI:
     app = FastAPI(title="SN19 validator API", version="1",
                   description="OpenAI-compatible access to Subnet 19's miners")
-    organic = Organic(validator, max_attempts)
+    organic = Organic(validator.book, validator.traffic, max_attempts)
     limiter = keys.RateLimiter()
     seeds = random.Random()
 
@@ -267,7 +267,14 @@ async def _sse(first, stream, ident: str, created: int, task: str, request: Chat
                                       chunk.completion_tokens)
                 break
             chunk = await anext(stream)
-    except (NoCapacity, AllFailed, StopAsyncIteration) as e:
-        yield event({"error": {"message": f"the stream could not be finished: {e}",
+    except Exception as e:  # whatever broke it, the client gets an error event and [DONE]
+        yield event({"error": {"message": f"the stream could not be finished: {_reason(e)}",
                                "type": "api_error"}})
+    finally:
+        await stream.aclose()  # every attempt recorded, the miner's stream closed
     yield DONE
+
+
+def _reason(e: Exception) -> str:
+    """What a client may read of a failure: ours, or only its kind (never a miner's text)."""
+    return str(e) if isinstance(e, (NoCapacity, AllFailed)) else type(e).__name__

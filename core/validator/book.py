@@ -4,7 +4,8 @@ has done, and the metagraph to reach it.
 
 What the budgets have spent lives in the store, not here: every reservation is one atomic
 statement there, so API replicas on one PostgreSQL database never spend a contender beyond its
-budget together. Units are reserved before a request and settled after.
+budget together. Units are reserved before a request and settled with its record after
+(``Store.finish_request``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,6 @@ class PeriodBook:
         self.ends_at = ends_at
         self.targets = {(t.contender.hotkey, t.contender.task): t for t in targets}
 
-    def recording_period(self) -> int | None:
-        """The period a request finishing now belongs to: past the book's end (while the next
-        period's plan is being made) it is the next one, whose plan then counts it."""
-        if self.period is None:
-            return None
-        return self.period + 1 if time.monotonic() >= self.ends_at else self.period
-
     def used(self) -> dict[tuple[str, str], float]:
         return {key: used for key, (_, used) in self.store.spent(self.period).items()}
 
@@ -59,11 +53,6 @@ class PeriodBook:
         is used: the synthetic plan's share): the period they were spent in, or None."""
         period = self.period
         return period if self.store.reserve(period, *key, units, cap) else None
-
-    def settle(self, period: int, key: tuple[str, str], reserved: float, actual: float) -> None:
-        """Correct a reservation made in ``period`` (the book may have moved on since)."""
-        if actual != reserved:
-            self.store.settle(period, *key, actual - reserved)
 
     def capacity(self) -> dict[str, dict[str, float]]:
         """Per task: this validator's budget and what is left of it this period."""

@@ -1,4 +1,10 @@
-"""Sending one request to a miner and classifying what came back (SPEC §4 outcomes)."""
+"""Talking to a miner: asking for its capacities, and one request's exchange read within its
+bounds and judged (SPEC §4 outcomes). Nothing a miner says is taken on its word: every answer is
+read up to the size its message allows and no longer than its time, and the units are the ones
+the validator counts (``core.validator.counting``); a miner's figure that differs is invalid.
+
+Recording and settling each request is ``core.validator.traffic``'s: this module only talks.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +12,48 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 
 import aiohttp
 from pydantic import ValidationError
 
 from core.capacity import clamp_declaration
 from core.chain import Neuron
-from core.protocol import (CAPACITY_PATH, MAJOR, CapacityRequest, CapacityResponse, ChatChunk,
-                           ChatRequest, ChatToken, ImageResponse, Message, major_of, task_path)
-from core.records import Outcome, RequestRecord
+from core.protocol import (CAPACITY_PATH, MAJOR, MAX_CAPACITY_BYTES, MAX_CHAT_LINE_BYTES,
+                           CapacityRequest, CapacityResponse, ChatChunk, ChatRequest,
+                           ImageRequest, ImageResponse, major_of, task_path)
+from core.records import Outcome
 from core.scoring import speed_factor
 from core.tasks import TASKS
 from core.transport.client import SignedClient
 
 log = logging.getLogger("validator.dispatch")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHAT_STALL_S = 10.0  # after its first tokens, a chat stream silent this long has stalled
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """Text a peer chose, safe for a log line: escaped (no newlines or terminal escapes), cut."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
                            timeout: float) -> dict[str, dict[str, float]]:
-    """Every serving neuron's clamped declaration, asked concurrently; silent or mismatched
-    miners are left out."""
+    """Every serving neuron's clamped declaration, asked concurrently, each answer read up to
+    MAX_CAPACITY_BYTES; silent, oversized or mismatched miners are left out."""
 
     async def one(n: Neuron) -> tuple[str, dict[str, float]] | None:
         try:
-            reply = await client.post(n.endpoint, CAPACITY_PATH, n.hotkey, CapacityRequest(), timeout)
+            reply = await client.post(n.endpoint, CAPACITY_PATH, n.hotkey, CapacityRequest(),
+                                      timeout, MAX_CAPACITY_BYTES)
             if reply.status != 200:
                 log.info("uid %d: capacity answered %d", n.uid, reply.status)
                 return None
             answer = CapacityResponse.model_validate_json(reply.body)
-        except (asyncio.TimeoutError, aiohttp.ClientError, ValidationError) as e:
+        except Exception as e:  # a miner's answer can fail in any way: it only leaves it out
             log.info("uid %d: no capacity (%s)", n.uid, type(e).__name__)
             return None
         if major_of(answer.version) != MAJOR or answer.hotkey != n.hotkey:
-            log.info("uid %d: skipped (version %s)", n.uid, answer.version)
+            log.info("uid %d: skipped (version %s)", n.uid, shown(answer.version))
             return None
         return n.hotkey, clamp_declaration(answer.capacities)
 
@@ -58,55 +71,6 @@ def speed_quality(task: str, latency: float, units: float) -> float:
     return speed_factor(latency, TASKS[task].expected_seconds(units))
 
 
-async def send(client: SignedClient, neuron: Neuron, period: int, message: Message,
-               units: int, *, organic: bool = False,
-               speed_only: bool = False) -> tuple[RequestRecord, object]:
-    """Send one request; its record (outcome, units, latency) and, when it succeeded, what the
-    miner answered (for checking). ``speed_only`` sets the quality of a success to its speed
-    factor at once, for validators that run no checker."""
-    task = message.task
-    started, at = time.perf_counter(), time.time()
-    answer = None
-    try:
-        outcome, served, answer = await asyncio.wait_for(
-            _exchange(client, neuron, message), timeout_for(task, units))
-    except asyncio.TimeoutError:
-        outcome, served = Outcome.TIMEOUT, 0
-    except aiohttp.ClientError:
-        outcome, served = Outcome.SERVER_ERROR, 0
-    latency = time.perf_counter() - started
-    ok = outcome is Outcome.OK
-    quality = speed_quality(task, latency, served) if ok and speed_only else None
-    record = RequestRecord(period=period, hotkey=neuron.hotkey, task=task, organic=organic,
-                           outcome=outcome, units=served if ok else units, latency_s=latency,
-                           quality=quality, at=at)
-    return record, answer if ok else None
-
-
-def _status_outcome(status: int) -> Outcome:
-    if status == 429:
-        return Outcome.RATE_LIMITED
-    return Outcome.SERVER_ERROR if status >= 500 else Outcome.INVALID
-
-
-async def _exchange(client: SignedClient, neuron: Neuron, message: Message):
-    """(outcome, units served, the answer when valid)."""
-    if isinstance(message, ChatRequest):
-        return await _chat(client, neuron, message)
-    path = task_path(message.task)
-    reply = await client.post(neuron.endpoint, path, neuron.hotkey, message, timeout=3600)
-    if reply.status != 200:
-        return _status_outcome(reply.status), 0, None
-    try:
-        answer = ImageResponse.model_validate_json(reply.body)
-        images = [base64.b64decode(i, validate=True) for i in answer.images]
-    except (ValidationError, binascii.Error):
-        return Outcome.INVALID, 0, None
-    valid = (answer.units == message.units and len(images) == message.num_images
-             and all(i.startswith(PNG_MAGIC) for i in images))
-    return (Outcome.OK, answer.units, answer) if valid else (Outcome.INVALID, 0, None)
-
-
 class MinerFailed(Exception):
     """A miner's answer that cannot be used; ``outcome`` says how it failed."""
 
@@ -115,22 +79,48 @@ class MinerFailed(Exception):
         self.outcome = outcome
 
 
-async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest):
+def status_outcome(status: int) -> Outcome:
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (401, 403):
+        return Outcome.UNAUTHORIZED
+    return Outcome.SERVER_ERROR if status >= 500 else Outcome.INVALID
+
+
+def failure_outcome(error: BaseException) -> Outcome:
+    """How an exchange that raised ended: a miner's own verdict, a timeout, a connection that
+    failed (5xx), or anything else its answer did (oversized, malformed): invalid."""
+    if isinstance(error, MinerFailed):
+        return error.outcome
+    if isinstance(error, TimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(error, (aiohttp.ClientConnectionError, ConnectionError)):
+        return Outcome.SERVER_ERROR
+    return Outcome.INVALID
+
+
+async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest,
+                      prompt_tokens: int):
     """The miner's chat stream, chunk by chunk, checked as it goes: raises MinerFailed for an
-    error status, a malformed line, a final line that does not add up, or no final line."""
+    error status, a malformed line, more tokens than asked, a final line whose counts differ
+    from the validator's (``prompt_tokens`` as counted here, the completion as received), or no
+    final line. Every line is read up to MAX_CHAT_LINE_BYTES."""
     path = task_path(message.task)
-    tokens = 0
-    async for status, line in client.stream(neuron.endpoint, path, neuron.hotkey, message, 3600):
+    tokens = lines = 0
+    async for status, line in client.stream(neuron.endpoint, path, neuron.hotkey, message,
+                                            timeout_for(message.task, message.max_tokens),
+                                            MAX_CHAT_LINE_BYTES):
         if status != 200:
-            raise MinerFailed(_status_outcome(status))
+            raise MinerFailed(status_outcome(status))
         try:
             chunk = ChatChunk.model_validate_json(line)
         except ValidationError:
             raise MinerFailed(Outcome.INVALID) from None
         tokens += len(chunk.tokens)
-        if tokens > message.max_tokens:
-            raise MinerFailed(Outcome.INVALID)
-        if chunk.done and not (chunk.completion_tokens == tokens and chunk.prompt_tokens > 0):
+        lines += 1
+        if tokens > message.max_tokens or lines > message.max_tokens + 1:
+            raise MinerFailed(Outcome.INVALID)  # more than asked, or lines that carry nothing
+        if chunk.done and (chunk.completion_tokens != tokens or chunk.prompt_tokens != prompt_tokens):
             raise MinerFailed(Outcome.INVALID)
         yield chunk
         if chunk.done:
@@ -138,12 +128,20 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
     raise MinerFailed(Outcome.INVALID)  # the stream ended without its final line
 
 
-async def _chat(client: SignedClient, neuron: Neuron, message: ChatRequest):
-    tokens: list[ChatToken] = []
+async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> ImageResponse:
+    """The miner's images, read up to what ``message`` allows; raises MinerFailed unless it
+    answered the requested number of PNGs for the requested steps."""
+    reply = await client.post(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
+                              timeout_for(message.task, message.units),
+                              ImageResponse.max_bytes(message))
+    if reply.status != 200:
+        raise MinerFailed(status_outcome(reply.status))
     try:
-        async for chunk in chat_chunks(client, neuron, message):
-            tokens.extend(chunk.tokens)
-            if chunk.done:
-                return Outcome.OK, chunk.units, (tokens, chunk)
-    except MinerFailed as e:
-        return e.outcome, 0, None
+        answer = ImageResponse.model_validate_json(reply.body)
+        images = [base64.b64decode(i, validate=True) for i in answer.images]
+    except (ValidationError, binascii.Error):
+        raise MinerFailed(Outcome.INVALID) from None
+    if (answer.units != message.units or len(images) != message.num_images
+            or not all(i.startswith(PNG_MAGIC) for i in images)):
+        raise MinerFailed(Outcome.INVALID)
+    return answer

@@ -18,26 +18,31 @@ import bittensor as bt
 
 from core import plan
 from core.budget import contenders, stake_share
-from core.checking.service import Checker, Job
+from core.checking.service import Checker
 from core.chain import Chain, ChainError, Metagraph
 from core.records import period_outcomes
 from core.scoring import ContenderState, advance, effective, weights
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
 from core.validator.book import PeriodBook
-from core.validator.dispatch import fetch_capacities, send
+from core.validator.counting import PromptCounter
+from core.validator.dispatch import fetch_capacities
 from core.validator.report import period_table
 from core.tasks import TASKS
 from core.validator.synthetic import min_units, synthetic_request
+from core.validator.traffic import Attempt, Traffic, log_failures
 
 log = logging.getLogger("validator")
+# the chain or the database away: logged in a line; anything else also with its traceback
+EXPECTED_FAILURES = (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True)
 class Settings:
     period_blocks: int = 300
     capacity_timeout_s: float = 12.0
-    max_concurrency: int = 64
+    max_concurrency: int = 256  # synthetic requests in flight at once, all miners together
+    max_per_miner: int = 16  # ... to one miner: a slow miner cannot hold the others' slots
     image_size: int = 1024
     retention_periods: int = 96
     min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
@@ -47,6 +52,7 @@ class Settings:
     check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
     check_rate: float = 0.1
     check_queue: int = 256
+    tokenizers: str = "production"  # counting chat prompts: production, or tiny (local subnet)
 
 
 class Validator:
@@ -62,6 +68,9 @@ class Validator:
         self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
         self.checker = None if settings.check == "off" else Checker(
             store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
+        self.counter = PromptCounter(settings.tokenizers)
+        self.counter.load()  # a validator that cannot count what it pays for does not start
+        self.traffic = Traffic(self.client, self.counter, store, self.checker)
 
     @property
     def hotkey(self) -> str:
@@ -75,21 +84,21 @@ class Validator:
             await self.close()
 
     async def periods(self, periods: int | None = None) -> None:
-        """The period loop itself; every failure of the chain or database is retried."""
-        done, failures, closed = 0, 0, False
+        """The period loop itself: any failure of a step (the chain, the database, a bug) is
+        logged and retried with backoff; it never ends the process."""
+        done, failures = 0, 0
         while periods is None or done < periods:
             try:
-                if not closed:
-                    await self.close_unfinished()
-                    closed = True
+                await self.close_unfinished()  # also a period whose close failed last time
                 done += await self._step()
                 failures = 0
-            except (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError) as e:
-                # the chain or the database is away: what was recorded stays; try again
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # what was recorded stays; try again
                 failures += 1
                 delay = min(2 ** failures, self.settings.max_backoff_s)
-                log.error("period step failed (%s: %s); retrying in %ds",
-                          type(e).__name__, e, delay)
+                log.error("period step failed (%s: %s); retrying in %ds", type(e).__name__, e,
+                          delay, exc_info=not isinstance(e, EXPECTED_FAILURES))
                 await asyncio.sleep(delay)
 
     async def follow(self) -> None:
@@ -132,7 +141,8 @@ class Validator:
         it recorded counts; nothing is sent for them any more."""
         period, _ = await self._current()
         for old in self.store.unfinished(before=period):
-            log.info("closing period %d, left unfinished by the previous run", old)
+            log.info("closing period %d, left unfinished", old)
+            self.store.rederive_used(old)  # reservations of requests cut off by a crash
             info = self.store.period(old)
             await self._close(old, self.store.targets(old), info["share"],
                               await self.chain.metagraph())
@@ -148,7 +158,10 @@ class Validator:
 
     async def run_period(self, period: int) -> None:
         metagraph = await self.chain.metagraph()
+        resumed = self.store.period(period) is not None
         targets, share = await self._plan(period, metagraph)
+        if resumed:  # reservations of requests a crash cut off are not spent
+            self.store.rederive_used(period)
         _, left = await self._current()
         deadline = time.monotonic() + left
         self.book.open(period, targets, metagraph, self._recent_quality(), ends_at=deadline)
@@ -161,8 +174,7 @@ class Validator:
                         period, need, self.settings.max_concurrency)
         log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
                  period, len(targets), share, len(sends), " (resumed)" if any(used.values()) else "")
-        await self.send_all(period, metagraph, sends, deadline)
-        await self._top_up(period, metagraph, targets, deadline)
+        await self.send_all(period, metagraph, sends, targets, deadline)
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
         if self.checker:  # a check still queued after this counts for nothing: bound the wait
             await self.checker.drain(period, timeout=min(await self._period_s() / 2,
@@ -186,69 +198,80 @@ class Validator:
         return targets, share
 
     async def _send_one(self, period: int, metagraph: Metagraph, s: plan.Send) -> None:
-        """Send one synthetic request and record it; ``s.units`` were reserved in the book."""
+        """Send one synthetic request once its miner has a free slot, if its units still fit
+        the plan; recorded and settled however it ends (``Traffic``)."""
         c = s.target.contender
-        message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size)
-        async with self._gate:
-            record, answer = await send(self.client, metagraph.by_hotkey(c.hotkey), period,
-                                        message, s.units, speed_only=self.checker is None)
-        self.book.settle(period, (c.hotkey, c.task), s.units, record.units)
-        self.keep(record, message, answer)
+        message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size,
+                                    self.counter)
+        prompt, units = self.traffic.cost(message)
+        async with self._gate, self._miner_gate(c.hotkey):
+            reserved_in = self.book.reserve((c.hotkey, c.task), units, cap=s.target.units)
+            if reserved_in is None:
+                return  # its planned units are used (organic traffic first), or its budget
+            await self.traffic.send(Attempt(metagraph.by_hotkey(c.hotkey), message, prompt,
+                                            units, reserved_in))
 
-    def keep(self, record, message, answer) -> None:
-        """Store a finished request and send it for checking when the sample wants it."""
-        record_id = self.store.record(record)
-        if answer is not None and self.checker and self.checker.wants(
-                record.period, record.hotkey, record.task):
-            self.checker.submit(Job(record_id, record.period, record.task, message, answer,
-                                    record.latency_s, record.units))
+    def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:
+        if hotkey not in self._gates:
+            self._gates[hotkey] = asyncio.Semaphore(self.settings.max_per_miner)
+        return self._gates[hotkey]
 
     async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
-                       deadline: float) -> None:
-        """Send each request at its time; stop a contender once its planned units are used."""
+                       targets: list[plan.Target], deadline: float) -> None:
+        """Send each request at its time, then top up what chat answers left unused; at the
+        deadline every request still waiting or running is cancelled (and recorded)."""
         self._gate = asyncio.Semaphore(self.settings.max_concurrency)
-        t0 = time.monotonic()
+        self._gates: dict[str, asyncio.Semaphore] = {}
         in_flight: set[asyncio.Task] = set()
 
-        for s in sends:
-            await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
-            if time.monotonic() >= deadline:
-                break
-            c = s.target.contender
-            if self.book.reserve((c.hotkey, c.task), s.units, cap=s.target.units) is None:
-                continue  # its planned units are used (organic traffic first), or its budget
+        def launch(s: plan.Send) -> None:
             task = asyncio.create_task(self._send_one(period, metagraph, s))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            task.add_done_callback(lambda t: log_failures([t]))
 
-    async def _top_up(self, period: int, metagraph: Metagraph, targets: list[plan.Target],
-                      deadline: float) -> None:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                t0 = time.monotonic()
+                for s in sends:
+                    await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
+                    launch(s)
+                for _ in range(3):
+                    if in_flight:
+                        await asyncio.wait(set(in_flight))
+                    top_up = self._top_up(targets)
+                    if not top_up:
+                        break
+                    for s in top_up:
+                        launch(s)
+                if in_flight:
+                    await asyncio.wait(set(in_flight))
+        except TimeoutError:
+            log.info("period %d: %d synthetic requests still out at its end: cancelled",
+                     period, len(in_flight))
+        finally:
+            for task in list(in_flight):
+                task.cancel()
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+
+    def _top_up(self, targets: list[plan.Target]) -> list[plan.Send]:
         """Chat answers may serve fewer units than planned (a shorter prompt, an early stop):
-        send what is still missing of ``f x budget``, so an honest miner shows all it can.
-        Refused or failed requests count their full units, so a failing miner gets no more."""
-        for _ in range(3):
-            if time.monotonic() >= deadline:
-                return
-            sends = []
-            used = self.book.used()
-            for t in targets:
-                c = t.contender
-                key = (c.hotkey, c.task)
-                missing = min(t.units, c.budget) - used.get(key, 0.0)
-                if missing >= min_units(c.task):
-                    units = int(min(missing, TASKS[c.task].units_per_synthetic))
-                    if self.book.reserve(key, units, cap=t.units) is not None:
-                        sends.append(plan.Send(0.0, t, units))
-            if not sends:
-                return
-            await asyncio.gather(*(self._send_one(period, metagraph, s) for s in sends),
-                                 return_exceptions=True)
+        what is still missing of ``f x budget``, so an honest miner shows all it can. Refused
+        or failed requests count their full units, so a failing miner gets no more."""
+        used = self.book.used()
+        sends = []
+        for t in targets:
+            c = t.contender
+            missing = min(t.units, c.budget) - used.get((c.hotkey, c.task), 0.0)
+            if missing >= min_units(c.task):
+                sends.append(plan.Send(0.0, t, int(min(missing, TASKS[c.task].units_per_synthetic))))
+        return sends
 
     async def _close(self, period: int, targets: list[plan.Target], share: float,
                      metagraph: Metagraph) -> None:
         """Score the period, store every contender's state, set weights."""
+        self.store.seal(period)  # a request still running is recorded in the next period
         states = self.store.states()
         new_states: dict[tuple[str, str], ContenderState] = {}
         rows = []

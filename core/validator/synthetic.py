@@ -11,14 +11,15 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from core.protocol import (ChatMessage, ChatRequest, ImageToImageRequest, InpaintRequest, Message,
-                           TextToImageRequest)
+from core.protocol import (MAX_COMPLETION, ChatMessage, ChatRequest, ImageToImageRequest,
+                           InpaintRequest, Message, TextToImageRequest)
 from core.tasks import TASKS, Kind
+from core.validator.counting import PromptCounter
 
 WORDS = ("river mountain quiet city lantern forest ocean copper violet engine garden winter "
          "harbor signal meadow thunder glass orchard desert comet library bridge marble echo "
          "falcon canyon velvet circuit island summer shadow crystal").split()
-CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units left for the rendered prompt
+CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units the rendered prompt takes at most
 
 
 def min_units(task_id: str) -> int:
@@ -47,15 +48,18 @@ def _init_image(size: int, variant: int) -> tuple[str, str]:
     return b64(pixels, "RGB"), b64(mask, "L")
 
 
-def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int) -> Message:
-    """A request worth about ``units`` of the task (exactly, for image tasks)."""
+def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,
+                      counter: PromptCounter) -> Message:
+    """A request that costs at most ``units`` of the task (exactly, for image tasks; a chat
+    request's prompt, as ``counter`` counts it, plus its max_tokens)."""
     kind = TASKS[task_id].kind
     seed = rng.getrandbits(63)
     if kind is Kind.CHAT:
-        return ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt(rng))],
-                           max_tokens=max(1, units - CHAT_PROMPT_ALLOWANCE),
-                           temperature=rng.choice((0.0, 0.7, 1.0)), top_p=rng.choice((0.9, 1.0)),
-                           seed=seed)
+        request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt(rng))],
+                              temperature=rng.choice((0.0, 0.7, 1.0)),
+                              top_p=rng.choice((0.9, 1.0)), seed=seed)
+        request.max_tokens = max(1, min(units - counter.prompt_tokens(request), MAX_COMPLETION))
+        return request
     common = dict(task=task_id, prompt=prompt(rng), steps=units, seed=seed, height=image_size,
                   width=image_size)
     if kind is Kind.TEXT_TO_IMAGE:

@@ -1,0 +1,172 @@
+"""One way to send a request to a miner, for the period loop and the organic API alike: whatever
+happens (an answer, an error, a timeout, cancellation at the period's end, a client that leaves),
+the request ends in exactly one record and one settlement of the units reserved for it, so that
+for every contender ``used == Σ units of its records`` (docs/protocol.md, "Every request is
+recorded").
+
+Units are the validator's count (SPEC §4): the prompt by the task's tokenizer, the completion as
+received, steps x images as requested; a record never holds more than was reserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from core.chain import Neuron
+from core.checking.service import Checker, Job
+from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, Message
+from core.records import Outcome, RequestRecord
+from core.storage import StorageError, Store
+from core.tasks import TASKS
+from core.transport.client import SignedClient
+from core.validator import dispatch
+from core.validator.counting import PromptCounter
+
+log = logging.getLogger("validator.traffic")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A request to one miner with its units already reserved in ``reserved_in``."""
+
+    neuron: Neuron
+    message: Message
+    prompt_tokens: int  # as counted here (chat), else 0
+    reserved: int
+    reserved_in: int
+    organic: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.neuron.hotkey, self.message.task
+
+
+@dataclass
+class Result:
+    """How an attempt ended: its record (set once it is stored) and, when it succeeded, what the
+    miner answered."""
+
+    record: RequestRecord | None = None
+    answer: object = None
+    tokens: list[ChatToken] = field(default_factory=list)
+
+
+class Traffic:
+    def __init__(self, client: SignedClient, counter: PromptCounter, store: Store,
+                 checker: Checker | None):
+        self.client, self.counter, self.store, self.checker = client, counter, store, checker
+
+    def cost(self, message: Message) -> tuple[int, int]:
+        """(prompt tokens as counted here, the most units the request can cost): what to reserve."""
+        if isinstance(message, ChatRequest):
+            prompt = self.counter.prompt_tokens(message)
+            return prompt, prompt + message.max_tokens
+        return 0, message.units
+
+    async def send(self, attempt: Attempt) -> Result:
+        """The whole exchange, recorded and settled."""
+        result = Result()
+        if isinstance(attempt.message, ChatRequest):
+            async with contextlib.aclosing(self.chat(attempt, result)) as tokens:
+                async for _ in tokens:
+                    pass
+        else:
+            await self._image(attempt, result)
+        return result
+
+    async def chat(self, attempt: Attempt, result: Result) -> AsyncIterator[list[ChatToken]]:
+        """The miner's tokens as they arrive (for a client to relay). Each wait for the next line
+        runs in the consuming task, bounded by the request's deadline and, after the first
+        tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
+        message: ChatRequest = attempt.message
+        loop = asyncio.get_running_loop()
+        started, at = time.perf_counter(), time.time()
+        deadline = loop.time() + dispatch.timeout_for(message.task, attempt.reserved)
+        stream = dispatch.chat_chunks(self.client, attempt.neuron, message, attempt.prompt_tokens)
+        outcome: Outcome | None = None
+        try:
+            while outcome is None:
+                limit = deadline if not result.tokens else min(deadline, loop.time() + dispatch.CHAT_STALL_S)
+                async with asyncio.timeout_at(limit):
+                    chunk: ChatChunk = await anext(stream)
+                result.tokens.extend(chunk.tokens)
+                if chunk.done:
+                    outcome, result.answer = Outcome.OK, (result.tokens, chunk)
+                if chunk.tokens:
+                    yield chunk.tokens
+        except (asyncio.CancelledError, GeneratorExit):
+            if outcome is None:
+                outcome = self._gave_up(message.task, started, attempt.reserved)
+            raise
+        except Exception as e:
+            outcome = dispatch.failure_outcome(e)
+        finally:
+            served = attempt.prompt_tokens + len(result.tokens)
+            self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
+            with contextlib.suppress(Exception):  # the answer is judged: only let it go
+                await stream.aclose()  # closes the miner's connection if it is still open
+
+    async def _image(self, attempt: Attempt, result: Result) -> None:
+        started, at = time.perf_counter(), time.time()
+        outcome = Outcome.INVALID
+        try:
+            result.answer = await dispatch.image(self.client, attempt.neuron, attempt.message)
+            outcome = Outcome.OK
+        except asyncio.CancelledError:
+            outcome = self._gave_up(attempt.message.task, started, attempt.reserved)
+            raise
+        except Exception as e:
+            outcome = dispatch.failure_outcome(e)
+        finally:
+            self._finish(attempt, outcome, attempt.reserved if outcome is Outcome.OK else 0,
+                         started, at, result)
+
+    @staticmethod
+    def _gave_up(task: str, started: float, units: int) -> Outcome:
+        """A request the validator or its client stopped waiting for: the miner's failure only
+        when it had already taken longer than the task's expected time."""
+        late = time.perf_counter() - started > TASKS[task].expected_seconds(units)
+        return Outcome.TIMEOUT if late else Outcome.ABANDONED
+
+    def _finish(self, attempt: Attempt, outcome: Outcome, served: int, started: float, at: float,
+                result: Result) -> None:
+        """Record and settle: served units for a success or an abandoned request, none for a
+        miner that refused our signature, the units asked for any other failure."""
+        latency = time.perf_counter() - started
+        if outcome in (Outcome.OK, Outcome.ABANDONED):
+            units = min(served, attempt.reserved)
+        else:
+            units = 0 if outcome is Outcome.UNAUTHORIZED else attempt.reserved
+        if outcome is not Outcome.OK:
+            result.answer = None
+        task = attempt.message.task
+        quality = (dispatch.speed_quality(task, latency, units)
+                   if outcome is Outcome.OK and self.checker is None else None)
+        record = RequestRecord(period=attempt.reserved_in, hotkey=attempt.neuron.hotkey, task=task,
+                               organic=attempt.organic, outcome=outcome, units=units,
+                               latency_s=latency, quality=quality, at=at)
+        if outcome is Outcome.UNAUTHORIZED:
+            log.error("uid %d refused our signed request to %s (401/403): check this validator's "
+                      "clock, hotkey and registration; not counted against the miner",
+                      attempt.neuron.uid, task)
+        try:
+            record_id, period = self.store.finish_request(record, attempt.reserved)
+        except StorageError as e:  # its reservation stays counted: never an overspend
+            log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
+            return
+        result.record = replace(record, period=period)
+        if result.answer is not None and self.checker and self.checker.wants(period, *attempt.key):
+            self.checker.submit(Job(record_id, period, task, attempt.message, result.answer,
+                                    latency, units))
+
+
+def log_failures(tasks) -> None:
+    """Exceptions of finished send tasks, which gather(return_exceptions=True) would hide."""
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("a send failed outside its exchange", exc_info=t.exception())
