@@ -94,11 +94,16 @@ class ChatRequest(Message):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
 
+    def prompt_allowance(self) -> int:
+        """A generous estimate of the prompt's tokens before it is tokenized: a token per 2
+        characters, plus the chat template."""
+        return sum(len(m.content) for m in self.messages) // 2 + 32
+
     def units_allowance(self) -> int:
-        """Units to reserve before the prompt is tokenized: max_tokens and a generous prompt
-        estimate (a token per 2 characters, plus the chat template); the unused part is given
-        back when the answer's count is known."""
-        return self.max_tokens + sum(len(m.content) for m in self.messages) // 2 + 32
+        """Units a miner reserves against the caller's share before the prompt is tokenized; the
+        unused part is given back when the answer's count is known. A validator reserves at
+        least this much too, so a miner never refuses what the validator's budget allows."""
+        return self.max_tokens + self.prompt_allowance()
 
 
 class ChatToken(BaseModel):

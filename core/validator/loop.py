@@ -204,7 +204,8 @@ class Validator:
         message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size,
                                     self.counter)
         prompt, units = self.traffic.cost(message)
-        async with self._gate, self._miner_gate(c.hotkey):
+        # the miner's own slots first: waiting for a slow miner never holds a slot of the others
+        async with self._miner_gate(c.hotkey), self._gate:
             reserved_in = self.book.reserve((c.hotkey, c.task), units, cap=s.target.units)
             if reserved_in is None:
                 return  # its planned units are used (organic traffic first), or its budget

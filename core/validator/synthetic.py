@@ -51,14 +51,16 @@ def _init_image(size: int, variant: int) -> tuple[str, str]:
 def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,
                       counter: PromptCounter) -> Message:
     """A request that costs at most ``units`` of the task (exactly, for image tasks; a chat
-    request's prompt, as ``counter`` counts it, plus its max_tokens)."""
+    request's prompt, as ``counter`` counts it or as the miner estimates it, whichever is more,
+    plus its max_tokens: what ``Traffic.cost`` reserves)."""
     kind = TASKS[task_id].kind
     seed = rng.getrandbits(63)
     if kind is Kind.CHAT:
         request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt(rng))],
                               temperature=rng.choice((0.0, 0.7, 1.0)),
                               top_p=rng.choice((0.9, 1.0)), seed=seed)
-        request.max_tokens = max(1, min(units - counter.prompt_tokens(request), MAX_COMPLETION))
+        head = max(counter.prompt_tokens(request), request.prompt_allowance())
+        request.max_tokens = max(1, min(units - head, MAX_COMPLETION))
         return request
     common = dict(task=task_id, prompt=prompt(rng), steps=units, seed=seed, height=image_size,
                   width=image_size)

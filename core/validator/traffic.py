@@ -62,10 +62,11 @@ class Traffic:
         self.client, self.counter, self.store, self.checker = client, counter, store, checker
 
     def cost(self, message: Message) -> tuple[int, int]:
-        """(prompt tokens as counted here, the most units the request can cost): what to reserve."""
+        """(prompt tokens as counted here, units to reserve): the most the request can cost, and
+        never less than the miner reserves for it (``ChatRequest.units_allowance``)."""
         if isinstance(message, ChatRequest):
             prompt = self.counter.prompt_tokens(message)
-            return prompt, prompt + message.max_tokens
+            return prompt, max(prompt, message.prompt_allowance()) + message.max_tokens
         return 0, message.units
 
     async def send(self, attempt: Attempt) -> Result:

@@ -1,0 +1,126 @@
+"""A miner that lies, for tests: the real miner (``neurons/miner.py``, same flags) with one hostile
+behaviour wrapped around its app, chosen by the environment variable SN19_HOSTILE:
+
+- ``inflate-prompt``, ``inflate-completion``: the chat stream's final line claims 10,000,000
+  prompt tokens, or 1,000 completion tokens more than it sent.
+- ``huge-integer``: the final line claims 2**70 prompt tokens.
+- ``long-line``: a 1 MiB line before the final one.
+- ``huge-capacity``, ``huge-image``: an 800 MB capacity or image answer, streamed without end.
+- ``stall``: three lines of tokens, then keep-alive blank lines and nothing more.
+- ``byte-by-byte``: the real answer, one byte every 20 ms.
+- ``slow``: every answer 25 s late.
+- ``garbage``: lines that are not JSON; images that are not JSON.
+
+Everything else is the honest miner: the same engines, signatures and limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODE = os.environ.get("SN19_HOSTILE", "")
+HUGE = 800 * 2**20  # bytes of the oversized answers
+KEEPALIVE_FOR_S = 90.0  # a stalled stream stops keeping the connection alive after this
+
+
+async def endless(send, head: bytes, total: int = HUGE) -> None:
+    """A 200 answer of ``total`` bytes, written in 1 MiB blocks as fast as the reader takes them."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    block = b"x" * 2**20
+    await send({"type": "http.response.body", "body": head, "more_body": True})
+    for _ in range(total // len(block)):
+        await send({"type": "http.response.body", "body": block, "more_body": True})
+    await send({"type": "http.response.body", "body": b"\"}", "more_body": False})
+
+
+def rewrite_final(line: bytes) -> bytes:
+    """The chat stream's final line with the counts this mode lies about."""
+    chunk = json.loads(line)
+    if MODE == "inflate-prompt":
+        chunk["prompt_tokens"] = 10_000_000
+    elif MODE == "inflate-completion":
+        chunk["completion_tokens"] += 1000
+    elif MODE == "huge-integer":
+        chunk["prompt_tokens"] = 2**70
+    return json.dumps(chunk).encode() + b"\n"
+
+
+class Hostile:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if MODE == "huge-capacity" and path == "/capacity":
+            return await endless(send, b'{"version": "4.0.0", "capacities": {}, "hotkey": "')
+        if MODE == "huge-image" and path.endswith("-image"):
+            return await endless(send, b'{"version": "4.0.0", "units": 10, "images": ["')
+        if MODE == "slow" and path not in ("/health", "/capacity"):
+            await asyncio.sleep(25)
+        if MODE == "garbage" and path != "/health" and path != "/capacity":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(50):
+                await send({"type": "http.response.body", "body": b"not json at all\n",
+                            "more_body": True})
+            return await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if path == "/chat":
+            return await self.app(scope, receive, self.chat_send(send))
+        return await self.app(scope, receive, send)
+
+    def chat_send(self, send):
+        lines, stalled = 0, False
+
+        async def hostile_send(message):
+            nonlocal lines, stalled
+            if stalled:
+                return None  # the rest of the answer is never sent
+            if message["type"] != "http.response.body" or not message.get("body"):
+                return await send(message)
+            body = message["body"]
+            lines += body.count(b"\n")
+            if MODE == "byte-by-byte":
+                for i in range(len(body)):
+                    await send({"type": "http.response.body", "body": body[i:i + 1],
+                                "more_body": True})
+                    await asyncio.sleep(0.02)
+                return await send({**message, "body": b""})
+            if MODE == "stall" and lines > 3:
+                stalled = True
+                for _ in range(int(KEEPALIVE_FOR_S / 0.5)):
+                    await send({"type": "http.response.body", "body": b"\n", "more_body": True})
+                    await asyncio.sleep(0.5)
+                return None
+            if b'"done":true' in body:
+                if MODE == "long-line":
+                    pad = b'{"tokens": [], "pad": "' + b"x" * 2**20 + b'"}\n'
+                    await send({"type": "http.response.body", "body": pad, "more_body": True})
+                elif MODE in ("inflate-prompt", "inflate-completion", "huge-integer"):
+                    body = rewrite_final(body)
+            return await send({**message, "body": body})
+
+        return hostile_send
+
+
+def main() -> int:
+    import uvicorn
+
+    run = uvicorn.run
+    uvicorn.run = lambda app, **kw: run(Hostile(app), **kw)  # neurons/miner.py calls it late
+    sys.path.insert(0, str(ROOT / "neurons"))
+    import miner
+
+    return miner.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
