@@ -24,6 +24,7 @@ from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
+from core.validator.organic import Organic
 from tests.servers import serving
 
 CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=50_000),
@@ -43,17 +44,34 @@ class BreaksMidStream(TransformersChat):
                     raise RuntimeError("GPU fell off the bus")
 
 
+class StallsMidStream(TransformersChat):
+    """A miner that sends a few tokens, then nothing more, holding the connection open."""
+
+    async def stream(self, request):
+        n = 0
+        async for batch in super().stream(request):
+            for token in batch:
+                yield [token]
+                n += 1
+                if n == 3:
+                    await asyncio.sleep(3600)
+
+
 @pytest.fixture(scope="module")
 def engines():
     chat = load_engine("chat-llama-3", TaskEntry(capacity=1))
-    return {"good": {"chat-llama-3": chat,
-                     "proteus-text-to-image": load_engine("proteus-text-to-image", TaskEntry(capacity=1))},
+    image = load_engine("proteus-text-to-image", TaskEntry(capacity=1))
+    return {"good": {"chat-llama-3": chat, "proteus-text-to-image": image},
             "broken": {"chat-llama-3": BreaksMidStream(chat.model, chat.tokenizer),
-                       "proteus-text-to-image": load_engine("proteus-text-to-image", TaskEntry(capacity=1))}}
+                       "proteus-text-to-image": image},
+            "stalls": {"chat-llama-3": StallsMidStream(chat.model, chat.tokenizer),
+                       "proteus-text-to-image": image}}
 
 
 @pytest.fixture
-def net(tmp_path, engines):
+def net(tmp_path, engines, request):
+    """A good miner and a bad one ("broken" unless the test names another kind of engines)."""
+    engines = {**engines, "broken": engines[getattr(request, "param", "broken")]}
     chain = LocalChain.create(tmp_path / "chain", age_blocks=10_000)
     wallet = make_wallet(tmp_path / "w", "validator")
     chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True)
@@ -169,3 +187,93 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     assert served.units == 40 and v.book.used()[key_] == 40
     target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
     assert sum(s.units for s in plan.schedule([target], v.book.used(), 60.0)) == 60
+
+
+def used_is_the_sum_of_records(store, period):
+    records = store.records(period)
+    for (hotkey, task), (_, used) in store.spent(period).items():
+        assert used == sum(r.units for r in records if (r.hotkey, r.task) == (hotkey, task))
+
+
+@pytest.mark.parametrize("net", ["stalls"], indirect=True)
+def test_a_stalled_miner_is_replaced_and_its_request_recorded(net, engines, monkeypatch):
+    from core.validator import dispatch
+
+    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 1.0)
+    chain, wallet, store, hotkeys = net
+    key = keys.create(store, "dan", per_minute=100)
+
+    async def main():
+        # the stalling miner first: the good one looks far worse on quality
+        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
+        async with client(build_api(v)) as c:
+            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hello"}],
+                    "max_tokens": 20, "temperature": 0.0, "stream": True}
+            async with c.stream("POST", "/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        await v.client.close()
+        return events
+
+    events = asyncio.run(asyncio.wait_for(main(), 60))
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert not any("error" in c for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    from core.protocol import ChatRequest
+    expected = "".join(t.text for t in engines["good"]["chat-llama-3"].tokens(ChatRequest(
+        task="chat-llama-3", messages=[{"role": "user", "content": "hello"}], max_tokens=20,
+        temperature=0.0)))
+    assert text == expected
+    outcomes = {r.hotkey: r.outcome.value for r in store.records(7)}
+    assert outcomes == {hotkeys["broken"]: "timeout", hotkeys["good"]: "ok"}  # a stall is a timeout
+    used_is_the_sum_of_records(store, 7)
+
+
+@pytest.mark.parametrize("net", ["stalls"], indirect=True)
+def test_a_stall_with_no_one_to_take_over_ends_in_an_error_event_and_done(net, monkeypatch):
+    from core.validator import dispatch
+
+    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 1.0)
+    chain, wallet, store, hotkeys = net
+    key = keys.create(store, "erin", per_minute=100)
+
+    async def main():
+        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
+        api = build_api(v, max_attempts=1)
+        async with client(api) as c:
+            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 20, "stream": True}
+            async with c.stream("POST", "/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        await v.client.close()
+        return events
+
+    events = asyncio.run(asyncio.wait_for(main(), 60))
+    assert events[-1] == "data: [DONE]" and "error" in json.loads(events[-2][6:])
+    assert [r.outcome.value for r in store.records(7)] == ["timeout"]
+    used_is_the_sum_of_records(store, 7)
+
+
+def test_a_client_that_leaves_mid_stream_leaves_one_record_and_its_units(net):
+    chain, wallet, store, hotkeys = net
+
+    async def main():
+        v = await open_period(chain, wallet, store, {(hotkeys["broken"], "chat-llama-3"): 1e-6})
+        organic = Organic(v.book, v.traffic)
+        from core.protocol import ChatRequest
+        for _ in range(5):  # each client reads its first tokens, then goes away
+            stream = organic.chat(ChatRequest(task="chat-llama-3", max_tokens=200,
+                                              messages=[{"role": "user", "content": "hello"}]))
+            first = await anext(stream)
+            await stream.aclose()
+        await v.client.close()
+        return first
+
+    first = asyncio.run(main())
+    assert first.tokens
+    records = store.records(7)
+    assert len(records) == 5 and {r.outcome.value for r in records} == {"abandoned"}
+    assert all(0 < r.units < 200 for r in records)  # the prompt and the tokens it had, no more
+    used_is_the_sum_of_records(store, 7)
