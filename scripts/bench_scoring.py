@@ -158,9 +158,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     p.add_argument("--miner-processes", type=int, default=1,
                    help="processes serving the 256 simulated miners")
+    p.add_argument("--quick", action="store_true",
+                   help="2 runs of the weights and 512 requests: that it runs (tests)")
     a = p.parse_args()
-    weights_figures(a.repeats)
-    asyncio.run(dispatch_figures(a.requests, a.concurrency, a.miner_processes))
+    weights_figures(2 if a.quick else a.repeats)
+    asyncio.run(dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Benchmarks in their quick mode: a benchmark that breaks fails here, not when someone needs it."""
+
+import re
+import subprocess
+import sys
+
+from core.localproc import ROOT
+
+FIGURE = re.compile(r"^(\w+): (-?[\d.]+) (\S+)$")
+
+
+def figures(script: str, *args: str) -> dict[str, float]:
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return {m[1]: float(m[2]) for m in map(FIGURE.match, run.stdout.splitlines()) if m}
+
+
+def test_bench_counting_quick_prints_its_figures():
+    out = figures("bench_counting.py", "--quick")
+    for name in ("count_prompt_synthetic", "count_prompt_4k_chars", "chat_requests",
+                 "validator_cpu_per_chat_request_trusting",
+                 "validator_cpu_per_chat_request_counting", "counting_cpu_ratio"):
+        assert out.get(name, 0) > 0, (name, out)
+
+
+def test_bench_scoring_quick_prints_its_figures():
+    out = figures("bench_scoring.py", "--quick")
+    assert out["dispatch_ok"] == out["dispatch_requests"] == 512
+    for name in ("weights_256_miners_9_tasks_16_periods", "period_close_advance_all_contenders",
+                 "dispatch_rate"):
+        assert out.get(name, 0) > 0, (name, out)
