@@ -31,8 +31,13 @@ CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=50_000),
                             "proteus-text-to-image": TaskEntry(capacity=2_000)})
 
 
-class BreaksMidStream(TransformersChat):
-    """A miner whose GPU dies after a few tokens of every answer."""
+class FailsMidStream(TransformersChat):
+    """A miner whose GPU fails after a few tokens of every answer: it ``breaks`` (an error ends
+    the stream) or ``stalls`` (nothing more, the connection held open)."""
+
+    def __init__(self, chat: TransformersChat, how: str):
+        super().__init__(chat.model, chat.tokenizer)
+        self.how = how
 
     async def stream(self, request):
         n = 0
@@ -41,20 +46,9 @@ class BreaksMidStream(TransformersChat):
                 yield [token]
                 n += 1
                 if n == 5:
+                    if self.how == "stalls":
+                        await asyncio.sleep(3600)
                     raise RuntimeError("GPU fell off the bus")
-
-
-class StallsMidStream(TransformersChat):
-    """A miner that sends a few tokens, then nothing more, holding the connection open."""
-
-    async def stream(self, request):
-        n = 0
-        async for batch in super().stream(request):
-            for token in batch:
-                yield [token]
-                n += 1
-                if n == 3:
-                    await asyncio.sleep(3600)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +56,8 @@ def engines():
     chat = load_engine("chat-llama-3", TaskEntry(capacity=1))
     image = load_engine("proteus-text-to-image", TaskEntry(capacity=1))
     return {"good": {"chat-llama-3": chat, "proteus-text-to-image": image},
-            "broken": {"chat-llama-3": BreaksMidStream(chat.model, chat.tokenizer),
-                       "proteus-text-to-image": image},
-            "stalls": {"chat-llama-3": StallsMidStream(chat.model, chat.tokenizer),
-                       "proteus-text-to-image": image}}
+            "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},
+            "stalls": {"chat-llama-3": FailsMidStream(chat, "stalls"), "proteus-text-to-image": image}}
 
 
 @pytest.fixture
@@ -135,35 +127,44 @@ def test_keys_limits_and_errors(net):
     assert out["limited"][2] == "rate_limit_error"
 
 
-def test_a_miner_failing_mid_stream_is_replaced_unseen(net, engines):
+async def stream_chat(net, body: dict, max_attempts: int = 3):
+    """A streamed chat through the API, routed to the bad miner first (the good one looks far
+    worse on quality): (status, the data lines)."""
     chain, wallet, store, hotkeys = net
-    key = keys.create(store, "bob", per_minute=100)
+    key = keys.create(store, f"k{len(keys.listing(store))}", per_minute=100)
+    v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
+    async with client(build_api(v, max_attempts=max_attempts)) as c:
+        async with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+            events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    await v.client.close()
+    return r.status_code, events
 
-    async def main():
-        # route to the broken miner first: the good one looks far worse on quality
-        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
-        async with client(build_api(v)) as c:
-            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hello"}],
-                    "max_tokens": 30, "temperature": 0.8, "seed": 42, "stream": True}
-            async with c.stream("POST", "/v1/chat/completions", json=body,
-                                headers={"Authorization": f"Bearer {key}"}) as r:
-                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-        await v.client.close()
-        return r.status_code, events, v
 
-    status, events, v = asyncio.run(main())
+# an engine error is a 5xx (or a stream cut short: invalid); a stall is a timeout
+@pytest.mark.parametrize("net, failed", [("broken", {"invalid", "5xx"}), ("stalls", {"timeout"})],
+                         indirect=["net"])
+def test_a_miner_failing_mid_stream_is_replaced_unseen(net, failed, engines, monkeypatch):
+    from core.protocol import ChatRequest
+    from core.validator import dispatch
+
+    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 1.0)
+    _, _, store, hotkeys = net
+    body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 30, "temperature": 0.8, "seed": 42}
+    status, events = asyncio.run(asyncio.wait_for(stream_chat(net, body), 60))
     assert status == 200 and events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert not any("error" in c for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    from core.protocol import ChatRequest
     expected = "".join(t.text for t in engines["good"]["chat-llama-3"].tokens(ChatRequest(
         task="chat-llama-3", messages=[{"role": "user", "content": "hello"}], max_tokens=30,
         temperature=0.8, seed=42)))
     assert text == expected
     records = {r.hotkey: r for r in store.records(7)}
-    assert records[hotkeys["broken"]].outcome.value in ("invalid", "5xx")
+    assert records[hotkeys["broken"]].outcome.value in failed
     assert records[hotkeys["good"]].outcome.value == "ok" and records[hotkeys["good"]].organic
+    used_is_the_sum_of_records(store, 7)
 
 
 def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
@@ -196,62 +197,15 @@ def used_is_the_sum_of_records(store, period):
 
 
 @pytest.mark.parametrize("net", ["stalls"], indirect=True)
-def test_a_stalled_miner_is_replaced_and_its_request_recorded(net, engines, monkeypatch):
-    from core.validator import dispatch
-
-    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 1.0)
-    chain, wallet, store, hotkeys = net
-    key = keys.create(store, "dan", per_minute=100)
-
-    async def main():
-        # the stalling miner first: the good one looks far worse on quality
-        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
-        async with client(build_api(v)) as c:
-            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hello"}],
-                    "max_tokens": 20, "temperature": 0.0, "stream": True}
-            async with c.stream("POST", "/v1/chat/completions", json=body,
-                                headers={"Authorization": f"Bearer {key}"}) as r:
-                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-        await v.client.close()
-        return events
-
-    events = asyncio.run(asyncio.wait_for(main(), 60))
-    assert events[-1] == "data: [DONE]"
-    chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert not any("error" in c for c in chunks)
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    from core.protocol import ChatRequest
-    expected = "".join(t.text for t in engines["good"]["chat-llama-3"].tokens(ChatRequest(
-        task="chat-llama-3", messages=[{"role": "user", "content": "hello"}], max_tokens=20,
-        temperature=0.0)))
-    assert text == expected
-    outcomes = {r.hotkey: r.outcome.value for r in store.records(7)}
-    assert outcomes == {hotkeys["broken"]: "timeout", hotkeys["good"]: "ok"}  # a stall is a timeout
-    used_is_the_sum_of_records(store, 7)
-
-
-@pytest.mark.parametrize("net", ["stalls"], indirect=True)
 def test_a_stall_with_no_one_to_take_over_ends_in_an_error_event_and_done(net, monkeypatch):
     from core.validator import dispatch
 
     monkeypatch.setattr(dispatch, "CHAT_STALL_S", 1.0)
-    chain, wallet, store, hotkeys = net
-    key = keys.create(store, "erin", per_minute=100)
-
-    async def main():
-        v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
-        api = build_api(v, max_attempts=1)
-        async with client(api) as c:
-            body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 20, "stream": True}
-            async with c.stream("POST", "/v1/chat/completions", json=body,
-                                headers={"Authorization": f"Bearer {key}"}) as r:
-                events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-        await v.client.close()
-        return events
-
-    events = asyncio.run(asyncio.wait_for(main(), 60))
-    assert events[-1] == "data: [DONE]" and "error" in json.loads(events[-2][6:])
+    body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20}
+    status, events = asyncio.run(asyncio.wait_for(stream_chat(net, body, max_attempts=1), 60))
+    assert status == 200 and events[-1] == "data: [DONE]" and "error" in json.loads(events[-2][6:])
+    store = net[2]
     assert [r.outcome.value for r in store.records(7)] == ["timeout"]
     used_is_the_sum_of_records(store, 7)
 
