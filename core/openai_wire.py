@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from core.protocol import MAX_TOKEN_TEXT, ChatChunk, ChatToken
+from core.protocol import ChatChunk, ChatToken, spread_text
 
 DONE = b"data: [DONE]\n\n"
 TOKEN_ID_PREFIX = "token_id:"
@@ -69,15 +69,11 @@ def read_chunk(line: bytes) -> ChatChunk | None | bool:
     entries = ((choices[0].get("logprobs") or {}).get("content")) or []
     text = (choices[0].get("delta") or {}).get("content") or ""
     tokens = []
-    for i, entry in enumerate(entries):
+    for entry, piece in zip(entries, spread_text(text, len(entries))):
         token = entry.get("token", "")
         if not token.startswith(TOKEN_ID_PREFIX):
             raise StreamError("the server did not return token ids: it must accept "
                               "return_tokens_as_token_ids (vllm serve does)")
-        # the delta's text belongs to the whole batch: it is laid over its tokens in pieces of
-        # at most a token's bound, the rest on the last one (the joined text is exact)
-        last = i == len(entries) - 1
-        piece = text[i * MAX_TOKEN_TEXT:None if last else (i + 1) * MAX_TOKEN_TEXT]
         tokens.append(ChatToken(token_id=int(token[len(TOKEN_ID_PREFIX):]), text=piece,
                                 logprob=entry["logprob"]))
     return ChatChunk(tokens=tokens) if tokens else None

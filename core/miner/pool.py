@@ -77,6 +77,11 @@ class LocalWorker(Worker):
         engine: ImageEngine = self.engine
         return await asyncio.to_thread(engine.generate, request)
 
+    async def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:  # vLLM: its engine processes hold the GPU's memory
+            close()
+
 
 class ServerWorker(Worker):
     """A server on another host: ``vllm serve`` or ``neurons/worker.py``."""

@@ -47,7 +47,15 @@ class CompletionBody(BaseModel):
 def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1) -> FastAPI:
     """``concurrency``: requests the engine runs at once; more wait their turn."""
     task = TASKS[task_id]
-    app = FastAPI(title=f"SN19 worker: {task_id}")
+
+    @asynccontextmanager
+    async def lifespan(_):
+        yield
+        close = getattr(engine, "close", None)
+        if close is not None:  # vLLM: stop its engine processes, which hold the GPU's memory
+            close()
+
+    app = FastAPI(title=f"SN19 worker: {task_id}", lifespan=lifespan)
     slots = asyncio.Semaphore(concurrency)
     load = {"busy": 0, "served": 0}
 
@@ -78,12 +86,20 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
     async def unauthorized(_, __):
         return fail(401, "missing or wrong worker token")
 
+    def engine_down() -> JSONResponse | None:
+        """A 503 while the engine is dead (a crashed vLLM engine core), so probes see it."""
+        healthy = getattr(engine, "healthy", None)
+        return fail(503, f"the {task_id} engine is down") if healthy and not healthy() else None
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "task": task_id, **load, "concurrency": concurrency}
+        return engine_down() or {"status": "ok", "task": task_id, **load,
+                                 "concurrency": concurrency}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
+        if down := engine_down():
+            return down
         return {"object": "list", "data": [{"id": task.model, "object": "model", "created": 0,
                                             "owned_by": "sn19-worker"}]}
 
