@@ -13,6 +13,7 @@ engines).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,64 @@ NUCLEUS_SLACK = 1e-3  # probability mass
 Z_MAX = 6.0  # surprisal standard deviations above what sampling gives
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the reference says of a completion's tokens, before any threshold: the checker's rule
+    (``judge``) and the tolerance benchmark (scripts/bench_checker_tolerance.py) read the same."""
+
+    max_delta: float  # nats: the largest |reported - recomputed| logprob over the tokens
+    mean_delta: float  # nats: the mean of the same
+    argmax_gap: float  # nats: the most a token falls below the most likely one (temperature 0)
+    nucleus_excess: float  # probability mass ranked above a token beyond top_p (> 0: outside)
+    z: float  # the completion's surprisal in standard deviations above sampling's
+
+
+def evidence(reference: TransformersChat, request: ChatRequest,
+             tokens: list[ChatToken]) -> Evidence:
+    """One forward pass of the reference over prompt and completion (token ids in range)."""
+    ids = torch.tensor([t.token_id for t in tokens])
+    logits = reference.completion_logits(request, ids.tolist())
+    raw = torch.log_softmax(logits, -1)
+    chosen = raw.gather(1, ids[:, None])[:, 0]
+    reported = torch.tensor([t.logprob for t in tokens])
+    off = (reported - chosen).abs()
+    gap = float((raw.max(-1).values - chosen).max())
+    temperature = request.temperature or 1.0  # the sampling tests only apply above 0
+    probs = torch.softmax(logits / temperature, -1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    before = torch.cumsum(sorted_probs, -1) - sorted_probs  # mass ranked above each token
+    rank = torch.argsort(order, -1).gather(1, ids[:, None])[:, 0]
+    mass_above = before.gather(1, rank[:, None])[:, 0]
+    nucleus = torch.where(before < request.top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    nucleus = nucleus / nucleus.sum(-1, keepdim=True)
+    logq = torch.log(nucleus.clamp_min(1e-30))
+    entropy = -(nucleus * logq).sum(-1)
+    second = (nucleus * logq ** 2).sum(-1)
+    surprisal = -logq.gather(1, rank[:, None])[:, 0]
+    var = (second - entropy ** 2).clamp_min(0).sum()
+    z = float((surprisal.sum() - entropy.sum()) / math.sqrt(float(var) + 1e-6))
+    return Evidence(max_delta=float(off.max()), mean_delta=float(off.mean()), argmax_gap=gap,
+                    nucleus_excess=float((mass_above - request.top_p).max()), z=z)
+
+
+def judge(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
+    """The rule: logprobs as the model's within ``tolerance``; at temperature 0 the most likely
+    token each time; else every token inside the nucleus and the text as likely as sampling."""
+    if not math.isfinite(e.max_delta) or e.max_delta > tolerance:
+        return Verdict(False, f"reported logprobs differ from the model's by up to "
+                              f"{e.max_delta:.3f} nats (tolerance {tolerance})")
+    if request.temperature == 0:
+        if e.argmax_gap > ARGMAX_SLACK:
+            return Verdict(False, "a token is not the most likely one at temperature 0")
+        return Verdict(True)
+    if e.nucleus_excess >= NUCLEUS_SLACK:
+        return Verdict(False, f"a token lies outside the top-p {request.top_p} nucleus")
+    if e.z > Z_MAX:
+        return Verdict(False, f"text far less likely than sampling at temperature "
+                              f"{request.temperature} gives (z = {e.z:.1f})")
+    return Verdict(True)
+
+
 def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[ChatToken],
                final: ChatChunk, tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
     prompt = len(reference.prompt_ids(request))
@@ -37,43 +96,6 @@ def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[C
     if len(tokens) < request.max_tokens and tokens[-1].token_id not in reference.eos:
         return Verdict(False, f"stopped at {len(tokens)} of {request.max_tokens} tokens without "
                               f"an end-of-sequence token (truncated)")
-    ids = torch.tensor([t.token_id for t in tokens])
-    if ids.min() < 0 or ids.max() >= reference.model.config.vocab_size:
+    if any(t.token_id >= reference.model.config.vocab_size for t in tokens):
         return Verdict(False, "token ids outside the model's vocabulary")
-    logits = reference.completion_logits(request, ids.tolist())
-    raw = torch.log_softmax(logits, -1)
-    chosen = raw.gather(1, ids[:, None])[:, 0]
-    reported = torch.tensor([t.logprob for t in tokens])
-    off = (reported - chosen).abs()
-    if not torch.isfinite(reported).all() or off.max() > tolerance:
-        return Verdict(False, f"reported logprobs differ from the model's by up to "
-                              f"{off.max():.3f} nats (tolerance {tolerance})")
-    if request.temperature == 0:
-        if (chosen < raw.max(-1).values - ARGMAX_SLACK).any():
-            return Verdict(False, "a token is not the most likely one at temperature 0")
-        return Verdict(True)
-    return _sampled_plausibly(logits, ids, request.temperature, request.top_p)
-
-
-def _sampled_plausibly(logits: torch.Tensor, ids: torch.Tensor, temperature: float,
-                       top_p: float) -> Verdict:
-    probs = torch.softmax(logits / temperature, -1)
-    sorted_probs, order = torch.sort(probs, descending=True)
-    before = torch.cumsum(sorted_probs, -1) - sorted_probs  # mass ranked above each token
-    rank = torch.argsort(order, -1).gather(1, ids[:, None])[:, 0]
-    mass_above = before.gather(1, rank[:, None])[:, 0]
-    if (mass_above >= top_p + NUCLEUS_SLACK).any():
-        return Verdict(False, f"a token lies outside the top-p {top_p} nucleus")
-    keep = before < top_p
-    nucleus = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-    nucleus = nucleus / nucleus.sum(-1, keepdim=True)
-    logq = torch.log(nucleus.clamp_min(1e-30))
-    entropy = -(nucleus * logq).sum(-1)
-    second = (nucleus * logq ** 2).sum(-1)
-    surprisal = -logq.gather(1, rank[:, None])[:, 0]
-    var = (second - entropy ** 2).clamp_min(0).sum()
-    z = float((surprisal.sum() - entropy.sum()) / math.sqrt(float(var) + 1e-6))
-    if z > Z_MAX:
-        return Verdict(False, f"text far less likely than sampling at temperature {temperature} "
-                              f"gives (z = {z:.1f})")
-    return Verdict(True)
+    return judge(evidence(reference, request, tokens), request, tolerance)

