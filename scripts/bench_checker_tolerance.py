@@ -113,9 +113,15 @@ def main() -> None:
         deltas = sorted(e.max_delta for e in evidences)
         print(f"{kind}_max_delta_p50: {statistics.median(deltas):.4f} nats")
         print(f"{kind}_max_delta_p99: {deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))]:.4f} nats")
+        print(f"{kind}_mean_delta_max: {max(e.mean_delta for e in evidences):.4f} nats")
         for tolerance in TOLERANCES:
             failed = sum(not judge(e, r, tolerance).passed for e, r in zip(evidences, requests))
             print(f"{kind}_failed_at_tolerance_{tolerance}: {failed / n:.4f} share")
+    # the checker's own rule (core/checking/chat.py's thresholds): goals < 0.001 and >= 0.99
+    for kind, evidences in found.items():
+        failed = sum(not judge(e, r).passed for e, r in zip(evidences, requests)) / n
+        name = f"rule_false_fails_{kind}" if kind.startswith("honest") else f"rule_catches_{kind}"
+        print(f"{name}: {failed:.4f} share")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,35 @@ def test_bad_init_image_is_a_value_error(images, init):
     with pytest.raises(ValueError):
         i2i.generate(ImageToImageRequest(task="proteus-image-to-image", prompt="y", steps=2,
                                          height=64, width=64, init_image=init))
+
+
+def test_streamed_text_keeps_characters_whole_and_leaves_out_the_eos_text():
+    from core.backends import tiny
+    from core.backends.tokens import Detokenizer, eos_ids
+
+    tokenizer = tiny.chat_tokenizer()
+    text = "héllo wörld 日本 ✓"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert len(ids) > len(text) + 1  # one token per byte: characters are split over tokens
+    stream = Detokenizer(tokenizer)
+    pieces = [stream.add(i) for i in ids]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert eos_ids(tokenizer, type("Config", (), {"eos_token_id": [1, 4]})()) == {1, 4}
+
+
+def test_a_worker_whose_engine_died_says_so_on_its_probes():
+    from fastapi.testclient import TestClient
+
+    from core.worker.app import build_worker_app
+
+    class Dead:
+        def prompt_ids(self, request):
+            return [1]
+
+        def healthy(self) -> bool:
+            return False
+
+    token = "t" * 20
+    with TestClient(build_worker_app("chat-llama-3", Dead(), token)) as client:
+        assert client.get("/health").status_code == 503
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 503

@@ -248,3 +248,17 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def test_bench_checker_tolerance_quick_prints_its_figures():
+    import re
+
+    run = subprocess.run([sys.executable, str(ROOT / "scripts/bench_checker_tolerance.py"),
+                          "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^(\w+): ([\d.]+) \S+$", run.stdout, re.M))
+    assert figures["completions_per_kind"] == "8"
+    for kind in ("honest_bf16", "honest_fp32"):
+        assert f"rule_false_fails_{kind}" in figures
+    # a model with other weights fails every check, even on 8 completions
+    assert float(figures["rule_catches_cheat_other_model"]) == 1.0

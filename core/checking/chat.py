@@ -21,10 +21,14 @@ from core.backends.transformers_chat import TransformersChat
 from core.checking import Verdict
 from core.protocol import ChatChunk, ChatRequest, ChatToken
 
-LOGPROB_TOLERANCE = 0.05  # nats; the CPU reference is exact, GPUs in bf16 need more (see README)
-ARGMAX_SLACK = 1e-3  # nats: ties at temperature 0
-NUCLEUS_SLACK = 1e-3  # probability mass
-Z_MAX = 6.0  # surprisal standard deviations above what sampling gives
+# The rule's thresholds, measured by scripts/bench_checker_tolerance.py (vLLM bf16 and fp32 against
+# the fp32 reference, and three cheats; figures in docs/protocol.md §7). Honest bf16 completions
+# differ by up to 0.22 nats on a token and 0.024 on average; a model with 4-bit weights by
+# 2.6 nats on its worst token (median) and at least 0.049 on average (1st percentile).
+LOGPROB_TOLERANCE = 0.35  # nats, on any one token; also the slack for ties at temperature 0
+MEAN_TOLERANCE = 0.04  # nats, averaged over the completion's tokens
+NUCLEUS_SLACK = 0.05  # probability mass: bf16 rounding moves the nucleus edge by up to ~0.03
+Z_MAX = 5.0  # surprisal standard deviations above what sampling gives (honest: at most 3.6)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,10 @@ def evidence(reference: TransformersChat, request: ChatRequest,
     before = torch.cumsum(sorted_probs, -1) - sorted_probs  # mass ranked above each token
     rank = torch.argsort(order, -1).gather(1, ids[:, None])[:, 0]
     mass_above = before.gather(1, rank[:, None])[:, 0]
-    nucleus = torch.where(before < request.top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    # the nucleus as the miner may have seen it: its logits differ from ours by rounding (bf16),
+    # so a token just past our boundary is in it (else its surprisal alone would be ~69 nats)
+    inside = before < request.top_p + NUCLEUS_SLACK
+    nucleus = torch.where(inside, sorted_probs, torch.zeros_like(sorted_probs))
     nucleus = nucleus / nucleus.sum(-1, keepdim=True)
     logq = torch.log(nucleus.clamp_min(1e-30))
     entropy = -(nucleus * logq).sum(-1)
@@ -68,13 +75,18 @@ def evidence(reference: TransformersChat, request: ChatRequest,
 
 
 def judge(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
-    """The rule: logprobs as the model's within ``tolerance``; at temperature 0 the most likely
-    token each time; else every token inside the nucleus and the text as likely as sampling."""
+    """The rule: logprobs as the model's within ``tolerance`` on every token and MEAN_TOLERANCE
+    on average (bf16 rounding errs on a few tokens; a different or quantized model on many); at
+    temperature 0 the most likely token each time, within ``tolerance``; else every token inside
+    the nucleus and the text as likely as sampling gives."""
     if not math.isfinite(e.max_delta) or e.max_delta > tolerance:
         return Verdict(False, f"reported logprobs differ from the model's by up to "
                               f"{e.max_delta:.3f} nats (tolerance {tolerance})")
+    if e.mean_delta > MEAN_TOLERANCE:
+        return Verdict(False, f"reported logprobs differ from the model's by {e.mean_delta:.3f} "
+                              f"nats on average (tolerance {MEAN_TOLERANCE})")
     if request.temperature == 0:
-        if e.argmax_gap > ARGMAX_SLACK:
+        if e.argmax_gap > tolerance:
             return Verdict(False, "a token is not the most likely one at temperature 0")
         return Verdict(True)
     if e.nucleus_excess >= NUCLEUS_SLACK:
