@@ -23,12 +23,12 @@ from core.protocol import ChatChunk, ChatRequest, ChatToken
 
 # The rule's thresholds, measured by scripts/bench_checker_tolerance.py (vLLM bf16 and fp32 against
 # the fp32 reference, and three cheats; figures in docs/protocol.md §7). Honest bf16 completions
-# differ by up to 0.22 nats on a token and 0.024 on average; a model with 4-bit weights by
+# differ by up to 0.22 nats on a token and 0.033 on average; a model with 4-bit weights by
 # 2.6 nats on its worst token (median) and at least 0.049 on average (1st percentile).
 LOGPROB_TOLERANCE = 0.35  # nats, on any one token; also the slack for ties at temperature 0
 MEAN_TOLERANCE = 0.04  # nats, averaged over the completion's tokens
-NUCLEUS_SLACK = 0.05  # probability mass: bf16 rounding moves the nucleus edge by up to ~0.03
-Z_MAX = 5.0  # surprisal standard deviations above what sampling gives (honest: at most 3.6)
+NUCLEUS_SLACK = 0.075  # probability mass: bf16 rounding moved the nucleus edge by up to 0.057
+Z_MAX = 5.0  # surprisal standard deviations above what sampling gives (honest: at most 3.9)
 
 
 @dataclass(frozen=True)
