@@ -56,6 +56,8 @@ def test_capacity_for_a_validator(miner, subnet):
     assert r.json()["capacities"] == {"chat-llama-3": 2000.0, "proteus-text-to-image": 40.0,
                                       "proteus-image-to-image": 40.0, "inpaint": 40.0}
     assert r.json()["hotkey"] == me
+    # a body without a version is of this protocol version, as the models default it
+    assert post(client, "/capacity", b"{}", subnet.validator, me).status_code == 200
 
 
 def test_forged_signature_is_401(miner, subnet):

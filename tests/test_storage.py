@@ -173,3 +173,12 @@ def test_used_is_rederived_from_records_after_a_crash(store):
     store.finish_request(rec(5, units=20.0), reserved=20)  # the other never ended: a kill -9
     store.rederive_used(5)
     assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (20.0, 20.0)
+
+
+def test_the_database_and_the_nonce_store_are_private_to_their_user(tmp_path):
+    from core.transport.nonces import SqliteNonceStore
+
+    open_store(str(tmp_path / "v.sqlite3")).close()
+    SqliteNonceStore(tmp_path / "nonces.sqlite3")
+    for name in ("v.sqlite3", "nonces.sqlite3"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name

@@ -153,7 +153,8 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             raw = json.loads(body or b"{}")
         except (ValueError, RecursionError):  # RecursionError: JSON nested beyond Python's stack
             return refuse(400, "body is not JSON")
-        version = raw.get("version", "") if isinstance(raw, dict) else ""
+        # a message without a version is of this one, as the protocol models default it
+        version = raw.get("version", PROTOCOL_VERSION) if isinstance(raw, dict) else ""
         if major_of(str(version)) != MAJOR:
             return refuse(400, f"protocol version {version!r} is not supported; this miner "
                                f"speaks {PROTOCOL_VERSION} (major {MAJOR})")

@@ -58,15 +58,24 @@ class Gpu:
             self._waiting.remove(weakest)
             weakest[2].set_result(False)
         self._seq += 1
-        entry = (stake, self._seq, asyncio.get_running_loop().create_future())
+        handed = asyncio.get_running_loop().create_future()
+        entry = (stake, self._seq, handed)
         self._waiting.append(entry)
+        # not wait_for: from Python 3.12 it raises TimeoutError even when the slot was handed
+        # over in the same loop tick as the timeout, and that slot would be lost for good
         try:
-            return await asyncio.wait_for(entry[2], max_wait_s)
-        except TimeoutError:
-            return False
+            await asyncio.wait({handed}, timeout=max_wait_s)
+        except asyncio.CancelledError:  # the caller went away: a slot that came is passed on
+            if handed.done() and handed.result():
+                self.release()
+            raise
         finally:
             if entry in self._waiting:
                 self._waiting.remove(entry)
+        if handed.done():
+            return handed.result()
+        handed.cancel()  # too late for a slot: release() skips it
+        return False
 
     def release(self) -> None:
         """Hand the slot to the highest-stake waiter still waiting, else free it."""

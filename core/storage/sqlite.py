@@ -24,6 +24,7 @@ class SqliteDatabase:
         self.name = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # others may not read it
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit survives the process crashing or being killed (17x cheaper

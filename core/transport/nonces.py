@@ -4,6 +4,7 @@ a miner restarts is refused as it would be before (bittensor's default store for
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ class SqliteNonceStore:
         self.retention = retention  # bittensor checks it covers the freshness window
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # others may not read it
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
