@@ -1,5 +1,6 @@
 """The miner's signed endpoints, through FastAPI's real stack, on the CPU back end."""
 
+import asyncio
 import base64
 import time
 
@@ -221,3 +222,44 @@ def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tm
     with app() as restarted:  # a new process, the same state folder
         r = restarted.post("/capacity", content=body, headers=headers)
         assert r.status_code == 401 and "ReplayedRequest" in r.json()["error"]
+
+
+def test_the_signature_covers_the_request_target_as_sent(miner, subnet):
+    client, me = miner
+    body, headers = signed(subnet.validator, me, path="/capacity?x=1")
+    assert client.post("/capacity?x=1", content=body, headers=headers).status_code == 200
+    body, headers = signed(subnet.validator, me, path="/capacity")  # signed for another target
+    assert client.post("/cap%61city", content=body, headers=headers).status_code == 401
+
+
+def test_only_an_admitted_validator_writes_to_the_nonce_store(subnet):
+    from core.transport.auth import Gate, Refused
+
+    class Spy:
+        retention = 60.0
+
+        def __init__(self):
+            self.stored = []
+
+        def check_and_store(self, hotkey, nonce):
+            if (hotkey, nonce) in self.stored:
+                return False
+            self.stored.append((hotkey, nonce))
+            return True
+
+    me = subnet.miner.hotkey.ss58_address
+    gate = Gate(me, min_stake=100, nonce_store=(spy := Spy()))
+    graph = asyncio.run(subnet.chain.metagraph())
+    for stranger in (subnet.weak, subnet.no_permit, subnet.stranger):  # signed, but no validator
+        body, headers = signed(stranger, me)
+        with pytest.raises(Refused) as refused:
+            gate.screen(headers, graph)  # decided from the headers, before any body
+        assert refused.value.status == 403
+        with pytest.raises(Refused):
+            gate.admit(headers, body, "POST", "/capacity", graph)
+    assert spy.stored == []
+    body, headers = signed(subnet.validator, me)
+    gate.admit(headers, body, "POST", "/capacity", graph)
+    assert len(spy.stored) == 1
+    with pytest.raises(Refused, match="Replayed"):
+        gate.admit(headers, body, "POST", "/capacity", graph)

@@ -49,6 +49,14 @@ def wire_lines(chunk: ChatChunk) -> list[bytes]:
     return [part.model_dump_json().encode() + b"\n" for part in parts]
 
 
+def request_target(scope) -> str:
+    """The request target as the client sent it (path undecoded, and the query): what a
+    btauth/1 signature covers, so `/cap%61city` is not `/capacity`."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
 
 
@@ -143,10 +151,11 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
 
     async def admit(request: Request, kind: Kind | None):
         """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
-        body = await request.body()
         try:
+            state.gate.screen(request.headers, state.metagraph)  # 401/403 before the body
+            body = await request.body()
             validator = state.gate.admit(request.headers, body, request.method,
-                                         request.url.path, state.metagraph)
+                                         request_target(request.scope), state.metagraph)
         except Refused as e:
             return refuse(e.status, e.reason)
         try:
