@@ -1,5 +1,6 @@
 """A validator killed (SIGKILL) in the middle of a period, restarted: every recorded request and
-the period's plan are still there, and the period resumes where it stopped."""
+the period's plan are still there, the period resumes where it stopped, and what it spent is
+exactly what its records say."""
 
 import asyncio
 import subprocess
@@ -76,6 +77,9 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
         assert len(records) > len(before) and "(resumed)" in log.read_text()
         target = plan[0]
         assert target.audit and sum(r.units for r in records) <= target.contender.budget
+        # what the kill left reserved but never recorded is not counted as spent
+        (_, used), = after.spent(period).values()
+        assert used == sum(r.units for r in records)
         state = after.states()[(miner.hotkey.ss58_address, "chat-llama-3")]
         assert state.audited and state.credited > 0.8 * 3000 * 0.8
         assert chain.weights_log(), "weights were set after the resumed period"
