@@ -83,6 +83,11 @@ def bad_miner():
         await request.body()
         return PlainTextResponse("<html>surprise</html>")
 
+    @app.post("/inpaint")
+    async def refuses_us(request: Request):
+        await request.body()
+        return PlainTextResponse("caller is not registered on this subnet", status_code=403)
+
     port = free_port()
     with serving(app, port) as url:
         yield Neuron(1, "5bad", "c", 0, False, url, 0)
@@ -147,3 +152,27 @@ def test_a_full_disk_is_a_clear_error_and_what_was_written_stays(tmp_path):
     store.record(RequestRecord(1, "hk", "inpaint", False, Outcome.OK, 7, 0.1))
     assert store.records(1)[-1].units == 7 and store.db._db.execute(
         "PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner, tmp_path, caplog):
+    from bittensor.sp_core import Keypair
+
+    from core.protocol import InpaintRequest
+    from core.records import summarize
+
+    store = open_store(str(tmp_path / "v.sqlite3"))
+
+    async def main():
+        client = SignedClient(Keypair.create_from_uri("//V"))
+        traffic = Traffic(client, PromptCounter("tiny"), store, None)
+        image = InpaintRequest(task="inpaint", prompt="x", steps=4, height=64, width=64,
+                               init_image="aGk=", mask_image="aGk=")
+        result = await traffic.send(Attempt(bad_miner, image, 0, 4, 1))
+        await client.close()
+        return result.record
+
+    record = asyncio.run(main())
+    assert record.outcome is Outcome.UNAUTHORIZED and record.units == 0
+    assert "refused our signed request" in caplog.text and "not counted against the miner" in caplog.text
+    outcome = summarize(store.records(1), declared=100, budget=100, f=1.0, audit=True)
+    assert outcome.consumed == outcome.failed == 0  # nothing scored against the miner
