@@ -183,6 +183,16 @@ class ErrorResponse(Message):
     error: str
 
 
+def max_request_bytes(kind: Kind) -> int:
+    """The largest body a valid request of ``kind`` can have, JSON-escaped at worst (6 bytes a
+    character): a miner reads no more of a body sent to that endpoint."""
+    text = MAX_PROMPT_CHARS * 6
+    if kind is Kind.CHAT:
+        return 64 * (text + 256) + 4096
+    images = {Kind.TEXT_TO_IMAGE: 0, Kind.IMAGE_TO_IMAGE: 1, Kind.INPAINT: 2}[kind]
+    return 2 * text + images * MAX_IMAGE_B64_CHARS + 4096
+
+
 REQUEST_MODELS: dict[Kind, type[Message]] = {
     Kind.CHAT: ChatRequest,
     Kind.TEXT_TO_IMAGE: TextToImageRequest,

@@ -263,3 +263,12 @@ def test_only_an_admitted_validator_writes_to_the_nonce_store(subnet):
     assert len(spy.stored) == 1
     with pytest.raises(Refused, match="Replayed"):
         gate.admit(headers, body, "POST", "/capacity", graph)
+
+
+def test_each_endpoint_reads_no_more_than_its_largest_valid_request(miner, subnet):
+    client, me = miner
+    for path, size in (("/capacity", 10_000), ("/text-to-image", 300_000), ("/chat", 7_000_000)):
+        body, headers = signed(subnet.validator, me, b"x" * size, path=path)
+        assert client.post(path, content=body, headers=headers).status_code == 413, path
+    body, headers = signed(subnet.validator, me, b"x" * 300_000, path="/image-to-image")
+    assert client.post("/image-to-image", content=body, headers=headers).status_code != 413

@@ -32,7 +32,7 @@ from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
 from core.protocol import (CAPACITY_PATH, MAJOR, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
                            MAX_TOKENS_PER_LINE, REQUEST_MODELS, CapacityResponse, ChatChunk,
-                           ErrorResponse, ImageResponse, major_of)
+                           ErrorResponse, ImageResponse, major_of, max_request_bytes)
 from core.tasks import TASKS, Kind
 from core.transport.auth import Gate, Refused
 from core.transport.limits import BodyLimit
@@ -58,6 +58,7 @@ def request_target(scope) -> str:
 
 
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
+CAPACITY_MAX_BODY = 4096  # a capacity request is its version
 
 
 @dataclass
@@ -143,7 +144,9 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         await asyncio.gather(*(pool.close() for pool in state.pools.values()))
 
     app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=max_body, reject=refuse)
+    app.add_middleware(BodyLimit, max_bytes=max_body, reject=refuse,
+                       per_path={CAPACITY_PATH: CAPACITY_MAX_BODY,
+                                 **{PATHS[k]: min(max_body, max_request_bytes(k)) for k in PATHS}})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
@@ -247,6 +250,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         async def lines() -> AsyncIterator[bytes]:
             chunk = first
             try:
+                served["status"] = 499  # until the stream ends: a caller that leaves is not a 500
                 while True:
                     if chunk.done:
                         served["units"], served["status"] = chunk.units, 200
@@ -256,7 +260,11 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
                         yield line
                     if chunk.done:
                         return
-                    chunk = await anext(stream)
+                    try:
+                        chunk = await anext(stream)
+                    except Exception:
+                        served["status"] = 500  # the engine failed mid-stream
+                        raise
             finally:
                 await stream.aclose()
                 finish()
