@@ -22,6 +22,26 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The limits a hostile client meets on a listening neuron (``core/transport/server.py``)."""
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send a request's headers before it is "
+                        "closed (slow clients cannot hold connections)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request may take to send its body (408 beyond)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="connections and requests served at once (503 beyond)")
+
+
+def server_options(args) -> dict:
+    """uvicorn's keyword arguments for the limits given by ``add_server_args``, after raising
+    this process's open-files limit to its hard limit."""
+    from core.transport.server import ServerLimits, raise_open_files_limit
+
+    raise_open_files_limit()
+    return ServerLimits(args.header_timeout, args.max_connections).uvicorn_options()
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

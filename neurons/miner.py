@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from core.capacity import ConfigError, group_load, load_config
-from core.cli import add_common_args, guarded, load_wallet, setup_logging
+from core.cli import (add_common_args, add_server_args, guarded, load_wallet, server_options,
+                      setup_logging)
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -50,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-body", type=int, default=None,
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
+    add_server_args(p)
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--health-interval", type=float, default=5.0,
@@ -137,9 +139,10 @@ def serve(args) -> int:
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}
     uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce,
-                          health_interval_s=args.health_interval, **limits),
-                host=args.host,
-                port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+                          health_interval_s=args.health_interval,
+                          body_timeout_s=args.body_timeout, **limits),
+                host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
+                **server_options(args))
     return 0
 
 

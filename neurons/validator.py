@@ -13,7 +13,8 @@ import logging
 import signal
 import sys
 
-from core.cli import CliError, add_common_args, guarded, load_wallet, setup_logging
+from core.cli import (CliError, add_common_args, add_server_args, guarded, load_wallet,
+                      server_options, setup_logging)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-host", default="0.0.0.0", help="address the API listens on")
     p.add_argument("--api-max-body", type=int, default=16 * 2**20,
                    help="largest API request body in bytes (larger: 413)")
+    add_server_args(p)  # for the API
     p.add_argument("--leader-poll", type=float, default=5.0,
                    help="with several processes on one --db (API replicas), only one runs the "
                         "period loop; the others try to take it over every this many seconds")
@@ -184,9 +186,11 @@ async def serve(validator, args) -> None:
             def capture_signals(self):  # this process's handlers above stop both
                 yield
 
-        server = Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body),
+        server = Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body,
+                                                 body_timeout_s=args.body_timeout),
                                        host=args.api_host, port=args.api_port,
-                                       log_level="warning", timeout_graceful_shutdown=30))
+                                       log_level="warning", timeout_graceful_shutdown=30,
+                                       **server_options(args)))
         api = asyncio.create_task(server.serve())
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())

@@ -15,7 +15,7 @@ import os
 import sys
 
 from core.capacity import TaskEntry
-from core.cli import CliError, guarded, setup_logging
+from core.cli import CliError, add_server_args, guarded, server_options, setup_logging
 from core.tasks import TASK_IDS, TASKS, Kind
 
 log = logging.getLogger("worker")
@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--token-env", default="SN19_WORKER_TOKEN",
                    help=f"environment variable holding the token the front end sends (at least "
                         f"{MIN_TOKEN_CHARS} characters; the worker refuses to start without one)")
+    add_server_args(p)
     p.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads for the cpu back end (0: torch's default)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -88,8 +89,9 @@ def serve(args) -> int:
     log.info("loading %s on the %s back end", args.task, args.backend)
     engine = load_engine(args.task, entry)
     log.info("serving %s on %s:%d", args.task, args.host, args.port)
-    uvicorn.run(build_worker_app(args.task, engine, token, args.concurrency), host=args.host,
-                port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.run(build_worker_app(args.task, engine, token, args.concurrency, args.body_timeout),
+                host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
+                **server_options(args))
     return 0
 
 

@@ -102,7 +102,8 @@ def refuse(status: int, reason: str, headers: dict | None = None) -> JSONRespons
 
 
 def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None,
-              max_body: int = DEFAULT_MAX_BODY, health_interval_s: float = 5.0) -> FastAPI:
+              max_body: int = DEFAULT_MAX_BODY, health_interval_s: float = 5.0,
+              body_timeout_s: float = 30.0) -> FastAPI:
     """``announce``: (wallet, host, port) to serve on chain at start-up, or None."""
     metrics = MinerMetrics(state.pools)
 
@@ -156,7 +157,11 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
         try:
             state.gate.screen(request.headers, state.metagraph)  # 401/403 before the body
-            body = await request.body()
+            try:
+                async with asyncio.timeout(body_timeout_s):
+                    body = await request.body()
+            except TimeoutError:
+                raise Refused(408, f"the body took longer than {body_timeout_s:g} s") from None
             validator = state.gate.admit(request.headers, body, request.method,
                                          request_target(request.scope), state.metagraph)
         except Refused as e:

@@ -5,6 +5,7 @@ limit (413): no request can make a neuron buffer more than the limit in memory."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from starlette.responses import Response
@@ -33,3 +34,34 @@ class BodyLimit:
                 await self.reject(*problem)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyTimeout:
+    """A request body must arrive within ``seconds`` (408 otherwise): read here, under the
+    deadline and within BodyLimit's size, then handed to the app as received. For apps whose
+    handlers would read it anyway (the validator's API, a worker); the miner reads its body
+    itself, after deciding 401/403 from the headers."""
+
+    def __init__(self, app, seconds: float, reject: Callable[[int, str], Response]):
+        self.app, self.seconds, self.reject = app, seconds, reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        messages = []
+        try:
+            async with asyncio.timeout(self.seconds):
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break
+        except TimeoutError:
+            await self.reject(408, f"the body took longer than {self.seconds:g} s")(scope, receive, send)
+            return
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)

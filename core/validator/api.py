@@ -23,7 +23,7 @@ from core.openai_wire import DONE, chunk_event, event, finish_reason, usage_even
 from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
                            TextToImageRequest)
 from core.tasks import TASKS, Kind
-from core.transport.limits import BodyLimit
+from core.transport.limits import BodyLimit, BodyTimeout
 from core.validator import keys
 from core.validator.organic import AllFailed, NoCapacity, Organic
 
@@ -104,7 +104,8 @@ def task_for(model: str, kind: Kind) -> str:
                    "not_found_error")
 
 
-def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3) -> FastAPI:
+def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3,
+              body_timeout_s: float = 30.0) -> FastAPI:
     app = FastAPI(title="SN19 validator API", version="1",
                   description="OpenAI-compatible access to Subnet 19's miners")
     organic = Organic(validator.book, validator.traffic, max_attempts)
@@ -127,8 +128,11 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         return error(400, f"{where}: {first['msg']}" if where else first["msg"],
                      "invalid_request_error")
 
-    app.add_middleware(BodyLimit, max_bytes=max_body,
-                       reject=lambda status, message: error(status, message, "invalid_request_error"))
+    def reject(status: int, message: str) -> JSONResponse:
+        return error(status, message, "invalid_request_error")
+
+    app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=reject)
+    app.add_middleware(BodyLimit, max_bytes=max_body, reject=reject)  # outermost: size first
 
     async def authorize(request: Request) -> keys.ApiKey:
         # async: a sync dependency would cost every request a hop to FastAPI's thread pool

@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.backends import ChatEngine, Engine, ImageEngine
 from core.openai_wire import DONE, chunk_event, finish_reason, usage_event
-from core.protocol import PATHS, REQUEST_MODELS, ChatMessage, ChatRequest, ImageResponse
+from core.protocol import (PATHS, REQUEST_MODELS, ChatMessage, ChatRequest, ImageResponse,
+                           max_request_bytes)
 from core.tasks import TASKS, Kind
+from core.transport.limits import BodyLimit, BodyTimeout
 
 
 class _Unauthorized(Exception):
@@ -44,8 +46,10 @@ class CompletionBody(BaseModel):
     logprobs: bool = False
 
 
-def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1) -> FastAPI:
-    """``concurrency``: requests the engine runs at once; more wait their turn."""
+def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1,
+                     body_timeout_s: float = 30.0) -> FastAPI:
+    """``concurrency``: requests the engine runs at once; more wait their turn. A body must be
+    within the task's largest valid request and arrive within ``body_timeout_s``."""
     task = TASKS[task_id]
 
     @asynccontextmanager
@@ -72,6 +76,9 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
     def fail(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+
+    app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=fail)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes(task.kind), reject=fail)
 
     def invalid(status: int, error: ValidationError) -> JSONResponse:
         first = error.errors()[0]
