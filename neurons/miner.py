@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
     add_server_args(p)
+    p.add_argument("--public-metrics", action="store_true",
+                   help="answer GET /metrics to any address (it lists validators' hotkeys and "
+                        "worker URLs), not only to this host's")
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--health-interval", type=float, default=5.0,
@@ -140,7 +143,8 @@ def serve(args) -> int:
     limits = {"max_body": args.max_body} if args.max_body else {}
     uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce,
                           health_interval_s=args.health_interval,
-                          body_timeout_s=args.body_timeout, **limits),
+                          body_timeout_s=args.body_timeout, public_metrics=args.public_metrics,
+                          **limits),
                 host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
                 **server_options(args))
     return 0

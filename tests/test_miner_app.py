@@ -34,7 +34,7 @@ def miner(subnet, engines):
     state = MinerState(hotkey=hotkey, config=CONFIG, pools=build_pools(CONFIG, engines), chain=subnet.chain,
                        gate=Gate(hotkey, min_stake=100), period_blocks=1000,
                        slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
-    with TestClient(build_app(state, sync_interval_s=3600)) as client:
+    with TestClient(build_app(state, sync_interval_s=3600), client=("127.0.0.1", 50000)) as client:
         yield client, hotkey
 
 
@@ -272,3 +272,20 @@ def test_each_endpoint_reads_no_more_than_its_largest_valid_request(miner, subne
         assert client.post(path, content=body, headers=headers).status_code == 413, path
     body, headers = signed(subnet.validator, me, b"x" * 300_000, path="/image-to-image")
     assert client.post("/image-to-image", content=body, headers=headers).status_code != 413
+
+
+def test_metrics_only_for_this_host_and_no_docs(subnet, engines):
+    hotkey = subnet.miner.hotkey.ss58_address
+    state = MinerState(hotkey=hotkey, config=CONFIG, pools=build_pools(CONFIG, engines),
+                       chain=subnet.chain, gate=Gate(hotkey), period_blocks=1000,
+                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+    app = build_app(state, sync_interval_s=3600)
+    with TestClient(app, client=("203.0.113.7", 40000)) as outside:
+        assert outside.get("/metrics").status_code == 404  # hotkeys and worker URLs stay in
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert outside.get(path).status_code == 404, path
+    with TestClient(app, client=("127.0.0.1", 40000)) as local:
+        assert "sn19_miner_declared_units" in local.get("/metrics").text
+    public = build_app(state, sync_interval_s=3600, public_metrics=True)
+    with TestClient(public, client=("203.0.113.7", 40000)) as outside:
+        assert outside.get("/metrics").status_code == 200

@@ -103,7 +103,7 @@ def refuse(status: int, reason: str, headers: dict | None = None) -> JSONRespons
 
 def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None,
               max_body: int = DEFAULT_MAX_BODY, health_interval_s: float = 5.0,
-              body_timeout_s: float = 30.0) -> FastAPI:
+              body_timeout_s: float = 30.0, public_metrics: bool = False) -> FastAPI:
     """``announce``: (wallet, host, port) to serve on chain at start-up, or None."""
     metrics = MinerMetrics(state.pools)
 
@@ -144,7 +144,9 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             task.cancel()
         await asyncio.gather(*(pool.close() for pool in state.pools.values()))
 
-    app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan)
+    # no /docs or /openapi.json: the public port shows validators nothing but the synapses
+    app = FastAPI(title="SN19 miner", version=PROTOCOL_VERSION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_body, reject=refuse,
                        per_path={CAPACITY_PATH: CAPACITY_MAX_BODY,
                                  **{PATHS[k]: min(max_body, max_request_bytes(k)) for k in PATHS}})
@@ -212,7 +214,12 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         return {"status": "ok", "hotkey": state.hotkey, "version": PROTOCOL_VERSION}
 
     @app.get("/metrics")
-    async def prometheus():
+    async def prometheus(request: Request):
+        """Prometheus, for this host only unless ``public_metrics``: it names validators' hotkeys
+        and the workers' internal addresses."""
+        if not public_metrics and (request.client is None
+                                   or request.client.host not in ("127.0.0.1", "::1")):
+            return refuse(404, "Not Found")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(CAPACITY_PATH, response_model=CapacityResponse)
