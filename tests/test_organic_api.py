@@ -231,3 +231,36 @@ def test_a_client_that_leaves_mid_stream_leaves_one_record_and_its_units(net):
     assert len(records) == 5 and {r.outcome.value for r in records} == {"abandoned"}
     assert all(0 < r.units < 200 for r in records)  # the prompt and the tokens it had, no more
     used_is_the_sum_of_records(store, 7)
+
+
+def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
+    chain, wallet, store, _ = net
+    key = keys.create(store, "fay", per_minute=100)
+    chat = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}]}
+    image = {"model": "proteus-text-to-image", "prompt": "a cat", "size": "64x64"}
+    cases = [("/v1/chat/completions", {**chat, "stop": ["\n"]}, "stop"),
+             ("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]}, "tools"),
+             ("/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}},
+              "response_format"),
+             ("/v1/chat/completions", {**chat, "logprobs": True}, "logprobs"),
+             ("/v1/chat/completions", {**chat, "max_tokens": 0}, "max_tokens"),
+             ("/v1/chat/completions", {**chat, "max_completion_tokens": -5}, "max_completion_tokens"),
+             ("/v1/images/generations", {**image, "steps": 0}, "steps"),
+             ("/v1/images/generations", {**image, "style": "vivid"}, "style")]
+
+    async def main():
+        v = await open_period(chain, wallet, store, {})
+        out = []
+        async with client(build_api(v)) as c:
+            for path, body, _ in cases:
+                r = await c.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+                out.append((r.status_code, r.json()["error"]["message"]))
+            ok = await c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={**chat, "max_tokens": 3, "user": "u1", "presence_penalty": 0})
+        await v.client.close()
+        return out, ok.status_code
+
+    out, ok = asyncio.run(main())
+    for (status, message), (_, _, field) in zip(out, cases):
+        assert status == 400 and message.startswith(field), (field, status, message)
+    assert ok == 200  # neutral values of the fields it does not implement are accepted

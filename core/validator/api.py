@@ -57,12 +57,20 @@ class Turn(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+# Fields of OpenAI's request this API accepts only at their neutral value (anything else would be
+# silently ignored: a 400 names it instead).
+NEUTRAL: dict[str, tuple] = {
+    "user": (), "logprobs": (False, None), "presence_penalty": (0, None),
+    "frequency_penalty": (0, None), "parallel_tool_calls": (None, True, False),
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str
     messages: Annotated[list[Turn], Field(min_length=1)]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
@@ -70,16 +78,25 @@ class ChatCompletionRequest(BaseModel):
     n: int = 1
     stream_options: dict | None = None
 
+    def unsupported(self) -> str | None:
+        """The first field sent that this API does not implement, if any."""
+        for name, value in (self.model_extra or {}).items():
+            neutral = NEUTRAL.get(name)
+            if neutral is None or (neutral and value not in neutral):
+                return name
+        return None
+
 
 class ImagesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # a field not implemented is a 400 naming it
     model: str
+    user: str | None = None  # OpenAI's end-user tag: accepted, unused
     prompt: str
     n: Annotated[int, Field(ge=1, le=4)] = 1
     size: str = "1024x1024"
     response_format: Literal["b64_json"] = "b64_json"
     seed: int | None = None
-    steps: int | None = None  # extension: denoising steps (default: the task's usual)
+    steps: Annotated[int, Field(ge=1)] | None = None  # extension: denoising steps (default: the task's usual)
     negative_prompt: str = ""
     guidance_scale: float = 7.0
 
@@ -176,10 +193,13 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     async def chat(body: ChatCompletionRequest, _: keys.ApiKey = Depends(authorize)):
         if body.n != 1:
             raise ApiError(400, "n: only 1 choice per request is supported")
+        if field := body.unsupported():
+            raise ApiError(400, f"{field}: not supported by this API")
         task = task_for(body.model, Kind.CHAT)
         request = message(ChatRequest, task=task,
                           messages=[{"role": m.role, "content": m.text()} for m in body.messages],
-                          max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+                          max_tokens=next((m for m in (body.max_completion_tokens,
+                                                       body.max_tokens) if m is not None), 256),
                           temperature=body.temperature, top_p=body.top_p,
                           seed=body.seed if body.seed is not None else seeds.getrandbits(62))
         stream = organic.chat(request)
@@ -222,7 +242,8 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         except ValueError:
             raise ApiError(400, f"size: expected WIDTHxHEIGHT, got {body.size!r}") from None
         return dict(task=task, prompt=body.prompt, negative_prompt=body.negative_prompt,
-                    steps=body.steps or TASKS[task].units_per_synthetic, width=width, height=height,
+                    steps=TASKS[task].units_per_synthetic if body.steps is None else body.steps,
+                    width=width, height=height,
                     seed=body.seed if body.seed is not None else seeds.getrandbits(62),
                     guidance_scale=body.guidance_scale, num_images=body.n)
 
