@@ -182,3 +182,21 @@ def test_the_database_and_the_nonce_store_are_private_to_their_user(tmp_path):
     SqliteNonceStore(tmp_path / "nonces.sqlite3")
     for name in ("v.sqlite3", "nonces.sqlite3"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_api_use_is_counted_per_key_and_minute(store):
+    assert [store.count_api_use("alice", 100) for _ in range(3)] == [1, 2, 3]
+    assert store.count_api_use("bob", 100) == 1  # each key its own count
+    assert store.count_api_use("alice", 101) == 1  # a new minute starts afresh
+
+
+def test_replicas_on_one_database_share_a_keys_rate_limit(tmp_path):
+    from core.validator import keys
+
+    path = str(tmp_path / "v.sqlite3")
+    first, second = open_store(path), open_store(path)
+    keys.create(first, "carol", per_minute=3)
+    key = keys.find(first, keys.create(first, "dan", per_minute=3))
+    limits = [keys.RateLimiter(first), keys.RateLimiter(second)]
+    waits = [limits[i % 2].allow(key, now=6000.0 + i) for i in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] == 60 * 101 - 6003.0  # the 4th, either one

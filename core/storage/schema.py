@@ -39,4 +39,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # a period sealed for scoring takes no more records: late ones go to the next period
         "ALTER TABLE periods ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # API requests per key and clock minute, shared by every replica on the database
+        """CREATE TABLE api_use (
+            name TEXT NOT NULL, minute BIGINT NOT NULL, used INTEGER NOT NULL,
+            PRIMARY KEY (name, minute))""",
+    ),
 )

@@ -266,6 +266,16 @@ class Store:
         return self._run("SELECT name, prefix, per_minute, created_at, revoked_at FROM api_keys "
                          "WHERE hash = ? AND revoked_at IS NULL", (digest,))
 
+    def count_api_use(self, name: str, minute: int) -> int:
+        """Count one request of key ``name`` in ``minute`` (one statement: replicas sharing the
+        database count together); returns the minute's count so far, this one included."""
+        with self._guard(), self.db.transaction():
+            self.db.execute("DELETE FROM api_use WHERE minute < ?", (minute - 1,))
+            rows = self.db.execute(
+                "INSERT INTO api_use VALUES (?, ?, 1) ON CONFLICT (name, minute) "
+                "DO UPDATE SET used = api_use.used + 1 RETURNING used", (name, minute))
+        return rows[0][0]
+
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window."""
         with self._guard(), self.db.transaction():

@@ -126,7 +126,7 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     app = FastAPI(title="SN19 validator API", version="1",
                   description="OpenAI-compatible access to Subnet 19's miners")
     organic = Organic(validator.book, validator.traffic, max_attempts)
-    limiter = keys.RateLimiter()
+    limiter = keys.RateLimiter(validator.store)
     seeds = random.Random()
 
     @app.exception_handler(ApiError)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -52,21 +51,17 @@ def listing(store: Store) -> list[ApiKey]:
 
 
 class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests a minute, bursts up to that many."""
+    """``per_minute`` requests per key in each minute of the clock, counted in the store: API
+    replicas on one database share the count, so a key gets its limit once, not once per
+    replica."""
 
-    def __init__(self):
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, store):
+        self.store = store
 
     def allow(self, key: ApiKey, now: float | None = None) -> float:
         """0 when the request may go, else the seconds until it may."""
-        now = time.monotonic() if now is None else now
-        rate = key.per_minute / 60.0
-        with self._lock:
-            tokens, last = self._buckets.get(key.name, (float(key.per_minute), now))
-            tokens = min(float(key.per_minute), tokens + (now - last) * rate)
-            if tokens >= 1:
-                self._buckets[key.name] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key.name] = (tokens, now)
-            return (1 - tokens) / rate
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        if self.store.count_api_use(key.name, minute) <= key.per_minute:
+            return 0.0
+        return (minute + 1) * 60 - now
