@@ -92,8 +92,11 @@ async def open_period(chain, wallet, store, quality):
     return v
 
 
-def client(api):
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api")
+def client(api, raise_app_exceptions: bool = True):
+    """The API in this process; ``raise_app_exceptions=False`` shows what a server would send
+    for an unhandled error (Starlette re-raises it after answering)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(
+        app=api, raise_app_exceptions=raise_app_exceptions), base_url="http://api")
 
 
 def test_keys_limits_and_errors(net):
@@ -264,3 +267,25 @@ def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
     for (status, message), (_, _, field) in zip(out, cases):
         assert status == 400 and message.startswith(field), (field, status, message)
     assert ok == 200  # neutral values of the fields it does not implement are accepted
+
+
+def test_a_database_that_fails_is_an_openai_style_500(net, monkeypatch):
+    from core.storage import StorageError
+
+    chain, wallet, store, _ = net
+    key = keys.create(store, "gil", per_minute=100)
+
+    def broken(*_):
+        raise StorageError("v.sqlite3: OperationalError: attempt to write a readonly database")
+
+    async def main():
+        v = await open_period(chain, wallet, store, {})
+        monkeypatch.setattr(store, "count_api_use", broken)
+        async with client(build_api(v), raise_app_exceptions=False) as c:
+            r = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        await v.client.close()
+        return r
+
+    r = asyncio.run(main())
+    assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
+    assert "StorageError" in r.json()["error"]["message"]

@@ -8,6 +8,7 @@ GET /v1/models (the tasks with this period's capacity). Every call needs an API 
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -137,6 +138,11 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         return error(e.status_code, str(e.detail), kind, getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def failed(_, e: Exception):  # a bug or a database away: still OpenAI's error shape
+        logging.getLogger("validator.api").error("request failed: %s: %s", type(e).__name__, e)
+        return error(500, f"internal error ({type(e).__name__})", "api_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
