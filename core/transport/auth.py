@@ -46,7 +46,8 @@ class Gate:
         if not neuron.validator_permit:
             raise Refused(403, "caller has no validator permit")
         if neuron.stake < self.min_stake:
-            raise Refused(403, f"caller's stake {neuron.stake:g} is below the minimum {self.min_stake:g}")
+            raise Refused(403, f"caller's stake {neuron.stake:g} is below the minimum "
+                               f"{self.min_stake:g}")
         return neuron
 
     def admit(self, headers: Mapping[str, str], body: bytes, method: str, target: str,

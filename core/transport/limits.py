@@ -58,7 +58,8 @@ class BodyTimeout:
                     if message["type"] != "http.request" or not message.get("more_body"):
                         break
         except TimeoutError:
-            await self.reject(408, f"the body took longer than {self.seconds:g} s")(scope, receive, send)
+            refusal = self.reject(408, f"the body took longer than {self.seconds:g} s")
+            await refusal(scope, receive, send)
             return
 
         async def replay():

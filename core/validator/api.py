@@ -97,7 +97,8 @@ class ImagesRequest(BaseModel):
     size: str = "1024x1024"
     response_format: Literal["b64_json"] = "b64_json"
     seed: int | None = None
-    steps: Annotated[int, Field(ge=1)] | None = None  # extension: denoising steps (default: the task's usual)
+    # extension: denoising steps (default: the task's usual)
+    steps: Annotated[int, Field(ge=1)] | None = None
     negative_prompt: str = ""
     guidance_scale: float = 7.0
 

@@ -120,7 +120,8 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
         lines += 1
         if tokens > message.max_tokens or lines > message.max_tokens + 1:
             raise MinerFailed(Outcome.INVALID)  # more than asked, or lines that carry nothing
-        if chunk.done and (chunk.completion_tokens != tokens or chunk.prompt_tokens != prompt_tokens):
+        if chunk.done and (chunk.completion_tokens != tokens
+                           or chunk.prompt_tokens != prompt_tokens):
             raise MinerFailed(Outcome.INVALID)
         yield chunk
         if chunk.done:

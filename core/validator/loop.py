@@ -266,7 +266,8 @@ class Validator:
             c = t.contender
             missing = min(t.units, c.budget) - used.get((c.hotkey, c.task), 0.0)
             if missing >= min_units(c.task):
-                sends.append(plan.Send(0.0, t, int(min(missing, TASKS[c.task].units_per_synthetic))))
+                units = int(min(missing, TASKS[c.task].units_per_synthetic))
+                sends.append(plan.Send(0.0, t, units))
         return sends
 
     async def _close(self, period: int, targets: list[plan.Target], share: float,

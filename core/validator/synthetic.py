@@ -56,7 +56,8 @@ def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: 
     kind = TASKS[task_id].kind
     seed = rng.getrandbits(63)
     if kind is Kind.CHAT:
-        request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt(rng))],
+        request = ChatRequest(task=task_id,
+                              messages=[ChatMessage(role="user", content=prompt(rng))],
                               temperature=rng.choice((0.0, 0.7, 1.0)),
                               top_p=rng.choice((0.9, 1.0)), seed=seed)
         head = max(counter.prompt_tokens(request), request.prompt_allowance())

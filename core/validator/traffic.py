@@ -92,7 +92,9 @@ class Traffic:
         outcome: Outcome | None = None
         try:
             while outcome is None:
-                limit = deadline if not result.tokens else min(deadline, loop.time() + dispatch.CHAT_STALL_S)
+                limit = deadline
+                if result.tokens:  # once it has begun, a silence is a stall
+                    limit = min(deadline, loop.time() + dispatch.CHAT_STALL_S)
                 async with asyncio.timeout_at(limit):
                     chunk: ChatChunk = await anext(stream)
                 result.tokens.extend(chunk.tokens)
