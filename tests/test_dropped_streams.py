@@ -27,7 +27,8 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
     chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True)
     chain.register(miner.hotkey.ss58_address, "c")
-    (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 100000}\n")
+    (tmp_path / "miner.yml").write_text(
+        "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "WARNING"]
     db = str(tmp_path / "v.sqlite3")
@@ -60,7 +61,8 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
             time.sleep(0.5)
 
         def drop(i: int) -> tuple[int, bool]:
-            body = {"model": "chat-llama-3", "stream": True, "max_tokens": 64, "seed": i,
+            # many tokens asked (a long deadline, however busy the miner), few read
+            body = {"model": "chat-llama-3", "stream": True, "max_tokens": 400, "seed": i,
                     "messages": [{"role": "user", "content": f"tell me about {i}"}]}
             with httpx.stream("POST", f"{api}/chat/completions", json=body, headers=auth,
                               timeout=60) as r:
@@ -70,7 +72,10 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
 
         with ThreadPoolExecutor(10) as pool:
             answers = list(pool.map(drop, range(CLIENTS)))
-        assert answers == [(200, True)] * CLIENTS
+        # each client got its first event and left, or (a miner too busy on a loaded machine)
+        # an error; either way one attempt, one record
+        assert all(a == (200, True) or a[0] in (502, 503) for a in answers), answers
+        assert (200, True) in answers  # streams were dropped (here: all of them, unloaded)
         time.sleep(5)  # the API notices each departure and records it
         procs[1].send_signal(signal.SIGTERM)  # a clean stop: its requests in flight recorded
         procs[1].wait(timeout=60)
