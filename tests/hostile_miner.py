@@ -1,8 +1,9 @@
 """A miner that lies, for tests: the real miner (``neurons/miner.py``, same flags) with one hostile
 behaviour wrapped around its app, chosen by the environment variable SN19_HOSTILE:
 
-- ``inflate-prompt``, ``inflate-completion``: the chat stream's final line claims 10,000,000
-  prompt tokens, or 1,000 completion tokens more than it sent.
+- ``inflate-units``: the chat stream's final line claims 10,000,000 prompt tokens, and image
+  answers a thousand times the steps they took.
+- ``inflate-completion``: the final line claims 1,000 completion tokens more than it sent.
 - ``huge-integer``: the final line claims 2**70 prompt tokens.
 - ``long-line``: a 1 MiB line before the final one.
 - ``huge-capacity``, ``huge-image``: an 800 MB capacity or image answer, streamed without end.
@@ -44,7 +45,7 @@ async def endless(send, head: bytes, total: int = HUGE) -> None:
 def rewrite_final(line: bytes) -> bytes:
     """The chat stream's final line with the counts this mode lies about."""
     chunk = json.loads(line)
-    if MODE == "inflate-prompt":
+    if MODE == "inflate-units":
         chunk["prompt_tokens"] = 10_000_000
     elif MODE == "inflate-completion":
         chunk["completion_tokens"] += 1000
@@ -75,7 +76,30 @@ class Hostile:
             return await send({"type": "http.response.body", "body": b"", "more_body": False})
         if path == "/chat":
             return await self.app(scope, receive, self.chat_send(send))
+        if MODE == "inflate-units" and path.endswith("-image"):
+            return await self.app(scope, receive, self.image_send(send))
         return await self.app(scope, receive, send)
+
+    @staticmethod
+    def image_send(send):
+        """The image answer with its units multiplied (its length header follows)."""
+        start = {}
+
+        async def hostile_send(message):
+            if message["type"] == "http.response.start":
+                start.update(message)  # held until the body's new length is known
+                return None
+            body = message.get("body", b"")
+            if start.get("status") == 200 and body:
+                answer = json.loads(body)
+                answer["units"] *= 1000
+                body = json.dumps(answer).encode()
+            headers = [(k, str(len(body)).encode() if k == b"content-length" else v)
+                       for k, v in start.get("headers", [])]
+            await send({**start, "headers": headers})
+            return await send({**message, "body": body})
+
+        return hostile_send
 
     def chat_send(self, send):
         lines, stalled = 0, False
@@ -104,7 +128,7 @@ class Hostile:
                 if MODE == "long-line":
                     pad = b'{"tokens": [], "pad": "' + b"x" * 2**20 + b'"}\n'
                     await send({"type": "http.response.body", "body": pad, "more_body": True})
-                elif MODE in ("inflate-prompt", "inflate-completion", "huge-integer"):
+                elif MODE in ("inflate-units", "inflate-completion", "huge-integer"):
                     body = rewrite_final(body)
             return await send({**message, "body": body})
 

@@ -29,7 +29,7 @@ from core.tasks import TASKS
 CHAT, IMAGE = "chat-llama-3", "dreamshaper-text-to-image"
 # the mode, and the tasks whose answers it corrupts
 ATTACKS = {
-    "inflate-prompt": {CHAT},
+    "inflate-units": {CHAT, IMAGE},
     "inflate-completion": {CHAT},
     "huge-integer": {CHAT},
     "long-line": {CHAT},
@@ -145,8 +145,9 @@ def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validato
         for r in records:  # never more than one request reserves
             assert 0 <= r.units <= TASKS[r.task].units_per_synthetic, r
         # the inflated and oversized figures never reached a record
-        inflated = [r for r in records if hotkeys[r.hotkey] in ("inflate-prompt", "huge-integer")]
-        assert inflated and all(r.outcome.value != "ok" for r in inflated if r.task == CHAT)
+        inflated = [r for r in records if hotkeys[r.hotkey] in ("inflate-units", "huge-integer")]
+        assert inflated and all(r.outcome.value != "ok" for r in inflated
+                                if r.task == CHAT or hotkeys[r.hotkey] == "inflate-units")
 
     # what each attacker attacks earns it nothing, and at most what the honest twin earns
     states = {(hotkeys[h], task): effective(s) for (h, task), s in store.states().items()}
