@@ -53,7 +53,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from core.capacity import TaskEntry
     from core.chain.local import LocalChain
     from core.localproc import free_port, make_wallet, neuron, wait_healthy
-    from core.protocol import CAPACITY_PATH, CapacityRequest, ChatChunk
+    from core.protocol import (CAPACITY_PATH, MAX_CAPACITY_BYTES, MAX_CHAT_LINE_BYTES,
+                               CapacityRequest, ChatChunk, ImageResponse)
     from core.transport.client import SignedClient
 
     chat_engine = load_engine("chat-llama-3", TaskEntry(capacity=1))
@@ -80,7 +81,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         return len(chat_engine.prompt_ids(r)) + await _drain(chat_engine.stream(r))
 
     async def chat_miner(r) -> int:
-        async for _, line in client.stream(url, "/chat", me, r, 600):
+        async for _, line in client.stream(url, "/chat", me, r, 600, MAX_CHAT_LINE_BYTES):
             chunk = ChatChunk.model_validate_json(line)
             if chunk.done:
                 return chunk.units
@@ -91,7 +92,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
 
     async def image_miner(r) -> float:
         """Seconds the engine took inside the miner, from its Server-Timing header."""
-        reply = await client.post(url, "/text-to-image", me, r, 600)
+        reply = await client.post(url, "/text-to-image", me, r, 600,
+                                   ImageResponse.max_bytes(r))
         assert reply.status == 200, reply.body[:200]
         return float(reply.headers["Server-Timing"].split("dur=")[1]) / 1e3
 
@@ -121,7 +123,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
             lat_m.append(seconds)
             added.append(seconds - engine)
             t = time.perf_counter()
-            reply = await client.post(url, CAPACITY_PATH, me, CapacityRequest(), 10)
+            reply = await client.post(url, CAPACITY_PATH, me, CapacityRequest(), 10,
+                                       MAX_CAPACITY_BYTES)
             cap.append(time.perf_counter() - t)
             assert reply.status == 200
     finally:

@@ -38,9 +38,11 @@ def pct(xs: list[float], q: float) -> float:
 async def ttft_direct(client, url: str, miner: str, request) -> float:
     """Time to the first token; the stream is read to its end, as the API path reads it (an
     abandoned stream stops the miner's generation and would flatter this side)."""
+    from core.protocol import MAX_CHAT_LINE_BYTES
+
     t = time.perf_counter()
     first = None
-    async for status, line in client.stream(url, "/chat", miner, request, 120):
+    async for status, line in client.stream(url, "/chat", miner, request, 120, MAX_CHAT_LINE_BYTES):
         if status != 200:
             raise RuntimeError(f"miner answered {status}: {line[:200]!r}")
         if first is None and b'"tokens":[{' in line:

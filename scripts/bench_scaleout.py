@@ -36,7 +36,7 @@ async def routing(n: int) -> dict[str, float]:
     from core.backends.remote import OpenAIChat
     from core.chain.local import LocalChain
     from core.localproc import free_ports, make_wallet, neuron, wait_healthy
-    from core.protocol import ChatChunk, ChatRequest
+    from core.protocol import MAX_CHAT_LINE_BYTES, ChatChunk, ChatRequest
     from core.transport.client import SignedClient
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
@@ -85,7 +85,8 @@ async def routing(n: int) -> dict[str, float]:
             began = time.perf_counter()
             last = None
             async for status, line in client.stream(f"http://127.0.0.1:{port}", "/chat",
-                                                    fronts[port], request(i), 30):
+                                                    fronts[port], request(i), 30,
+                                                    MAX_CHAT_LINE_BYTES):
                 assert status == 200, line
                 last = line
             assert ChatChunk.model_validate_json(last).done

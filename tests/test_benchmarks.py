@@ -30,3 +30,25 @@ def test_bench_scoring_quick_prints_its_figures():
     for name in ("weights_256_miners_9_tasks_16_periods", "period_close_advance_all_contenders",
                  "dispatch_rate"):
         assert out.get(name, 0) > 0, (name, out)
+
+
+def test_bench_miner_small_run_prints_its_figures():
+    out = figures("bench_miner.py", "--n", "10")
+    assert out.get("miner_added_p50", 0) > 0 and "image_1step_difference_p50" in out, out
+
+
+def test_bench_organic_small_run_prints_its_figures():
+    out = figures("bench_organic.py", "--requests", "8", "--rounds", "1")
+    assert out.get("ttft_validator_c64_p50", 0) > 0 and "ttft_added_c64_p99" in out, out
+
+
+def test_bench_scaleout_small_run_prints_its_figures():
+    from core.localpg import binaries_present
+
+    if not binaries_present():
+        import pytest
+
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    out = figures("bench_scaleout.py", "--n", "20", "--accounting-s", "1")
+    assert out["accounting_1_replica_units_exact"] == out["accounting_2_replicas_units_exact"] == 1
+    assert out.get("routing_overhead_1_worker_p99") is not None, out
