@@ -10,8 +10,6 @@ budget together. Units are reserved before a request and settled with its record
 
 from __future__ import annotations
 
-import math
-import time
 from collections import defaultdict
 
 from core.chain import Metagraph
@@ -26,13 +24,11 @@ class PeriodBook:
         self.targets: dict[tuple[str, str], Target] = {}
         self.quality: dict[tuple[str, str], float] = {}
         self.metagraph: Metagraph | None = None
-        self.ends_at = math.inf  # time.monotonic() at which the period ends
 
     def open(self, period: int, targets: list[Target], metagraph: Metagraph,
-             quality: dict[tuple[str, str], float], ends_at: float = math.inf) -> None:
+             quality: dict[tuple[str, str], float]) -> None:
         """Serve ``period``, whose targets are already in the store (``Store.begin_period``)."""
         self.period, self.metagraph, self.quality = period, metagraph, quality
-        self.ends_at = ends_at
         self.targets = {(t.contender.hotkey, t.contender.task): t for t in targets}
 
     def used(self) -> dict[tuple[str, str], float]:

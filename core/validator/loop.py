@@ -107,10 +107,8 @@ class Validator:
         period = self.store.latest_period()
         if period is None or period == self.book.period:
             return
-        current, left = await self._current()
         metagraph = await self.chain.metagraph()
-        self.book.open(period, self.store.targets(period), metagraph, self._recent_quality(),
-                       ends_at=time.monotonic() + (left if period == current else 0.0))
+        self.book.open(period, self.store.targets(period), metagraph, self._recent_quality())
         log.info("serving period %d as planned by the process running the loop", period)
 
     def _recent_quality(self) -> dict[tuple[str, str], float]:
@@ -164,7 +162,7 @@ class Validator:
             self.store.rederive_used(period)
         _, left = await self._current()
         deadline = time.monotonic() + left
-        self.book.open(period, targets, metagraph, self._recent_quality(), ends_at=deadline)
+        self.book.open(period, targets, metagraph, self._recent_quality())
         used = self.book.used()  # resuming, or after organic traffic served by other replicas
         sends = plan.schedule(targets, used, left, self.rng)
         need = plan.required_concurrency(sends, left)
