@@ -23,6 +23,11 @@ class Metagraph:
     block: int
     neurons: tuple[Neuron, ...]
 
+    @property
+    def n_uids(self) -> int:
+        """Length of a weight vector over these neurons' uids."""
+        return max((n.uid for n in self.neurons), default=-1) + 1
+
     def by_hotkey(self, hotkey: str) -> Neuron | None:
         return next((n for n in self.neurons if n.hotkey == hotkey), None)
 

@@ -1,9 +1,10 @@
-"""The synthetic plan for a period (SPEC §3.3-3.5): block-hash draws, audits, and requests spread
-evenly with jitter.
+"""Audit windows and the synthetic plan (docs/protocol.md §3.3-3.5).
 
-Every draw that decides *what* is tested comes from the period's starting block hash (with the
-hotkey and task where it is per contender), so all validators agree and no miner can know it
-before the block exists. Only the timing jitter is private to the validator.
+A window opens at a block drawn from that block's hash alone, with probability 1/period_blocks, so
+no block says anything about when the next one opens, and every validator finds the same windows.
+In a window every validator sends every contender its full declared rate, spread evenly over the
+window's slices; outside windows only a small background sample. Only the timing jitter of a
+request is private to the validator.
 """
 
 from __future__ import annotations
@@ -11,123 +12,131 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from core.budget import Contender
 from core.tasks import TASKS
 
-P_AUDIT = 0.05
-P_YOUNG_AUDIT = 0.25
-YOUNG_PERIODS = 24
-AUDIT_F = (0.8, 1.0)
-SMALL_F = 0.05
-P_SMALL_F = 0.7
-RANGE_F = (0.05, 0.10)
-SEND_WINDOW = 0.9  # synthetic requests are spread over this leading share of the period
+SLICES = 5  # a window is credited by its worst slice (docs/protocol.md §4)
+WINDOWS_PER_PERIOD = 12  # a window lasts period_blocks / 12 blocks
+BACKGROUND = 0.01  # default share of each budget sent outside windows (liveness, quality checks)
 
 
-def _rng(*parts: str) -> np.random.Generator:
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
+def window_blocks(period_blocks: int) -> int:
+    """W: how many blocks a window lasts."""
+    return max(1, round(period_blocks / WINDOWS_PER_PERIOD))
 
 
-def is_audit_period(block_hash: str) -> bool:
-    """Network-wide audit: one draw from the block hash alone."""
-    return bool(_rng(block_hash, "audit").random() < P_AUDIT)
+def hits(block_hash: str, period_blocks: int) -> bool:
+    """Whether block ``block_hash`` draws an opening (probability 1/period_blocks); it opens a
+    window unless one is open at that block already."""
+    digest = hashlib.sha256(f"{block_hash}\x1fwindow".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < 1 / period_blocks
 
 
-def is_young_audit_period(block_hash: str) -> bool:
-    """The joint audit of every young, never-audited UID: a second draw from the hash alone."""
-    return bool(_rng(block_hash, "young-audit").random() < P_YOUNG_AUDIT)
+def openings(first: int, hashes: Sequence[str], period_blocks: int) -> tuple[int, list[int]]:
+    """The blocks that open a window among ``first .. first + len(hashes) - 1``.
 
-
-def test_fraction(block_hash: str, hotkey: str, task: str, audit: bool) -> float:
-    """The share ``f`` of a contender's budget tested synthetically this period."""
-    rng = _rng(block_hash, hotkey, task, "f")
-    if audit:
-        return float(rng.uniform(*AUDIT_F))
-    if rng.random() < P_SMALL_F:
-        return SMALL_F
-    return float(rng.uniform(*RANGE_F))
-
-
-def is_young(contender: Contender, block: int, period_blocks: int) -> bool:
-    return block - contender.registered_at < YOUNG_PERIODS * period_blocks
+    Whether a block lies in an open window depends on the blocks before it, so the scan starts at
+    an anchor: the first block whose W-1 predecessors in ``hashes`` all miss (no window can be open
+    there). Returns (anchor, openings from the anchor on); an anchor past the blocks the caller
+    needs means it must pass earlier hashes. Every validator scanning from any anchor finds the
+    same windows."""
+    w = window_blocks(period_blocks)
+    hit = [hits(h, period_blocks) for h in hashes]
+    run, anchor = 0, None
+    for i, h in enumerate(hit):
+        if run >= w - 1:
+            anchor = i
+            break
+        run = 0 if h else run + 1
+    if anchor is None:
+        return first + len(hashes), []
+    out, open_until = [], -1
+    for i in range(anchor, len(hit)):
+        if hit[i] and i > open_until:
+            out.append(first + i)
+            open_until = i + w - 1
+    return first + anchor, out
 
 
 @dataclass(frozen=True)
-class Target:
-    contender: Contender
-    f: float
-    audit: bool
-    reason: str  # "network", "young", "local-first" or "" outside audits
+class Window:
+    """One audit window as a validator runs it: opened at ``block``, ``seconds`` long from
+    ``started_at`` (unix time), cut into ``SLICES`` equal slices."""
 
-    @property
-    def units(self) -> float:
-        """Units to consume this period, organic first, synthetic for the rest."""
-        return self.f * self.contender.budget
+    block: int
+    started_at: float
+    seconds: float
+
+    def slice_of(self, at: float) -> int | None:
+        """The slice a request sent at ``at`` belongs to; None outside the window."""
+        if not self.started_at <= at < self.started_at + self.seconds:
+            return None
+        return min(int((at - self.started_at) / self.seconds * SLICES), SLICES - 1)
 
 
-def targets(contenders: list[Contender], block_hash: str, block: int, period_blocks: int,
-            audited: set[tuple[str, str]]) -> list[Target]:
-    """Decide f and audit status for every contender. ``audited`` holds the (hotkey, task) this
-    validator has an audit on record of."""
-    network = is_audit_period(block_hash)
-    young_draw = is_young_audit_period(block_hash)
-    out = []
-    for c in contenders:
-        known = (c.hotkey, c.task) in audited
-        if network:
-            reason = "network"
-        elif not known and is_young(c, block, period_blocks):
-            reason = "young" if young_draw else ""
-        elif not known:
-            reason = "local-first"
-        else:
-            reason = ""
-        audit = bool(reason)
-        out.append(Target(c, test_fraction(block_hash, c.hotkey, c.task, audit), audit, reason))
-    return out
+def window_units(c: Contender, period_blocks: int) -> float:
+    """A contender's full declared rate for one window: ``budget x W / period_blocks``."""
+    return c.budget * window_blocks(period_blocks) / period_blocks
 
 
 @dataclass(frozen=True)
 class Send:
-    at: float  # seconds after the period start
-    target: Target
+    at: float  # seconds after the plan's start
+    contender: Contender
     units: int
+    cap: float | None  # it goes only while the contender's use this period is under it
 
 
-def schedule(targets: list[Target], consumed: dict[tuple[str, str], float],
-             period_seconds: float, rng: random.Random | None = None) -> list[Send]:
-    """Synthetic requests for every target, each spread evenly over the send window with jitter,
-    filling what was already consumed (organic traffic first; what was sent before a restart)
-    left of ``f x budget``, and never exceeding the budget."""
+def _spread(c: Contender, want: float, used: float, seconds: float,
+            rng: random.Random) -> list[Send]:
+    """``want`` units for ``c`` in whole requests of the task's synthetic size (the nearest
+    count, at least one where the budget allows one), evenly over ``seconds`` with jitter. Each
+    carries the cap that keeps organic traffic first: it goes only while the units used since
+    ``used`` are fewer than the plan up to and including it."""
+    per = TASKS[c.task].units_per_synthetic
+    size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
+    if size < 1 or want <= 0:
+        return []
+    n = max(1, round(want / per))
+    gap = seconds / n
+    return [Send((i + rng.uniform(0.1, 0.9)) * gap, c, size, used + size * (i + 1))
+            for i in range(n)]
+
+
+def window_plan(contenders: Sequence[Contender], used: dict[tuple[str, str], float],
+                period_blocks: int, seconds: float, left: float = 1.0,
+                rng: random.Random | None = None) -> list[Send]:
+    """A window's synthetic requests: each contender's full declared rate for the ``left``
+    share of the window still to come (1 unless the validator joins it late), spread evenly over
+    those ``seconds``. ``used``: each contender's units spent this period so far (organic traffic
+    in the window then counts toward the window first)."""
     rng = rng or random.Random()
-    window = period_seconds * SEND_WINDOW
-    sends: list[Send] = []
-    for t in targets:
-        c = t.contender
+    sends = [s for c in contenders
+             for s in _spread(c, left * window_units(c, period_blocks),
+                              used.get((c.hotkey, c.task), 0.0), seconds, rng)]
+    return sorted(sends, key=lambda s: s.at)
+
+
+def background_plan(contenders: Sequence[Contender], seconds: float, share: float = BACKGROUND,
+                    rng: random.Random | None = None) -> list[Send]:
+    """The background sample outside windows: ``share`` of each budget (rounded to whole
+    requests, so a small budget may get none) spread over ``seconds``; bounded by the budget
+    alone, so it keeps sampling after a window or organic traffic."""
+    rng = rng or random.Random()
+    sends = []
+    for c in contenders:
         per = TASKS[c.task].units_per_synthetic
-        used = consumed.get((c.hotkey, c.task), 0.0)
-        cap = c.budget - used  # never beyond the budget, organic and synthetic together
-        want = min(t.units - used, cap)
-        if want < 1:
-            continue
-        n = math.ceil(want / per)
-        last = int(min(per, cap - per * (n - 1)))
-        gap = window / n
+        n = round(share * c.budget / per)
         for i in range(n):
-            units = per if i < n - 1 else last
-            if units >= 1:
-                sends.append(Send(at=(i + rng.uniform(0.1, 0.9)) * gap, target=t, units=units))
-    sends.sort(key=lambda s: s.at)
-    return sends
+            sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, per, None))
+    return sorted(sends, key=lambda s: s.at)
 
 
-def required_concurrency(sends: list[Send], period_seconds: float) -> float:
-    """Requests the validator must keep in flight on average to send the plan at production
-    speed; above its own concurrency limit, the plan cannot be met in the period."""
-    busy = sum(TASKS[s.target.contender.task].expected_seconds(s.units) for s in sends)
-    return busy / (period_seconds * SEND_WINDOW)
+def required_concurrency(sends: Sequence[Send], seconds: float) -> float:
+    """Requests the validator must keep in flight on average to send ``sends`` at production
+    speed within ``seconds``; above its concurrency limit, they cannot all be sent in time."""
+    busy = sum(TASKS[s.contender.task].expected_seconds(s.units) for s in sends)
+    return busy / seconds if seconds > 0 else math.inf

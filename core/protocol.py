@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.tasks import TASKS, Kind
 
-PROTOCOL_VERSION = "4.0.0"
+PROTOCOL_VERSION = "5.0.0"
 MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.

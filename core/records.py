@@ -1,12 +1,14 @@
-"""Per-request records and their summary into a contender's period outcome (SPEC §4)."""
+"""Per-request records and their summary into a contender's period outcome (docs/protocol.md §4):
+each record falls in the slice of the window it was sent in, or outside windows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from core.scoring import PeriodOutcome
+from core.plan import SLICES, Window
+from core.scoring import PeriodOutcome, Tally, WindowOutcome
 
 
 class Outcome(str, Enum):
@@ -36,40 +38,50 @@ class RequestRecord:
     #               else the units asked for
     latency_s: float
     quality: float | None = None  # set for checked results
-    at: float = 0.0  # unix time sent
+    at: float = 0.0  # unix time sent: places it in a window's slice
 
 
-def summarize(records: Iterable[RequestRecord], declared: float, budget: float, f: float,
-              audit: bool) -> PeriodOutcome:
-    """One contender's period: units by outcome, and the checked quality. Timeouts and invalid
-    answers count with server errors."""
-    good = refused = failed = q_sum = 0.0
-    q_n = 0
+def tally(r: RequestRecord) -> Tally:
+    """One scored record as a tally; timeouts and invalid answers count with server errors."""
+    if r.outcome is Outcome.OK:
+        return Tally(r.units, good=r.units, requests=1)
+    if r.outcome is Outcome.RATE_LIMITED:
+        return Tally(r.units, refused=r.units, requests=1)
+    return Tally(r.units, failed=r.units, requests=1)
+
+
+def summarize(records: Iterable[RequestRecord], declared: float,
+              windows: Sequence[Window] = ()) -> PeriodOutcome:
+    """One contender's period: a tally per slice of each window, one for the rest, and the
+    checked quality."""
+    slices = {w.block: [Tally()] * SLICES for w in windows}
+    other = Tally()
+    q_sum, q_n = 0.0, 0
     for r in records:
         if r.outcome in NOT_SCORED:
             continue
-        if r.outcome is Outcome.OK:
-            good += r.units
-        elif r.outcome is Outcome.RATE_LIMITED:
-            refused += r.units
+        t = tally(r)
+        w = next((w for w in windows if w.slice_of(r.at) is not None), None)
+        if w is None:
+            other = other + t
         else:
-            failed += r.units
+            i = w.slice_of(r.at)
+            slices[w.block][i] = slices[w.block][i] + t
         if r.quality is not None:
             q_sum += r.quality
             q_n += 1
-    return PeriodOutcome(declared=declared, budget=budget, f=f, audit=audit,
-                         consumed=good + refused + failed, good=good, refused=refused,
-                         failed=failed, quality_sum=q_sum, quality_n=q_n)
+    return PeriodOutcome(declared, tuple(WindowOutcome(w.block, tuple(slices[w.block]))
+                                         for w in windows), other, q_sum, q_n)
 
 
-def period_outcomes(targets, records: Iterable[RequestRecord]) -> list[tuple]:
-    """Every target's (target, PeriodOutcome, number of requests) from a period's records."""
+def period_outcomes(contenders, records: Iterable[RequestRecord], windows: Sequence[Window] = ()
+                    ) -> dict[tuple[str, str], tuple[PeriodOutcome, int]]:
+    """Every contender's (PeriodOutcome, number of requests) from a period's records."""
     by_key: dict[tuple[str, str], list[RequestRecord]] = {}
     for r in records:
         by_key.setdefault((r.hotkey, r.task), []).append(r)
-    out = []
-    for t in targets:
-        c = t.contender
+    out = {}
+    for c in contenders:
         mine = by_key.get((c.hotkey, c.task), [])
-        out.append((t, summarize(mine, c.declared, c.budget, t.f, t.audit), len(mine)))
+        out[(c.hotkey, c.task)] = (summarize(mine, c.declared, windows), len(mine))
     return out

@@ -1,25 +1,27 @@
-"""Scoring against declared capacity (SPEC §4), as pure functions.
+"""Scoring against declared capacity (docs/protocol.md §4), as pure functions.
 
-Per period a contender's measured outcome becomes a ``PeriodOutcome``; ``advance`` folds it into
-the contender's running ``ContenderState`` (latest audit, clawback debt, the last K periods); and
-``weights`` turns everyone's effective capacity into one weight per miner with the fixed task
-weights. Nothing here touches the network, a GPU or a database.
+A contender's requests become ``Tally``s: one per slice of each audit window it was in, and one for
+its other traffic (background and organic outside windows). A period's tallies are a
+``PeriodOutcome``; ``advance`` folds it into the contender's running ``ContenderState`` (the
+demonstrated rate of its last K windows, the scores of its last K windows and periods, its checked
+quality); ``weights`` turns everyone's effective capacity into one weight per miner with the fixed
+task weights. Nothing here touches the network, a GPU or a database.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.tasks import TASKS
 
-K_PERIODS = 16
+K = 16  # windows (and periods) remembered
 QUALITY_POWER = 3
-CLAWBACK_FACTOR = 2.0
-CLAWBACK_THRESHOLD = 0.9
+MIN_SLICE_REQUESTS = 3  # fewer in some slice: a window is credited by its average, not its worst
 
 
 def speed_factor(seconds: float, expected: float) -> float:
@@ -32,96 +34,120 @@ def speed_factor(seconds: float, expected: float) -> float:
 
 
 @dataclass(frozen=True)
-class PeriodOutcome:
-    """What this validator measured of one contender in one period, in the task's units."""
+class Tally:
+    """Units a validator asked of one contender in one slice (or outside windows), by outcome;
+    ``requests`` counts the requests."""
 
-    declared: float
-    budget: float
-    f: float
-    audit: bool
-    consumed: float = 0.0  # units attempted: served, refused or failed
+    asked: float = 0.0
     good: float = 0.0
     refused: float = 0.0  # 429
     failed: float = 0.0  # 5xx, timeouts, invalid answers
+    requests: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.asked + other.asked, self.good + other.good,
+                     self.refused + other.refused, self.failed + other.failed,
+                     self.requests + other.requests)
+
+    @property
+    def fraction(self) -> float:
+        return self.good / self.asked if self.asked > 0 else 0.0
+
+    @property
+    def score(self) -> float:
+        """``(good / asked) ^ 2``: refused, failed and timed out alike; no mix pays."""
+        return self.fraction ** 2
+
+
+def total(tallies: Sequence[Tally]) -> Tally:
+    return sum(tallies, Tally())
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """One window of one contender: a tally per slice."""
+
+    block: int
+    slices: tuple[Tally, ...]
+
+    @property
+    def tally(self) -> Tally:
+        return total(self.slices)
+
+    @property
+    def score(self) -> float:
+        return self.tally.score
+
+    @property
+    def served(self) -> float:
+        """The worst slice's served fraction over the slices that had requests, so capacity that
+        arrives after the window opened earns nothing; the window's average while some slice
+        holds fewer than ``MIN_SLICE_REQUESTS`` requests (too few to judge a slice)."""
+        if any(s.requests < MIN_SLICE_REQUESTS for s in self.slices):
+            return self.tally.fraction
+        return min(s.fraction for s in self.slices if s.asked > 0)
+
+
+@dataclass(frozen=True)
+class PeriodOutcome:
+    """What this validator measured of one contender in one period."""
+
+    declared: float
+    windows: tuple[WindowOutcome, ...] = ()  # the windows that opened in the period
+    other: Tally = Tally()  # background and organic requests outside windows
     quality_sum: float = 0.0
     quality_n: int = 0
 
     @property
-    def score(self) -> float:
-        return period_score(self.consumed, self.good, self.refused, self.failed, self.budget)
-
-
-def period_score(consumed: float, good: float, refused: float, failed: float,
-                 budget: float) -> float:
-    """``good_fraction x (1 - f429 x unqueried) x (1 - f5xx x unqueried)``.
-
-    Refusing early in a period (much budget unqueried) costs most; refusing once the validator has
-    used most of the budget is forgiven."""
-    if consumed <= 0:
-        return 0.0
-    unqueried = max(budget - consumed, 0.0) / budget if budget > 0 else 0.0
-    return (good / consumed) * (1 - refused / consumed * unqueried) \
-        * (1 - failed / consumed * unqueried)
+    def asked(self) -> float:
+        return self.other.asked + sum(w.tally.asked for w in self.windows)
 
 
 @dataclass(frozen=True)
 class ContenderState:
     """What a validator remembers of one contender between periods (stored; survives restarts)."""
 
-    demonstrated: float = 0.0  # from its latest audit; 0 before any
-    audited: bool = False
-    debt: float = 0.0  # clawback still to repay, in credited-unit-periods
-    since_audit: tuple[tuple[float, float], ...] = ()  # (credited before repayment, score)
-    window: tuple[PeriodOutcome, ...] = field(default=())  # the last K periods, oldest first
-    credited: float = 0.0  # latest period's credited capacity, after repayment
-    reliability: float = 0.0  # over the window, kept so that weights need no pass over it
-    quality: float = 0.0
+    registered_at: int = 0  # a hotkey registered anew (another block) starts afresh
+    demonstrated_w: tuple[float, ...] = ()  # declared x served, last K windows, oldest first
+    scored: tuple[tuple[float, float], ...] = ()  # (asked, score): last K windows and periods
+    checks: tuple[tuple[float, int], ...] = ()  # (quality sum, n) of the last K checked periods
+    period_score: float = 0.0  # its last window's score (kept through periods without one)
+    declared: float = 0.0
+    demonstrated: float = 0.0  # median of demonstrated_w; 0 before any window
+    credited: float = 0.0  # min(declared, demonstrated)
+    reliability: float = 0.0
+    quality: float = 1.0  # 1 until the first check: a checker backlog never zeroes a miner
 
 
-def demonstrated(outcome: PeriodOutcome, share: float) -> float:
-    """Good units served in an audit, scaled from this validator's tested share to the miner's
-    whole capacity: ``good / (f x share)``."""
-    if outcome.f <= 0 or share <= 0:
-        return 0.0
-    return outcome.good / (outcome.f * share)
-
-
-def advance(state: ContenderState, outcome: PeriodOutcome, share: float,
-            k: int = K_PERIODS) -> ContenderState:
-    """Fold one period into a contender's state: audits update what it has shown and charge the
-    over-claim clawback; every period repays debt from credited capacity before it earns."""
-    score = outcome.score
-    debt, since, shown, audited = state.debt, state.since_audit, state.demonstrated, state.audited
-    if outcome.audit:
-        d = demonstrated(outcome, share)
-        if d < CLAWBACK_THRESHOLD * outcome.declared:
-            debt += CLAWBACK_FACTOR * sum(max(c - d, 0.0) * s for c, s in since)
-        shown, audited, since = d, True, ()
-    credited = min(outcome.declared, shown)
-    repay = min(debt, credited)
-    window = (state.window + (outcome,))[-k:]
+def advance(state: ContenderState, outcome: PeriodOutcome, registered_at: int,
+            k: int = K) -> ContenderState:
+    """Fold one period into a contender's state. No clawback and no debt: each window measures
+    the rate, and the median of the last K keeps one bad window from moving it much."""
+    if registered_at != state.registered_at:
+        state = ContenderState(registered_at=registered_at)
+    shown = state.demonstrated_w
+    scored = state.scored
+    period_score = state.period_score
+    for w in outcome.windows:
+        if w.tally.asked <= 0:
+            continue
+        shown = (shown + (outcome.declared * w.served,))[-k:]
+        scored = (scored + ((w.tally.asked, w.score),))[-k:]
+        period_score = w.score
+    if outcome.other.asked > 0:
+        scored = (scored + ((outcome.other.asked, outcome.other.score),))[-k:]
+    checks = state.checks
+    if outcome.quality_n:
+        checks = (checks + ((outcome.quality_sum, outcome.quality_n),))[-k:]
+    demonstrated = statistics.median(shown) if shown else 0.0
+    asked = sum(a for a, _ in scored)
+    n = sum(c for _, c in checks)
     return ContenderState(
-        demonstrated=shown,
-        audited=audited,
-        debt=debt - repay,
-        since_audit=since + ((credited, score),),
-        window=window,
-        credited=credited - repay,
-        reliability=reliability(window),
-        quality=quality(window),
-    )
-
-
-def reliability(window: Sequence[PeriodOutcome]) -> float:
-    """Consumed-weighted mean period score over the window."""
-    consumed = sum(o.consumed for o in window)
-    return sum(o.consumed * o.score for o in window) / consumed if consumed > 0 else 0.0
-
-
-def quality(window: Sequence[PeriodOutcome]) -> float:
-    """Mean quality of the checked results in the window; 0 when none was checked."""
-    n = sum(o.quality_n for o in window)
-    return sum(o.quality_sum for o in window) / n if n else 0.0
+        registered_at=registered_at, demonstrated_w=shown, scored=scored, checks=checks,
+        period_score=period_score, declared=outcome.declared, demonstrated=demonstrated,
+        credited=min(outcome.declared, demonstrated),
+        reliability=sum(a * s for a, s in scored) / asked if asked > 0 else 0.0,
+        quality=sum(q for q, _ in checks) / n if n else 1.0)
 
 
 def effective(state: ContenderState) -> float:
@@ -152,4 +178,3 @@ def combine(table: np.ndarray, task_weights: Sequence[float]) -> np.ndarray:
     w /= w.sum()
     shares = np.divide(table, totals, out=np.zeros_like(table), where=live)
     return shares @ w
-

@@ -39,10 +39,10 @@ def subnet(tmp_path) -> Subnet:
     chain.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
     keys = {name: Keypair.create_from_uri(f"//{name}")
             for name in ("Alice", "Bob", "Carol", "Dave", "Eve")}
-    chain.register(keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True)
-    chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True)
-    chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False)
-    chain.register(keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True)
+    chain.register(keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True, registered_at=0)
+    chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True, registered_at=0)
+    chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False, registered_at=0)
+    chain.register(keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True, registered_at=0)
     return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"], keys["Dave"])
 
 

@@ -63,9 +63,9 @@ class Hostile:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if MODE == "huge-capacity" and path == "/capacity":
-            return await endless(send, b'{"version": "4.0.0", "capacities": {}, "hotkey": "')
+            return await endless(send, b'{"version": "5.0.0", "capacities": {}, "hotkey": "')
         if MODE == "huge-image" and path.endswith("-image"):
-            return await endless(send, b'{"version": "4.0.0", "units": 10, "images": ["')
+            return await endless(send, b'{"version": "5.0.0", "units": 10, "images": ["')
         if MODE == "slow" and path not in ("/health", "/capacity"):
             await asyncio.sleep(25)
         if MODE == "garbage" and path != "/health" and path != "/capacity":

@@ -25,8 +25,8 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True)
-    chain.register(miner.hotkey.ss58_address, "c")
+    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp_path / "miner.yml").write_text(
         "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),

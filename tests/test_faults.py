@@ -42,7 +42,7 @@ def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
     LocalChain.create(tmp_path / "chain", block_time=0.2, tempo=5, age_blocks=1000)
     wallet = make_wallet(tmp_path / "w", "v")
     LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
-                                            validator_permit=True)
+                                            validator_permit=True, registered_at=0)
     chain = DownChain(tmp_path / "chain", outages=2)
     store = open_store(str(tmp_path / "v.sqlite3"))
     v = Validator(wallet, chain, store, Settings(period_blocks=10, check="off", max_backoff_s=0.5, tokenizers="tiny"))
@@ -122,7 +122,7 @@ def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner, tmp_p
 def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
     wallet = make_wallet(tmp_path / "w", "v")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True)
+    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     db = str(tmp_path / "v.sqlite3")
     proc = neuron("validator", ["--network", f"local:{chain.folder}", "--wallet-path",
                                 str(tmp_path / "w"), "--wallet-name", "v", "--db", db,

@@ -34,11 +34,11 @@ json_values = st.recursive(
     max_leaves=20)
 
 VALID = {
-    "/chat": {"version": "4.0.0", "task": "chat-llama-3", "max_tokens": 4,
+    "/chat": {"version": "5.0.0", "task": "chat-llama-3", "max_tokens": 4,
               "messages": [{"role": "user", "content": "hi"}]},
-    "/text-to-image": {"version": "4.0.0", "task": "proteus-text-to-image", "prompt": "x",
+    "/text-to-image": {"version": "5.0.0", "task": "proteus-text-to-image", "prompt": "x",
                        "steps": 1, "height": 64, "width": 64},
-    "/capacity": {"version": "4.0.0"},
+    "/capacity": {"version": "5.0.0"},
 }
 
 
@@ -49,9 +49,9 @@ def miner(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-miner")
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
     wallet = make_wallet(tmp / "w", "miner")
-    chain.register(wallet.hotkey.ss58_address, "c")
+    chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)
     validator = make_wallet(tmp / "w", "validator").hotkey
-    chain.register(validator.ss58_address, "c", stake=10, validator_permit=True)
+    chain.register(validator.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
     config = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=10**5),
                                 "proteus-text-to-image": TaskEntry(capacity=10**4)})
     engines = {t: load_engine(t, e) for t, e in config.tasks.items()}
@@ -95,9 +95,9 @@ def test_miner_answers_any_body_without_a_500(miner, path, raw):
 
 @pytest.mark.parametrize("body", [
     b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
-    json.dumps({"version": "4.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
+    json.dumps({"version": "5.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
                 "task": "chat-llama-3"}).encode(),
-    b'{"version": "4.0.0", "task": "chat-llama-3", "temperature": NaN, '
+    b'{"version": "5.0.0", "task": "chat-llama-3", "temperature": NaN, '
     b'"messages": [{"role": "user", "content": "x"}]}',
     b'\xff\xfe\x00garbage',
 ])
@@ -121,7 +121,7 @@ def _api():
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-api-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
     wallet = make_wallet(tmp / "w", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True)
+    chain.register(wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
     store = open_store(str(tmp / "v.sqlite3"))
     validator = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})

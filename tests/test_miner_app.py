@@ -113,13 +113,14 @@ def test_callers_without_standing_are_403(miner, subnet, who, reason):
 
 def test_other_major_version_is_a_clear_400(miner, subnet):
     client, me = miner
-    r = post(client, "/capacity", b'{"version": "3.9.0"}', subnet.validator, me)
-    assert r.status_code == 400 and "not supported" in r.json()["error"]
+    for old in (b'{"version": "3.9.0"}', b'{"version": "4.0.0"}'):  # protocol 4 is refused too
+        r = post(client, "/capacity", old, subnet.validator, me)
+        assert r.status_code == 400 and "not supported" in r.json()["error"]
 
 
 def test_invalid_body_is_422(miner, subnet):
     client, me = miner
-    body = b'{"version": "4.0.0", "task": "chat-llama-3", "messages": []}'
+    body = b'{"version": "5.0.0", "task": "chat-llama-3", "messages": []}'
     r = post(client, "/chat", body, subnet.validator, me)
     assert r.status_code == 422
 

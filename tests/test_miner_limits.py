@@ -28,7 +28,7 @@ def test_a_group_serves_its_limit_at_once_and_queues_the_rest():
 
         async def job():
             nonlocal running, peak
-            assert await gpu.acquire(1.0, max_wait_s=5)
+            assert await gpu.acquire(max_wait_s=5)
             running += 1
             peak = max(peak, running)
             await asyncio.sleep(0.01)
@@ -41,48 +41,50 @@ def test_a_group_serves_its_limit_at_once_and_queues_the_rest():
     assert run(main()) == (2, 0)
 
 
-def test_freed_slots_go_to_the_highest_stake_first():
+def test_freed_slots_go_in_arrival_order_whatever_the_stake():
+    """docs/protocol.md §3.6: never by stake; serving the most-staked first skews small
+    validators' weights."""
     async def main():
         gpu = Gpu(limit=1, max_waiting=8)
-        assert await gpu.acquire(0, 1)
+        assert await gpu.acquire(1)
         order = []
 
-        async def wait(stake):
-            assert await gpu.acquire(stake, 5)
-            order.append(stake)
+        async def wait(name):
+            assert await gpu.acquire(5)
+            order.append(name)
             gpu.release()
 
-        tasks = [asyncio.create_task(wait(s)) for s in (10, 500, 50)]
+        tasks = []
+        for name in ("small", "big", "middle"):
+            tasks.append(asyncio.create_task(wait(name)))
+            await asyncio.sleep(0)  # queued in this order
         await asyncio.sleep(0.01)
         gpu.release()
         await asyncio.gather(*tasks)
         return order
 
-    assert run(main()) == [500, 50, 10]
+    assert run(main()) == ["small", "big", "middle"]
 
 
-def test_a_full_queue_refuses_the_least_staked():
+def test_a_full_queue_refuses_the_newcomer():
     async def main():
         gpu = Gpu(limit=1, max_waiting=2)
-        assert await gpu.acquire(0, 1)
-        low = asyncio.create_task(gpu.acquire(10, 5))
-        mid = asyncio.create_task(gpu.acquire(20, 5))
+        assert await gpu.acquire(1)
+        first = asyncio.create_task(gpu.acquire(5))
+        second = asyncio.create_task(gpu.acquire(5))
         await asyncio.sleep(0.01)
-        refused = await gpu.acquire(5, 5)  # poorer than everyone queued: refused at once
-        high = asyncio.create_task(gpu.acquire(99, 5))  # richer: takes the poorest's place
-        await asyncio.sleep(0.01)
-        evicted = await low
+        refused = await gpu.acquire(5)  # the queue is full: refused at once
         gpu.release()
-        return refused, evicted, await high, mid.done()
+        return refused, await first, second.done()
 
-    assert run(main()) == (False, False, True, False)
+    assert run(main()) == (False, True, False)
 
 
 def test_waiting_is_bounded_in_time():
     async def main():
         slots = Slots({}, {"inpaint": None}, max_wait_s=0.05)
-        assert await slots.acquire("inpaint", 1.0)
-        return await slots.acquire("inpaint", 1.0)  # the task's own limit of one is taken
+        assert await slots.acquire("inpaint")
+        return await slots.acquire("inpaint")  # the task's own limit of one is taken
 
     assert run(main()) is False
 
@@ -92,9 +94,9 @@ def test_a_resized_group_follows_its_workers():
     back: the waiters get the slots it opens at once."""
     async def main():
         gpu = Gpu(limit=2, max_waiting=8)
-        assert await gpu.acquire(1.0, 1) and await gpu.acquire(1.0, 1)
+        assert await gpu.acquire(1) and await gpu.acquire(1)
         gpu.resize(1)
-        waiter = asyncio.create_task(gpu.acquire(1.0, 5))
+        waiter = asyncio.create_task(gpu.acquire(5))
         await asyncio.sleep(0.01)
         gpu.release()  # 2 busy > limit 1: the slot is not handed on
         await asyncio.sleep(0.01)
@@ -102,7 +104,7 @@ def test_a_resized_group_follows_its_workers():
         gpu.resize(2)
         assert await waiter and gpu.busy == 2
         gpu.resize(0)
-        assert not await gpu.acquire(1.0, 0.05)  # nothing serves: the wait times out
+        assert not await gpu.acquire(0.05)  # nothing serves: the wait times out
 
     run(main())
 
@@ -115,15 +117,15 @@ def test_a_slot_handed_over_in_the_tick_its_waiter_times_out_is_not_lost():
 
     async def race() -> tuple[int, bool]:
         gpu = Gpu(1, 8)
-        assert await gpu.acquire(0, 1)
-        waiter = asyncio.create_task(gpu.acquire(0, 0.05))
+        assert await gpu.acquire(1)
+        waiter = asyncio.create_task(gpu.acquire(0.05))
         await asyncio.sleep(0.01)  # it is waiting
         time.sleep(0.06)  # the loop is busy past the waiter's deadline ...
         await asyncio.sleep(0)  # ... so its timeout fires in the tick in which
         gpu.release()  # the slot is handed to it
         if await waiter:
             gpu.release()
-        return gpu.busy, await gpu.acquire(0, 0.01)
+        return gpu.busy, await gpu.acquire(0.01)
 
     for _ in range(20):
         busy, again = asyncio.run(race())

@@ -22,7 +22,7 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator = make_wallet(wallets, "validator")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True)
+    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     (tmp_path / "miner.yml").write_text(
         # what these CPU miners can serve in a period even when audited (young UIDs: p = 0.25)
         "tasks:\n  chat-llama-3: {capacity: 3000}\n  proteus-text-to-image: {capacity: 60}\n")
@@ -37,7 +37,7 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
     try:
         for i, port in enumerate(miner_ports):
             wallet = make_wallet(wallets, f"miner{i}")
-            chain.register(wallet.hotkey.ss58_address, "c")  # young UIDs: small tests, mostly
+            chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)  # young UIDs: small tests, mostly
             procs.append(neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"),
                                           "--wallet-name", f"miner{i}", "--host", "127.0.0.1",
                                           "--port", str(port), "--min-stake", "0",

@@ -66,7 +66,7 @@ def net(tmp_path, engines, request):
     engines = {**engines, "broken": engines[getattr(request, "param", "broken")]}
     chain = LocalChain.create(tmp_path / "chain", age_blocks=10_000)
     wallet = make_wallet(tmp_path / "w", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True)
+    chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True, registered_at=0)
     ports = free_ports(2)
     apps = {}
     for name, port in zip(("broken", "good"), ports):

@@ -1,3 +1,4 @@
+import hashlib
 import random
 
 import numpy as np
@@ -5,10 +6,15 @@ import numpy as np
 from core import plan
 from core.budget import Contender, contenders, stake_share
 from core.chain import Metagraph, Neuron
+from core.period import open_period
 
 
 def neuron(uid, stake=0.0, permit=False, registered_at=0):
     return Neuron(uid, f"hk{uid}", f"ck{uid}", stake, permit, "http://x", registered_at)
+
+
+def hashes(n, seed="s"):
+    return ["0x" + hashlib.sha256(f"{seed}:{b}".encode()).hexdigest() for b in range(n)]
 
 
 def test_stake_share_and_budgets():
@@ -19,52 +25,68 @@ def test_stake_share_and_budgets():
     assert cs == [Contender(3, "hk3", "inpaint", 400.0, 300.0, 0)]
 
 
-def test_draws_depend_on_the_block_hash_alone():
-    hashes = [f"0x{i:064x}" for i in range(4000)]
-    audits = [plan.is_audit_period(h) for h in hashes]
-    assert 0.03 < np.mean(audits) < 0.07
-    assert audits == [plan.is_audit_period(h) for h in hashes]
-    young = np.mean([plan.is_young_audit_period(h) for h in hashes])
-    assert 0.22 < young < 0.28
+def test_a_silent_miner_or_dropped_task_declares_zero_and_stays_a_contender():
+    graph = Metagraph(100, (neuron(0, 300, True), neuron(3), neuron(4)))
+    previous = [("hk3", "inpaint"), ("hk3", "chat-llama-3"), ("hk4", "inpaint"), ("gone", "inpaint")]
+    opening = open_period(graph, {"hk3": {"inpaint": 400.0}}, previous, "hk0")
+    assert {(c.hotkey, c.task): c.declared for c in opening.contenders} == {
+        ("hk3", "inpaint"): 400.0, ("hk3", "chat-llama-3"): 0.0, ("hk4", "inpaint"): 0.0}
 
 
-def test_test_fraction_distribution():
-    fs = np.array([plan.test_fraction(f"0x{i}", "hk", "inpaint", False) for i in range(4000)])
-    assert ((fs >= 0.05) & (fs <= 0.10)).all()
-    assert 0.65 < np.mean(fs == 0.05) < 0.75
-    audit = np.array([plan.test_fraction(f"0x{i}", "hk", "inpaint", True) for i in range(500)])
-    assert ((audit >= 0.8) & (audit <= 1.0)).all()
+def test_windows_open_about_once_a_period_memorylessly_and_never_overlap():
+    pb = 300
+    w = plan.window_blocks(pb)
+    hs = hashes(300_000)
+    anchor, opened = plan.openings(0, hs, pb)
+    assert anchor == w - 1
+    gaps = np.diff(opened)
+    assert (gaps >= w).all()  # a block inside an open window opens none
+    per_period = len(opened) / ((len(hs) - anchor) / pb)
+    assert 0.85 < per_period < 1.0  # 1 / (1 + W/period) = 0.92 expected
+    # memoryless: the wait after a window's end is geometric, its mean ~ period_blocks
+    waits = gaps - w
+    assert 0.85 * pb < waits.mean() < 1.15 * pb
+    assert abs(np.mean(waits < pb) - (1 - (1 - 1 / pb) ** pb)) < 0.05
+    # every validator finds the same windows from any anchor before them
+    later_anchor, later = plan.openings(50_000, hs[50_000:], pb)
+    assert [b for b in later if b >= 60_000] == [b for b in opened if b >= 60_000]
 
 
-def test_network_audit_covers_every_contender_and_locals_only_the_unknown():
-    audit_hash = next(f"0x{i}" for i in range(10_000) if plan.is_audit_period(f"0x{i}"))
-    calm_hash = next(f"0x{i}" for i in range(10_000)
-                     if not plan.is_audit_period(f"0x{i}") and not plan.is_young_audit_period(f"0x{i}"))
-    cs = [Contender(1, "old", "inpaint", 100, 100, 0), Contender(2, "known", "inpaint", 100, 100, 0),
-          Contender(3, "young", "inpaint", 100, 100, 9_000)]
-    block, pb = 10_000, 300  # 'young' registered 1,000 blocks ago: under 24 periods
-    everyone = plan.targets(cs, audit_hash, block, pb, {("known", "inpaint")})
-    assert all(t.audit and t.reason == "network" for t in everyone)
-    calm = {t.contender.hotkey: t for t in plan.targets(cs, calm_hash, block, pb, {("known", "inpaint")})}
-    assert calm["old"].reason == "local-first" and calm["known"].reason == ""
-    assert calm["young"].reason == ""  # young, but the hash drew no joint young audit
-
-
-def test_schedule_spreads_requests_and_never_exceeds_the_budget():
-    c = Contender(1, "hk", "inpaint", 1000, 1000, 0)
-    target = plan.Target(c, 0.9, True, "network")
-    sends = plan.schedule([target], {}, 100.0, random.Random(1))
-    assert sum(s.units for s in sends) == 900
+def test_window_plan_sends_the_full_rate_over_the_slices_and_counts_organic_first():
+    c = Contender(1, "hk", "inpaint", 60_000.0, 30_000.0, 0)  # 20 steps a request
+    pb = 300
+    units = plan.window_units(c, pb)
+    assert units == 30_000 * 25 / 300
+    sends = plan.window_plan([c], {}, pb, 100.0, rng=random.Random(1))
+    assert sum(s.units for s in sends) == units
     times = [s.at for s in sends]
-    assert times == sorted(times) and times[-1] <= 100 * plan.SEND_WINDOW
-    gaps = np.diff(times)
-    assert gaps.min() > 0  # never a burst
-    with_organic = plan.schedule([target], {("hk", "inpaint"): 700}, 100.0)
-    assert sum(s.units for s in with_organic) == 200  # organic counts first
-    assert plan.schedule([target], {("hk", "inpaint"): 950}, 100.0) == []
+    assert times == sorted(times) and times[-1] < 100
+    per_slice = np.histogram(times, bins=plan.SLICES, range=(0, 100))[0]
+    assert per_slice.min() >= len(sends) // plan.SLICES - 1  # evenly spread
+    # caps: request i goes only while less than its running share is used (organic first)
+    assert [s.cap for s in sends[:3]] == [20, 40, 60]
+    resumed = plan.window_plan([c], {("hk", "inpaint"): 500.0}, pb, 50.0, left=0.5)
+    assert abs(sum(s.units for s in resumed) - units / 2) <= 20 and resumed[0].cap == 520
 
 
-def test_schedule_last_request_stops_at_the_budget():
-    c = Contender(1, "hk", "inpaint", 50, 50, 0)  # 20 steps a request: 20, 20, then 10
-    sends = plan.schedule([plan.Target(c, 1.0, True, "network")], {}, 10.0)
-    assert [s.units for s in sends] == [20, 20, 10]
+def test_a_small_budget_still_gets_one_request_where_the_budget_allows():
+    small = Contender(1, "hk", "playground-text-to-image", 600.0, 300.0, 0)  # 50 steps a request
+    sends = plan.window_plan([small], {}, 300, 60.0)
+    assert [s.units for s in sends] == [50]
+    left = plan.window_plan([small], {("hk", "playground-text-to-image"): 290.0}, 300, 60.0)
+    assert [s.units for s in left] == [10]  # what the budget still allows
+    assert plan.window_plan([small], {("hk", "playground-text-to-image"): 300.0}, 300, 60.0) == []
+    assert plan.window_plan([Contender(1, "hk", "inpaint", 0.0, 0.0, 0)], {}, 300, 60.0) == []
+
+
+def test_background_is_a_small_sample_bounded_by_the_budget_alone():
+    c = Contender(1, "hk", "inpaint", 60_000.0, 30_000.0, 0)
+    sends = plan.background_plan([c], 3600.0, rng=random.Random(2))
+    assert sum(s.units for s in sends) == 0.01 * 30_000 and all(s.cap is None for s in sends)
+    assert max(s.at for s in sends) < 3600
+
+
+def test_slices_cut_the_window_in_five():
+    w = plan.Window(100, 1000.0, 50.0)
+    assert [w.slice_of(t) for t in (999.9, 1000.0, 1009.9, 1010.0, 1049.9, 1050.0)] == [
+        None, 0, 0, 1, 4, None]

@@ -27,7 +27,7 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True)
+    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 3000}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),

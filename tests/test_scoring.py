@@ -3,19 +3,20 @@ import math
 import numpy as np
 import pytest
 
+from core.plan import Window
 from core.records import Outcome, RequestRecord, summarize
-from core.scoring import (ContenderState, PeriodOutcome, advance, combine, effective, period_score,
-                          quality, reliability, speed_factor, weights)
+from core.scoring import (ContenderState, PeriodOutcome, Tally, WindowOutcome, advance, combine,
+                          effective, speed_factor, weights)
 from core.tasks import TASKS
 
 
-def test_period_score_formula():
-    # 40% refused with half the budget unqueried: 0.6 x (1 - 0.4 x 0.5)
-    assert period_score(100, 60, 40, 0, 200) == pytest.approx(0.6 * 0.8)
-    # refusing once the budget is used up is forgiven
-    assert period_score(200, 120, 80, 0, 200) == pytest.approx(0.6)
-    assert period_score(0, 0, 0, 0, 100) == 0.0
-    assert period_score(50, 50, 0, 0, 100) == 1.0
+def window(fractions, requests=4, asked=100.0, block=0):
+    return WindowOutcome(block, tuple(Tally(asked, asked * f, asked * (1 - f), 0.0, requests)
+                                      for f in fractions))
+
+
+def period(declared, *windows, other=Tally(), q=(0.0, 0)):
+    return PeriodOutcome(declared, tuple(windows), other, *q)
 
 
 def test_speed_factor_is_smooth_and_bounded():
@@ -25,74 +26,69 @@ def test_speed_factor_is_smooth_and_bounded():
     assert speed_factor(3.0, 2.0) == pytest.approx(0.5)
 
 
-def test_summarize_counts_timeouts_and_invalid_with_server_errors():
-    rs = [RequestRecord(1, "hk", "inpaint", False, o, 10, 0.1, q)
-          for o, q in [(Outcome.OK, 1.0), (Outcome.OK, 0.5), (Outcome.RATE_LIMITED, None),
-                       (Outcome.TIMEOUT, None), (Outcome.INVALID, None), (Outcome.SERVER_ERROR, None)]]
-    o = summarize(rs, 100, 100, 0.6, False)
-    assert (o.consumed, o.good, o.refused, o.failed) == (60, 20, 10, 30)
+def test_window_score_is_the_square_and_served_the_worst_slice():
+    w = window([1.0, 1.0, 0.5, 1.0, 1.0])
+    assert w.score == pytest.approx(0.9 ** 2)
+    assert w.served == 0.5  # capacity that arrived late earns the worst slice
+    few = window([1.0, 1.0, 0.5, 1.0, 1.0], requests=2)
+    assert few.served == pytest.approx(0.9)  # too few requests a slice: the window's average
+    holes = WindowOutcome(0, (Tally(),) + window([0.8] * 4).slices)
+    assert holes.served == pytest.approx(0.8)  # a slice without requests: the average
+
+
+def test_summarize_places_records_in_slices_and_counts_failures_alike():
+    w = Window(7, 1000.0, 50.0)
+
+    def rec(outcome, at, q=None):
+        return RequestRecord(1, "hk", "inpaint", False, outcome, 10, 0.1, q, at)
+
+    rs = [rec(Outcome.OK, 1001, 1.0), rec(Outcome.TIMEOUT, 1001), rec(Outcome.OK, 1045, 0.5),
+          rec(Outcome.RATE_LIMITED, 1045), rec(Outcome.INVALID, 1045), rec(Outcome.OK, 500),
+          rec(Outcome.SERVER_ERROR, 2000), rec(Outcome.ABANDONED, 1020)]
+    o = summarize(rs, 100, [w])
+    (win,) = o.windows
+    assert win.slices[0] == Tally(20, 10, 0, 10, 2) and win.slices[4] == Tally(30, 10, 10, 10, 3)
+    assert win.slices[2] == Tally()  # abandoned: not the miner's doing, not scored
+    assert o.other == Tally(20, 10, 0, 10, 2)
     assert o.quality_sum / o.quality_n == 0.75
 
 
-def full(declared, f, audit, share=1.0, served=1.0):
-    budget = declared * share
-    good = f * budget * served
-    return PeriodOutcome(declared, budget, f, audit, consumed=f * budget, good=good,
-                         failed=f * budget - good, quality_sum=1.0, quality_n=1)
+def test_demonstrated_is_the_median_of_the_last_windows_and_credit_never_exceeds_it():
+    s = advance(ContenderState(), period(1000), 0)
+    assert s.credited == 0 and effective(s) == 0  # no window yet: nothing demonstrated
+    for f in (1.0, 0.5, 1.0, 1.0, 0.2):
+        s = advance(s, period(1000, window([f] * 5)), 0)
+    assert s.demonstrated == 1000 and s.credited == 1000  # one bad window moves the median little
+    s = advance(s, period(3000, window([1 / 3] * 5)), 0)  # declares 3x what it serves
+    assert s.credited == pytest.approx(1000) and s.reliability < 1
 
 
-def test_no_credit_before_an_audit_then_demonstrated_caps_credit():
-    s = advance(ContenderState(), full(1000, 0.05, False), 1.0)
-    assert s.credited == 0 and effective(s) == 0
-    s = advance(s, full(1000, 0.9, True, served=0.5), 1.0)
-    assert s.demonstrated == pytest.approx(500) and s.credited == pytest.approx(500)
+def test_over_claiming_pays_less_than_the_truth():
+    truth = overclaim = ContenderState()
+    for _ in range(20):
+        truth = advance(truth, period(1000, window([1.0] * 5), other=Tally(10, 10, requests=1)), 0)
+        overclaim = advance(overclaim, period(2000, window([0.5] * 5, asked=200),
+                                              other=Tally(20, 20, requests=1)), 0)
+    assert effective(overclaim) < 0.4 * effective(truth)
 
 
-def test_demonstrated_scales_by_share():
-    s = advance(ContenderState(), full(1000, 0.9, True, share=0.25), 0.25)
-    assert s.demonstrated == pytest.approx(1000)
+def test_quality_is_one_until_the_first_check_and_a_new_registration_starts_afresh():
+    s = advance(ContenderState(), period(1000, window([1.0] * 5)), 5)
+    assert s.quality == 1.0 and s.credited == 1000
+    s = advance(s, period(1000, q=(1.6, 2)), 5)
+    assert s.quality == pytest.approx(0.8)
+    assert effective(s) == pytest.approx(1000 * 1.0 * 0.8 ** 3)
+    fresh = advance(s, period(1000), 6)  # the hotkey registered again at another block
+    assert fresh.demonstrated == 0 and fresh.quality == 1.0 and fresh.scored == ()
 
 
-def test_over_claim_clawback_charges_and_repays_debt():
-    s = advance(ContenderState(), full(1000, 0.9, True), 1.0)  # honest first audit
-    for _ in range(5):  # then claims 3000 while able to serve 1000: small tests all pass
-        s = advance(s, full(3000, 0.05, False), 1.0)
-    assert s.credited == 1000  # capped by the audit
-    s = advance(s, PeriodOutcome(3000, 3000, 0.9, True, consumed=2700, good=900, failed=1800,
-                                 quality_sum=1, quality_n=1), 1.0)
-    # D = 1000; paid min(3000, 1000) = 1000 over the 5 periods: no over-payment, no debt
-    assert s.debt == 0 and s.credited == pytest.approx(1000)
-
-
-def test_debt_is_repaid_before_earning():
-    s = advance(ContenderState(), full(3000, 0.9, True), 1.0)  # passes one audit (rented GPUs)
-    for _ in range(4):
-        s = advance(s, full(3000, 0.05, False), 1.0)
-    s = advance(s, full(3000, 0.9, True, served=1 / 3), 1.0)  # then serves a third
-    # 2 x (4+1 periods x (3000 - 1000) x score 1), minus this period's 1000 repaid
-    assert s.debt == pytest.approx(2 * 5 * 2000 - 1000)
-    assert s.credited == 0 and effective(s) == 0
-
-
-def test_reliability_is_consumed_weighted_and_quality_is_the_mean():
-    window = (
-        PeriodOutcome(100, 100, 0.1, False, consumed=10, good=10, quality_sum=0.9, quality_n=1),
-        PeriodOutcome(100, 100, 0.9, True, consumed=90, good=45, failed=45, quality_sum=1.5,
-                      quality_n=2),
-    )
-    s90 = period_score(90, 45, 0, 45, 100)
-    assert reliability(window) == pytest.approx((10 * 1 + 90 * s90) / 100)
-    assert quality(window) == pytest.approx(0.8)
-    state = advance(advance(ContenderState(), window[0], 1.0), window[1], 1.0)
-    assert state.reliability == reliability(window) and state.quality == quality(window)
-    assert effective(state) == pytest.approx(state.credited * reliability(window) * 0.8 ** 3)
-
-
-def test_window_keeps_the_last_k_periods():
+def test_a_period_without_a_window_keeps_the_last_score_and_the_last_k_windows():
     s = ContenderState()
     for _ in range(20):
-        s = advance(s, full(100, 0.05, False), 1.0)
-    assert len(s.window) == 16
+        s = advance(s, period(100, window([0.9] * 5)), 0)
+    assert len(s.demonstrated_w) == 16 and len(s.scored) == 16
+    kept = advance(s, period(100, other=Tally(5, 5, requests=1)), 0)
+    assert kept.period_score == s.period_score and kept.demonstrated == s.demonstrated
 
 
 def test_weights_follow_task_weights_and_redistribute_empty_tasks():

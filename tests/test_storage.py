@@ -3,14 +3,14 @@
 import pytest
 
 from core.budget import Contender
-from core.plan import Target
+from core.plan import Window
 from core.records import Outcome, RequestRecord
-from core.scoring import ContenderState, PeriodOutcome, advance
+from core.scoring import ContenderState, PeriodOutcome, Tally, WindowOutcome, advance
 from core.storage import StorageError, open_store
 from core.storage.schema import MIGRATIONS
 
-TARGETS = [Target(Contender(1, "hk1", "inpaint", 100.0, 50.0, 7), 0.9, True, "network"),
-           Target(Contender(2, "hk2", "chat-llama-3", 3000.0, 1500.0, 9), 0.05, False, "")]
+TARGETS = [Contender(1, "hk1", "inpaint", 100.0, 50.0, 7),
+           Contender(2, "hk2", "chat-llama-3", 3000.0, 1500.0, 9)]
 
 
 def rec(period, outcome=Outcome.OK, units=20.0, quality=1.0):
@@ -23,8 +23,17 @@ def test_period_plan_round_trip(store):
     store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)  # a resumed start changes nothing
     assert store.period(5) == {"block": 1500, "block_hash": "0xabc", "share": 0.25,
                                "started_at": 123.0, "finished": False}
-    assert store.targets(5) == TARGETS
+    assert store.contenders(5) == TARGETS
     assert store.unfinished(before=6) == [5] and store.unfinished(before=5) == []
+
+
+def test_windows_keep_their_first_start(store):
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)
+    first = store.add_window(5, Window(1510, 1000.0, 60.0))
+    again = store.add_window(5, Window(1510, 1030.0, 60.0))  # a restart inside the window
+    store.add_window(5, Window(1580, 2000.0, 60.0))
+    assert first == again == Window(1510, 1000.0, 60.0)
+    assert [w.block for w in store.windows(5)] == [1510, 1580] and store.windows(6) == []
 
 
 def test_records_round_trip_in_order(store):
@@ -36,11 +45,13 @@ def test_records_round_trip_in_order(store):
 
 def test_states_round_trip_and_finish_marks_the_period(store):
     store.begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)
-    state = advance(ContenderState(), PeriodOutcome(100, 100, 0.9, True, 90, 45, 0, 45, 1.5, 2), 1.0)
+    window = WindowOutcome(1510, (Tally(20, 10, 0, 10, 1),) * 5)
+    state = advance(ContenderState(), PeriodOutcome(100, (window,), Tally(5, 5, requests=1),
+                                                    1.5, 2), 7)
     store.finish_period(5, {("hk1", "inpaint"): state})
     assert store.states() == {("hk1", "inpaint"): state}
     assert store.period(5)["finished"] and store.unfinished(before=6) == []
-    later = advance(state, PeriodOutcome(100, 100, 0.05, False, 5, 5), 1.0)
+    later = advance(state, PeriodOutcome(100, other=Tally(5, 5, requests=1)), 7)
     store.finish_period(6, {("hk1", "inpaint"): later})
     assert store.states()[("hk1", "inpaint")] == later
 
@@ -54,7 +65,7 @@ def test_weights_and_prune(store):
         store.begin_period(p, p * 10, "0x", 1.0, 0.0, TARGETS)
         store.record(rec(p))
     store.prune(before_period=3)
-    assert store.records(1) == [] and store.targets(2) == [] and store.period(2) is None
+    assert store.records(1) == [] and store.contenders(2) == [] and store.period(2) is None
     assert len(store.records(3)) == 1 and store.period(3) is not None
 
 

@@ -33,7 +33,7 @@ def setup(tmp_path, monkeypatch):
     LocalChain.create(tmp_path / "chain", tempo=50, age_blocks=1000)
     wallet = make_wallet(tmp_path / "w", "v")
     LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
-                                            validator_permit=True)
+                                            validator_permit=True, registered_at=0)
     return tmp_path, wallet
 
 

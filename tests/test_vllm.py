@@ -191,7 +191,7 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     chain = LocalChain.create(tmp_path / "chain", age_blocks=1000)
     validator = Keypair.create_from_uri("//Alice")
-    chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True)
+    chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     wallet = make_wallet(tmp_path / "wallets", "miner")
     chain.register(wallet.hotkey.ss58_address, "c", registered_at=0,
                    endpoint=f"http://127.0.0.1:{miner_port}")

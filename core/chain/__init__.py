@@ -30,7 +30,9 @@ class Chain(Protocol):
     async def tempo(self) -> int:
         """Blocks per epoch: weights are set at most once per epoch."""
 
-    async def metagraph(self) -> Metagraph: ...
+    async def metagraph(self, block: int | None = None) -> Metagraph:
+        """The subnet at ``block`` (default: the head): a period's stakes, permits and
+        registrations are read at its start block, by every validator and miner alike."""
 
     async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:
         """Raises on failure; the caller retries."""

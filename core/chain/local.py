@@ -89,11 +89,15 @@ class LocalChain:
     async def tempo(self) -> int:
         return int(self._read()["tempo"])
 
-    async def metagraph(self) -> Metagraph:
+    async def metagraph(self, block: int | None = None) -> Metagraph:
+        """At ``block``: the neurons registered by then (the file keeps no history of stakes or
+        endpoints, so those are today's)."""
         state = self._read()
+        head = self._block_of(state)
+        at = head if block is None else min(block, head)
         return Metagraph(
-            block=self._block_of(state),
-            neurons=tuple(Neuron(**n) for n in state["neurons"]),
+            block=at,
+            neurons=tuple(Neuron(**n) for n in state["neurons"] if n["registered_at"] <= at),
         )
 
     async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:

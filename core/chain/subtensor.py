@@ -40,8 +40,8 @@ class SubtensorChain:
         graph = await self._raw_metagraph()
         return int(graph.tempo)
 
-    async def metagraph(self) -> Metagraph:
-        graph = await self._raw_metagraph()
+    async def metagraph(self, block: int | None = None) -> Metagraph:
+        graph = await self._raw_metagraph(block)
         return Metagraph(
             block=int(graph.block),
             neurons=tuple(
@@ -73,8 +73,9 @@ class SubtensorChain:
             await self._client.close()
             self._connected = False
 
-    async def _raw_metagraph(self):
-        graph = await (await self._ready()).subnets.metagraph(self.netuid, commitments=False)
+    async def _raw_metagraph(self, block: int | None = None):
+        view = await (await self._ready()).at(block)  # one block for every read
+        graph = await view.subnets.metagraph(self.netuid, commitments=False)
         if graph is None:
             raise RuntimeError(f"subnet {self.netuid} does not exist on {self.network}")
         return graph

@@ -75,6 +75,7 @@ class MinerState:
     ledger: Ledger = field(default_factory=Ledger)
     metagraph: Metagraph | None = None
     synced_at: float = 0.0
+    head: int = 0
     block_time: float = 12.0
 
     def declaration(self) -> dict[str, float]:
@@ -82,13 +83,16 @@ class MinerState:
         return clamp_declaration({task: pool.declared() for task, pool in self.pools.items()})
 
     async def sync(self) -> None:
-        self.metagraph = await self.chain.metagraph()
+        """The chain's head, and the metagraph at the current period's start block: validators
+        budget from the same stakes and permits (docs/protocol.md §3.1)."""
+        head = await self.chain.block()
+        self.metagraph = await self.chain.metagraph(head - head % self.period_blocks)
         self.block_time = await self.chain.block_time()
-        self.synced_at = time.monotonic()
+        self.head, self.synced_at = head, time.monotonic()
 
     def block(self) -> float:
         elapsed = time.monotonic() - self.synced_at
-        return self.metagraph.block + elapsed / self.block_time
+        return self.head + elapsed / self.block_time
 
     def period(self) -> tuple[int, float]:
         """The current period and the seconds left in it."""
@@ -192,7 +196,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
 
     async def start(validator, task: str, units: float):
         """Reserve units against the caller's share, then wait for a slot in the task's group
-        (served by stake): the period, or a 429 Response (503 while no worker of it is up)."""
+        (in arrival order): the period, or a 429 Response (503 while no worker of it is up)."""
         period, left_s = state.period()
         if state.pools[task].concurrency() == 0:
             metrics.refuse(task, validator.hotkey, "no worker")
@@ -203,7 +207,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
             metrics.refuse(task, validator.hotkey, "share")
             return refuse(429, f"this validator's share of {task} is used up for this period",
                           {"Retry-After": str(max(1, round(left_s)))})
-        if not await state.slots.acquire(task, validator.stake):
+        if not await state.slots.acquire(task):
             state.ledger.release(validator.hotkey, task, units, period)
             metrics.refuse(task, validator.hotkey, "busy")
             return refuse(429, f"{task} is at its concurrency limit", {"Retry-After": "1"})

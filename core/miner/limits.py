@@ -1,4 +1,4 @@
-"""Holding each validator to its stake share of the declaration (SPEC §3.2, §6).
+"""Holding each validator to its stake share of the declaration (docs/protocol.md §3.2, §6).
 
 Units are reserved before work starts (a chat request reserves prompt + max_tokens) and the
 unused part is given back when it ends, so concurrent requests cannot overspend a share.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 
 
 class Ledger:
@@ -38,29 +38,23 @@ class Ledger:
 
 class Gpu:
     """One concurrency group: ``limit`` requests served at once, up to ``max_waiting`` more
-    queued. A freed slot goes to the waiter with the most stake; when the queue is full, a caller
-    with more stake than the least-staked waiter takes its place (that waiter gets a 429)."""
+    queued. Freed slots go to the waiters in arrival order, never by stake (docs/protocol.md
+    §3.6): each validator's share limit already gives it its part, and serving the most-staked
+    first would give small validators slower answers and skew their weights."""
 
     def __init__(self, limit: int, max_waiting: int):
         self.limit, self.max_waiting = limit, max_waiting
         self.busy = 0
-        self._waiting: list[tuple[float, int, asyncio.Future]] = []
-        self._seq = 0
+        self._waiting: deque[asyncio.Future] = deque()
 
-    async def acquire(self, stake: float, max_wait_s: float) -> bool:
+    async def acquire(self, max_wait_s: float) -> bool:
         if self.busy < self.limit and not self._waiting:
             self.busy += 1
             return True
         if len(self._waiting) >= self.max_waiting:
-            weakest = min(self._waiting, key=lambda w: (w[0], -w[1]))
-            if weakest[0] >= stake:
-                return False
-            self._waiting.remove(weakest)
-            weakest[2].set_result(False)
-        self._seq += 1
+            return False
         handed = asyncio.get_running_loop().create_future()
-        entry = (stake, self._seq, handed)
-        self._waiting.append(entry)
+        self._waiting.append(handed)
         # not wait_for: from Python 3.12 it raises TimeoutError even when the slot was handed
         # over in the same loop tick as the timeout, and that slot would be lost for good
         try:
@@ -70,24 +64,23 @@ class Gpu:
                 self.release()
             raise
         finally:
-            if entry in self._waiting:
-                self._waiting.remove(entry)
+            if handed in self._waiting:
+                self._waiting.remove(handed)
         if handed.done():
             return handed.result()
         handed.cancel()  # too late for a slot: release() skips it
         return False
 
     def release(self) -> None:
-        """Hand the slot to the highest-stake waiter still waiting, else free it."""
+        """Hand the slot to the longest-waiting caller still waiting, else free it."""
         if self.busy > self.limit or not self._hand_over():
             self.busy -= 1
 
     def _hand_over(self) -> bool:
         while self._waiting:
-            best = max(self._waiting, key=lambda w: (w[0], -w[1]))
-            self._waiting.remove(best)
-            if not best[2].done():
-                best[2].set_result(True)
+            first = self._waiting.popleft()
+            if not first.done():
+                first.set_result(True)
                 return True
         return False
 
@@ -115,8 +108,8 @@ class Slots:
     def resize(self, task: str, limit: int) -> None:
         self._by_task[task].resize(limit)
 
-    async def acquire(self, task: str, stake: float = 0.0) -> bool:
-        return await self._by_task[task].acquire(stake, self.max_wait_s)
+    async def acquire(self, task: str) -> bool:
+        return await self._by_task[task].acquire(self.max_wait_s)
 
     def release(self, task: str) -> None:
         self._by_task[task].release()

@@ -45,4 +45,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             name TEXT NOT NULL, minute BIGINT NOT NULL, used INTEGER NOT NULL,
             PRIMARY KEY (name, minute))""",
     ),
+    (
+        # protocol 5: rate windows replace audits; a protocol-4 state means nothing now
+        "ALTER TABLE targets DROP COLUMN f",
+        "ALTER TABLE targets DROP COLUMN audit",
+        "ALTER TABLE targets DROP COLUMN reason",
+        "DELETE FROM states",
+        """CREATE TABLE windows (
+            period BIGINT NOT NULL, block BIGINT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+            seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (period, block))""",
+    ),
 )

@@ -9,9 +9,9 @@ from dataclasses import asdict
 from typing import Protocol
 
 from core.budget import Contender
-from core.plan import Target
+from core.plan import Window
 from core.records import Outcome, RequestRecord
-from core.scoring import ContenderState, PeriodOutcome
+from core.scoring import ContenderState
 from core.storage.schema import MIGRATIONS
 
 
@@ -84,20 +84,18 @@ class Store:
     # -- periods and their plans --
 
     def begin_period(self, period: int, block: int, block_hash: str, share: float,
-                     started_at: float, targets: list[Target]) -> None:
-        """Store a period's plan in one transaction: a restart finds all of it or none."""
+                     started_at: float, contenders: list[Contender]) -> None:
+        """Store a period's budgets in one transaction: a restart finds all of them or none."""
         with self._guard(), self.db.transaction():
             self.db.execute("INSERT INTO periods (period, block, block_hash, share, started_at, "
                             "finished) VALUES (?, ?, ?, ?, ?, 0) "
                             "ON CONFLICT (period) DO NOTHING",
                             (period, block, block_hash, share, started_at))
             self.db.executemany(
-                "INSERT INTO targets (period, uid, hotkey, task, declared, budget, f, audit, reason, "
-                "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (period, hotkey, task) DO NOTHING",
-                [(period, t.contender.uid, t.contender.hotkey, t.contender.task,
-                  t.contender.declared, t.contender.budget, t.f, int(t.audit), t.reason,
-                  t.contender.registered_at) for t in targets])
+                "INSERT INTO targets (period, uid, hotkey, task, declared, budget, registered_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, hotkey, task) DO NOTHING",
+                [(period, c.uid, c.hotkey, c.task, c.declared, c.budget, c.registered_at)
+                 for c in contenders])
             self.rederive_used(period)  # requests recorded here before it began (finish_request)
 
     def period(self, period: int) -> dict | None:
@@ -118,11 +116,23 @@ class Store:
     def latest_period(self) -> int | None:
         return self._run("SELECT MAX(period) FROM periods")[0][0]
 
-    def targets(self, period: int) -> list[Target]:
-        rows = self._run("SELECT uid, hotkey, task, declared, budget, f, audit, reason, "
-                         "registered_at FROM targets WHERE period = ? ORDER BY uid, task", (period,))
-        return [Target(Contender(uid, hk, task, declared, budget, reg), f, bool(audit), reason)
-                for uid, hk, task, declared, budget, f, audit, reason, reg in rows]
+    def contenders(self, period: int) -> list[Contender]:
+        rows = self._run("SELECT uid, hotkey, task, declared, budget, registered_at FROM targets "
+                         "WHERE period = ? ORDER BY uid, task", (period,))
+        return [Contender(*row) for row in rows]
+
+    def add_window(self, period: int, window: Window) -> Window:
+        """Note a window of ``period`` as it opens; a window noted before (a restart in it)
+        keeps its first start time. Returns the window as stored."""
+        self._run("INSERT INTO windows VALUES (?, ?, ?, ?) ON CONFLICT (period, block) DO NOTHING",
+                  (period, window.block, window.started_at, window.seconds))
+        return next(w for w in self.windows(period) if w.block == window.block)
+
+    def windows(self, period: int) -> list[Window]:
+        """The windows of ``period`` the validator ran, in order."""
+        rows = self._run("SELECT block, started_at, seconds FROM windows WHERE period = ? "
+                         "ORDER BY block", (period,))
+        return [Window(*row) for row in rows]
 
     # -- budgets: what each contender of a period has spent, shared by every replica --
 
@@ -223,8 +233,8 @@ class Store:
         out = {}
         for hotkey, task, raw in self._run("SELECT hotkey, task, state FROM states"):
             d = json.loads(raw)
-            d["since_audit"] = tuple(tuple(x) for x in d["since_audit"])
-            d["window"] = tuple(PeriodOutcome(**o) for o in d["window"])
+            for name in ("demonstrated_w", "scored", "checks"):
+                d[name] = tuple(tuple(x) if isinstance(x, list) else x for x in d[name])
             out[(hotkey, task)] = ContenderState(**d)
         return out
 
@@ -279,7 +289,7 @@ class Store:
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window."""
         with self._guard(), self.db.transaction():
-            for table in ("requests", "targets", "periods"):
+            for table in ("requests", "targets", "windows", "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
 
     def lease(self, name: str) -> Lease:

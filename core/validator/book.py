@@ -1,6 +1,6 @@
-"""The current period as the loop planned it, shared by the synthetic loop and the organic API:
-each contender's budget and what it has consumed (organic traffic first, SPEC §3.3), how well it
-has done, and the metagraph to reach it.
+"""The current period as the loop opened it, shared by the synthetic loop and the organic API:
+each contender's budget and what it has consumed (organic traffic first, docs/protocol.md §3.3),
+how well it has done, and the metagraph to reach it.
 
 What the budgets have spent lives in the store, not here: every reservation is one atomic
 statement there, so API replicas on one PostgreSQL database never spend a contender beyond its
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from core.chain import Metagraph
-from core.plan import Target
+from core.budget import Contender
 from core.storage import Store
 
 
@@ -21,32 +21,33 @@ class PeriodBook:
     def __init__(self, store: Store | None):
         self.store = store
         self.period: int | None = None
-        self.targets: dict[tuple[str, str], Target] = {}
+        self.contenders: dict[tuple[str, str], Contender] = {}
         self.quality: dict[tuple[str, str], float] = {}
         self.metagraph: Metagraph | None = None
 
-    def open(self, period: int, targets: list[Target], metagraph: Metagraph,
+    def open(self, period: int, contenders: list[Contender], metagraph: Metagraph,
              quality: dict[tuple[str, str], float]) -> None:
-        """Serve ``period``, whose targets are already in the store (``Store.begin_period``)."""
+        """Serve ``period``, whose budgets are already in the store (``Store.begin_period``)."""
         self.period, self.metagraph, self.quality = period, metagraph, quality
-        self.targets = {(t.contender.hotkey, t.contender.task): t for t in targets}
+        self.contenders = {(c.hotkey, c.task): c for c in contenders}
 
     def used(self) -> dict[tuple[str, str], float]:
         return {key: used for key, (_, used) in self.store.spent(self.period).items()}
 
-    def candidates(self, task: str, units: float) -> list[tuple[Target, float]]:
+    def candidates(self, task: str, units: float) -> list[tuple[Contender, float]]:
         """Contenders of ``task`` with at least ``units`` of budget left, each with its routing
         weight: remaining budget x recent quality (1 before any check)."""
         out = []
         for key, (budget, used) in self.store.spent(self.period, task).items():
-            target = self.targets.get(key)
-            if target is not None and budget - used >= units:
-                out.append((target, (budget - used) * self.quality.get(key, 1.0)))
+            contender = self.contenders.get(key)
+            if contender is not None and budget - used >= units:
+                out.append((contender, (budget - used) * self.quality.get(key, 1.0)))
         return out
 
     def reserve(self, key: tuple[str, str], units: float, cap: float | None = None) -> int | None:
         """Spend ``units`` if they fit in the budget (and, with ``cap``, while less than ``cap``
-        is used: the synthetic plan's share): the period they were spent in, or None."""
+        is used: a planned request goes only while organic traffic has not served its part):
+        the period they were spent in, or None."""
         period = self.period
         return period if self.store.reserve(period, *key, units, cap) else None
 

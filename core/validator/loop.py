@@ -1,8 +1,11 @@
-"""The validator's period loop (SPEC §3): sync, fetch capacities, plan, send, score, set weights.
+"""The validator's period loop (docs/protocol.md §3): read the metagraph at the period's start
+block, fetch capacities, open the period, send the background sample, run the audit windows the
+blocks open, close the period and set weights.
 
-Every step of a period is stored as it happens (the plan when the period starts, each request
-when it ends, contender states when the period closes), so a restarted validator resumes the
-period it was in: it rebuilds the plan from the store and sends only what is still missing.
+Every step of a period is stored as it happens (budgets when the period opens, each window as it
+opens, each request when it ends, contender states when the period closes), so a restarted
+validator resumes the period it was in: windows are found again from the block hashes and only
+the part of one still to come is sent.
 """
 
 from __future__ import annotations
@@ -17,19 +20,18 @@ import aiohttp
 import bittensor as bt
 
 from core import plan
-from core.budget import contenders, stake_share
+from core.budget import Contender
 from core.checking.service import Checker
 from core.chain import Chain, ChainError, Metagraph
+from core.period import close_period, open_period
 from core.records import period_outcomes
-from core.scoring import ContenderState, advance, effective, weights
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
 from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
 from core.validator.report import period_table
-from core.tasks import TASKS
-from core.validator.synthetic import min_units, synthetic_request
+from core.validator.synthetic import synthetic_request
 from core.validator.traffic import Attempt, Traffic, log_failures
 
 log = logging.getLogger("validator")
@@ -43,6 +45,7 @@ class Settings:
     capacity_timeout_s: float = 12.0
     max_concurrency: int = 256  # synthetic requests in flight at once, all miners together
     max_per_miner: int = 16  # ... to one miner: a slow miner cannot hold the others' slots
+    background: float = plan.BACKGROUND  # share of each budget sampled outside windows
     image_size: int = 1024
     retention_periods: int = 96
     min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
@@ -71,6 +74,7 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
+        self._hashes: dict[int, str] = {}  # recent block hashes: window draws look back
 
     @property
     def hotkey(self) -> str:
@@ -103,17 +107,17 @@ class Validator:
 
     async def follow(self) -> None:
         """In a replica that does not run the loop: serve the period the loop planned (its
-        targets are in the shared store) until it ends."""
+        budgets are in the shared store) until it ends."""
         period = self.store.latest_period()
         if period is None or period == self.book.period:
             return
-        metagraph = await self.chain.metagraph()
-        self.book.open(period, self.store.targets(period), metagraph, self._recent_quality())
+        metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
+        self.book.open(period, self.store.contenders(period), metagraph, self._recent_quality())
         log.info("serving period %d as planned by the process running the loop", period)
 
     def _recent_quality(self) -> dict[tuple[str, str], float]:
         """Each scored contender's recent quality: the organic API's routing weight."""
-        return {key: s.quality for key, s in self.store.states().items() if s.window}
+        return {key: s.quality for key, s in self.store.states().items()}
 
     async def close(self) -> None:
         await self.client.close()
@@ -141,9 +145,8 @@ class Validator:
         for old in self.store.unfinished(before=period):
             log.info("closing period %d, left unfinished", old)
             self.store.rederive_used(old)  # reservations of requests cut off by a crash
-            info = self.store.period(old)
-            await self._close(old, self.store.targets(old), info["share"],
-                              await self.chain.metagraph())
+            await self._close(old, self.store.contenders(old),
+                              await self.chain.metagraph(old * self.settings.period_blocks))
 
     async def _period_s(self) -> float:
         return self.settings.period_blocks * await self.chain.block_time()
@@ -155,58 +158,142 @@ class Validator:
         return period, (end - block) * await self.chain.block_time()
 
     async def run_period(self, period: int) -> None:
-        metagraph = await self.chain.metagraph()
+        """Open the period at its start block, send the background sample, follow its blocks
+        and run every audit window they open (one open at the period's end runs to its end),
+        then close it."""
+        pb = self.settings.period_blocks
+        metagraph = await self.chain.metagraph(period * pb)
         resumed = self.store.period(period) is not None
-        targets, share = await self._plan(period, metagraph)
+        contenders, share = await self._open(period, metagraph)
         if resumed:  # reservations of requests a crash cut off are not spent
             self.store.rederive_used(period)
         _, left = await self._current()
-        deadline = time.monotonic() + left
-        self.book.open(period, targets, metagraph, self._recent_quality())
-        used = self.book.used()  # resuming, or after organic traffic served by other replicas
-        sends = plan.schedule(targets, used, left, self.rng)
-        need = plan.required_concurrency(sends, left)
-        if need > self.settings.max_concurrency:
-            log.warning("period %d: the plan needs ~%.0f requests in flight at production speed, "
-                        "over --max-concurrency %d: it cannot all be sent in time",
-                        period, need, self.settings.max_concurrency)
-        log.info("period %d: %d contenders, share %.3f, %d synthetic requests planned%s",
-                 period, len(targets), share, len(sends), " (resumed)" if any(used.values()) else "")
-        await self.send_all(period, metagraph, sends, targets, deadline)
-        await asyncio.sleep(max(deadline - time.monotonic(), 0))
+        self.book.open(period, contenders, metagraph, self._recent_quality())
+        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: set[asyncio.Task] = set()
+        background = plan.background_plan(contenders, left, self.settings.background, self.rng)
+        log.info("period %d: %d contenders, share %.3f, %d background requests%s", period,
+                 len(contenders), share, len(background), " (resumed)" if resumed else "")
+        schedules = [asyncio.create_task(self._schedule(metagraph, background))]
+        try:
+            await self._follow_blocks(period, contenders, metagraph, schedules)
+        finally:
+            for task in schedules + list(self._in_flight):
+                task.cancel()
+            pending = set(schedules) | self._in_flight
+            if pending:
+                await asyncio.wait(pending)
         if self.checker:  # a check still queued after this counts for nothing: bound the wait
             await self.checker.drain(period, timeout=min(await self._period_s() / 2,
                                                           self.settings.max_check_wait_s))
-        await self._close(period, targets, share, metagraph)
+        await self._close(period, contenders, metagraph)
 
-    async def _plan(self, period: int, metagraph: Metagraph) -> tuple[list[plan.Target], float]:
-        """This period's targets: from the store when resuming, else drawn and stored now."""
+    async def _open(self, period: int, metagraph: Metagraph) -> tuple[list[Contender], float]:
+        """This period's contenders and share: from the store when resuming, else asked of the
+        miners and stored now."""
         info = self.store.period(period)
         if info is not None:
-            return self.store.targets(period), info["share"]
+            return self.store.contenders(period), info["share"]
         start = period * self.settings.period_blocks
-        block_hash = await self.chain.block_hash(start)
-        share = stake_share(metagraph, self.hotkey)
         miners = [n for n in metagraph.neurons if n.hotkey != self.hotkey]
         declared = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s)
-        audited = {key for key, s in self.store.states().items() if s.audited}
-        targets = plan.targets(contenders(metagraph, declared, share), block_hash,
-                               metagraph.block, self.settings.period_blocks, audited)
-        self.store.begin_period(period, start, block_hash, share, time.time(), targets)
-        return targets, share
+        previous = [(c.hotkey, c.task) for c in self.store.contenders(period - 1)]
+        opening = open_period(metagraph, declared, previous, self.hotkey)
+        self.store.begin_period(period, start, await self.chain.block_hash(start), opening.share,
+                                time.time(), opening.contenders)
+        return opening.contenders, opening.share
 
-    async def _send_one(self, period: int, metagraph: Metagraph, s: plan.Send) -> None:
-        """Send one synthetic request once its miner has a free slot, if its units still fit
-        the plan; recorded and settled however it ends (``Traffic``)."""
-        c = s.target.contender
+    async def _follow_blocks(self, period: int, contenders: list[Contender],
+                             metagraph: Metagraph, schedules: list[asyncio.Task]) -> None:
+        """Watch each block of the period for a window opening (docs/protocol.md §3.3) and run
+        the part of it still to come; return when the period, and a window open at its end,
+        are over."""
+        pb = self.settings.period_blocks
+        w = plan.window_blocks(pb)
+        start, end = period * pb, (period + 1) * pb
+        block_time = await self.chain.block_time()
+        seen, until = start, end  # blocks before ``seen`` are examined; the period ends at ``until``
+        while True:
+            head = await self.chain.block()
+            if head >= until:
+                return
+            if head >= seen:
+                for b in await self._openings(seen, min(head + 1, end)):
+                    until = max(until, b + w)
+                    if head < b + w:
+                        window = self._note_window(period, b, head, block_time)
+                        schedules.append(asyncio.create_task(
+                            self._run_window(window, contenders, metagraph)))
+                seen = head + 1
+            await asyncio.sleep(min(block_time / 4, 1.0))
+
+    def _note_window(self, period: int, block: int, head: int, block_time: float) -> plan.Window:
+        seconds = plan.window_blocks(self.settings.period_blocks) * block_time
+        window = self.store.add_window(period, plan.Window(
+            block, time.time() - (head - block) * block_time, seconds))
+        log.info("period %d: audit window opened at block %d (%.0fs)", period, block, seconds)
+        return window
+
+    async def _run_window(self, window: plan.Window, contenders: list[Contender],
+                          metagraph: Metagraph) -> None:
+        """Every contender's full declared rate for what is left of ``window``."""
+        remaining = window.started_at + window.seconds - time.time()
+        if remaining <= 0:
+            return
+        sends = plan.window_plan(contenders, self.book.used(), self.settings.period_blocks,
+                                 remaining, remaining / window.seconds, self.rng)
+        need = plan.required_concurrency(sends, remaining)
+        if need > self.settings.max_concurrency:
+            log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
+                        "over --max-concurrency %d: it cannot all be sent in time",
+                        window.block, need, self.settings.max_concurrency)
+        await self._schedule(metagraph, sends)
+
+    async def _openings(self, lo: int, hi: int) -> list[int]:
+        """Blocks in [lo, hi) that open a window, from their hashes (and enough earlier ones to
+        know whether a window was open at ``lo``)."""
+        pb = self.settings.period_blocks
+        back = 2 * plan.window_blocks(pb)
+        first = lo - back
+        for _ in range(64):
+            hashes = [await self._block_hash(b) for b in range(first, hi)]
+            anchor, opened = plan.openings(first, hashes, pb)
+            if anchor <= lo:
+                return [b for b in opened if b >= lo]
+            first -= back
+        raise ChainError(f"no block before {lo} settles whether a window is open there")
+
+    async def _block_hash(self, block: int) -> str:
+        if block not in self._hashes:
+            self._hashes[block] = await self.chain.block_hash(block)
+            if len(self._hashes) > 4 * self.settings.period_blocks:
+                for old in sorted(self._hashes)[:self.settings.period_blocks]:
+                    del self._hashes[old]
+        return self._hashes[block]
+
+    async def _schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> None:
+        """Launch each send at its time (seconds from now)."""
+        t0 = time.monotonic()
+        for s in sends:
+            await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
+            task = asyncio.create_task(self._send_one(metagraph, s))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda t: log_failures([t]))
+
+    async def _send_one(self, metagraph: Metagraph, s: plan.Send) -> None:
+        """Send one synthetic request once its miner has a free slot, if it still fits its cap
+        and the budget; recorded and settled however it ends (``Traffic``)."""
+        c = s.contender
         message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size,
                                     self.counter)
         prompt, units = self.traffic.cost(message)
         # the miner's own slots first: waiting for a slow miner never holds a slot of the others
         async with self._miner_gate(c.hotkey), self._gate:
-            reserved_in = self.book.reserve((c.hotkey, c.task), units, cap=s.target.units)
+            reserved_in = self.book.reserve((c.hotkey, c.task), units, cap=s.cap)
             if reserved_in is None:
-                return  # its planned units are used (organic traffic first), or its budget
+                return  # organic traffic served its part, or the budget is spent
             await self.traffic.send(Attempt(metagraph.by_hotkey(c.hotkey), message, prompt,
                                             units, reserved_in))
 
@@ -215,82 +302,24 @@ class Validator:
             self._gates[hotkey] = asyncio.Semaphore(self.settings.max_per_miner)
         return self._gates[hotkey]
 
-    async def send_all(self, period: int, metagraph: Metagraph, sends: list[plan.Send],
-                       targets: list[plan.Target], deadline: float) -> None:
-        """Send each request at its time, then top up what chat answers left unused; at the
-        deadline every request still waiting or running is cancelled (and recorded)."""
-        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
-        self._gates: dict[str, asyncio.Semaphore] = {}
-        in_flight: set[asyncio.Task] = set()
-
-        def launch(s: plan.Send) -> None:
-            task = asyncio.create_task(self._send_one(period, metagraph, s))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-            task.add_done_callback(lambda t: log_failures([t]))
-
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                t0 = time.monotonic()
-                for s in sends:
-                    await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
-                    launch(s)
-                for _ in range(3):
-                    if in_flight:
-                        await asyncio.wait(set(in_flight))
-                    top_up = self._top_up(targets)
-                    if not top_up:
-                        break
-                    for s in top_up:
-                        launch(s)
-                if in_flight:
-                    await asyncio.wait(set(in_flight))
-        except TimeoutError:
-            log.info("period %d: %d synthetic requests still out at its end: cancelled",
-                     period, len(in_flight))
-        finally:
-            for task in list(in_flight):
-                task.cancel()
-            if in_flight:
-                await asyncio.wait(set(in_flight))
-
-    def _top_up(self, targets: list[plan.Target]) -> list[plan.Send]:
-        """Chat answers may serve fewer units than planned (a shorter prompt, an early stop):
-        what is still missing of ``f x budget``, so an honest miner shows all it can. Refused
-        or failed requests count their full units, so a failing miner gets no more."""
-        used = self.book.used()
-        sends = []
-        for t in targets:
-            c = t.contender
-            missing = min(t.units, c.budget) - used.get((c.hotkey, c.task), 0.0)
-            if missing >= min_units(c.task):
-                units = int(min(missing, TASKS[c.task].units_per_synthetic))
-                sends.append(plan.Send(0.0, t, units))
-        return sends
-
-    async def _close(self, period: int, targets: list[plan.Target], share: float,
-                     metagraph: Metagraph) -> None:
-        """Score the period, store every contender's state, set weights."""
+    async def _close(self, period: int, contenders: list[Contender], metagraph: Metagraph) -> None:
+        """Score the period (``core.period.close_period``), store every contender's state, set
+        weights."""
         self.store.seal(period)  # a request still running is recorded in the next period
-        states = self.store.states()
-        new_states: dict[tuple[str, str], ContenderState] = {}
-        rows = []
-        for t, outcome, n in period_outcomes(targets, self.store.records(period)):
-            key = (t.contender.hotkey, t.contender.task)
-            new_states[key] = advance(states.get(key, ContenderState()), outcome, share)
-            rows.append((t, outcome, new_states[key], n))
-        self.store.finish_period(period, new_states)
-        eff = {(t.contender.uid, t.contender.task): effective(new_states[(t.contender.hotkey,
-               t.contender.task)]) for t in targets}
-        vector = weights(eff, len(metagraph.neurons))
-        print(period_table(period, rows, vector), flush=True)
-        await self._set_weights(vector)
+        measured = period_outcomes(contenders, self.store.records(period),
+                                   self.store.windows(period))
+        closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
+                               self.store.states(), metagraph.n_uids,
+                               {k: n for k, (_, n) in measured.items()})
+        self.store.finish_period(period, closing.states)
+        print(period_table(period, self.store.windows(period), closing), flush=True)
+        await self._set_weights(closing.weights)
         self.store.prune(period - self.settings.retention_periods)
 
     async def _set_weights(self, vector) -> None:
         """Once per epoch, never from an all-zero table, retried with backoff."""
         if vector.sum() <= 0:
-            log.warning("no contender has effective capacity yet (no audit passed, or nothing "
+            log.warning("no contender has effective capacity yet (no window measured, or nothing "
                         "served): weights not set")
             return
         block = await self.chain.block()

@@ -1,4 +1,4 @@
-"""Serving the validator's users (organic traffic, SPEC §3.3): route each request to a contender
+"""Serving the validator's users (organic traffic, docs/protocol.md §3.3): route each request to a contender
 with budget left, weighted by remaining budget and recent quality; on failure, try another
 (bounded); count the units against the contender's budget like synthetic ones; record and sample
 for checking (``Traffic``: one record and one settlement per attempt, whatever the client does).
@@ -14,7 +14,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from core.plan import Target
+from core.budget import Contender
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse, Message
 from core.validator.book import PeriodBook
 from core.validator.traffic import Attempt, Result, Traffic
@@ -37,27 +37,26 @@ class Organic:
         self.max_attempts = max_attempts
         self.rng = rng or random.Random()
 
-    def _pick(self, task: str, units: float, tried: set[str]) -> Target | None:
+    def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
         if self.book.period is None:
             raise NoCapacity(f"no period is planned yet for {task}")
-        options = [(t, w) for t, w in self.book.candidates(task, units)
-                   if t.contender.hotkey not in tried]
+        options = [(c, w) for c, w in self.book.candidates(task, units) if c.hotkey not in tried]
         if not options:
             return None
-        targets, weights = zip(*options)
+        contenders, weights = zip(*options)
         if sum(weights) <= 0:
-            return self.rng.choice(targets)
-        return self.rng.choices(targets, weights=weights)[0]
+            return self.rng.choice(contenders)
+        return self.rng.choices(contenders, weights=weights)[0]
 
     def _attempts(self, message: Message, tried: set[str]):
         """Attempts in turn (at most ``max_attempts``), each with the request's whole cost
         reserved in the period book; ``tried`` collects their hotkeys."""
         prompt, units = self.traffic.cost(message)
         for _ in range(self.max_attempts):
-            target = self._pick(message.task, units, tried)
-            if target is None:
+            contender = self._pick(message.task, units, tried)
+            if contender is None:
                 return
-            hotkey = target.contender.hotkey
+            hotkey = contender.hotkey
             tried.add(hotkey)
             period = self.book.reserve((hotkey, message.task), units)
             if period is not None:

@@ -1,24 +1,44 @@
-"""The per-period table a validator prints: contenders, budgets, requests, outcomes, scores and
-the weight each miner gets."""
+"""The per-period table a validator prints (and ``--status`` shows): each contender's budget, what
+each window of the period asked and got, what it demonstrated and is credited, and the weights."""
 
 from __future__ import annotations
 
-from core.scoring import effective
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.period import Closing, Row
+from core.plan import Window
 
 
-def period_table(period: int, rows, vector) -> str:
-    """``rows``: (target, PeriodOutcome, ContenderState, requests) per contender."""
-    head = (f"{'uid':>3} {'task':<26} {'declared':>9} {'budget':>8} {'f':>5} {'audit':<11} "
-            f"{'req':>4} {'consumed':>8} {'good':>7} {'429':>6} {'5xx':>6} {'score':>5} "
-            f"{'quality':>7} {'credited':>8} {'effective':>9}")
-    lines = [f"== period {period} ==", head]
-    for t, o, s, n in sorted(rows, key=lambda r: (r[0].contender.uid, r[0].contender.task)):
-        c = t.contender
-        quality = f"{o.quality_sum / o.quality_n:.2f}" if o.quality_n else "-"
+def _windows(row: Row) -> tuple[str, str, str]:
+    """asked / good / demonstrated over the period's windows ("-" when none opened)."""
+    ws = [w for w in row.outcome.windows if w.tally.asked > 0]
+    if not ws:
+        return "-", "-", "-"
+    asked = sum(w.tally.asked for w in ws)
+    good = sum(w.tally.good for w in ws)
+    shown = min(row.outcome.declared * w.served for w in ws)
+    return f"{asked:.0f}", f"{good:.0f}", f"{shown:.0f}"
+
+
+def period_table(period: int, windows: Sequence[Window], closing: Closing,
+                 weights: np.ndarray | None = None) -> str:
+    """``weights``: the vector to show (default: the one the period computed)."""
+    vector = closing.weights if weights is None else weights
+    opened = ", ".join(f"block {w.block} ({w.seconds:.0f}s)" for w in windows) or "none"
+    head = (f"{'uid':>3} {'task':<26} {'declared':>9} {'budget':>8} {'req':>4} {'w.asked':>8} "
+            f"{'w.good':>7} {'w.shown':>8} {'other':>6} {'score':>5} {'reliab':>6} "
+            f"{'quality':>7} {'demonstr':>8} {'credited':>8} {'effective':>9}")
+    lines = [f"== period {period} == windows: {opened}", head]
+    for r in sorted(closing.rows, key=lambda r: (r.contender.uid, r.contender.task)):
+        c, s = r.contender, r.state
+        asked, good, shown = _windows(r)
         lines.append(
-            f"{c.uid:>3} {c.task:<26} {c.declared:>9.0f} {c.budget:>8.0f} {t.f:>5.2f} "
-            f"{t.reason or '-':<11} {n:>4} {o.consumed:>8.0f} {o.good:>7.0f} {o.refused:>6.0f} "
-            f"{o.failed:>6.0f} {o.score:>5.2f} {quality:>7} {s.credited:>8.0f} {effective(s):>9.1f}")
-    shown = ", ".join(f"uid {uid}: {w:.3f}" for uid, w in enumerate(vector) if w > 0)
-    lines.append(f"weights: {shown or 'none (nothing scored yet)'}")
+            f"{c.uid:>3} {c.task:<26} {c.declared:>9.0f} {c.budget:>8.0f} {r.requests:>4} "
+            f"{asked:>8} {good:>7} {shown:>8} {r.outcome.other.asked:>6.0f} "
+            f"{s.period_score:>5.2f} {s.reliability:>6.2f} {s.quality:>7.2f} "
+            f"{s.demonstrated:>8.0f} {s.credited:>8.0f} {r.effective:>9.1f}")
+    shown_w = ", ".join(f"uid {uid}: {w:.3f}" for uid, w in enumerate(vector) if w > 0)
+    lines.append(f"weights: {shown_w or 'none (nothing scored yet)'}")
     return "\n".join(lines)

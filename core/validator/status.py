@@ -1,13 +1,14 @@
-"""What ``neurons/validator.py --status`` shows: the latest period from the database, per
-contender (declared, budget, f, audit, requests, outcomes, period score, credited, effective),
-and the weights last set."""
+"""What ``neurons/validator.py --status`` shows: the latest period from the database, scored with
+the loop's own period close (``core.period.close_period``) while it is in progress, or as its
+close stored it, and the weights last set."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from core.period import Closing, Row, close_period
 from core.records import period_outcomes
-from core.scoring import ContenderState
+from core.scoring import ContenderState, effective
 from core.storage import Store
 from core.validator.report import period_table
 
@@ -16,9 +17,22 @@ def status(store: Store) -> str:
     period = store.latest_period()
     if period is None:
         return "no period recorded yet"
-    states = store.states()
-    table = [(t, outcome, states.get((t.contender.hotkey, t.contender.task), ContenderState()), n)
-             for t, outcome, n in period_outcomes(store.targets(period), store.records(period))]
+    contenders = store.contenders(period)
+    windows = store.windows(period)
+    measured = period_outcomes(contenders, store.records(period), windows)
+    info = store.period(period)
+    if info["finished"]:  # its close stored the states it computed: show those
+        states = store.states()
+        rows = []
+        for c in contenders:
+            key = (c.hotkey, c.task)
+            state = states.get(key, ContenderState())
+            rows.append(Row(c, *measured[key][:1], state, measured[key][1], effective(state)))
+        closing = Closing(states, np.zeros(0), rows)
+    else:  # what is recorded so far, scored by the loop's own close, nothing stored
+        closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
+                               store.states(), max((c.uid for c in contenders), default=-1) + 1,
+                               {k: n for k, (_, n) in measured.items()})
     last = store.last_weights()
     weights = last[1] if last else {}
     vector = np.zeros(max(weights, default=-1) + 1)
@@ -26,7 +40,6 @@ def status(store: Store) -> str:
         vector[uid] = w
     if vector.sum() > 0:
         vector /= vector.sum()
-    info = store.period(period)
     state = "finished" if info["finished"] else "in progress"
     set_at = f"weights last set at block {last[0]}" if last else "no weights set yet"
-    return f"{period_table(period, table, vector)}\n(period {state}; {set_at})"
+    return f"{period_table(period, windows, closing, vector)}\n(period {state}; {set_at})"
