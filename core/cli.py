@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="finney",
                    help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "

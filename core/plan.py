@@ -90,18 +90,24 @@ class Send:
     cap: float | None  # it goes only while the contender's use this period is under it
 
 
-def _spread(c: Contender, want: float, used: float, seconds: float,
-            rng: random.Random) -> list[Send]:
-    """``want`` units for ``c`` in whole requests of the task's synthetic size (the nearest
-    count, at least one where the budget allows one), evenly over ``seconds`` with jitter. Each
-    carries the cap that keeps organic traffic first: it goes only while the units used since
-    ``used`` are fewer than the plan up to and including it."""
+def requests_for(c: Contender, want: float, used: float) -> tuple[int, int]:
+    """(count, units each) of the requests that send ``want`` units to ``c``: whole requests of
+    the task's synthetic size, the nearest count, at least one where the budget (``used`` of it
+    spent) allows one; (0, 0) when it allows none."""
     per = TASKS[c.task].units_per_synthetic
     size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
     if size < 1 or want <= 0:
-        return []
-    n = max(1, round(want / per))
-    gap = seconds / n
+        return 0, 0
+    return max(1, round(want / per)), size
+
+
+def _spread(c: Contender, want: float, used: float, seconds: float,
+            rng: random.Random) -> list[Send]:
+    """``requests_for`` evenly over ``seconds`` with jitter. Each carries the cap that keeps
+    organic traffic first: it goes only while the units used since ``used`` are fewer than the
+    plan up to and including it."""
+    n, size = requests_for(c, want, used)
+    gap = seconds / n if n else 0.0
     return [Send((i + rng.uniform(0.1, 0.9)) * gap, c, size, used + size * (i + 1))
             for i in range(n)]
 

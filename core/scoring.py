@@ -65,10 +65,12 @@ def total(tallies: Sequence[Tally]) -> Tally:
 
 @dataclass(frozen=True)
 class WindowOutcome:
-    """One window of one contender: a tally per slice."""
+    """One window of one contender: a tally per slice, from this validator's requests or pooled
+    from every validator's reports (docs/protocol.md §7)."""
 
     block: int
     slices: tuple[Tally, ...]
+    pooled: bool = False
 
     @property
     def tally(self) -> Tally:
@@ -81,9 +83,10 @@ class WindowOutcome:
     @property
     def served(self) -> float:
         """The worst slice's served fraction over the slices that had requests, so capacity that
-        arrives after the window opened earns nothing; the window's average while some slice
-        holds fewer than ``MIN_SLICE_REQUESTS`` requests (too few to judge a slice)."""
-        if any(s.requests < MIN_SLICE_REQUESTS for s in self.slices):
+        arrives after the window opened earns nothing. A validator's own view with a slice of
+        fewer than ``MIN_SLICE_REQUESTS`` requests (too few to judge a slice) takes the window's
+        average instead."""
+        if not self.pooled and any(s.requests < MIN_SLICE_REQUESTS for s in self.slices):
             return self.tally.fraction
         return min(s.fraction for s in self.slices if s.asked > 0)
 
@@ -109,7 +112,8 @@ class ContenderState:
 
     registered_at: int = 0  # a hotkey registered anew (another block) starts afresh
     demonstrated_w: tuple[float, ...] = ()  # declared x served, last K windows, oldest first
-    scored: tuple[tuple[float, float], ...] = ()  # (asked, score): last K windows and periods
+    scored: tuple[tuple[float, float], ...] = ()  # (asked, score) of its last K windows
+    other: tuple[tuple[float, float], ...] = ()  # (asked, score) of its last K periods outside
     checks: tuple[tuple[float, int], ...] = ()  # (quality sum, n) of the last K checked periods
     period_score: float = 0.0  # its last window's score (kept through periods without one)
     declared: float = 0.0
@@ -126,7 +130,7 @@ def advance(state: ContenderState, outcome: PeriodOutcome, registered_at: int,
     if registered_at != state.registered_at:
         state = ContenderState(registered_at=registered_at)
     shown = state.demonstrated_w
-    scored = state.scored
+    scored, other = state.scored, state.other
     period_score = state.period_score
     for w in outcome.windows:
         if w.tally.asked <= 0:
@@ -135,19 +139,28 @@ def advance(state: ContenderState, outcome: PeriodOutcome, registered_at: int,
         scored = (scored + ((w.tally.asked, w.score),))[-k:]
         period_score = w.score
     if outcome.other.asked > 0:
-        scored = (scored + ((outcome.other.asked, outcome.other.score),))[-k:]
+        other = (other + ((outcome.other.asked, outcome.other.score),))[-k:]
     checks = state.checks
     if outcome.quality_n:
         checks = (checks + ((outcome.quality_sum, outcome.quality_n),))[-k:]
     demonstrated = statistics.median(shown) if shown else 0.0
-    asked = sum(a for a, _ in scored)
     n = sum(c for _, c in checks)
     return ContenderState(
-        registered_at=registered_at, demonstrated_w=shown, scored=scored, checks=checks,
+        registered_at=registered_at, demonstrated_w=shown, scored=scored, other=other,
+        checks=checks,
         period_score=period_score, declared=outcome.declared, demonstrated=demonstrated,
         credited=min(outcome.declared, demonstrated),
-        reliability=sum(a * s for a, s in scored) / asked if asked > 0 else 0.0,
+        reliability=reliability(scored) * reliability(other),
         quality=sum(q for q, _ in checks) / n if n else 1.0)
+
+
+def reliability(scored: Sequence[tuple[float, float]]) -> float:
+    """``Σ asked x score / Σ asked``; 1 with nothing asked. Windows and the traffic outside
+    them are two factors, not one mean: a validator whose users send much organic traffic would
+    otherwise weigh a contender's quiet hours above its windows, and score it apart from the
+    others (docs/protocol.md §4)."""
+    asked = sum(a for a, _ in scored)
+    return sum(a * s for a, s in scored) / asked if asked > 0 else 1.0
 
 
 def effective(state: ContenderState) -> float:

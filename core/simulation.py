@@ -1,158 +1,295 @@
-"""Many periods of the real rules with modelled miners and validators, in memory.
+"""Many periods of the real rules with modelled miners and validators, in memory, paid after Yuma.
 
-Block hashes, audits, test fractions (``core.plan``), period outcomes, contender states and weights
-(``core.scoring``) are the production code. Only behaviour is modelled: a ``Setup`` is one
-operator's hardware for one task, able to serve ``capacity`` units per period across all the
-UIDs it runs and all validators; asked for more, it serves in proportion (or the most-staked
-validators first) and refuses the rest with 429s. Validators differ in stake and in how much of
-their budget their own users' (organic) traffic uses.
+The rules are the production code: the windows' block draws and request counts (``core.plan``),
+the period step's open and close (``core.period``: budgets, window scores, demonstrated rates,
+weights) and Yuma consensus on every validator's weights (``core.yuma``). Only behaviour is
+modelled: a ``Setup`` is one operator's hardware, able to serve ``capacity`` units per period
+across all the UIDs and tasks it runs and all validators (a unit of each of its tasks costs it the
+same GPU time); asked for more at some moment, it serves in proportion (arrival order) or the
+most-staked validators first, and refuses the rest. Its strategy decides, before each period
+starts, what it declares, whether it answers, and what capacity it rents; nothing it decides can
+depend on a window, since no block says when the next one opens.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core import plan
-from core.budget import Contender
-from core.records import Outcome, RequestRecord, summarize
-from core.scoring import ContenderState, advance, effective, speed_factor, weights
+from core.metagraph import Metagraph, Neuron
+from core.period import close_period, open_period
+from core.pooling import pool
+from core.scoring import PeriodOutcome, Tally, WindowOutcome
 from core.tasks import TASKS
+from core.yuma import epoch
 
 PERIOD_BLOCKS = 300
-START_PERIOD = 100  # the simulated chain's first period: UIDs registered at block 0 are established
+START_PERIOD = 100
 
 
 @dataclass(frozen=True)
 class Setup:
-    """One operator's hardware for one task, and how it behaves."""
+    """One operator's hardware and how it behaves. Fractions of periods are chosen by the
+    operator's own draw before each period."""
 
     name: str
-    task: str
-    capacity: float  # units per period it can really serve, all UIDs and validators together
-    declared: tuple[float, ...]  # one declaration per UID it runs
-    registered: tuple[int, ...] = ()  # period each UID registers (default: long before the start)
-    priority: str = "proportional"  # or "stake": serve the most-staked validators first
-    slowness: float = 1.0  # latency as a multiple of the task's expected time
-    refuse: float = 0.0  # share of every request stream answered 429 however idle it is
-    quality: float = 1.0  # what the validators' checks find (0: a cheater caught by checking)
-    honest: bool = True  # for reports: declares what it serves and behaves
+    capacity: float  # units per period it really serves (without what it rents)
+    declared: tuple[float, ...]  # per UID; each UID declares it for every task in ``tasks``
+    tasks: tuple[str, ...] = ("inpaint",)
+    priority: str = "arrival"  # or "stake": in a crowded moment, the most-staked validators first
+    rent: float = 0.0  # extra capacity, x capacity, it rents ...
+    rent_share: float = 0.0  # ... for this share of periods, chosen ahead
+    rent_late_slices: int | None = None  # ... or for each window once it opened, this many slices late
+    vary: float = 0.0  # its real capacity each period: uniform in [1 - vary, 1] x capacity
+    fail: float = 0.0  # share of requests that fail however idle it is
+    outage_windows: tuple[int, ...] = ()  # windows (counted from 0) in which it serves nothing
+    silent_share: float = 0.0  # share of periods it does not answer the capacity request
+    raise_share: float = 0.0  # share of periods it declares ``raise_by`` x its declaration
+    raise_by: float = 1.0
+    abandon_every: int = 0  # registers its UIDs anew every this many periods (0: never)
+    quality: float = 1.0  # what the validators' checks find (0: a cheater)
+    honest: bool = True  # declares what it serves and behaves (for reports)
+    twin: str | None = None  # the honest setup of the same cost it is compared with
 
-    def registered_at(self, i: int) -> int:
-        """Registration block of UID ``i``: block 0 (long established) unless ``registered``
-        names the simulated period it joins in."""
-        return (START_PERIOD + self.registered[i]) * PERIOD_BLOCKS if self.registered else 0
+    @property
+    def mean_capacity(self) -> float:
+        """What it serves on average: its cost, for comparing with an honest twin."""
+        return self.capacity * (1 + self.rent * self.rent_share - self.vary / 2)
 
 
 @dataclass(frozen=True)
 class Validator:
     stake: float
-    organic: float = 0.0  # share of its budget its users' traffic uses each period
+    organic: float = 0.0  # share of its budget its users' (organic) traffic uses each period
 
 
 @dataclass
 class Result:
-    """Per setup: total reward (stake-weighted weight of its UIDs, summed over periods) and reward
-    per period; per validator: its weight vector every period."""
+    """Per setup: incentive after Yuma summed over periods, and per period; per validator: its
+    weight vector and its vtrust every period."""
 
     reward: dict[str, float]
     per_period: dict[str, list[float]]
     vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    audits: int = 0
+    vtrust: dict[str, list[float]] = field(default_factory=dict)
+    windows: int = 0
+    uids: dict[str, list[int]] = field(default_factory=dict)
 
 
-def block_hash(seed: int, period: int) -> str:
-    return "0x" + hashlib.sha256(f"sim:{seed}:{period}".encode()).hexdigest()
+def block_hashes(seed: int, first: int, n: int) -> list[str]:
+    return ["0x" + hashlib.sha256(f"sim:{seed}:{b}".encode()).hexdigest()
+            for b in range(first, first + n)]
 
 
-def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validator] | None = None,
-             stakes: dict[str, float] | None = None, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> Result:
-    """Run ``periods`` periods. ``stakes`` is a shorthand for synthetic-only validators."""
-    validators = validators or {v: Validator(s) for v, s in (stakes or {"validator": 1.0}).items()}
-    total_stake = sum(v.stake for v in validators.values())
-    share = {name: v.stake / total_stake for name, v in validators.items()}
-    uids = [(s, i) for s in setups for i in range(len(s.declared))]
-    hotkeys = [f"{s.name}/{i}" for s, i in uids]
-    states = {v: defaultdict(ContenderState) for v in validators}
-    result = Result(reward={s.name: 0.0 for s in setups}, per_period={s.name: [] for s in setups},
-                    vectors={v: [] for v in validators})
-    for step in range(periods):
-        period = START_PERIOD + step
-        h = block_hash(seed, period)
-        result.audits += plan.is_audit_period(h)
-        live = [n for n, (s, i) in enumerate(uids) if _registered(s, i, period)]
-        targets = {}
-        for v in validators:
-            audited = {k for k, st in states[v].items() if st.audited}
-            cs = [Contender(n, hotkeys[n], uids[n][0].task, uids[n][0].declared[uids[n][1]],
-                            uids[n][0].declared[uids[n][1]] * share[v],
-                            uids[n][0].registered_at(uids[n][1])) for n in live]
-            for t in plan.targets(cs, h, period * PERIOD_BLOCKS, PERIOD_BLOCKS, audited):
-                targets[(v, t.contender.uid)] = t
-        served = _serve(setups, uids, live, targets, validators, share)
-        earned = {s.name: 0.0 for s in setups}
-        for v, val in validators.items():
-            eff = {}
-            for n in live:
-                s, _ = uids[n]
-                t = targets[(v, n)]
-                asked = max(t.units, val.organic * t.contender.budget)
-                outcome = summarize(_records(s, t, asked, served[(v, n)]), t.contender.declared,
-                                    t.contender.budget, t.f, t.audit)
-                key = (t.contender.hotkey, s.task)
-                states[v][key] = advance(states[v][key], outcome, share[v])
-                eff[(n, s.task)] = effective(states[v][key])
-            vector = weights(eff, len(uids))
-            result.vectors[v].append(vector)
-            for n, (s, _) in enumerate(uids):
-                earned[s.name] += vector[n] * share[v]
-        for name, value in earned.items():
-            result.reward[name] += value
-            result.per_period[name].append(value)
-        if progress:
-            progress(1)
-    return result
-
-
-def _registered(s: Setup, i: int, period: int) -> bool:
-    return not s.registered or START_PERIOD + s.registered[i] <= period
-
-
-def _serve(setups, uids, live, targets, validators, share) -> dict[tuple[str, int], float]:
-    """Share of what each validator asks of each UID that its setup serves this period: organic
-    traffic and synthetic tests together, from all validators, against the setup's capacity."""
-    asked = {(v, n): max(targets[(v, n)].units, val.organic * targets[(v, n)].contender.budget)
-             for v, val in validators.items() for n in live}
-    out = {}
-    for s in setups:
-        mine = [(v, n) for (v, n) in asked if uids[n][0] is s]
-        left = s.capacity
-        if s.priority == "stake":
-            for v, n in sorted(mine, key=lambda k: -share[k[0]]):
-                take = min(asked[(v, n)], left)
-                out[(v, n)] = take / asked[(v, n)] if asked[(v, n)] else 1.0
-                left -= take
-        else:
-            total = sum(asked[k] for k in mine)
-            for k in mine:
-                out[k] = min(1.0, s.capacity / total) if total else 1.0
+def _windows(seed: int, periods: int) -> dict[int, list[int]]:
+    """Opening blocks per period, from the simulated chain's hashes (the real draw)."""
+    w = plan.window_blocks(PERIOD_BLOCKS)
+    first = START_PERIOD * PERIOD_BLOCKS - 4 * w
+    hashes = block_hashes(seed, first, periods * PERIOD_BLOCKS + 4 * w)
+    _, opened = plan.openings(first, hashes, PERIOD_BLOCKS)
+    out: dict[int, list[int]] = {}
+    for b in opened:
+        out.setdefault(b // PERIOD_BLOCKS, []).append(b)
     return out
 
 
-def _records(s: Setup, t: plan.Target, asked: float, served: float) -> list[RequestRecord]:
-    """The period's requests to one UID from one validator, summarised as one record per kind."""
-    task = TASKS[s.task]
-    good = asked * served * (1 - s.refuse)
-    expected = task.expected_seconds(task.units_per_synthetic)
-    quality = speed_factor(expected * s.slowness, expected) * s.quality
-    records = [RequestRecord(0, t.contender.hotkey, s.task, False, Outcome.OK, good,
-                             expected * s.slowness, quality)]
-    if asked - good > 0:
-        records.append(RequestRecord(0, t.contender.hotkey, s.task, False,
-                                     Outcome.RATE_LIMITED, asked - good, 0.0))
-    return records
+def _slice_requests(n: int, rng: np.random.Generator) -> list[int]:
+    """How the real plan's ``n`` requests, evenly spread with jitter (``plan.window_plan``),
+    fall into the window's slices."""
+    counts = [0] * plan.SLICES
+    for i in range(n):
+        at = (i + rng.uniform(0.1, 0.9)) / n
+        counts[min(int(at * plan.SLICES), plan.SLICES - 1)] += 1
+    return counts
+
+
+def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validator] | None = None,
+             seed: int = 0, pooled: bool = True,
+             progress: Callable[[int], None] | None = None) -> Result:
+    """Run ``periods`` periods. ``pooled``: validators score windows from the pooled reports of
+    docs/protocol.md §7 (else each from its own view)."""
+    validators = validators or {"validator": Validator(1.0)}
+    vnames = list(validators)
+    stakes = np.array([validators[v].stake for v in vnames], float)
+    share = dict(zip(vnames, stakes / stakes.sum()))
+    me = {v: f"validator/{v}" for v in vnames}
+    uids = [(s, i) for s in setups for i in range(len(s.declared))]
+    first_uid = len(vnames)
+    hotkey = [f"{s.name}/{i}" for s, i in uids]
+    registered = [0] * len(uids)
+    rngs = {s.name: np.random.default_rng([seed, zlib.crc32(s.name.encode())]) for s in setups}
+    windows_at = _windows(seed, periods)
+    w_blocks = plan.window_blocks(PERIOD_BLOCKS)
+    states: dict[str, dict] = {v: {} for v in vnames}
+    previous: dict[str, list] = {v: [] for v in vnames}
+    result = Result({s.name: 0.0 for s in setups}, {s.name: [] for s in setups},
+                    {v: [] for v in vnames}, {v: [] for v in vnames})
+    offset = first_uid
+    for s in setups:
+        result.uids[s.name] = list(range(offset, offset + len(s.declared)))
+        offset += len(s.declared)
+    window_count = 0
+    jitter = np.random.default_rng([seed, 1])  # the validators' private timing jitter
+    for step in range(periods):
+        period = START_PERIOD + step
+        block = period * PERIOD_BLOCKS
+        # each operator decides before the period: what it answers, declares, rents
+        capacity, rented, declarations = {}, {}, {}
+        for n, (s, i) in enumerate(uids):
+            rng = rngs[s.name]
+            if i == 0:
+                rented[s.name] = s.rent_share > 0 and rng.random() < s.rent_share
+                capacity[s.name] = s.capacity * (1 - s.vary * rng.random()) \
+                    + (s.capacity * s.rent if rented[s.name] else 0.0)
+                raised = s.raise_share > 0 and rng.random() < s.raise_share
+                silent = s.silent_share > 0 and rng.random() < s.silent_share
+            if s.abandon_every and step % s.abandon_every == 0 and step:
+                registered[n] = block
+            if not silent:
+                d = s.declared[i] * (s.raise_by if raised else 1.0)
+                declarations[hotkey[n]] = {t: d for t in s.tasks}
+        neurons = [Neuron(k, me[v], "cold", float(validators[v].stake), True, None, 0)
+                   for k, v in enumerate(vnames)]
+        neurons += [Neuron(first_uid + n, hotkey[n], "cold", 0.0, False, None, registered[n])
+                    for n in range(len(uids))]
+        metagraph = Metagraph(block, tuple(neurons))
+        opened = {v: open_period(metagraph, declarations, previous[v], me[v]) for v in vnames}
+        for v in vnames:
+            previous[v] = [(c.hotkey, c.task) for c in opened[v].contenders]
+        owner = {hotkey[n]: uids[n][0] for n in range(len(uids))}
+        slices: dict[tuple[str, str, str, int], list[Tally] | WindowOutcome] = {}
+        for b in windows_at.get(period, []):
+            _run_window(b, window_count, opened, owner, capacity, share, w_blocks, slices, jitter)
+            window_count += 1
+        if pooled:
+            _pool(slices, opened, share, w_blocks)
+        share_in_windows = len(windows_at.get(period, [])) * w_blocks / PERIOD_BLOCKS
+        other = _other_traffic(opened, owner, capacity, validators, share_in_windows)
+        vectors = []
+        for v in vnames:
+            outcomes = {}
+            for c in opened[v].contenders:
+                s = owner[c.hotkey]
+                key = (v, c.hotkey, c.task)
+                ws = tuple(_window(b, slices[(*key, b)])
+                           for b in windows_at.get(period, []) if (*key, b) in slices)
+                o = other[key]
+                outcomes[(c.hotkey, c.task)] = PeriodOutcome(
+                    c.declared, ws, o, s.quality if o.asked or ws else 0.0, int(bool(o.asked or ws)))
+            closing = close_period(opened[v].contenders, outcomes, states[v], metagraph.n_uids)
+            states[v] = {**states[v], **closing.states}
+            vectors.append(closing.weights)
+            result.vectors[v].append(closing.weights)
+        consensus = epoch(np.array(vectors), stakes)
+        for k, v in enumerate(vnames):
+            result.vtrust[v].append(float(consensus.vtrust[k]) if vectors[k].sum() > 0 else 1.0)
+        for s in setups:
+            got = float(consensus.incentive[result.uids[s.name]].sum())
+            result.reward[s.name] += got
+            result.per_period[s.name].append(got)
+        if progress:
+            progress(1)
+    result.windows = window_count
+    return result
+
+
+def _window(block: int, seen: list[Tally] | WindowOutcome) -> WindowOutcome:
+    return seen if isinstance(seen, WindowOutcome) else WindowOutcome(block, tuple(seen))
+
+
+def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float],
+                share: dict[str, float], w_blocks: int,
+                slices: dict[tuple[str, str, str, int], list[Tally]],
+                rng: np.random.Generator) -> None:
+    """Every validator sends every contender its window's rate, in the real plan's requests;
+    each setup serves what its capacity allows in each slice (``rent_late_slices``: its rented
+    capacity arrives that many slices after the window opened)."""
+    demand: dict[tuple[str, str, str], float] = {}
+    counts: dict[tuple[str, str, str], tuple[list[int], int]] = {}
+    for v, op in opened.items():
+        for c in op.contenders:
+            rate = plan.window_units(c, PERIOD_BLOCKS)
+            n, size = plan.requests_for(c, rate, 0.0)
+            if n:
+                demand[(v, c.hotkey, c.task)] = rate / plan.SLICES
+                counts[(v, c.hotkey, c.task)] = (_slice_requests(n, rng), size)
+    slice_share = w_blocks / PERIOD_BLOCKS / plan.SLICES
+    for s in {owner[k[1]] for k in demand}:
+        mine = [k for k in demand if owner[k[1]] is s]
+        for j in range(plan.SLICES):
+            cap = capacity[s.name] * slice_share
+            if s.rent_late_slices is not None and j >= s.rent_late_slices:
+                cap += s.capacity * s.rent * slice_share
+            if index in s.outage_windows:
+                cap = 0.0
+            served = _serve(s, mine, demand, cap, share)
+            for k in mine:
+                per_slice, size = counts[k]
+                asked = per_slice[j] * size
+                good = asked * served[k] * (1 - s.fail)
+                tallies = slices.setdefault((*k, block), [Tally()] * plan.SLICES)
+                tallies[j] = Tally(asked, good, 0.0, asked - good, per_slice[j])
+
+
+def _pool(slices: dict, opened, share: dict[str, float], w_blocks: int) -> None:
+    """Replace each validator's view of each window by the pooled reports (``core.pooling``)."""
+    groups: dict[tuple[str, str, int], dict[str, WindowOutcome]] = {}
+    for (v, hk, task, block), tallies in slices.items():
+        groups.setdefault((hk, task, block), {})[v] = WindowOutcome(block, tuple(tallies))
+    budgets = {(v, c.hotkey, c.task): c for v, op in opened.items() for c in op.contenders}
+    for (hk, task, block), reports in groups.items():
+        caps = {}
+        for v in reports:
+            c = budgets[(v, hk, task)]
+            n, size = plan.requests_for(c, plan.window_units(c, PERIOD_BLOCKS), 0.0)
+            caps[v] = math.ceil(max(n, 1) / plan.SLICES) * size
+        pooled = pool(reports, share, caps)
+        if pooled is not None:
+            for v in reports:
+                slices[(v, hk, task, block)] = pooled
+
+
+def _serve(s: Setup, keys: list, demand: dict, cap: float, share: dict[str, float]) -> dict:
+    """The fraction of each stream's demand a setup serves with ``cap`` units: in proportion
+    (arrival order), or the most-staked validators' streams first."""
+    total = sum(demand[k] for k in keys)
+    if s.priority != "stake":
+        fraction = min(1.0, cap / total) if total > 0 else 1.0
+        return {k: fraction for k in keys}
+    out = {}
+    for k in sorted(keys, key=lambda k: -share[k[0]]):
+        take = min(demand[k], cap)
+        out[k] = take / demand[k] if demand[k] > 0 else 1.0
+        cap -= take
+    return out
+
+
+def _other_traffic(opened, owner, capacity: dict[str, float], validators: dict[str, Validator],
+                   in_windows: float) -> dict[tuple[str, str, str], Tally]:
+    """Background and organic requests outside windows, served in proportion when they ask more
+    than the setup's capacity outside windows."""
+    asked: dict[tuple[str, str, str], tuple[float, int]] = {}
+    for v, op in opened.items():
+        for c in op.contenders:
+            per = TASKS[c.task].units_per_synthetic
+            n_bg = round(plan.BACKGROUND * c.budget / per)
+            organic = validators[v].organic * c.budget * (1 - in_windows)
+            units = n_bg * per + organic
+            asked[(v, c.hotkey, c.task)] = (units, n_bg + round(organic / per))
+    out = {}
+    for s in {owner[k[1]] for k in asked}:
+        mine = [k for k in asked if owner[k[1]] is s]
+        total = sum(asked[k][0] for k in mine)
+        room = capacity[s.name] * (1 - in_windows)
+        fraction = min(1.0, room / total) if total > 0 else 1.0
+        for k in mine:
+            units, n = asked[k]
+            good = units * fraction * (1 - s.fail)
+            out[k] = Tally(units, good, 0.0, units - good, n)
+    return out

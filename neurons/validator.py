@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from core.cli import (CliError, add_common_args, add_server_args, guarded, load_wallet,
+from core.cli import (CliError, add_common_args, fraction, add_server_args, guarded, load_wallet,
                       server_options, setup_logging)
 
 
@@ -28,8 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where records and scores are kept across restarts: a SQLite file, or "
                         "a PostgreSQL DSN (postgresql://user@host/db)")
     p.add_argument("--status", action="store_true",
-                   help="print the latest period from --db (per contender: declared, budget, "
-                        "requests, outcomes, score, credited, effective; the weights set), exit")
+                   help="print the latest period from --db (its audit windows; per contender: "
+                        "declared, budget, requests, what the windows asked and got, score, "
+                        "reliability, quality, demonstrated, credited, effective; the weights "
+                        "set), exit")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=256,
@@ -37,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-per-miner", type=int, default=16,
                    help="synthetic requests in flight at once to one miner (a slow miner holds "
                         "no more slots than this)")
+    p.add_argument("--background", type=fraction, default=0.01,
+                   help="share of each contender's budget sent outside audit windows, spread "
+                        "over the period (liveness and quality checks; docs/protocol.md §3.4)")
     p.add_argument("--image-size", type=int, default=1024,
                    help="width and height of synthetic image requests (pixels, multiple of 8)")
     p.add_argument("--retention-periods", type=int, default=96,
@@ -50,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "miner's count): the tasks' production tokenizers (from the Hugging Face "
                         "cache or hub), or the local subnet's tiny one (default: tiny with "
                         "--check cpu, else production)")
-    p.add_argument("--check-rate", type=float, default=0.1,
+    p.add_argument("--check-rate", type=fraction, default=0.1,
                    help="share of results checked beyond each contender's first of the period")
     p.add_argument("--check-queue", type=int, default=256,
                    help="results waiting for a check; when full the oldest is dropped, counted")
@@ -135,7 +140,7 @@ def run(args) -> int:
                            "--check off (quality from speed alone)")
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
                         max_concurrency=args.max_concurrency, max_per_miner=args.max_per_miner,
-                        image_size=args.image_size,
+                        image_size=args.image_size, background=args.background,
                         tokenizers=args.tokenizers or ("tiny" if args.check == "cpu" else "production"),
                         retention_periods=args.retention_periods, check=args.check,
                         check_rate=args.check_rate, check_queue=args.check_queue)

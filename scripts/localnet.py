@@ -11,6 +11,7 @@ exits non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from core.chain.local import LocalChain
 from core.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
+from core.plan import window_blocks
 from core.storage import open_store
 from core.validator import keys
 
@@ -48,8 +50,6 @@ def main(argv=None) -> int:
     shutil.rmtree(base, ignore_errors=True)
     wallets_dir, chain_dir, logs = base / "wallets", base / "chain", base / "logs"
     logs.mkdir(parents=True)
-    # Back-date genesis so the miners are established UIDs: the new validator, with no audit of
-    # them on record, audits each in its first period (SPEC §3.3's local first audit).
     chain = LocalChain.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
                               age_blocks=25 * args.period_blocks)
     validator = make_wallet(wallets_dir, "validator")
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
             wait_healthy(ports[name], proc, deadline)
         print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
               f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
+        show_windows(chain, args.period_blocks, args.periods)
         api = []
         if args.api_port:
             store = open_store(str(base / "validator.sqlite3"))
@@ -120,6 +121,18 @@ def main(argv=None) -> int:
         return 1
     finally:
         stop()
+
+
+def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
+    """Choose the local chain's seed so that every period the validator can run has an audit
+    window in its second half (after a late start, and before its end): a short run always shows
+    one. Only a local subnet can choose; the draws themselves are the protocol's."""
+    first = asyncio.run(chain.block()) // period_blocks
+    w = window_blocks(period_blocks)
+    chain.reseed(chain.windows_seed(period_blocks, range(first, first + periods + 3),
+                                    range(period_blocks // 2, period_blocks - w)))
+    print(f"localnet: block hashes chosen so each period has an audit window ({w} blocks) in "
+          f"its second half", flush=True)
 
 
 def report(chain: LocalChain) -> int:

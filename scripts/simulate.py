@@ -1,12 +1,14 @@
-"""The incentive game, simulated with the project's real scheduling and scoring code.
+"""The incentive game under protocol 5, simulated with the project's real period step and Yuma.
 
-Runs named scenarios (or a YAML of your own) over many periods and prints, per scenario, a table
-of every miner (UIDs, declared, really served, reward share, and the share each validator gives
-it), then writes PNG plots: reward against served capacity, reward over periods, and how closely
-the validators' weight vectors agree. Deterministic for a seed.
+Runs every strategy of ``core.scenarios`` beside an honest twin of the same cost, in a pool of
+honest miners and six validators (stakes 30% down to 1%, two organic-heavy), and prints per
+strategy its incentive after Yuma as a share of its twin's, with the validators' pooled window
+reports (docs/protocol.md §7) and on each validator's own view, and the lowest validator vtrust;
+then the honest checks (reward linear in capacity, synthetic-only and organic-heavy validators
+agreeing) and a plot of the table. Deterministic for a seed.
 
-    python scripts/simulate.py                      # every named scenario, plots in docs/
-    python scripts/simulate.py --scenario over-claimer --periods 800
+    python scripts/simulate.py                      # the table, plots in docs/
+    python scripts/simulate.py --periods 2000 --seed 3
     python scripts/simulate.py --config my_scenario.yml
 """
 
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.scenarios import SCENARIOS, Scenario, load_scenario
-from core.simulation import Result, simulate
+from core.scenarios import (POOL, VALIDATORS, Verdict, cosine, judge, load_scenario,
+                            strategies)
+from core.simulation import Setup, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,177 +30,118 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
-                   help="a named scenario (repeat for several; default: all of them)")
-    p.add_argument("--config", help="a scenario YAML (miners, validators, periods)")
-    p.add_argument("--periods", type=int, default=None, help="override each scenario's periods")
+    p.add_argument("--periods", type=int, default=400, help="periods each strategy runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated block hashes")
-    p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNG plots")
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help="run only strategies whose name contains NAME (repeatable)")
+    p.add_argument("--config", help="run a scenario YAML of your own instead (miners, "
+                                    "validators, periods) and print each miner's reward")
+    p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNG plot")
     p.add_argument("--no-plots", action="store_true", help="print the tables only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
-def cosine(x: np.ndarray, y: np.ndarray) -> float:
-    if not x.any() or not y.any():
-        return float("nan")
-    return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+def strategy_table(periods: int, seed: int, names: list[str] | None, quiet: bool
+                   ) -> list[tuple[Verdict, Verdict]]:
+    from tqdm import tqdm
+
+    chosen = [s for s in strategies() if not names or any(n in s.name for n in names)]
+    rows = []
+    for s in tqdm(chosen, desc="strategies", disable=quiet, leave=False, file=sys.stderr):
+        rows.append((judge(s, periods, seed), judge(s, periods, seed, pooled=False)))
+    return rows
 
 
-def agreement(result: Result) -> dict[str, list[float]]:
-    """Per validator, per period: cosine of its weight vector with every other validator's mean."""
-    names = list(result.vectors)
-    out = {}
-    for v in names:
-        others = [w for w in names if w != v]
-        if not others:
-            continue
-        out[v] = [cosine(result.vectors[v][t], np.mean([result.vectors[w][t] for w in others], 0))
-                  for t in range(len(result.vectors[v]))]
-    return out
-
-
-def honest_r2(scenario: Scenario, result: Result) -> float | None:
-    """R² of a proportional fit of reward on served capacity among honest miners of one task."""
-    honest = [s for s in scenario.setups if s.honest and len(s.declared) == 1]
-    tasks = {s.task for s in honest}
-    if len(honest) < 3 or len(tasks) != 1:
-        return None
-    x = np.array([s.capacity for s in honest])
-    y = np.array([result.reward[s.name] for s in honest])
-    slope = (x @ y) / (x @ x)
-    return float(1 - ((y - slope * x) ** 2).sum() / ((y - y.mean()) ** 2).sum())
-
-
-def table(scenario: Scenario, result: Result) -> str:
-    total = sum(result.reward.values()) or 1.0
-    vnames = list(result.vectors)
-    head = f"{'miner':<24} {'task':<14} {'uids':>4} {'declared':>9} {'served':>8} {'reward':>7}"
-    head += "".join(f" {v[:14]:>14}" for v in vnames)
-    lines = [f"== {scenario.name}: {scenario.about} ==",
-             f"{len(result.vectors[vnames[0]])} periods, {result.audits} network-wide audits",
-             head]
-    offset = 0
-    for s in scenario.setups:
-        uids = range(offset, offset + len(s.declared))
-        offset += len(s.declared)
-        per_v = []
-        for v in vnames:
-            got = sum(vec[list(uids)].sum() for vec in result.vectors[v])
-            per_v.append(got / max(len(result.vectors[v]), 1))
-        lines.append(f"{s.name:<24} {s.task[:14]:<14} {len(s.declared):>4} {sum(s.declared):>9g} "
-                     f"{s.capacity:>8g} {result.reward[s.name] / total:>7.3f}"
-                     + "".join(f" {x:>14.3f}" for x in per_v))
-    r2 = honest_r2(scenario, result)
-    if r2 is not None:
-        lines.append(f"honest miners: reward ~ served capacity, R² = {r2:.4f}")
-    agree = agreement(result)
-    for v, xs in agree.items():
-        finite = [x for x in xs if np.isfinite(x)]
-        if finite:
-            lines.append(f"validator {v}: cosine with the others, mean {np.mean(finite):.4f}, "
-                         f"min {np.min(finite):.4f}")
+def format_table(rows: list[tuple[Verdict, Verdict]], periods: int) -> str:
+    lines = [f"== strategies vs an honest twin of the same cost: incentive after Yuma, "
+             f"{periods} periods ==",
+             f"{'strategy':<34} {'pooled':>7} {'own view':>9} {'vtrust min':>10} "
+             f"{'(own)':>7}  about"]
+    for pooled, own in rows:
+        s = pooled.strategy
+        mark = "  [measured limit]" if s.limit else ""
+        lines.append(f"{s.name:<34} {pooled.ratio:>7.3f} {own.ratio:>9.3f} "
+                     f"{min(pooled.vtrust.values()):>10.4f} {min(own.vtrust.values()):>7.4f}  "
+                     f"{s.about}{mark}")
+    lines.append("pooled: validators score windows from the pooled reports (docs/protocol.md "
+                 "§7); own view: each from its own requests")
+    vnames = list(VALIDATORS)
+    lowest = {v: min(p.vtrust[v] for p, _ in rows) for v in vnames}
+    lines.append("lowest vtrust per validator (pooled): "
+                 + ", ".join(f"{v} {x:.4f}" for v, x in lowest.items()))
     return "\n".join(lines)
 
 
-def plots(runs: dict[str, tuple[Scenario, Result]], out: Path) -> list[Path]:
+def honest_checks(periods: int, seed: int) -> str:
+    """Reward linear in served capacity (R²), and how alike a synthetic-only and an
+    organic-heavy validator weigh the same honest miners (cosine)."""
+    setups = [Setup(f"honest-{c}", c, (c,)) for c in (250, 500, 1000, 2000, 4000)]
+    result = simulate(setups, periods, validators=VALIDATORS, seed=seed)
+    x = np.array([s.capacity for s in setups])
+    y = np.array([result.reward[s.name] for s in setups])
+    slope = (x @ y) / (x @ x)
+    r2 = 1 - ((y - slope * x) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    cos = min(cosine(a, b) for a, b in zip(result.vectors["v30"], result.vectors["v25-organic"])
+              if a.any() and b.any())
+    return (f"honest miners: reward ~ served capacity, R² = {r2:.5f}\n"
+            f"synthetic-only (v30) vs organic-heavy (v25-organic) weights: cosine min "
+            f"{cos:.5f}\n{result.windows} windows in {periods} periods")
+
+
+def plot(rows: list[tuple[Verdict, Verdict]], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    name = "default" if "default" in runs else next(iter(runs))
-    scenario, result = runs[name]
-    total = sum(result.reward.values()) or 1.0
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    shares = {s.name: result.reward[s.name] / total for s in scenario.setups}
-    label_y = _spread(sorted(shares.items(), key=lambda kv: kv[1]), gap=0.011)
-    for s in scenario.setups:
-        share = shares[s.name]
-        ax.scatter(s.capacity, share, marker="o" if s.honest else "x", s=60,
-                   color="tab:blue" if s.honest else "tab:red")
-        ax.annotate(f"{s.name} {share:.3f}", (s.capacity, share), fontsize=7,
-                    xytext=(s.capacity + 0.04 * max(x.capacity for x in scenario.setups),
-                            label_y[s.name]),
-                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"})
-    honest = [s for s in scenario.setups if s.honest and len(s.declared) == 1]
-    if honest:
-        x = np.array([s.capacity for s in honest])
-        y = np.array([result.reward[s.name] / total for s in honest])
-        k = (x @ y) / (x @ x)
-        xs = np.linspace(0, x.max() * 1.05, 10)
-        ax.plot(xs, k * xs, "--", color="tab:blue", lw=1, label="proportional to served capacity")
-    ax.set(xlabel="units really served per period", ylabel="share of rewards",
-           title=f"Reward vs served capacity ({name}, {len(result.vectors[next(iter(result.vectors))])} periods)")
-    ax.legend(loc="upper left", fontsize=8)
-    written.append(_save(fig, out / "reward_vs_capacity.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in scenario.setups:
-        series = np.convolve(result.per_period[s.name], np.ones(10) / 10, mode="valid")
-        ax.plot(series, lw=1.2, ls="-" if s.honest else "--", label=s.name)
-    ax.set(xlabel="period", ylabel="reward per period (10-period mean)",
-           title=f"Reward over periods ({name})")
-    ax.legend(fontsize=7, ncol=2)
-    written.append(_save(fig, out / "reward_over_periods.png"))
-
-    shown = [n for n in ("validators", "default") if n in runs] or [name]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7.5, 3.2 * len(shown)), squeeze=False)
-    for ax, n in zip(axes[:, 0], shown):
-        sc, res = runs[n]
-        lowest = 1.0
-        for v, xs in agreement(res).items():
-            val = sc.validators[v]
-            ax.plot(xs, lw=1, label=f"{v} (stake {val.stake:g}, organic {val.organic:.0%})")
-            lowest = min([lowest] + [x for x in xs if np.isfinite(x)])
-        ax.set(ylabel="cosine with the others", ylim=(min(0.98, lowest - 0.02), 1.005),
-               title=f"Agreement between validators' weight vectors: {n}")
-        ax.legend(fontsize=7, loc="lower right")
-    axes[-1, 0].set_xlabel("period")
-    written.append(_save(fig, out / "validator_agreement.png"))
-    return written
-
-
-def _spread(items: list[tuple[str, float]], gap: float) -> dict[str, float]:
-    """Label heights in value order, at least ``gap`` apart, so labels never overlap."""
-    out, last = {}, -1.0
-    for name, value in items:
-        last = max(value, last + gap)
-        out[name] = last
-    return out
-
-
-def _save(fig, path: Path) -> Path:
+    names = [p.strategy.name for p, _ in rows]
+    ys = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    ax.barh(ys + 0.2, [p.ratio for p, _ in rows], 0.4, label="pooled reports (§7)")
+    ax.barh(ys - 0.2, [o.ratio for _, o in rows], 0.4, label="own view", alpha=0.6)
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set(xlabel="incentive after Yuma / honest twin's", title="Strategies under protocol 5")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    path = out / "strategies.png"
     fig.savefig(path, dpi=110)
     return path
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def custom(path: str, seed: int) -> int:
     try:
-        scenarios = [load_scenario(args.config)] if args.config else \
-            [SCENARIOS[n] for n in (args.scenario or sorted(SCENARIOS))]
+        scenario = load_scenario(path)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    from tqdm import tqdm
+    result = simulate(scenario.setups, scenario.periods, validators=scenario.validators,
+                      seed=seed)
+    total = sum(result.reward.values()) or 1.0
+    print(f"== {scenario.name}: {scenario.periods} periods, {result.windows} windows ==")
+    for s in scenario.setups:
+        print(f"{s.name:<24} uids {len(s.declared)} declared {sum(s.declared):>9g} "
+              f"capacity {s.capacity:>8g} reward {result.reward[s.name] / total:.4f}")
+    for v in scenario.validators:
+        print(f"validator {v}: vtrust mean {np.mean(result.vtrust[v]):.4f}")
+    return 0
 
-    runs = {}
-    for scenario in scenarios:
-        periods = args.periods or scenario.periods
-        with tqdm(total=periods, desc=scenario.name, disable=args.quiet, leave=False,
-                  file=sys.stderr) as bar:
-            result = simulate(scenario.setups, periods, validators=scenario.validators,
-                              seed=args.seed, progress=bar.update)
-        runs[scenario.name] = (scenario, result)
-        print(table(scenario, result), end="\n\n", flush=True)
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.config:
+        return custom(args.config, args.seed)
+    rows = strategy_table(args.periods, args.seed, args.strategy, args.quiet)
+    print(format_table(rows, args.periods), end="\n\n", flush=True)
+    print(honest_checks(min(args.periods, 200), args.seed), flush=True)
+    print(f"honest pool: {', '.join(s.name for s in POOL)}; validators: "
+          + ", ".join(f"{k} ({v.stake:g}, organic {v.organic:.0%})" for k, v in VALIDATORS.items()))
     if not args.no_plots:
-        for path in plots(runs, Path(args.out)):
-            print(f"wrote {path}")
+        print(f"wrote {plot(rows, Path(args.out))}")
     return 0
 
 

@@ -31,11 +31,11 @@ class DownChain(LocalChain):
         super().__init__(folder)
         self.outages = outages
 
-    async def metagraph(self):
+    async def metagraph(self, block=None):
         if self.outages:
             self.outages -= 1
             raise ChainError("connection refused")
-        return await super().metagraph()
+        return await super().metagraph(block)
 
 
 def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
@@ -57,16 +57,15 @@ def test_a_locked_database_is_a_clear_error_and_nothing_is_half_written(tmp_path
     store.db._db.execute("PRAGMA busy_timeout=200")
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
-    from core.plan import Target
     from core.budget import Contender
 
-    target = Target(Contender(1, "hk", "inpaint", 10, 10, 0), 1.0, True, "network")
+    target = Contender(1, "hk", "inpaint", 10, 10, 0)
     with pytest.raises(StorageError, match=r"v\.sqlite3: OperationalError: database is locked"):
         store.begin_period(3, 30, "0x", 1.0, 0.0, [target])
     other.execute("ROLLBACK")
-    assert store.period(3) is None and store.targets(3) == []  # all of the plan or none
+    assert store.period(3) is None and store.contenders(3) == []  # all of the budgets or none
     store.begin_period(3, 30, "0x", 1.0, 0.0, [target])
-    assert store.targets(3) == [target]
+    assert store.contenders(3) == [target]
 
 
 @pytest.fixture
@@ -174,5 +173,5 @@ def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner
     record = asyncio.run(main())
     assert record.outcome is Outcome.UNAUTHORIZED and record.units == 0
     assert "refused our signed request" in caplog.text and "not counted against the miner" in caplog.text
-    outcome = summarize(store.records(1), declared=100, budget=100, f=1.0, audit=True)
-    assert outcome.consumed == outcome.failed == 0  # nothing scored against the miner
+    outcome = summarize(store.records(1), declared=100)
+    assert outcome.asked == outcome.other.failed == 0  # nothing scored against the miner

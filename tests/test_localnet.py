@@ -17,13 +17,18 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
         capture_output=True, text=True, timeout=420, cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "== period" in run.stdout
-    # a new validator audits every established miner in its first period: locally, or with the
-    # whole network when the block hash draws a network-wide audit
-    targets = open_store(str(tmp_path / "net/validator.sqlite3")).targets(
-        int(run.stdout.split("== period ")[1].split()[0]))
-    assert len(targets) == 9 and all(t.audit and t.reason in ("local-first", "network")
-                                     for t in targets)
+    assert "== period" in run.stdout and "w.asked" in run.stdout
+    # protocol 5 end to end: a window opened at a block (localnet chose hashes that open one in
+    # the period), every contender was sent its rate in it and demonstrated what it served
+    store = open_store(str(tmp_path / "net/validator.sqlite3"))
+    period = int(run.stdout.split("== period ")[1].split()[0])
+    (window,) = store.windows(period)
+    assert f"windows: block {window.block} " in run.stdout
+    assert window.block // 30 == period and len(store.contenders(period)) == 9
+    states = store.states()
+    assert len(states) == 9 and all(len(s.demonstrated_w) == 1 for s in states.values())
+    in_window = [r for r in store.records(period) if window.slice_of(r.at) is not None]
+    assert {(r.hotkey, r.task) for r in in_window} == set(states)
     log = LocalChain(tmp_path / "net/chain").weights_log()
     assert len(log) == 1
     w = {int(uid): v for uid, v in log[0]["weights"].items()}

@@ -86,9 +86,9 @@ async def open_period(chain, wallet, store, quality):
     v = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     graph = await chain.metagraph()
     declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
-    targets = [plan.Target(c, 0.05, False, "") for c in contenders(graph, declared, 1.0)]
-    store.begin_period(7, 7 * 300, "0x0", 1.0, 0.0, targets)
-    v.book.open(7, targets, graph, quality)
+    cs = contenders(graph, declared, 1.0)
+    store.begin_period(7, 7 * 300, "0x0", 1.0, 0.0, cs)
+    v.book.open(7, cs, graph, quality)
     return v
 
 
@@ -189,8 +189,12 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     served = next(rec for rec in store.records(7) if rec.organic)
     key_ = (served.hotkey, "proteus-text-to-image")
     assert served.units == 40 and v.book.used()[key_] == 40
-    target = v.book.targets[key_]  # f = 0.05 of 2000: 100 steps, 40 already served organically
-    assert sum(s.units for s in plan.schedule([target], v.book.used(), 60.0)) == 60
+    # a window that opened before the organic request asks 2000 x 25/300 = 167 steps (17
+    # requests of 10); the organic 40 count first: the first four find their share served
+    sends = plan.window_plan([v.book.contenders[key_]], {}, 300, 60.0)
+    assert len(sends) == 17 and sends[3].cap == 40
+    sent = [s for s in sends if v.book.reserve(key_, s.units, cap=s.cap) is not None]
+    assert len(sent) == 13 and v.book.used()[key_] == 40 + 13 * 10
 
 
 def used_is_the_sum_of_records(store, period):

@@ -1,6 +1,6 @@
-"""A validator killed (SIGKILL) in the middle of a period, restarted: every recorded request and
-the period's plan are still there, the period resumes where it stopped, and what it spent is
-exactly what its records say."""
+"""A validator killed (SIGKILL) in an audit window, restarted: every recorded request, the
+period's budgets and the window are still there, the period resumes where it stopped, and what it
+spent is exactly what its records say."""
 
 import asyncio
 import subprocess
@@ -10,7 +10,7 @@ from core.chain.local import LocalChain
 from core.localproc import free_port, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 
-PERIOD = 30
+PERIOD = 60  # blocks of 1 s: windows of 5 blocks
 
 
 def wait_for(condition, timeout, what):
@@ -25,16 +25,23 @@ def wait_for(condition, timeout, what):
 def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
+    now = asyncio.run(chain.block()) // PERIOD
+    # an audit window in the second half of each period the validator may run (it starts a
+    # period only with half of it left)
+    chain.reseed(chain.windows_seed(PERIOD, range(now, now + 4), range(PERIOD // 2, 45)))
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True,
+                   registered_at=0)
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
-    (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 3000}\n")
+    (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 7200}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]
     port = free_port()
     db = str(tmp_path / "v.sqlite3")
-    vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1", "--check", "cpu"]
+    # a window asks 7200 x 5/60 = 600 tokens (2 requests); the background 25% (6 requests)
+    vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1", "--check", "cpu",
+             "--background", "0.25"]
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(port),
                               "--min-stake", "0", "--torch-threads", "1",
@@ -45,22 +52,22 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
         first = neuron("validator", vargs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(first)
 
-        def two_records_with_time_left():
+        def a_window_request_recorded():
             store = open_store(db)
             try:
                 period = store.latest_period()
-                block = asyncio.run(chain.block())
-                left = (period + 1) * PERIOD - block if period is not None else 0
-                return period if period is not None and len(store.records(period)) >= 2 \
-                    and left >= 10 else None
+                windows = store.windows(period) if period is not None else []
+                return period if windows and any(
+                    windows[0].slice_of(r.at) is not None for r in store.records(period)) else None
             finally:
                 store.close()
 
-        period = wait_for(two_records_with_time_left, 90, "two requests recorded")
+        period = wait_for(a_window_request_recorded, 150, "a request of the window recorded")
         first.kill()
         first.wait()
         store = open_store(db)
-        before, plan = store.records(period), store.targets(period)
+        before, contenders = store.records(period), store.contenders(period)
+        (window,) = store.windows(period)
         store.close()
         assert not open_store(db).period(period)["finished"]
 
@@ -71,17 +78,17 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
             assert second.wait(timeout=120) == 0
         after = open_store(db)
         assert after.period(period)["finished"]
-        assert after.targets(period) == plan  # the same plan, not a new draw
+        assert after.contenders(period) == contenders  # the same budgets, not asked again
+        assert after.windows(period) == [window]  # the window keeps its first start
         records = after.records(period)
         assert records[:len(before)] == before  # nothing recorded was lost
         assert len(records) > len(before) and "(resumed)" in log.read_text()
-        target = plan[0]
-        assert target.audit and sum(r.units for r in records) <= target.contender.budget
+        assert sum(r.units for r in records) <= contenders[0].budget
         # what the kill left reserved but never recorded is not counted as spent
         (_, used), = after.spent(period).values()
         assert used == sum(r.units for r in records)
         state = after.states()[(miner.hotkey.ss58_address, "chat-llama-3")]
-        assert state.audited and state.credited > 0.8 * 3000 * 0.8
+        assert len(state.demonstrated_w) == 1 and state.credited > 0
         assert chain.weights_log(), "weights were set after the resumed period"
     finally:
         for p in procs:

@@ -22,6 +22,7 @@ import bittensor as bt
 from bittensor.intents.weights import clip_to_max_weight, normalize
 
 from core.chain import ChainError, Metagraph, Neuron
+from core.plan import openings, window_blocks
 
 U16_MAX = 65535
 
@@ -74,14 +75,32 @@ class LocalChain:
             })
             return uid
 
+    def reseed(self, seed: str) -> None:
+        """Derive block hashes from ``seed`` from now on (``windows_seed`` picks one that puts
+        audit windows where a demo or a test needs them; no one can do that on chain)."""
+        with self._locked() as state:
+            state["seed"] = seed
+
+    def windows_seed(self, period_blocks: int, periods: range, offsets: range) -> str:
+        """A seed under which each period in ``periods`` has an audit window opening at an
+        offset (blocks into the period) in ``offsets``. A local subnet's convenience: a
+        short run then always shows windows; the draws themselves are the protocol's."""
+        for attempt in range(1_000_000):
+            seed = f"windows-{attempt}"
+            first = periods.start * period_blocks - 4 * window_blocks(period_blocks)
+            hashes = [_hash(seed, b) for b in range(first, periods.stop * period_blocks)]
+            _, opened = openings(first, hashes, period_blocks)
+            if all(any(b - p * period_blocks in offsets for b in opened) for p in periods):
+                return seed
+        raise LocalChainError("no seed found for those windows")
+
     # -- the Chain interface --
 
     async def block(self) -> int:
         return self._block_of(self._read())
 
     async def block_hash(self, block: int) -> str:
-        seed = self._read()["seed"]
-        return "0x" + hashlib.sha256(f"{seed}:{block}".encode()).hexdigest()
+        return _hash(self._read()["seed"], block)
 
     async def block_time(self) -> float:
         return float(self._read()["block_time"])
@@ -160,6 +179,10 @@ class LocalChain:
             state = self._read()
             yield state
             _atomic_write(self._state_path, state)
+
+
+def _hash(seed: str, block: int) -> str:
+    return "0x" + hashlib.sha256(f"{seed}:{block}".encode()).hexdigest()
 
 
 def _atomic_write(path: Path, state: dict) -> None:

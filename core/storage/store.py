@@ -233,7 +233,7 @@ class Store:
         out = {}
         for hotkey, task, raw in self._run("SELECT hotkey, task, state FROM states"):
             d = json.loads(raw)
-            for name in ("demonstrated_w", "scored", "checks"):
+            for name in ("demonstrated_w", "scored", "other", "checks"):
                 d[name] = tuple(tuple(x) if isinstance(x, list) else x for x in d[name])
             out[(hotkey, task)] = ContenderState(**d)
         return out
