@@ -64,7 +64,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     miner = make_wallet(tmp / "wallets", "miner")
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     validator = Keypair.create_from_uri("//BenchValidator")
-    chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True)
+    chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     (tmp / "miner.yml").write_text(CONFIG)
     port = free_port()
     proc = neuron("miner", ["--network", f"local:{chain.folder}", "--wallet-path",

@@ -93,8 +93,8 @@ async def measure(requests: int, rounds: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-organic-"))
     chain = LocalChain.create(tmp / "chain", tempo=PERIOD_BLOCKS, age_blocks=10 * PERIOD_BLOCKS)
     validator, miner = make_wallet(tmp / "w", "validator"), make_wallet(tmp / "w", "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True)
-    chain.register(miner.hotkey.ss58_address, "c")  # young: small synthetic tests
+    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 576000, group: g}\n"
                                    "groups:\n  g: {concurrency: 64}\n")
     db = str(tmp / "v.sqlite3")

@@ -42,7 +42,7 @@ async def routing(n: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
     validator = make_wallet(tmp / "w", "validator")
-    chain.register(validator.hotkey.ss58_address, "c", stake=10, validator_permit=True)
+    chain.register(validator.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
     a, b, one, two = free_ports(4)
     fronts = {}
     for port, urls in ((one, [a]), (two, [a, b])):
@@ -122,15 +122,14 @@ def _replica(dsn: str, seconds: float, start, counts) -> None:
 
     store = open_store(dsn)
     book = PeriodBook(store)
-    targets = store.targets(1)
-    book.open(1, targets, None, {})
+    book.open(1, store.contenders(1), None, {})
     start.wait()
     done, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         options = book.candidates("chat-llama-3", 10)
         if not options:
             break
-        key = (options[done % len(options)][0].contender.hotkey, "chat-llama-3")
+        key = (options[done % len(options)][0].hotkey, "chat-llama-3")
         period = book.reserve(key, 10)
         if period is not None:  # the request served 7 of the 10 reserved: settled with its record
             store.finish_request(RequestRecord(period, key[0], "chat-llama-3", True, Outcome.OK,
@@ -144,7 +143,6 @@ def accounting(dsn: str, seconds: float) -> dict[str, float]:
     import psycopg
 
     from core.budget import Contender
-    from core.plan import Target
     from core.storage import open_store
 
     out = {}
@@ -156,8 +154,7 @@ def accounting(dsn: str, seconds: float) -> dict[str, float]:
         store = open_store(scoped)
         budget = 1e12
         store.begin_period(1, 300, "0x0", 1.0, 0.0, [
-            Target(Contender(uid, f"hk{uid}", "chat-llama-3", budget, budget, 0), 1.0, False, "")
-            for uid in range(64)])
+            Contender(uid, f"hk{uid}", "chat-llama-3", budget, budget, 0) for uid in range(64)])
         ctx = multiprocessing.get_context("spawn")
         start, counts = ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=_replica, args=(scoped, seconds, start, counts))

@@ -27,17 +27,18 @@ N_MINERS = 256
 
 
 def weights_figures(repeats: int) -> None:
-    from core.scoring import ContenderState, PeriodOutcome, advance, effective, weights
+    from core.scoring import (ContenderState, PeriodOutcome, Tally, WindowOutcome, advance,
+                              effective, weights)
     from core.tasks import TASK_IDS
 
     rng = random.Random(0)
 
-    def outcome(audit: bool) -> PeriodOutcome:
+    def outcome(window: bool) -> PeriodOutcome:
         declared = rng.uniform(100, 10_000)
-        f = rng.uniform(0.8, 1.0) if audit else 0.05
-        consumed = f * declared
-        good = consumed * rng.uniform(0.7, 1.0)
-        return PeriodOutcome(declared, declared, f, audit, consumed, good, consumed - good, 0.0,
+        asked = declared / 60
+        slices = tuple(Tally(asked, asked * rng.uniform(0.7, 1.0), 0.0, 0.0, 4) for _ in range(5))
+        other = Tally(declared / 100, declared / 100, requests=1)
+        return PeriodOutcome(declared, (WindowOutcome(0, slices),) if window else (), other,
                              rng.uniform(0.5, 1.0), 3)
 
     keys = [(uid, task) for uid in range(N_MINERS) for task in TASK_IDS]
@@ -45,7 +46,7 @@ def weights_figures(repeats: int) -> None:
     for key in keys:
         s = ContenderState()
         for period in range(16):
-            s = advance(s, outcome(period % 8 == 0), 1.0)
+            s = advance(s, outcome(period % 3 != 0), 0)
         states[key] = s
     times, closes = [], []
     for _ in range(repeats):
@@ -54,7 +55,7 @@ def weights_figures(repeats: int) -> None:
         times.append(time.perf_counter() - t)
         t = time.perf_counter()
         for key in keys:
-            advance(states[key], outcome(False), 1.0)
+            advance(states[key], outcome(True), 0)
         closes.append(time.perf_counter() - t)
     assert abs(vector.sum() - 1) < 1e-9
     print(f"contenders: {len(keys)} count")
@@ -107,7 +108,7 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
     wallet: bt.Wallet = make_wallet(tmp / "wallets", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True)
+    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     ports = free_ports(N_MINERS)
     for i, port in enumerate(ports):
         hotkey = Keypair.create_from_uri(f"//miner{i}").ss58_address
@@ -125,16 +126,18 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
     metagraph = await chain.metagraph()
     per_miner = requests // N_MINERS
     units = 20 * per_miner
-    targets = [plan.Target(Contender(n.uid, n.hotkey, "inpaint", units, units, 0), 1.0, True, "network")
-               for n in metagraph.neurons if n.endpoint]
+    contenders = [Contender(n.uid, n.hotkey, "inpaint", units, units, 0)
+                  for n in metagraph.neurons if n.endpoint]
     try:
         for period in (0, 1):  # a warm-up, then the measured run
-            store.begin_period(period, 0, "0x", 1.0, 0.0, targets)
-            validator.book.open(period, targets, metagraph, {})
-            sends = plan.schedule(targets, {}, 0.001)
+            store.begin_period(period, 0, "0x", 1.0, 0.0, contenders)
+            validator.book.open(period, contenders, metagraph, {})
+            # every request at once: a window that opened with the whole budget in it
+            sends = [plan.Send(0.0, c, 20, None) for c in contenders for _ in range(per_miner)]
+            validator.begin_sending()
             t = time.perf_counter()
-            await validator.send_all(period, metagraph, sends, [],
-                                     deadline=time.monotonic() + 600)
+            await validator.schedule(metagraph, sends)
+            await validator.sent()
             elapsed = time.perf_counter() - t
         records = store.records(1)
         ok = sum(r.outcome.value == "ok" for r in records)

@@ -52,3 +52,9 @@ def test_bench_scaleout_small_run_prints_its_figures():
     out = figures("bench_scaleout.py", "--n", "20", "--accounting-s", "1")
     assert out["accounting_1_replica_units_exact"] == out["accounting_2_replicas_units_exact"] == 1
     assert out.get("routing_overhead_1_worker_p99") is not None, out
+
+
+def test_bench_synthetic_quick_prints_its_figures():
+    out = figures("bench_synthetic.py", "--quick")
+    assert out["periods"] == 300 and 0.5 < out["windows_per_period"] < 1.3
+    assert 0.8 < out["synthetic_share_vs_expected"] < 1.2, out

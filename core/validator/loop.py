@@ -169,13 +169,11 @@ class Validator:
             self.store.rederive_used(period)
         _, left = await self._current()
         self.book.open(period, contenders, metagraph, self._recent_quality())
-        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
-        self._gates: dict[str, asyncio.Semaphore] = {}
-        self._in_flight: set[asyncio.Task] = set()
+        self.begin_sending()
         background = plan.background_plan(contenders, left, self.settings.background, self.rng)
         log.info("period %d: %d contenders, share %.3f, %d background requests%s", period,
                  len(contenders), share, len(background), " (resumed)" if resumed else "")
-        schedules = [asyncio.create_task(self._schedule(metagraph, background))]
+        schedules = [asyncio.create_task(self.schedule(metagraph, background))]
         try:
             await self._follow_blocks(period, contenders, metagraph, schedules)
         finally:
@@ -248,7 +246,7 @@ class Validator:
             log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
                         "over --max-concurrency %d: it cannot all be sent in time",
                         window.block, need, self.settings.max_concurrency)
-        await self._schedule(metagraph, sends)
+        await self.schedule(metagraph, sends)
 
     async def _openings(self, lo: int, hi: int) -> list[int]:
         """Blocks in [lo, hi) that open a window, from their hashes (and enough earlier ones to
@@ -272,7 +270,18 @@ class Validator:
                     del self._hashes[old]
         return self._hashes[block]
 
-    async def _schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> None:
+    def begin_sending(self) -> None:
+        """Fresh concurrency limits and in-flight set for a period's synthetic requests."""
+        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: set[asyncio.Task] = set()
+
+    async def sent(self) -> None:
+        """Wait until every request launched so far has ended (and been recorded)."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    async def schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> None:
         """Launch each send at its time (seconds from now)."""
         t0 = time.monotonic()
         for s in sends:

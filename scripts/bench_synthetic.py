@@ -1,0 +1,67 @@
+"""The validator's synthetic traffic per period as a share of its budget (goal: at most 10%).
+
+Runs the real plan (``core.plan``: window draws from block hashes, the window and background
+requests, whole requests of each task's synthetic size) over many periods of simulated hashes,
+for contenders of every task at budgets from a small miner's to a task's cap, and prints each
+figure as ``name: value unit``. The reference in the same run is the rule's own expectation:
+windows a period x W / period + the background share.
+
+    python scripts/bench_synthetic.py            # 5,000 periods
+    python scripts/bench_synthetic.py --quick    # 300 periods: that it runs (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import numpy as np
+
+from core import plan
+from core.budget import Contender
+from core.tasks import TASKS
+
+PERIOD_BLOCKS = 300
+
+
+def contenders(share: float) -> list[Contender]:
+    """Every task at a small, a middling and a capped declaration, at a validator's ``share``."""
+    out = []
+    for task in TASKS.values():
+        for i, fraction in enumerate((0.05, 0.3, 1.0)):
+            declared = task.max_capacity * fraction
+            out.append(Contender(i, f"hk{i}", task.id, declared, declared * share, 0))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--periods", type=int, default=5000)
+    p.add_argument("--share", type=float, default=0.2, help="the validator's stake share")
+    p.add_argument("--quick", action="store_true", help="300 periods")
+    a = p.parse_args()
+    periods = 300 if a.quick else a.periods
+    w = plan.window_blocks(PERIOD_BLOCKS)
+    first = -4 * w  # earlier blocks, so a window open at block 0 is known
+    hashes = ["0x" + hashlib.sha256(f"bench:{b}".encode()).hexdigest()
+              for b in range(first, periods * PERIOD_BLOCKS)]
+    _, opened = plan.openings(first, hashes, PERIOD_BLOCKS)
+    per_period = np.bincount([b // PERIOD_BLOCKS for b in opened if b >= 0], minlength=periods)
+    cs = contenders(a.share)
+    budget = sum(c.budget for c in cs)
+    window = sum(s.units for s in plan.window_plan(cs, {}, PERIOD_BLOCKS, 60.0))
+    background = sum(s.units for s in plan.background_plan(cs, 3600.0))
+    shares = (per_period * window + background) / budget
+    expected = per_period.mean() * w / PERIOD_BLOCKS + plan.BACKGROUND
+    print(f"periods: {periods} count")
+    print(f"contenders: {len(cs)} count")
+    print(f"windows_per_period: {per_period.mean():.3f} count")
+    print(f"periods_without_window: {np.mean(per_period == 0) * 100:.1f} %")
+    print(f"synthetic_share_mean: {shares.mean() * 100:.2f} %")
+    print(f"synthetic_share_p95: {np.percentile(shares, 95) * 100:.2f} %")
+    print(f"synthetic_share_expected: {expected * 100:.2f} %")
+    print(f"synthetic_share_vs_expected: {shares.mean() / expected:.3f} ratio")
+
+
+if __name__ == "__main__":
+    main()
