@@ -11,7 +11,6 @@ exits non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--periods", type=int, default=2, help="periods to run before stopping")
     p.add_argument("--dir", default="localnet",
                    help="folder for wallets, the subnet file, the database and logs (recreated)")
-    p.add_argument("--period-blocks", type=int, default=30, help="blocks per period")
+    p.add_argument("--period-blocks", type=int, default=60,
+                   help="blocks per period (60 of 1 s: audit windows of 5 s)")
     p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
     p.add_argument("--startup-timeout", type=float, default=180.0,
                    help="seconds to wait for the miners to answer")
@@ -125,14 +125,11 @@ def main(argv=None) -> int:
 
 def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
     """Choose the local chain's seed so that every period the validator can run has an audit
-    window in its second half (after a late start, and before its end): a short run always shows
-    one. Only a local subnet can choose; the draws themselves are the protocol's."""
-    first = asyncio.run(chain.block()) // period_blocks
-    w = window_blocks(period_blocks)
-    chain.reseed(chain.windows_seed(period_blocks, range(first, first + periods + 3),
-                                    range(period_blocks // 2, period_blocks - w)))
-    print(f"localnet: block hashes chosen so each period has an audit window ({w} blocks) in "
-          f"its second half", flush=True)
+    window: a short run always shows one. Only a local subnet can choose; the draws themselves
+    are the protocol's."""
+    chain.open_windows(period_blocks, periods)
+    print(f"localnet: block hashes chosen so each period has an audit window "
+          f"({window_blocks(period_blocks)} blocks) in its second half", flush=True)
 
 
 def report(chain: LocalChain) -> int:

@@ -25,10 +25,7 @@ def wait_for(condition, timeout, what):
 def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
-    now = asyncio.run(chain.block()) // PERIOD
-    # an audit window in the second half of each period the validator may run (it starts a
-    # period only with half of it left)
-    chain.reseed(chain.windows_seed(PERIOD, range(now, now + 4), range(PERIOD // 2, 45)))
+    chain.open_windows(PERIOD, 1)  # an audit window in each period the validator may run
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
     chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True,

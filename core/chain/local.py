@@ -81,6 +81,16 @@ class LocalChain:
         with self._locked() as state:
             state["seed"] = seed
 
+    def open_windows(self, period_blocks: int, periods: int) -> None:
+        """Reseed so that each of the next ``periods`` periods from now (with a few to spare)
+        has an audit window in its second half: after a validator that starts a period late
+        (it starts one only with half of it left) and before the period's end."""
+        first = self._block_of(self._read()) // period_blocks
+        w = window_blocks(period_blocks)
+        self.reseed(self.windows_seed(period_blocks, range(first, first + periods + 3),
+                                      range(period_blocks // 2, max(period_blocks - w,
+                                                                    period_blocks // 2 + 1))))
+
     def windows_seed(self, period_blocks: int, periods: range, offsets: range) -> str:
         """A seed under which each period in ``periods`` has an audit window opening at an
         offset (blocks into the period) in ``offsets``. A local subnet's convenience: a

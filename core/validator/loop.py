@@ -283,17 +283,18 @@ class Validator:
 
     async def schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> None:
         """Launch each send at its time (seconds from now)."""
-        t0 = time.monotonic()
+        t0, unix0 = time.monotonic(), time.time()
         for s in sends:
             await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
-            task = asyncio.create_task(self._send_one(metagraph, s))
+            task = asyncio.create_task(self._send_one(metagraph, s, unix0 + s.at))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             task.add_done_callback(lambda t: log_failures([t]))
 
-    async def _send_one(self, metagraph: Metagraph, s: plan.Send) -> None:
+    async def _send_one(self, metagraph: Metagraph, s: plan.Send, planned_at: float) -> None:
         """Send one synthetic request once its miner has a free slot, if it still fits its cap
-        and the budget; recorded and settled however it ends (``Traffic``)."""
+        and the budget; recorded (in the slice it was planned for) and settled however it ends
+        (``Traffic``)."""
         c = s.contender
         message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size,
                                     self.counter)
@@ -304,7 +305,7 @@ class Validator:
             if reserved_in is None:
                 return  # organic traffic served its part, or the budget is spent
             await self.traffic.send(Attempt(metagraph.by_hotkey(c.hotkey), message, prompt,
-                                            units, reserved_in))
+                                            units, reserved_in, planned_at=planned_at))
 
     def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:
         if hotkey not in self._gates:

@@ -40,6 +40,8 @@ class Attempt:
     reserved: int
     reserved_in: int
     organic: bool = False
+    planned_at: float | None = None  # unix time it was planned for: its window slice (the miner's
+    #                                  slowness, which can hold it at the validator, moves none)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -86,7 +88,7 @@ class Traffic:
         tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
         message: ChatRequest = attempt.message
         loop = asyncio.get_running_loop()
-        started, at = time.perf_counter(), time.time()
+        started, at = time.perf_counter(), attempt.planned_at or time.time()
         deadline = loop.time() + dispatch.timeout_for(message.task, attempt.reserved)
         stream = dispatch.chat_chunks(self.client, attempt.neuron, message, attempt.prompt_tokens)
         outcome: Outcome | None = None
@@ -115,7 +117,7 @@ class Traffic:
                 await stream.aclose()  # closes the miner's connection if it is still open
 
     async def _image(self, attempt: Attempt, result: Result) -> None:
-        started, at = time.perf_counter(), time.time()
+        started, at = time.perf_counter(), attempt.planned_at or time.time()
         outcome = Outcome.INVALID
         try:
             result.answer = await dispatch.image(self.client, attempt.neuron, attempt.message)
