@@ -52,6 +52,7 @@ class Settings:
     weight_retries: int = 3
     max_backoff_s: float = 60.0
     max_check_wait_s: float = 120.0  # at a period's end, for its results still being checked
+    max_drain_s: float = 30.0  # ... for its requests still out (at most a tenth of the period)
     check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
     check_rate: float = 0.1
     check_queue: int = 256
@@ -176,6 +177,13 @@ class Validator:
         schedules = [asyncio.create_task(self.schedule(metagraph, background))]
         try:
             await self._follow_blocks(period, contenders, metagraph, schedules)
+            for task in schedules:  # nothing more goes out; what is out may finish, briefly
+                task.cancel()
+            drain = min(self.settings.max_drain_s, await self._period_s() / 10)
+            await asyncio.wait_for(self.sent(), drain)
+        except TimeoutError:
+            log.info("period %d: %d requests still out at its end: cancelled", period,
+                     len(self._in_flight))
         finally:
             for task in schedules + list(self._in_flight):
                 task.cancel()
