@@ -1,4 +1,5 @@
-"""Stake share and per-contender budgets (SPEC §3.2). Recomputed at every metagraph sync."""
+"""Stake share and per-contender budgets (docs/protocol.md §3.2), from the metagraph at the
+period's start block."""
 
 from __future__ import annotations
 

@@ -121,7 +121,8 @@ class MinerConfig(BaseModel):
 
 
 def clamp_declaration(raw: Mapping[str, object]) -> dict[str, float]:
-    """SPEC §3.1: drop unknown tasks and non-numbers, clamp to [0, max], drop what rounds to 0."""
+    """docs/protocol.md §3.1: drop unknown tasks and non-numbers, clamp to [0, max], drop what
+    rounds to 0."""
     out: dict[str, float] = {}
     for task_id, value in raw.items():
         task = TASKS.get(task_id)
@@ -137,7 +138,8 @@ def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
     """Per concurrency group: declared GPU-seconds per period over what the group can give.
 
     A value above 1 means the tasks sharing that GPU together declare more than it can serve at
-    the production speed expectations, which the next network-wide audit will claw back.
+    the production speed expectations: an audit window tests them all at once and credits what
+    it serves (docs/protocol.md §2).
     """
     seconds: dict[str, float] = {}
     for task_id, entry in config.tasks.items():

@@ -1,4 +1,4 @@
-"""Pooling the validators' window reports (docs/protocol.md §7), as a pure rule.
+"""Pooling the validators' window reports (docs/protocol.md §9), as a pure rule.
 
 One validator's view of a window covers only its share of it: a small validator sends a small
 contender a request or two, too few to judge a slice, and a miner that serves some validators and

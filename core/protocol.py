@@ -1,4 +1,5 @@
-"""The synapses (SPEC §6): pydantic request/response models, one endpoint each, all versioned.
+"""The synapses (docs/protocol.md §7): pydantic request/response models, one endpoint each, all
+versioned.
 
 Miner and validator meet only here. A message of another major version is refused with a clear
 4xx by the miner and skipped by the validator.
@@ -26,9 +27,9 @@ PATHS: dict[Kind, str] = {
 
 MAX_PROMPT_CHARS = 16_000
 MAX_IMAGE_B64_CHARS = 8_000_000
-# Bounds on what a miner may answer (SPEC §6: nothing a peer sends is trusted before it is
-# checked). Every integer on the wire is bounded, so no figure overflows a database column, and
-# every answer has a size the validator reads no further than.
+# Bounds on what a miner may answer (docs/protocol.md §5: nothing a peer sends is trusted before
+# it is checked). Every integer on the wire is bounded, so no figure overflows a database column,
+# and every answer has a size the validator reads no further than.
 MAX_COUNT = 2**24  # tokens or steps in one answer: far above any honest request's
 MAX_TOKEN_TEXT = 256  # characters of one token's text (the longest real vocabulary entries are ~128)
 MAX_COMPLETION = 4096  # tokens a chat request may ask for
@@ -81,7 +82,7 @@ class CapacityRequest(Message):
 
 class CapacityResponse(Message):
     """A miner's declaration: per task, the most units it serves in one period, all validators
-    together; each validator takes its stake share (SPEC §3.2)."""
+    together; each validator takes its stake share (docs/protocol.md §3.2)."""
 
     hotkey: Annotated[str, Field(max_length=64)]
     capacities: Annotated[dict[Annotated[str, Field(max_length=64)], float],
@@ -149,7 +150,7 @@ class ImageRequest(Message):
 
     @property
     def units(self) -> int:
-        """SPEC §1: image tasks count denoising steps x images."""
+        """docs/protocol.md §1: image tasks count denoising steps x images."""
         return self.steps * self.num_images
 
 

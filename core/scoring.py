@@ -66,7 +66,7 @@ def total(tallies: Sequence[Tally]) -> Tally:
 @dataclass(frozen=True)
 class WindowOutcome:
     """One window of one contender: a tally per slice, from this validator's requests or pooled
-    from every validator's reports (docs/protocol.md §7)."""
+    from every validator's reports (docs/protocol.md §9)."""
 
     block: int
     slices: tuple[Tally, ...]

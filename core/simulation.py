@@ -45,7 +45,7 @@ class Setup:
     priority: str = "arrival"  # or "stake": in a crowded moment, the most-staked validators first
     rent: float = 0.0  # extra capacity, x capacity, it rents ...
     rent_share: float = 0.0  # ... for this share of periods, chosen ahead
-    rent_late_slices: int | None = None  # ... or for each window once it opened, this many slices late
+    rent_late_slices: int | None = None  # ... or in each window, arriving this many slices late
     vary: float = 0.0  # its real capacity each period: uniform in [1 - vary, 1] x capacity
     fail: float = 0.0  # share of requests that fail however idle it is
     outage_windows: tuple[int, ...] = ()  # windows (counted from 0) in which it serves nothing
@@ -113,7 +113,7 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
              seed: int = 0, pooled: bool = True,
              progress: Callable[[int], None] | None = None) -> Result:
     """Run ``periods`` periods. ``pooled``: validators score windows from the pooled reports of
-    docs/protocol.md §7 (else each from its own view)."""
+    docs/protocol.md §9 (else each from its own view)."""
     validators = validators or {"validator": Validator(1.0)}
     vnames = list(validators)
     stakes = np.array([validators[v].stake for v in vnames], float)
@@ -180,8 +180,9 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
                 ws = tuple(_window(b, slices[(*key, b)])
                            for b in windows_at.get(period, []) if (*key, b) in slices)
                 o = other[key]
+                checked = bool(o.asked or ws)  # one check a period where it served anything
                 outcomes[(c.hotkey, c.task)] = PeriodOutcome(
-                    c.declared, ws, o, s.quality if o.asked or ws else 0.0, int(bool(o.asked or ws)))
+                    c.declared, ws, o, s.quality if checked else 0.0, int(checked))
             closing = close_period(opened[v].contenders, outcomes, states[v], metagraph.n_uids)
             states[v] = {**states[v], **closing.states}
             vectors.append(closing.weights)

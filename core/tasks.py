@@ -1,4 +1,4 @@
-"""The task table of SPEC §1: fixed protocol data shared by every miner and validator.
+"""The task table of docs/protocol.md §1: fixed protocol data shared by every miner and validator.
 
 Changing any row is a protocol change: bump ``PROTOCOL_VERSION`` in ``core.protocol``.
 Every validator must use the same weights, or their weight vectors drift apart.
@@ -41,7 +41,7 @@ class Task:
         return self.overhead_s + self.seconds_per_unit * units
 
     def clamp(self, declared: float) -> float:
-        """SPEC §3.1: a declared value is clamped to [0, max]; below one unit it is 0."""
+        """docs/protocol.md §3.1: a declared value is clamped to [0, max]; below one unit, 0."""
         if not math.isfinite(declared) or declared < 1:
             return 0.0
         return float(min(declared, self.max_capacity))

@@ -98,7 +98,8 @@ def check_config(args) -> int:
         if load > 1:
             print(f"  warning: group {group!r} declares {load:.1f}x what its GPU can serve in a "
                   f"{period_s / 60:g}-minute period at production speed; tasks sharing a GPU "
-                  f"must together declare what it serves, or the next audit claws it back")
+                  f"must together declare what it serves: audit windows test them all at "
+                  f"once and credit what they serve (docs/protocol.md §2)")
     return 1 if problems else 0
 
 

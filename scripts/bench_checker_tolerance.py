@@ -1,4 +1,4 @@
-"""The chat checker's tolerance, measured (docs/protocol.md §7): honest completions from vLLM in
+"""The chat checker's tolerance, measured (docs/protocol.md §8): honest completions from vLLM in
 bf16 and in fp32, and cheating ones, each judged by the checker's rule against its fp32
 reference at several logprob tolerances; each figure a line `name: value unit`.
 

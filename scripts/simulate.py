@@ -3,7 +3,7 @@
 Runs every strategy of ``core.scenarios`` beside an honest twin of the same cost, in a pool of
 honest miners and six validators (stakes 30% down to 1%, two organic-heavy), and prints per
 strategy its incentive after Yuma as a share of its twin's, with the validators' pooled window
-reports (docs/protocol.md §7) and on each validator's own view, and the lowest validator vtrust;
+reports (docs/protocol.md §9) and on each validator's own view, and the lowest validator vtrust;
 then the honest checks (reward linear in capacity, synthetic-only and organic-heavy validators
 agreeing) and a plot of the table. Deterministic for a seed.
 
@@ -65,7 +65,7 @@ def format_table(rows: list[tuple[Verdict, Verdict]], periods: int) -> str:
                      f"{min(pooled.vtrust.values()):>10.4f} {min(own.vtrust.values()):>7.4f}  "
                      f"{s.about}{mark}")
     lines.append("pooled: validators score windows from the pooled reports (docs/protocol.md "
-                 "§7); own view: each from its own requests")
+                 "§9); own view: each from its own requests")
     vnames = list(VALIDATORS)
     lowest = {v: min(p.vtrust[v] for p, _ in rows) for v in vnames}
     lines.append("lowest vtrust per validator (pooled): "
@@ -99,12 +99,12 @@ def plot(rows: list[tuple[Verdict, Verdict]], out: Path) -> Path:
     names = [p.strategy.name for p, _ in rows]
     ys = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
-    ax.barh(ys + 0.2, [p.ratio for p, _ in rows], 0.4, label="pooled reports (§7)")
+    ax.barh(ys + 0.2, [p.ratio for p, _ in rows], 0.4, label="pooled window reports")
     ax.barh(ys - 0.2, [o.ratio for _, o in rows], 0.4, label="own view", alpha=0.6)
     ax.axvline(1.0, color="k", lw=0.8, ls="--")
     ax.set_yticks(ys, names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(0, max(2.1, max(max(p.ratio, o.ratio) for p, o in rows) * 1.05))
     ax.set(xlabel="incentive after Yuma / honest twin's", title="Strategies under protocol 5")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

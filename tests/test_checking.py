@@ -1,4 +1,4 @@
-"""Quality checking (SPEC §5) against adversarial miners built from the real tiny engines: each
+"""Quality checking (docs/protocol.md §8) against adversarial miners built from the real tiny engines: each
 cheat scores 0, honest answers pass."""
 
 import asyncio

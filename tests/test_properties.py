@@ -31,7 +31,7 @@ def test_no_strategy_earns_more_than_its_honest_twin_after_yuma(name):
     verdicts = [judge(STRATEGIES[name], 150, seed) for seed in range(4)]
     ratio = float(np.mean([v.ratio for v in verdicts]))
     assert ratio < 1, f"{name}: x{ratio:.3f}"
-    # and honest validators keep their trust whatever the miner does (pooled reports, §7)
+    # and honest validators keep their trust whatever the miner does (pooled reports, docs/protocol.md §9)
     assert min(min(v.vtrust.values()) for v in verdicts) > 0.99
 
 
@@ -54,7 +54,7 @@ def test_declaring_more_than_one_serves_earns_less_than_the_truth(k, seed):
 
 def test_measured_limits_are_what_the_docs_report():
     """Reported, not hidden (docs/protocol.md §4): above a task's cap, splitting into UIDs pays
-    (the caps bound what validators must test); on each validator's own view, before §7's pooled
+    (the caps bound what validators must test); on each validator's own view, before §9's pooled
     reports, a stake-first over-claimer costs small validators their vtrust."""
     split = judge(STRATEGIES["split above the cap"], 80, seed=1)
     assert split.ratio == pytest.approx(2.0, rel=0.02)

@@ -34,7 +34,7 @@ def test_a_cheater_earns_nothing_and_honest_validators_keep_their_trust():
 
 
 def test_without_pooled_reports_late_capacity_pays_and_pooled_it_does_not():
-    """docs/protocol.md §4 and §7: on its own view a validator judges a small contender's window
+    """docs/protocol.md §4 and §9: on its own view a validator judges a small contender's window
     by its average; pooled, by its worst slice."""
     late = next(s for s in strategies() if s.name == "rent once a window opens")
     assert judge(late, 150, seed=2).ratio < 1 < judge(late, 150, seed=2, pooled=False).ratio

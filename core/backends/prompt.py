@@ -1,6 +1,6 @@
 """A chat request's prompt as a model sees it: the messages rendered with the tokenizer's chat
 template, then tokenized. One rule, shared by the miner's engines (which charge for it) and the
-validator (which counts it itself, SPEC §4): a tokenizer alone, no model and no torch."""
+validator (which counts it itself, docs/protocol.md §5): a tokenizer alone, no model, no torch."""
 
 from __future__ import annotations
 

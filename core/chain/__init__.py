@@ -1,6 +1,6 @@
-"""Chain access behind one small interface (SPEC §3.1): the metagraph, blocks and their hashes,
-weights and serving. Two implementations: ``subtensor`` (bittensor, production) and ``local``
-(a subnet kept in a file, for development and tests)."""
+"""Chain access behind one small interface (docs/protocol.md §3.1): the metagraph at a block,
+blocks and their hashes, weights and serving. Two implementations: ``subtensor`` (bittensor,
+production) and ``local`` (a subnet kept in a file, for development and tests)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class LocalChain:
     def create(cls, folder: str | Path, *, netuid: int = 19, block_time: float = 1.0,
                tempo: int = 10, max_weight_limit: float = 1.0, age_blocks: int = 0) -> LocalChain:
         """A new subnet; ``age_blocks`` back-dates its genesis, so neurons registered at block 0
-        are that old (established, not young, in SPEC §3.3's terms)."""
+        are that old."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {

@@ -22,7 +22,7 @@ from core.checking import Verdict
 from core.protocol import ChatChunk, ChatRequest, ChatToken
 
 # The rule's thresholds, measured by scripts/bench_checker_tolerance.py (vLLM bf16 and fp32 against
-# the fp32 reference, and three cheats; figures in docs/protocol.md §7). Honest bf16 completions
+# the fp32 reference, and three cheats; figures in docs/protocol.md §8). Honest bf16 completions
 # differ by up to 0.22 nats on a token and 0.033 on average; a model with 4-bit weights by
 # 2.6 nats on its worst token (median) and at least 0.049 on average (1st percentile).
 LOGPROB_TOLERANCE = 0.35  # nats, on any one token; also the slack for ties at temperature 0

@@ -1,5 +1,5 @@
-"""Who may call a miner (SPEC §6): a valid btauth/1 signature addressed to this miner (else 401),
-from a registered validator with a permit and the minimum stake (else 403)."""
+"""Who may call a miner (docs/protocol.md §7): a valid btauth/1 signature addressed to this miner
+(else 401), from a registered validator with a permit and the minimum stake (else 403)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The validator counts the units it pays for (SPEC §4): a chat prompt's tokens with the task's
-own tokenizer, never the miner's figure.
+"""The validator counts the units it pays for (docs/protocol.md §5): a chat prompt's tokens with
+the task's own tokenizer, never the miner's figure.
 
 Only the tokenizer is loaded (no model, no torch), once per task: ``production`` loads the task's
 model's tokenizer (``core/tasks.py``; from the Hugging Face cache or hub), ``tiny`` builds the

@@ -1,5 +1,5 @@
 """Talking to a miner: asking for its capacities, and one request's exchange read within its
-bounds and judged (SPEC §4 outcomes). Nothing a miner says is taken on its word: every answer is
+bounds and judged (docs/protocol.md §6 outcomes). Nothing a miner says is taken on its word: every answer is
 read up to the size its message allows and no longer than its time, and the units are the ones
 the validator counts (``core.validator.counting``); a miner's figure that differs is invalid.
 

@@ -4,7 +4,7 @@ the request ends in exactly one record and one settlement of the units reserved 
 for every contender ``used == Σ units of its records`` (docs/protocol.md, "Every request is
 recorded").
 
-Units are the validator's count (SPEC §4): the prompt by the task's tokenizer, the completion as
+Units are the validator's count (docs/protocol.md §5): the prompt by the task's tokenizer, the completion as
 received, steps x images as requested; a record never holds more than was reserved.
 """
 
