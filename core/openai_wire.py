@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from core.protocol import ChatChunk, ChatToken, spread_text
+from core.protocol import ChatChunk, ChatToken, spread_text, stop_at
 
 DONE = b"data: [DONE]\n\n"
 TOKEN_ID_PREFIX = "token_id:"
@@ -39,8 +39,37 @@ def usage_event(ident: str, created: int, model: str, prompt: int, completion: i
                             "total_tokens": prompt + completion}})
 
 
-def finish_reason(completion_tokens: int, max_tokens: int) -> str:
-    return "length" if completion_tokens >= max_tokens else "stop"
+def finish_reason(completion_tokens: int, max_tokens: int, stopped: bool = False) -> str:
+    return "length" if completion_tokens >= max_tokens and not stopped else "stop"
+
+
+class StopFilter:
+    """The text a client gets of a completion with stop sequences: what comes before the first
+    one (``stop_at``), as it streams. The last ``longest - 1`` characters are held back while
+    they could still begin a sequence that the next piece completes."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = stop
+        self.keep = max(map(len, stop), default=1) - 1
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        text = self.held + piece
+        i = stop_at(text, self.stop)
+        if i is not None:
+            self.stopped, self.held = True, ""
+            return text[:i]
+        cut = max(len(text) - self.keep, 0)
+        out, self.held = text[:cut], text[cut:]
+        return out
+
+    def flush(self) -> str:
+        """What is still held when the completion ends without a stop sequence."""
+        out, self.held = self.held, ""
+        return out
 
 
 class StreamError(Exception):

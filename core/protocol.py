@@ -33,6 +33,7 @@ MAX_IMAGE_B64_CHARS = 8_000_000
 MAX_COUNT = 2**24  # tokens or steps in one answer: far above any honest request's
 MAX_TOKEN_TEXT = 256  # characters of one token's text (the longest real vocabulary entries are ~128)
 MAX_COMPLETION = 4096  # tokens a chat request may ask for
+MAX_STOPS, MAX_STOP_CHARS = 4, 64  # a chat request's stop sequences
 MAX_TOKENS_PER_LINE = 128  # a miner writes a larger batch as several chat lines
 MAX_CHAT_LINE_BYTES = 256 * 1024  # > MAX_TOKENS_PER_LINE tokens of MAX_TOKEN_TEXT, JSON-escaped
 MAX_CAPACITY_BYTES = 64 * 1024  # nine tasks' declarations take < 1 KiB
@@ -59,6 +60,16 @@ def spread_text(text: str, n: int) -> list[str]:
     text is exact)."""
     return [text[i * MAX_TOKEN_TEXT:None if i == n - 1 else (i + 1) * MAX_TOKEN_TEXT]
             for i in range(n)]
+
+
+def stop_at(text: str, stop: list[str]) -> int | None:
+    """Where ``text`` meets its first stop sequence (the index the sequence starts at), or None.
+
+    The rule every engine and the checker share: a completion ends with the token that completes
+    a stop sequence; the tokens (all of them charged and checked) keep it, and the validator's API
+    gives its client the text before it, as OpenAI's does."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(found) if found else None
 
 
 def major_of(version: str) -> int | None:
@@ -102,6 +113,8 @@ class ChatRequest(Message):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    # sequences that end the completion (``stop_at``): at most 4 of 1-64 characters, as OpenAI's
+    stop: Annotated[list[Text(MAX_STOP_CHARS, min_length=1)], Field(max_length=MAX_STOPS)] = []
 
     def prompt_allowance(self) -> int:
         """A generous estimate of the prompt's tokens before it is tokenized: a token per 2

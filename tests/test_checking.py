@@ -183,3 +183,54 @@ def test_checker_samples_queues_boundedly_and_writes_quality(chat, tmp_path):
     quality = {r_id: r.quality for r_id, r in zip(ids, store.records(7))}
     assert checker.stats.dropped == 2 and checker.stats.checked == 2
     assert [quality[i] for i in ids] == [None, None, 1.0, 1.0]  # the oldest were dropped
+
+
+def stop_case(chat, seed=3):
+    """A request whose unconstrained completion holds some text, asked again with that text as a
+    stop sequence."""
+    free = chat_request(seed, 1.0, 1.0, max_tokens=40)
+    pieces = [t.text for t in chat.tokens(free)]
+    text = "".join(pieces)
+    sequence = next(text[i:i + 3] for i in range(len(pieces[0]) + 1, len(text) - 3)
+                    if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3])
+    return free.model_copy(update={"stop": [sequence]}), sequence
+
+
+def test_a_completion_ends_at_its_stop_sequence_and_the_checker_knows_why(chat, reference):
+    from core.protocol import stop_at
+
+    request, sequence = stop_case(chat)
+    tokens, final = answer(chat, request)
+    text = "".join(t.text for t in tokens)
+    assert len(tokens) < request.max_tokens and tokens[-1].token_id not in reference.eos
+    # it ends with the token that completes the sequence, the first place it occurs
+    assert stop_at(text, [sequence]) is not None
+    assert stop_at("".join(t.text for t in tokens[:-1]), [sequence]) is None
+    assert check_chat(reference, request, tokens, final).passed
+    # one token short of it: truncated; the same tokens asked without a stop sequence: truncated
+    short = ChatChunk(done=True, prompt_tokens=final.prompt_tokens,
+                      completion_tokens=len(tokens) - 1)
+    assert "truncated" in check_chat(reference, request, tokens[:-1], short).reason
+    unasked = request.model_copy(update={"stop": []})
+    assert "truncated" in check_chat(reference, unasked, tokens, final).reason
+
+
+def test_a_completion_that_runs_past_its_stop_sequence_fails(chat, reference):
+    request, sequence = stop_case(chat)
+    free = request.model_copy(update={"stop": []})
+    tokens, final = answer(chat, free)  # the same seed, ignoring the stop sequence
+    verdict = check_chat(reference, request, tokens, final)
+    assert not verdict.passed and "past a stop sequence" in verdict.reason
+
+
+def test_the_api_text_stops_before_the_sequence_however_it_streams():
+    from core.openai_wire import StopFilter
+
+    text = "alpha beta STOP gamma"
+    for cuts in ([], [8], [11, 12, 13], list(range(1, len(text)))):
+        bounds = [0, *cuts, len(text)]
+        f = StopFilter(["STOP", "zz"])
+        out = "".join(f.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])) + f.flush()
+        assert out == "alpha beta " and f.stopped
+    f = StopFilter(["STOP"])
+    assert f.feed("no sto") + f.feed("p here") + f.flush() == "no stop here" and not f.stopped

@@ -76,13 +76,26 @@ def assert_clean(r):
 @BOUNDED
 @given(path=st.sampled_from(sorted(VALID)), field=st.sampled_from(
     ["version", "task", "max_tokens", "messages", "prompt", "steps", "height", "seed",
-     "temperature", "top_p", "num_images", "guidance_scale", "extra"]), value=json_values)
+     "temperature", "top_p", "num_images", "guidance_scale", "stop", "extra"]), value=json_values)
 def test_miner_answers_any_field_value_without_a_500(miner, path, field, value):
     client, validator, me = miner
     body = dict(VALID[path], **{field: value})
     r = signed_post(client, validator, me, path,
                     json.dumps(body, allow_nan=True).encode())
     assert_clean(r)
+
+
+@BOUNDED
+@given(stop=st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=70), max_size=6))
+def test_miner_answers_any_stop_sequences_without_a_500(miner, stop):
+    """Up to 4 sequences of 1-64 characters are served (the completion ends at the first one);
+    anything else is a 422 naming the field."""
+    client, validator, me = miner
+    body = dict(VALID["/chat"], stop=stop)
+    r = signed_post(client, validator, me, "/chat", json.dumps(body).encode())
+    assert_clean(r)
+    ok = len(stop) <= 4 and all(1 <= len(x) <= 64 for x in stop)
+    assert (r.status_code == 200) == ok, (stop, r.status_code)
 
 
 @BOUNDED

@@ -245,7 +245,8 @@ def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
     key = keys.create(store, "fay", per_minute=100)
     chat = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}]}
     image = {"model": "proteus-text-to-image", "prompt": "a cat", "size": "64x64"}
-    cases = [("/v1/chat/completions", {**chat, "stop": ["\n"]}, "stop"),
+    cases = [("/v1/chat/completions", {**chat, "stop": ["x" * 65]}, "stop"),
+             ("/v1/chat/completions", {**chat, "logit_bias": {"1": 5}}, "logit_bias"),
              ("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]}, "tools"),
              ("/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}},
               "response_format"),
@@ -293,3 +294,40 @@ def test_a_database_that_fails_is_an_openai_style_500(net, monkeypatch):
     r = asyncio.run(main())
     assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
     assert "StorageError" in r.json()["error"]["message"]
+
+
+def test_stop_ends_the_miner_s_completion_and_the_client_gets_the_text_before_it(net):
+    """OpenAI's ``stop``, end to end: the miner stops at the token that completes the sequence
+    (charged for no more), the client's text ends before it, streamed or not."""
+    chain, wallet, store, hotkeys = net
+    key = keys.create(store, "sam", per_minute=100)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "tell me"}],
+            "max_tokens": 40, "seed": 11, "temperature": 1.0}
+
+    async def main():
+        # only the good miner: the broken one would fail the requests
+        v = await open_period(chain, wallet, store, {(hotkeys["broken"], "chat-llama-3"): 0.0})
+        async with client(build_api(v)) as c:
+            free = (await c.post("/v1/chat/completions", headers=auth, json=body)).json()
+            text = free["choices"][0]["message"]["content"]
+            sequence = next(text[i:i + 3] for i in range(4, len(text) - 3)
+                            if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3])
+            stopped = (await c.post("/v1/chat/completions", headers=auth,
+                                    json={**body, "stop": sequence})).json()
+            events = []
+            async with c.stream("POST", "/v1/chat/completions", headers=auth,
+                                json={**body, "stop": [sequence], "stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        events.append(json.loads(line[6:]))
+        await v.client.close()
+        return text, sequence, free, stopped, events
+
+    text, sequence, free, stopped, events = asyncio.run(main())
+    before = text[:text.find(sequence)]
+    assert stopped["choices"][0]["message"]["content"] == before
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["usage"]["completion_tokens"] < free["usage"]["completion_tokens"]
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert streamed == before and events[-1]["choices"][0]["finish_reason"] == "stop"

@@ -26,7 +26,7 @@ from core.backends.transformers_chat import TransformersChat  # noqa: E402
 from core.capacity import TaskEntry  # noqa: E402
 from core.checking.chat import check_chat  # noqa: E402
 from core.localproc import ROOT, free_port, free_ports, make_wallet, neuron, wait_healthy  # noqa: E402
-from core.protocol import ChatChunk, ChatRequest  # noqa: E402
+from core.protocol import ChatChunk, ChatRequest, stop_at  # noqa: E402
 from core.validator.counting import PromptCounter  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -107,6 +107,17 @@ def test_in_process_vllm_passes_the_checker_and_aborts_when_the_client_leaves(mo
             for request in requests():
                 tokens = [t async for batch in engine.stream(request) for t in batch]
                 assert_checked(reference, request, tokens, len(engine.prompt_ids(request)))
+            # a stop sequence taken from that last completion: vLLM ends at the token that
+            # completes it, as the checker expects (core.protocol.stop_at)
+            text = "".join(t.text for t in tokens)
+            sequence = next(text[i:i + 3] for i in range(4, len(text) - 3)
+                            if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3])
+            stopped = request.model_copy(update={"stop": [sequence]})
+            short = [t async for batch in engine.stream(stopped) for t in batch]
+            assert len(short) < len(tokens) and short == tokens[:len(short)]
+            assert stop_at("".join(t.text for t in short), [sequence]) is not None
+            assert stop_at("".join(t.text for t in short[:-1]), [sequence]) is None
+            assert_checked(reference, stopped, short, len(engine.prompt_ids(stopped)))
             # a client that goes away after its first tokens: the engine drops the request
             long = ChatRequest(task="chat-llama-3", max_tokens=400, temperature=1.0,
                                messages=[{"role": "user", "content": "go on"}])

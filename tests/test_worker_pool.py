@@ -18,7 +18,8 @@ from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
 from core.backends.transformers_chat import TransformersChat
 from core.backends import tiny_seed
 from core.localproc import free_port, free_ports, neuron, wait_healthy
-from core.protocol import CapacityRequest, CapacityResponse, ChatChunk, ChatRequest, TextToImageRequest
+from core.protocol import (CapacityRequest, CapacityResponse, ChatChunk, ChatRequest,
+                           TextToImageRequest, stop_at)
 
 TOKEN = "test-worker-token-0123456789"
 HEALTH_S = 1.0
@@ -58,6 +59,14 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
                 chunks = [c async for c in client.chunks(chat_request(7, 40))]
                 with pytest.raises(WorkerError) as refused:
                     [c async for c in wrong.chunks(chat_request(7))]
+                # the request's stop sequences reach the worker's engine: it ends there
+                text = "".join(t.text for c in chunks for t in c.tokens)
+                sequence = next(text[i:i + 3] for i in range(4, len(text) - 3)
+                                if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3])
+                asked = chat_request(7, 40).model_copy(update={"stop": [sequence]})
+                stopped = [t async for c in client.chunks(asked) for t in c.tokens]
+                assert stop_at("".join(t.text for t in stopped), [sequence]) is not None
+                assert stop_at("".join(t.text for t in stopped[:-1]), [sequence]) is None
                 return chunks, refused.value.status
             finally:
                 await client.close()

@@ -71,6 +71,8 @@ class OpenAIChat(RemoteWorker):
         return {"model": self.model, "messages": [m.model_dump() for m in request.messages],
                 "max_tokens": request.max_tokens, "temperature": request.temperature,
                 "top_p": request.top_p, "seed": request.seed, "stream": True,
+                **({"stop": request.stop, "include_stop_str_in_output": True}
+                   if request.stop else {}),
                 "stream_options": {"include_usage": True}, "logprobs": True, "top_logprobs": 0,
                 "return_tokens_as_token_ids": True}
 

@@ -13,7 +13,7 @@ import torch
 
 from core.backends import prompt
 from core.backends.tokens import Detokenizer, eos_ids
-from core.protocol import ChatRequest, ChatToken
+from core.protocol import ChatRequest, ChatToken, stop_at
 
 
 class TransformersChat:
@@ -93,14 +93,17 @@ class TransformersChat:
         generator = torch.Generator().manual_seed(request.seed)
         past = None
         text = Detokenizer(self.tokenizer)
+        completion = ""
         for _ in range(request.max_tokens):
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: past})
             past = getattr(out, self._cache_kw)
             logits = out.logits[0, -1].float()
             token = sample(logits, request.temperature, request.top_p, generator)
             logprob = torch.log_softmax(logits, -1)[token].item()
-            yield ChatToken(token_id=token, text=text.add(token), logprob=logprob)
-            if token in self.eos:
+            piece = text.add(token)
+            completion += piece
+            yield ChatToken(token_id=token, text=piece, logprob=logprob)
+            if token in self.eos or (request.stop and stop_at(completion, request.stop) is not None):
                 return
             ids = torch.tensor([[token]])
 

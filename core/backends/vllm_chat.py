@@ -64,6 +64,8 @@ class VllmChat:
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
             seed=request.seed, logprobs=0, output_kind=RequestOutputKind.DELTA,
             stop_token_ids=sorted(self.eos), skip_special_tokens=True,
+            # the completion keeps the token that completes a stop sequence (core.protocol.stop_at)
+            stop=list(request.stop) or None, include_stop_str_in_output=True,
         )
         request_id = uuid.uuid4().hex
         inputs = {"prompt_token_ids": self.prompt_ids(request)}

@@ -5,9 +5,9 @@ The answer fails when: the units charged are not the tokens the model's tokenize
 reported logprob differs from the recomputed one beyond ``tolerance``; a token lies outside what
 the requested temperature and top-p allow (not the argmax at temperature 0, outside the nucleus);
 the completion as a whole is far less likely than sampling gives (a z-test on its surprisal, which
-random or other-model text fails); or it stops before max_tokens without the end-of-sequence
-token (truncated; any id of ``core.backends.tokens.eos_ids`` ends a completion, as in the
-engines).
+random or other-model text fails); or it stops before max_tokens without an end-of-sequence
+token or a stop sequence, or goes on past a stop sequence (``why_it_ended``; any id of
+``core.backends.tokens.eos_ids`` ends a completion, as in the engines).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from core.backends.tokens import Detokenizer
 from core.backends.transformers_chat import TransformersChat
 from core.checking import Verdict
-from core.protocol import ChatChunk, ChatRequest, ChatToken
+from core.protocol import ChatChunk, ChatRequest, ChatToken, stop_at
 
 # The rule's thresholds, measured by scripts/bench_checker_tolerance.py (vLLM bf16 and fp32 against
 # the fp32 reference, and three cheats; figures in docs/protocol.md §8). Honest bf16 completions
@@ -97,6 +98,24 @@ def judge(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TOLERANC
     return Verdict(True)
 
 
+def why_it_ended(reference: TransformersChat, request: ChatRequest,
+                 tokens: list[ChatToken]) -> str | None:
+    """None when the completion ended where the rules end it: at ``max_tokens``, an
+    end-of-sequence token, or the token that completes a stop sequence (``stop_at``, on the text
+    as the reference tokenizer decodes the ids, not the miner's text); else why not."""
+    text = Detokenizer(reference.tokenizer)
+    pieces = [text.add(t.token_id) for t in tokens]
+    before = "".join(pieces[:-1])
+    if request.stop and stop_at(before, request.stop) is not None:
+        return "went on past a stop sequence"
+    if len(tokens) >= request.max_tokens or tokens[-1].token_id in reference.eos:
+        return None
+    if request.stop and stop_at(before + pieces[-1], request.stop) is not None:
+        return None
+    return (f"stopped at {len(tokens)} of {request.max_tokens} tokens without an end-of-sequence "
+            f"token or a stop sequence (truncated)")
+
+
 def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[ChatToken],
                final: ChatChunk, tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
     prompt = len(reference.prompt_ids(request))
@@ -105,9 +124,9 @@ def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[C
                               f"counted {prompt}+{len(tokens)}")
     if not tokens:
         return Verdict(False, "empty completion")
-    if len(tokens) < request.max_tokens and tokens[-1].token_id not in reference.eos:
-        return Verdict(False, f"stopped at {len(tokens)} of {request.max_tokens} tokens without "
-                              f"an end-of-sequence token (truncated)")
+    ending = why_it_ended(reference, request, tokens)
+    if ending is not None:
+        return Verdict(False, ending)
     if any(t.token_id >= reference.model.config.vocab_size for t in tokens):
         return Verdict(False, "token ids outside the model's vocabulary")
     return judge(evidence(reference, request, tokens), request, tolerance)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.openai_wire import DONE, chunk_event, event, finish_reason, usage_event
+from core.openai_wire import DONE, StopFilter, chunk_event, event, finish_reason, usage_event
 from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
                            TextToImageRequest)
 from core.tasks import TASKS, Kind
@@ -78,6 +78,10 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     n: int = 1
     stream_options: dict | None = None
+    stop: str | list[str] | None = None
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def unsupported(self) -> str | None:
         """The first field sent that this API does not implement, if any."""
@@ -207,7 +211,7 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
                           messages=[{"role": m.role, "content": m.text()} for m in body.messages],
                           max_tokens=next((m for m in (body.max_completion_tokens,
                                                        body.max_tokens) if m is not None), 256),
-                          temperature=body.temperature, top_p=body.top_p,
+                          temperature=body.temperature, top_p=body.top_p, stop=body.stops(),
                           seed=body.seed if body.seed is not None else seeds.getrandbits(62))
         stream = organic.chat(request)
         try:
@@ -226,11 +230,12 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         except (NoCapacity, AllFailed) as e:
             raise ApiError(502, str(e), "api_error") from None
         final = chunks[-1]
-        text = "".join(t.text for c in chunks for t in c.tokens)
+        text = StopFilter(request.stop)
+        content = "".join(text.feed(t.text) for c in chunks for t in c.tokens) + text.flush()
         return {"id": ident, "object": "chat.completion", "created": created, "model": task,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": finish_reason(final.completion_tokens,
-                                                            request.max_tokens)}],
+                                                            request.max_tokens, text.stopped)}],
                 "usage": _usage(final)}
 
     async def image(request, task: str):
@@ -286,14 +291,18 @@ async def _sse(first, stream, ident: str, created: int, task: str, request: Chat
     an error event (the client's library raises it)."""
     yield chunk_event(ident, created, task, {"role": "assistant", "content": ""})
     chunk = first
+    text = StopFilter(request.stop)
     try:
         while True:
-            if chunk.tokens:
-                yield chunk_event(ident, created, task,
-                                  {"content": "".join(t.text for t in chunk.tokens)})
+            content = "".join(text.feed(t.text) for t in chunk.tokens)
+            if chunk.done:
+                content += text.flush()
+            if content:
+                yield chunk_event(ident, created, task, {"content": content})
             if chunk.done:
                 yield chunk_event(ident, created, task, {},
-                                  finish_reason(chunk.completion_tokens, request.max_tokens))
+                                  finish_reason(chunk.completion_tokens, request.max_tokens,
+                                                text.stopped))
                 if usage:
                     yield usage_event(ident, created, task, chunk.prompt_tokens,
                                       chunk.completion_tokens)

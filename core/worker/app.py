@@ -44,6 +44,7 @@ class CompletionBody(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     logprobs: bool = False
+    stop: str | list[str] | None = None  # the front end's request's stop sequences
 
 
 def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1,
@@ -118,7 +119,9 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
             try:
                 request = ChatRequest(task=task_id, messages=body.messages,
                                       max_tokens=body.max_tokens, temperature=body.temperature,
-                                      top_p=body.top_p, seed=body.seed)
+                                      top_p=body.top_p, seed=body.seed,
+                                      stop=[body.stop] if isinstance(body.stop, str)
+                                      else body.stop or [])
             except ValidationError as e:
                 return invalid(400, e)
             ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
