@@ -71,6 +71,9 @@ class WindowOutcome:
     block: int
     slices: tuple[Tally, ...]
     pooled: bool = False
+    fraction: float | None = None  # pooled robustly: the window's served fraction, agreed apart
+    #                                from the slice sums (``core.pooling``), which then only shape it
+    judged: tuple[bool, ...] = ()  # ... and the slices whose sums are judged
 
     @property
     def tally(self) -> Tally:
@@ -78,7 +81,7 @@ class WindowOutcome:
 
     @property
     def score(self) -> float:
-        return self.tally.score
+        return self.tally.score if self.fraction is None else self.fraction ** 2
 
     @property
     def served(self) -> float:
@@ -88,7 +91,13 @@ class WindowOutcome:
         average instead."""
         if not self.pooled and any(s.requests < MIN_SLICE_REQUESTS for s in self.slices):
             return self.tally.fraction
-        return min(s.fraction for s in self.slices if s.asked > 0)
+        if self.fraction is None:
+            return min(s.fraction for s in self.slices if s.asked > 0)
+        # robust pooling: only slices that enough of the stake sent requests in shape the window
+        judged = [s.fraction for s, ok in zip(self.slices, self.judged) if ok and s.asked > 0]
+        worst = min(judged, default=self.tally.fraction)
+        average = self.tally.fraction
+        return self.fraction * (worst / average if average > 0 else 0.0)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Setup:
 class Validator:
     stake: float
     organic: float = 0.0  # share of its budget its users' (organic) traffic uses each period
+    lies_about: tuple[str, ...] = ()  # setups whose window reports it publishes with good = 0
 
 
 @dataclass
@@ -110,10 +111,11 @@ def _slice_requests(n: int, rng: np.random.Generator) -> list[int]:
 
 
 def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validator] | None = None,
-             seed: int = 0, pooled: bool = True,
+             seed: int = 0, pooled: bool = True, robust: bool = False,
              progress: Callable[[int], None] | None = None) -> Result:
     """Run ``periods`` periods. ``pooled``: validators score windows from the pooled reports of
-    docs/protocol.md §9 (else each from its own view)."""
+    docs/protocol.md §9 (else each from its own view); ``robust``: pooled by the stake-weighted
+    median of each report's fraction (``core.pooling.pool``)."""
     validators = validators or {"validator": Validator(1.0)}
     vnames = list(validators)
     stakes = np.array([validators[v].stake for v in vnames], float)
@@ -168,7 +170,7 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
             _run_window(b, window_count, opened, owner, capacity, share, w_blocks, slices, jitter)
             window_count += 1
         if pooled:
-            _pool(slices, opened, share, w_blocks)
+            _pool(slices, opened, share, owner, validators, robust)
         share_in_windows = len(windows_at.get(period, [])) * w_blocks / PERIOD_BLOCKS
         other = _other_traffic(opened, owner, capacity, validators, share_in_windows)
         vectors = []
@@ -238,10 +240,14 @@ def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float
                 tallies[j] = Tally(asked, good, 0.0, asked - good, per_slice[j])
 
 
-def _pool(slices: dict, opened, share: dict[str, float], w_blocks: int) -> None:
-    """Replace each validator's view of each window by the pooled reports (``core.pooling``)."""
+def _pool(slices: dict, opened, share: dict[str, float], owner, validators: dict[str, Validator],
+          robust: bool) -> None:
+    """Replace each validator's view of each window by the pooled reports (``core.pooling``); a
+    validator that lies about a setup reports good = 0 for it."""
     groups: dict[tuple[str, str, int], dict[str, WindowOutcome]] = {}
     for (v, hk, task, block), tallies in slices.items():
+        if owner[hk].name in validators[v].lies_about:
+            tallies = [Tally(t.asked, 0.0, 0.0, t.asked, t.requests) for t in tallies]
         groups.setdefault((hk, task, block), {})[v] = WindowOutcome(block, tuple(tallies))
     budgets = {(v, c.hotkey, c.task): c for v, op in opened.items() for c in op.contenders}
     for (hk, task, block), reports in groups.items():
@@ -250,7 +256,7 @@ def _pool(slices: dict, opened, share: dict[str, float], w_blocks: int) -> None:
             c = budgets[(v, hk, task)]
             n, size = plan.requests_for(c, plan.window_units(c, PERIOD_BLOCKS), 0.0)
             caps[v] = math.ceil(max(n, 1) / plan.SLICES) * size
-        pooled = pool(reports, share, caps)
+        pooled = pool(reports, share, caps, robust)
         if pooled is not None:
             for v in reports:
                 slices[(v, hk, task, block)] = pooled
