@@ -61,11 +61,11 @@ def summarize(records: Iterable[RequestRecord], declared: float,
         if r.outcome in NOT_SCORED:
             continue
         t = tally(r)
-        w = next((w for w in windows if w.slice_of(r.at) is not None), None)
-        if w is None:
+        placed = next(((w, i) for w in windows if (i := w.slice_of(r.at)) is not None), None)
+        if placed is None:
             other = other + t
         else:
-            i = w.slice_of(r.at)
+            w, i = placed
             slices[w.block][i] = slices[w.block][i] + t
         if r.quality is not None:
             q_sum += r.quality

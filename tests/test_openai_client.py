@@ -24,7 +24,7 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
     validator = make_wallet(wallets, "validator")
     chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     (tmp_path / "miner.yml").write_text(
-        # what these CPU miners can serve in a period even when audited (young UIDs: p = 0.25)
+        # what these CPU miners can serve in a period, at its full rate in an audit window
         "tasks:\n  chat-llama-3: {capacity: 3000}\n  proteus-text-to-image: {capacity: 60}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "WARNING"]

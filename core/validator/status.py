@@ -27,7 +27,8 @@ def status(store: Store) -> str:
         for c in contenders:
             key = (c.hotkey, c.task)
             state = states.get(key, ContenderState())
-            rows.append(Row(c, *measured[key][:1], state, measured[key][1], effective(state)))
+            outcome, requests = measured[key]
+            rows.append(Row(c, outcome, state, requests, effective(state)))
         closing = Closing(states, np.zeros(0), rows)
     else:  # what is recorded so far, scored by the loop's own close, nothing stored
         closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
