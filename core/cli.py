@@ -33,6 +33,19 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
+def add_endpoint_args(p: argparse.ArgumentParser, port: int, serves: str) -> None:
+    """The endpoint a neuron listens on and announces on chain (``serves``: what it serves)."""
+    p.add_argument("--host", default="0.0.0.0", help=f"address to listen on ({serves})")
+    p.add_argument("--port", type=int, default=port, help="port to listen on")
+    p.add_argument("--external-host", default=None,
+                   help="address announced on chain for others to reach (default: --host)")
+    p.add_argument("--no-announce", action="store_true",
+                   help="do not announce host:port on chain at start-up (already served)")
+    p.add_argument("--public-metrics", action="store_true",
+                   help="answer GET /metrics to any address, not only to this host's (it names "
+                        "validators' hotkeys, and a miner's worker URLs)")
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     """The limits a hostile client meets on a listening neuron (``core/transport/server.py``)."""
     p.add_argument("--header-timeout", type=float, default=10.0,

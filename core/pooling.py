@@ -8,15 +8,22 @@ over all the reports it holds: Σ good / Σ asked per slice, and over the window
 ``robust``: the window's served fraction is the stake-weighted median of each report's own
 fraction, and the slice sums only say how far the worst slice falls below the window's average
 (capacity that arrives late); a validator reporting good = 0 for a victim then moves it only
-if it holds half the stake. What travels between validators (signed reports, collected until the
-next window) is issue-16 work; this module is the rule they feed, and the simulator runs it.
+if it holds half the stake. The reports themselves travel signed between validators
+(``core.window_report``, ``core.validator.sharing``); this module is the rule they feed, and the
+simulator runs the same rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
+from core import plan
+from core.budget import Contender
 from core.scoring import Tally, WindowOutcome
+
+Key = tuple[str, str]  # (hotkey, task)
 
 COVERAGE = 2 / 3  # of permitted stake the reports must cover to be pooled
 # robust pooling: a slice is judged when reports holding this share of permitted stake sent
@@ -33,6 +40,47 @@ def capped(t: Tally, cap: float) -> Tally:
         return t
     f = cap / t.asked
     return Tally(cap, t.good * f, t.refused * f, t.failed * f, t.requests)
+
+
+def report_cap(c: Contender, share: float, period_blocks: int) -> float:
+    """The most units a validator of stake ``share`` asks ``c`` in one slice of a window (its
+    plan's requests, rounded up to whole ones): what pooling caps its report's ``asked`` at."""
+    theirs = replace(c, budget=c.declared * share)
+    n, size = plan.requests_for(theirs, plan.window_units(theirs, period_blocks), 0.0)
+    return math.ceil(max(n, 1) / plan.SLICES) * size
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How one window was scored: from the reports of ``used`` (covering ``coverage`` of the
+    permitted stake), or from this validator's own view when ``used`` is empty."""
+
+    block: int
+    coverage: float
+    used: tuple[str, ...] = ()
+
+
+def pool_window(block: int, reports: Mapping[str, Mapping[Key, WindowOutcome]],
+                contenders: Sequence[Contender], stake: Mapping[str, float], period_blocks: int,
+                robust: bool = True) -> tuple[dict[Key, WindowOutcome], Pooling]:
+    """Every contender's pooled window from the reports held (by validator hotkey, this
+    validator's own among them), or nothing when they cover less than ``COVERAGE`` of the
+    permitted stake (``stake``). A report without a row for a contender sent it nothing."""
+    total = sum(stake.values())
+    held = [v for v in reports if stake.get(v, 0.0) > 0]
+    coverage = sum(stake[v] for v in held) / total if total > 0 else 0.0
+    if coverage < COVERAGE:
+        return {}, Pooling(block, coverage)
+    empty = WindowOutcome(block, (Tally(),) * plan.SLICES)
+    out = {}
+    for c in contenders:
+        key = (c.hotkey, c.task)
+        views = {v: reports[v].get(key, empty) for v in held}
+        caps = {v: report_cap(c, stake[v] / total, period_blocks) for v in held}
+        pooled = pool(views, stake, caps, robust)
+        if pooled is not None and pooled.tally.asked > 0:
+            out[key] = pooled
+    return out, Pooling(block, coverage, tuple(sorted(held)))
 
 
 def weighted_median(values: list[float], weights: list[float]) -> float:

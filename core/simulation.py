@@ -14,7 +14,6 @@ depend on a window, since no block says when the next one opens.
 from __future__ import annotations
 
 import hashlib
-import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from core import plan
 from core.metagraph import Metagraph, Neuron
 from core.period import close_period, open_period
-from core.pooling import pool
+from core.pooling import pool, report_cap
 from core.scoring import PeriodOutcome, Tally, WindowOutcome
 from core.tasks import TASKS
 from core.yuma import epoch
@@ -251,11 +250,7 @@ def _pool(slices: dict, opened, share: dict[str, float], owner, validators: dict
         groups.setdefault((hk, task, block), {})[v] = WindowOutcome(block, tuple(tallies))
     budgets = {(v, c.hotkey, c.task): c for v, op in opened.items() for c in op.contenders}
     for (hk, task, block), reports in groups.items():
-        caps = {}
-        for v in reports:
-            c = budgets[(v, hk, task)]
-            n, size = plan.requests_for(c, plan.window_units(c, PERIOD_BLOCKS), 0.0)
-            caps[v] = math.ceil(max(n, 1) / plan.SLICES) * size
+        caps = {v: report_cap(budgets[(v, hk, task)], share[v], PERIOD_BLOCKS) for v in reports}
         pooled = pool(reports, share, caps, robust)
         if pooled is not None:
             for v in reports:

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from core.capacity import ConfigError, group_load, load_config
-from core.cli import (add_common_args, add_server_args, guarded, load_wallet, server_options,
-                      setup_logging)
+from core.cli import (add_common_args, add_endpoint_args, add_server_args, guarded, load_wallet,
+                      server_options, setup_logging)
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -31,12 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="validate --config and the back ends' settings, print the effective "
                         "declaration, and exit (0 if usable, 1 if not)")
     add_common_args(p)
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--port", type=int, default=8091, help="port to listen on")
-    p.add_argument("--external-host", default=None,
-                   help="address announced on chain for validators to reach (default: --host)")
-    p.add_argument("--no-announce", action="store_true",
-                   help="do not announce host:port on chain at start-up (already served)")
+    add_endpoint_args(p, 8091, "the synapses validators call")
     p.add_argument("--min-stake", type=float, default=1000.0,
                    help="minimum stake of a validator this miner answers (others get 403)")
     p.add_argument("--queue-wait", type=float, default=30.0,
@@ -52,9 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
     add_server_args(p)
-    p.add_argument("--public-metrics", action="store_true",
-                   help="answer GET /metrics to any address (it lists validators' hotkeys and "
-                        "worker URLs), not only to this host's")
     p.add_argument("--sync-interval", type=float, default=12.0,
                    help="seconds between metagraph syncs (stakes, permits)")
     p.add_argument("--health-interval", type=float, default=5.0,

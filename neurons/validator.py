@@ -13,8 +13,8 @@ import logging
 import signal
 import sys
 
-from core.cli import (CliError, add_common_args, fraction, add_server_args, guarded, load_wallet,
-                      server_options, setup_logging)
+from core.cli import (CliError, add_common_args, add_endpoint_args, add_server_args, fraction,
+                      guarded, load_wallet, server_options, setup_logging)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,6 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of results checked beyond each contender's first of the period")
     p.add_argument("--check-queue", type=int, default=256,
                    help="results waiting for a check; when full the oldest is dropped, counted")
+    add_endpoint_args(p, 8092, "window reports for the other validators, /health, /metrics; "
+                               "--port 0: none, and this validator's reports are not shared")
+    p.add_argument("--no-share-reports", action="store_true",
+                   help="neither serve this validator's window reports nor fetch the others': "
+                        "score every window from its own view alone (docs/protocol.md §9; "
+                        "validators that share agree on a miner that serves some of them only)")
+    p.add_argument("--report-timeout", type=float, default=5.0,
+                   help="seconds to wait for another validator's window report")
     p.add_argument("--api-port", type=int, default=0,
                    help="serve the OpenAI-compatible API for organic traffic on this port, in "
                         "this process (0: no API)")
@@ -126,7 +134,7 @@ def run(args) -> int:
         finally:
             store.close()
     if args.status:
-        print(status(store))
+        print(status(store, args.period_blocks))
         store.close()
         return 0
     wallet, _ = load_wallet(args)
@@ -143,7 +151,9 @@ def run(args) -> int:
                         image_size=args.image_size, background=args.background,
                         tokenizers=args.tokenizers or ("tiny" if args.check == "cpu" else "production"),
                         retention_periods=args.retention_periods, check=args.check,
-                        check_rate=args.check_rate, check_queue=args.check_queue)
+                        check_rate=args.check_rate, check_queue=args.check_queue,
+                        share_reports=not args.no_share_reports,
+                        report_timeout_s=args.report_timeout)
     try:
         validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     except CountingError as e:
@@ -169,34 +179,42 @@ def run_loop(main) -> None:
 
 
 async def serve(validator, args) -> None:
-    """The organic API when --api-port is set, and the period loop when this process holds the
+    """The peer endpoint (window reports; announced on chain unless --no-announce), the
+    organic API when --api-port is set, and the period loop when this process holds the
     database's lease (else it serves the plan of the process that does, and takes over when that
     one dies), until --periods are done or SIGTERM/SIGINT: then the loop is cancelled (every
-    record is already committed; the period resumes at the next start) and the API finishes its
-    requests."""
+    record is already committed; the period resumes at the next start) and the servers finish
+    their requests."""
+    import uvicorn
+
+    from core.validator.peer import build_peer_app
     from core.validator.replica import lead_or_follow
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = api = None
-    if args.api_port:
-        import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # this process's handlers above stop them all
+            yield
+
+    apps = []
+    if args.port:
+        apps.append((build_peer_app(validator, body_timeout_s=args.body_timeout,
+                                    public_metrics=args.public_metrics), args.host, args.port))
+    if args.api_port:
         from core.validator.api import build_api
 
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # this process's handlers above stop both
-                yield
-
-        server = Server(uvicorn.Config(build_api(validator, max_body=args.api_max_body,
-                                                 body_timeout_s=args.body_timeout),
-                                       host=args.api_host, port=args.api_port,
-                                       log_level="warning", timeout_graceful_shutdown=30,
-                                       **server_options(args)))
-        api = asyncio.create_task(server.serve())
+        apps.append((build_api(validator, max_body=args.api_max_body,
+                               body_timeout_s=args.body_timeout), args.api_host, args.api_port))
+    servers = [Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                     timeout_graceful_shutdown=30, **server_options(args)))
+               for app, host, port in apps]
+    serving = [asyncio.create_task(server.serve()) for server in servers]
+    if args.port and not args.no_announce:
+        await validator.chain.serve(validator.wallet, args.external_host or args.host, args.port)
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -205,9 +223,9 @@ async def serve(validator, args) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await work
     stopping.cancel()
-    if server is not None:
+    for server in servers:
         server.should_exit = True
-        await api
+    await asyncio.gather(*serving)
     await validator.close()
     logging.getLogger("validator").info("validator stopped%s", " by signal" if stop.is_set() else "")
 

@@ -111,7 +111,7 @@ async def measure(requests: int, rounds: int) -> None:
                     stdout=open(tmp / "miner.log", "w"), stderr=subprocess.STDOUT)]
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
-        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db,
+        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db, "--port", "0",
                                           "--check", "off", "--tokenizers", "tiny", "--api-port", str(api_port),
                                           "--api-host", "127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

@@ -114,7 +114,7 @@ async def main(args) -> None:
     store = open_store(db)
     key = keys.create(store, "soak", per_minute=10**6)
     store.close()
-    vproc = neuron("validator", [*net.common, "--wallet-name", "validator", "--db", db,
+    vproc = neuron("validator", [*net.common, "--wallet-name", "validator", "--db", db, "--port", "0",
                                  "--check", "cpu", "--image-size", "64", "--api-port",
                                  str(net.api_port), "--api-host", "127.0.0.1"],
                    stdout=open(base / "validator.log", "w"), stderr=subprocess.STDOUT)

@@ -46,7 +46,7 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
         procs.append(neuron("validator", [
-            *common, "--wallet-name", "validator", "--db", db, "--check", "off", "--tokenizers",
+            *common, "--wallet-name", "validator", "--db", db, "--port", "0", "--check", "off", "--tokenizers",
             "tiny", "--periods", "4", "--api-port", str(api_port), "--api-host", "127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 90

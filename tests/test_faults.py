@@ -124,7 +124,7 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     db = str(tmp_path / "v.sqlite3")
     proc = neuron("validator", ["--network", f"local:{chain.folder}", "--wallet-path",
-                                str(tmp_path / "w"), "--wallet-name", "v", "--db", db,
+                                str(tmp_path / "w"), "--wallet-name", "v", "--db", db, "--port", "0",
                                 "--period-blocks", "30", "--check", "off", "--tokenizers", "tiny"],
                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(4)

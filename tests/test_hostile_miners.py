@@ -110,7 +110,7 @@ def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validato
         db = tmp_path / "validator.sqlite3"
         # a fifth of each budget outside windows too, so every miner is asked in each period
         vproc = neuron("validator", [
-            *common, "--wallet-name", "validator", "--db", str(db), "--periods", "2",
+            *common, "--wallet-name", "validator", "--db", str(db), "--port", "0", "--periods", "2",
             "--image-size", "64", "--capacity-timeout", "5", "--check", "cpu",
             "--background", "0.2"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -47,7 +47,7 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
         for port, proc in zip(miner_ports, procs):
             wait_healthy(port, proc, time.monotonic() + 120)
         log = tmp_path / "validator.log"
-        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db,
+        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db, "--port", "0",
                                           "--check", "cpu", "--image-size", "64", "--periods", "3",
                                           "--api-port", str(api_port), "--api-host", "127.0.0.1",
                                           "--log-level", "DEBUG"],

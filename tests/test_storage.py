@@ -4,10 +4,12 @@ import pytest
 
 from core.budget import Contender
 from core.plan import Window
+from core.pooling import Pooling
 from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState, PeriodOutcome, Tally, WindowOutcome, advance
 from core.storage import StorageError, open_store
 from core.storage.schema import MIGRATIONS
+from core.window_report import report_of
 
 TARGETS = [Contender(1, "hk1", "inpaint", 100.0, 50.0, 7),
            Contender(2, "hk2", "chat-llama-3", 3000.0, 1500.0, 9)]
@@ -19,10 +21,11 @@ def rec(period, outcome=Outcome.OK, units=20.0, quality=1.0):
 
 def test_period_plan_round_trip(store):
     assert store.period(5) is None
-    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)
+    stakes = {"v1": 30.0, "v2": 10.5}
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS, stakes)
     store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)  # a resumed start changes nothing
     assert store.period(5) == {"block": 1500, "block_hash": "0xabc", "share": 0.25,
-                               "started_at": 123.0, "finished": False}
+                               "started_at": 123.0, "finished": False, "stakes": stakes}
     assert store.contenders(5) == TARGETS
     assert store.unfinished(before=6) == [5] and store.unfinished(before=5) == []
 
@@ -34,6 +37,23 @@ def test_windows_keep_their_first_start(store):
     store.add_window(5, Window(1580, 2000.0, 60.0))
     assert first == again == Window(1510, 1000.0, 60.0)
     assert [w.block for w in store.windows(5)] == [1510, 1580] and store.windows(6) == []
+
+
+def test_window_reports_and_how_windows_were_scored_round_trip(store):
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)
+    store.add_window(5, Window(1510, 1000.0, 60.0))
+    slices = (Tally(10, 8, 1, 1, 2),) + (Tally(),) * 4
+    report = report_of(19, "v1", 1510, {("hk1", "inpaint"): WindowOutcome(1510, slices)})
+    assert store.add_report(5, report, 1.0)
+    assert not store.add_report(5, report_of(19, "v1", 1510, {}), 2.0)  # the first one stays
+    assert store.report(1510, "v1") == report and store.report(1510, "v2") is None
+    assert store.reports(5) == {1510: {"v1": report}}
+    assert report.outcomes() == {("hk1", "inpaint"): WindowOutcome(1510, slices)}
+    assert store.poolings(5) == {}
+    store.note_pooling(5, Pooling(1510, 0.8, ("v1", "v2")))
+    assert store.poolings(5) == {1510: Pooling(1510, 0.8, ("v1", "v2"))}
+    store.prune(6)
+    assert store.reports(5) == {}
 
 
 def test_records_round_trip_in_order(store):

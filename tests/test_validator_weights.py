@@ -78,7 +78,7 @@ def test_status_shows_the_latest_period(setup):
 
     tmp_path, wallet = setup
     store = open_store(str(tmp_path / "v.sqlite3"))
-    assert status(store) == "no period recorded yet"
+    assert status(store, 300) == "no period recorded yet"
     store.begin_period(7, 2100, "0x1", 0.25, 0.0, [Contender(3, "hk", "inpaint", 400.0, 100.0, 0)])
     store.add_window(7, Window(2150, 1000.0, 60.0))
     store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, 1.0, 1010.0))
@@ -86,8 +86,8 @@ def test_status_shows_the_latest_period(setup):
                                1020.0))
     store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, None, 5000.0))
     store.note_weights(2000, 0.0, {3: 1.0})
-    text = status(store)
-    assert "== period 7 == windows: block 2150 (60s)" in text and "in progress" in text
+    text = status(store, 300)
+    assert "== period 7 == windows: block 2150 (60s, own view: reports cover 0% of stake)" in text and "in progress" in text
     row = next(line for line in text.splitlines() if line.lstrip().startswith("3 inpaint"))
     # declared, budget, requests, window asked / good / demonstrated (400 x 1/2), other
     assert row.split()[2:9] == ["400", "100", "3", "40", "20", "200", "20"]

@@ -30,10 +30,11 @@ from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
-from core.protocol import (CAPACITY_PATH, MAJOR, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
+from core.protocol import (CAPACITY_PATH, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
                            MAX_TOKENS_PER_LINE, REQUEST_MODELS, CapacityResponse, ChatChunk,
-                           ErrorResponse, ImageResponse, major_of, max_request_bytes)
+                           ErrorResponse, ImageResponse, max_request_bytes)
 from core.tasks import TASKS, Kind
+from core.transport.admission import admit_signed
 from core.transport.auth import Gate, Refused
 from core.transport.limits import BodyLimit
 
@@ -47,14 +48,6 @@ def wire_lines(chunk: ChatChunk) -> list[bytes]:
     parts = [chunk] if len(chunk.tokens) <= step else [
         ChatChunk(tokens=chunk.tokens[i:i + step]) for i in range(0, len(chunk.tokens), step)]
     return [part.model_dump_json().encode() + b"\n" for part in parts]
-
-
-def request_target(scope) -> str:
-    """The request target as the client sent it (path undecoded, and the query): what a
-    btauth/1 signature covers, so `/cap%61city` is not `/capacity`."""
-    path = scope.get("raw_path") or scope["path"].encode()
-    query = scope.get("query_string", b"")
-    return (path + (b"?" + query if query else b"")).decode("latin-1")
 
 
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
@@ -162,25 +155,10 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
     async def admit(request: Request, kind: Kind | None):
         """Authenticate, authorise and parse: (validator neuron, message) or a refusal Response."""
         try:
-            state.gate.screen(request.headers, state.metagraph)  # 401/403 before the body
-            try:
-                async with asyncio.timeout(body_timeout_s):
-                    body = await request.body()
-            except TimeoutError:
-                raise Refused(408, f"the body took longer than {body_timeout_s:g} s") from None
-            validator = state.gate.admit(request.headers, body, request.method,
-                                         request_target(request.scope), state.metagraph)
+            validator, raw = await admit_signed(request, state.gate, state.metagraph,
+                                                body_timeout_s, "this miner")
         except Refused as e:
             return refuse(e.status, e.reason)
-        try:
-            raw = json.loads(body or b"{}")
-        except (ValueError, RecursionError):  # RecursionError: JSON nested beyond Python's stack
-            return refuse(400, "body is not JSON")
-        # a message without a version is of this one, as the protocol models default it
-        version = raw.get("version", PROTOCOL_VERSION) if isinstance(raw, dict) else ""
-        if major_of(str(version)) != MAJOR:
-            return refuse(400, f"protocol version {version!r} is not supported; this miner "
-                               f"speaks {PROTOCOL_VERSION} (major {MAJOR})")
         if kind is None:
             return validator, None
         try:

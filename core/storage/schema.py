@@ -55,4 +55,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             period BIGINT NOT NULL, block BIGINT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
             seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (period, block))""",
     ),
+    (
+        # shared window reports (docs/protocol.md §9): each validator's report of each window,
+        # its own and those fetched; the permitted stakes they are pooled by; how each window
+        # was scored (coverage of stake, whose reports; NULL: not yet, or own view)
+        """CREATE TABLE reports (
+            period BIGINT NOT NULL, block BIGINT NOT NULL, validator TEXT NOT NULL,
+            body TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (block, validator))""",
+        "ALTER TABLE periods ADD COLUMN stakes TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE windows ADD COLUMN coverage DOUBLE PRECISION",
+        "ALTER TABLE windows ADD COLUMN pooled_from TEXT",
+    ),
 )

@@ -1,18 +1,21 @@
 """What the validator stores, over either database: periods and their plans, request records,
-contender states and the weights set. Every write commits before it returns."""
+window reports, contender states and the weights set. Every write commits before it returns."""
 
 from __future__ import annotations
 
 import json
 from contextlib import contextmanager
 from dataclasses import asdict
+from collections.abc import Mapping
 from typing import Protocol
 
 from core.budget import Contender
 from core.plan import Window
+from core.pooling import Pooling
 from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState
 from core.storage.schema import MIGRATIONS
+from core.window_report import WindowReport
 
 
 _SETTLE = "UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?"
@@ -84,13 +87,16 @@ class Store:
     # -- periods and their plans --
 
     def begin_period(self, period: int, block: int, block_hash: str, share: float,
-                     started_at: float, contenders: list[Contender]) -> None:
-        """Store a period's budgets in one transaction: a restart finds all of them or none."""
+                     started_at: float, contenders: list[Contender],
+                     stakes: Mapping[str, float] | None = None) -> None:
+        """Store a period's budgets, and the permitted validators' ``stakes`` its window reports
+        are pooled by, in one transaction: a restart finds all of them or none."""
         with self._guard(), self.db.transaction():
             self.db.execute("INSERT INTO periods (period, block, block_hash, share, started_at, "
-                            "finished) VALUES (?, ?, ?, ?, ?, 0) "
+                            "finished, stakes) VALUES (?, ?, ?, ?, ?, 0, ?) "
                             "ON CONFLICT (period) DO NOTHING",
-                            (period, block, block_hash, share, started_at))
+                            (period, block, block_hash, share, started_at,
+                             json.dumps(dict(stakes or {}))))
             self.db.executemany(
                 "INSERT INTO targets (period, uid, hotkey, task, declared, budget, registered_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, hotkey, task) DO NOTHING",
@@ -99,13 +105,14 @@ class Store:
             self.rederive_used(period)  # requests recorded here before it began (finish_request)
 
     def period(self, period: int) -> dict | None:
-        rows = self._run("SELECT block, block_hash, share, started_at, finished FROM periods "
-                         "WHERE period = ?", (period,))
+        rows = self._run("SELECT block, block_hash, share, started_at, finished, stakes "
+                         "FROM periods WHERE period = ?", (period,))
         if not rows:
             return None
-        block, block_hash, share, started_at, finished = rows[0]
+        block, block_hash, share, started_at, finished, stakes = rows[0]
         return {"block": block, "block_hash": block_hash, "share": share,
-                "started_at": started_at, "finished": bool(finished)}
+                "started_at": started_at, "finished": bool(finished),
+                "stakes": json.loads(stakes)}
 
     def unfinished(self, before: int) -> list[int]:
         """Periods begun but never closed (the validator stopped in them), oldest first."""
@@ -124,7 +131,8 @@ class Store:
     def add_window(self, period: int, window: Window) -> Window:
         """Note a window of ``period`` as it opens; a window noted before (a restart in it)
         keeps its first start time. Returns the window as stored."""
-        self._run("INSERT INTO windows VALUES (?, ?, ?, ?) ON CONFLICT (period, block) DO NOTHING",
+        self._run("INSERT INTO windows (period, block, started_at, seconds) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (period, block) DO NOTHING",
                   (period, window.block, window.started_at, window.seconds))
         return next(w for w in self.windows(period) if w.block == window.block)
 
@@ -133,6 +141,39 @@ class Store:
         rows = self._run("SELECT block, started_at, seconds FROM windows WHERE period = ? "
                          "ORDER BY block", (period,))
         return [Window(*row) for row in rows]
+
+    def note_pooling(self, period: int, pooling: Pooling) -> None:
+        """How a window of ``period`` was scored (``core.pooling.Pooling``)."""
+        self._run("UPDATE windows SET coverage = ?, pooled_from = ? WHERE period = ? AND block = ?",
+                  (pooling.coverage, json.dumps(list(pooling.used)), period, pooling.block))
+
+    def poolings(self, period: int) -> dict[int, Pooling]:
+        """How each window of ``period`` was scored, for the windows its close has scored."""
+        rows = self._run("SELECT block, coverage, pooled_from FROM windows WHERE period = ? "
+                         "AND coverage IS NOT NULL", (period,))
+        return {b: Pooling(b, c, tuple(json.loads(used))) for b, c, used in rows}
+
+    # -- window reports: this validator's own and those fetched from the others --
+
+    def add_report(self, period: int, report: WindowReport, at: float) -> bool:
+        """Keep a report (the first one of a validator for a window stays); True if new."""
+        rows = self._run("INSERT INTO reports VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (block, validator) DO NOTHING RETURNING block",
+                         (period, report.block, report.validator, report.model_dump_json(), at))
+        return bool(rows)
+
+    def report(self, block: int, validator: str) -> WindowReport | None:
+        rows = self._run("SELECT body FROM reports WHERE block = ? AND validator = ?",
+                         (block, validator))
+        return WindowReport.model_validate_json(rows[0][0]) if rows else None
+
+    def reports(self, period: int) -> dict[int, dict[str, WindowReport]]:
+        """Every report held for ``period``'s windows: by window block, then validator."""
+        out: dict[int, dict[str, WindowReport]] = {}
+        for block, validator, body in self._run(
+                "SELECT block, validator, body FROM reports WHERE period = ?", (period,)):
+            out.setdefault(block, {})[validator] = WindowReport.model_validate_json(body)
+        return out
 
     # -- budgets: what each contender of a period has spent, shared by every replica --
 
@@ -289,7 +330,7 @@ class Store:
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window."""
         with self._guard(), self.db.transaction():
-            for table in ("requests", "targets", "windows", "periods"):
+            for table in ("requests", "targets", "windows", "reports", "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
 
     def lease(self, name: str) -> Lease:

@@ -1,6 +1,7 @@
 """The validator's period loop (docs/protocol.md §3): read the metagraph at the period's start
 block, fetch capacities, open the period, send the background sample, run the audit windows the
-blocks open, close the period and set weights.
+blocks open, share each window's report with the other validators (§9), close the period and set
+weights.
 
 Every step of a period is stored as it happens (budgets when the period opens, each window as it
 opens, each request when it ends, contender states when the period closes), so a restarted
@@ -24,13 +25,14 @@ from core.budget import Contender
 from core.checking.service import Checker
 from core.chain import Chain, ChainError, Metagraph
 from core.period import close_period, open_period
-from core.records import period_outcomes
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
 from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
+from core.validator.measure import measure_period
 from core.validator.report import period_table
+from core.validator.sharing import Sharing
 from core.validator.synthetic import synthetic_request
 from core.validator.traffic import Attempt, Traffic, log_failures
 
@@ -57,6 +59,10 @@ class Settings:
     check_rate: float = 0.1
     check_queue: int = 256
     tokenizers: str = "production"  # counting chat prompts: production, or tiny (local subnet)
+    share_reports: bool = True  # exchange window reports with the other validators and pool them
+    report_timeout_s: float = 5.0  # for one validator's report
+    max_report_wait_s: float = 30.0  # at a period's end, for reports still missing (at most
+    #                                  a tenth of the period)
 
 
 class Validator:
@@ -75,6 +81,10 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
+        self.sharing = Sharing(self.client, self.keypair, store, chain.netuid,
+                               timeout_s=settings.report_timeout_s)
+        self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
+        self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
         self._hashes: dict[int, str] = {}  # recent block hashes: window draws look back
 
     @property
@@ -164,6 +174,7 @@ class Validator:
         then close it."""
         pb = self.settings.period_blocks
         metagraph = await self.chain.metagraph(period * pb)
+        self.metagraph = metagraph
         resumed = self.store.period(period) is not None
         contenders, share = await self._open(period, metagraph)
         if resumed:  # reservations of requests a crash cut off are not spent
@@ -190,6 +201,7 @@ class Validator:
             pending = set(schedules) | self._in_flight
             if pending:
                 await asyncio.wait(pending)
+        await self._gather_reports(period, contenders, metagraph)
         if self.checker:  # a check still queued after this counts for nothing: bound the wait
             await self.checker.drain(period, timeout=min(await self._period_s() / 2,
                                                           self.settings.max_check_wait_s))
@@ -206,8 +218,9 @@ class Validator:
         declared = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s)
         previous = [(c.hotkey, c.task) for c in self.store.contenders(period - 1)]
         opening = open_period(metagraph, declared, previous, self.hotkey)
+        stakes = {n.hotkey: n.stake for n in metagraph.validators() if n.stake > 0}
         self.store.begin_period(period, start, await self.chain.block_hash(start), opening.share,
-                                time.time(), opening.contenders)
+                                time.time(), opening.contenders, stakes)
         return opening.contenders, opening.share
 
     async def _follow_blocks(self, period: int, contenders: list[Contender],
@@ -230,7 +243,7 @@ class Validator:
                     if head < b + w:
                         window = self._note_window(period, b, head, block_time)
                         schedules.append(asyncio.create_task(
-                            self._run_window(window, contenders, metagraph)))
+                            self._run_window(period, window, contenders, metagraph)))
                 seen = head + 1
             await asyncio.sleep(min(block_time / 4, 1.0))
 
@@ -241,9 +254,10 @@ class Validator:
         log.info("period %d: audit window opened at block %d (%.0fs)", period, block, seconds)
         return window
 
-    async def _run_window(self, window: plan.Window, contenders: list[Contender],
+    async def _run_window(self, period: int, window: plan.Window, contenders: list[Contender],
                           metagraph: Metagraph) -> None:
-        """Every contender's full declared rate for what is left of ``window``."""
+        """Every contender's full declared rate for what is left of ``window``; once its
+        requests have ended, its report is stored and the others' are fetched."""
         remaining = window.started_at + window.seconds - time.time()
         if remaining <= 0:
             return
@@ -254,7 +268,50 @@ class Validator:
             log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
                         "over --max-concurrency %d: it cannot all be sent in time",
                         window.block, need, self.settings.max_concurrency)
-        await self.schedule(metagraph, sends)
+        launched = await self.schedule(metagraph, sends)
+        if launched:
+            await asyncio.wait(launched)
+        await asyncio.sleep(max(window.started_at + window.seconds - time.time(), 0))
+        if self.settings.share_reports:
+            self._share(period, window, contenders, metagraph, await self._period_end(period))
+
+    def _share(self, period: int, window: plan.Window, contenders: list[Contender],
+               metagraph: Metagraph, until: float, restart: bool = False) -> None:
+        """Store this validator's report of ``window`` and fetch the others' until ``until``
+        (unix time), unless that is under way (``restart``: anew, until ``until``)."""
+        self.sharing.own_report(period, window, contenders)
+        task = self._collecting.get(window.block)
+        if task is not None and not task.done():
+            if not restart:
+                return
+            task.cancel()  # what it fetched is stored; a fetch it was in is asked again
+        every = min(max(2 * self.settings.report_timeout_s, 1.0), window.seconds)
+        self._collecting[window.block] = asyncio.create_task(self.sharing.collect(
+            period, window.block, metagraph, until, every))
+
+    async def _gather_reports(self, period: int, contenders: list[Contender],
+                              metagraph: Metagraph) -> None:
+        """At a period's end: this validator's report of every window of it, and a bounded wait
+        for the others' still missing (they finish the same window at about the same time)."""
+        if not self.settings.share_reports:
+            return
+        wait = min(self.settings.max_report_wait_s, await self._period_s() / 10)
+        for window in self.store.windows(period):
+            self._share(period, window, contenders, metagraph, time.time() + wait, restart=True)
+        blocks = {w.block for w in self.store.windows(period)}
+        tasks = [t for b, t in self._collecting.items() if b in blocks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        for b in blocks:
+            task = self._collecting.pop(b, None)
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def _period_end(self, period: int) -> float:
+        """The unix time ``period`` ends, from the head's block and the block time."""
+        head = await self.chain.block()
+        block_time = await self.chain.block_time()
+        return time.time() + ((period + 1) * self.settings.period_blocks - head) * block_time
 
     async def _openings(self, lo: int, hi: int) -> list[int]:
         """Blocks in [lo, hi) that open a window, from their hashes (and enough earlier ones to
@@ -289,15 +346,18 @@ class Validator:
         while self._in_flight:
             await asyncio.wait(set(self._in_flight))
 
-    async def schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> None:
-        """Launch each send at its time (seconds from now)."""
+    async def schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> list[asyncio.Task]:
+        """Launch each send at its time (seconds from now); returns the requests launched."""
         t0, unix0 = time.monotonic(), time.time()
+        launched = []
         for s in sends:
             await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
             task = asyncio.create_task(self._send_one(metagraph, s, unix0 + s.at))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             task.add_done_callback(lambda t: log_failures([t]))
+            launched.append(task)
+        return launched
 
     async def _send_one(self, metagraph: Metagraph, s: plan.Send, planned_at: float) -> None:
         """Send one synthetic request once its miner has a free slot, if it still fits its cap
@@ -324,13 +384,18 @@ class Validator:
         """Score the period (``core.period.close_period``), store every contender's state, set
         weights."""
         self.store.seal(period)  # a request still running is recorded in the next period
-        measured = period_outcomes(contenders, self.store.records(period),
-                                   self.store.windows(period))
+        measured, poolings = measure_period(self.store, period, contenders,
+                                            self.settings.period_blocks,
+                                            pooled=self.settings.share_reports)
         closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
                                self.store.states(), metagraph.n_uids,
                                {k: n for k, (_, n) in measured.items()})
+        for pooling in poolings:
+            self.store.note_pooling(period, pooling)
+            self.sharing.metrics.scored(pooling)
         self.store.finish_period(period, closing.states)
-        print(period_table(period, self.store.windows(period), closing), flush=True)
+        print(period_table(period, self.store.windows(period), closing,
+                           poolings={p.block: p for p in poolings}), flush=True)
         await self._set_weights(closing.weights)
         self.store.prune(period - self.settings.retention_periods)
 

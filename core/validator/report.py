@@ -3,12 +3,13 @@ each window of the period asked and got, what it demonstrated and is credited, a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from core.period import Closing, Row
 from core.plan import Window
+from core.pooling import Pooling
 
 
 def _windows(row: Row) -> tuple[str, str, str]:
@@ -22,11 +23,25 @@ def _windows(row: Row) -> tuple[str, str, str]:
     return f"{asked:.0f}", f"{good:.0f}", f"{shown:.0f}"
 
 
+def _window(w: Window, pooling: Pooling | None) -> str:
+    """A window, and how it was scored: pooled from whose reports, or this validator's view."""
+    if pooling is None:
+        how = ""
+    elif pooling.used:
+        how = f", pooled: {len(pooling.used)} reports, {pooling.coverage:.0%} of stake"
+    else:
+        how = f", own view: reports cover {pooling.coverage:.0%} of stake"
+    return f"block {w.block} ({w.seconds:.0f}s{how})"
+
+
 def period_table(period: int, windows: Sequence[Window], closing: Closing,
-                 weights: np.ndarray | None = None) -> str:
-    """``weights``: the vector to show (default: the one the period computed)."""
+                 weights: np.ndarray | None = None,
+                 poolings: Mapping[int, Pooling] | None = None) -> str:
+    """``weights``: the vector to show (default: the one the period computed); ``poolings``:
+    how each window (by block) was scored."""
     vector = closing.weights if weights is None else weights
-    opened = ", ".join(f"block {w.block} ({w.seconds:.0f}s)" for w in windows) or "none"
+    poolings = poolings or {}
+    opened = ", ".join(_window(w, poolings.get(w.block)) for w in windows) or "none"
     head = (f"{'uid':>3} {'task':<26} {'declared':>9} {'budget':>8} {'req':>4} {'w.asked':>8} "
             f"{'w.good':>7} {'w.shown':>8} {'other':>6} {'score':>5} {'reliab':>6} "
             f"{'quality':>7} {'demonstr':>8} {'credited':>8} {'effective':>9}")

@@ -7,19 +7,19 @@ from __future__ import annotations
 import numpy as np
 
 from core.period import Closing, Row, close_period
-from core.records import period_outcomes
 from core.scoring import ContenderState, effective
 from core.storage import Store
+from core.validator.measure import measure_period
 from core.validator.report import period_table
 
 
-def status(store: Store) -> str:
+def status(store: Store, period_blocks: int) -> str:
     period = store.latest_period()
     if period is None:
         return "no period recorded yet"
     contenders = store.contenders(period)
     windows = store.windows(period)
-    measured = period_outcomes(contenders, store.records(period), windows)
+    measured, poolings = measure_period(store, period, contenders, period_blocks)
     info = store.period(period)
     if info["finished"]:  # its close stored the states it computed: show those
         states = store.states()
@@ -43,4 +43,6 @@ def status(store: Store) -> str:
         vector /= vector.sum()
     state = "finished" if info["finished"] else "in progress"
     set_at = f"weights last set at block {last[0]}" if last else "no weights set yet"
-    return f"{period_table(period, windows, closing, vector)}\n(period {state}; {set_at})"
+    scored = store.poolings(period) if info["finished"] else {p.block: p for p in poolings}
+    table = period_table(period, windows, closing, vector, scored)
+    return f"{table}\n(period {state}; {set_at})"

@@ -1,0 +1,72 @@
+"""The validator's peer endpoint, announced on chain (docs/protocol.md §9): the window reports it
+serves to the other permitted validators, its health, and its Prometheus metrics.
+
+Only a permitted validator's signed request is answered (the miner's admission: 401, 403); the
+answer is this validator's own report of the window asked, signed for the caller
+(``core.validator.sharing``), or 404 while it has none.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.protocol import PROTOCOL_VERSION
+from core.transport.admission import admit_signed
+from core.transport.auth import Gate, Refused
+from core.transport.limits import BodyLimit
+from core.window_report import REPORT_PATH, ReportRequest
+
+MAX_BODY = 4096  # a report request is a block number
+
+
+def refuse(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"version": PROTOCOL_VERSION, "error": reason}, status_code=status)
+
+
+def build_peer_app(validator, *, body_timeout_s: float = 30.0,
+                   public_metrics: bool = False) -> FastAPI:
+    """``validator``: a ``core.validator.loop.Validator`` (its metagraph says who may ask)."""
+    gate = Gate(validator.hotkey)
+    app = FastAPI(title="SN19 validator", version=PROTOCOL_VERSION, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY, reject=refuse)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, e: StarletteHTTPException):
+        return refuse(e.status_code, str(e.detail))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "hotkey": validator.hotkey, "version": PROTOCOL_VERSION}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        """For this host only unless ``public_metrics``."""
+        if not public_metrics and (request.client is None
+                                   or request.client.host not in ("127.0.0.1", "::1")):
+            return refuse(404, "Not Found")
+        return Response(generate_latest(validator.sharing.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(REPORT_PATH)
+    async def window_report(request: Request):
+        try:
+            caller, raw = await admit_signed(request, gate, validator.metagraph, body_timeout_s,
+                                             "this validator")
+        except Refused as e:
+            return refuse(e.status, e.reason)
+        try:
+            asked = ReportRequest.model_validate(raw)
+        except ValidationError:
+            return refuse(422, "expected {\"block\": <window's opening block>}")
+        answer = validator.sharing.answer(asked.block, caller.hotkey)
+        if answer is None:
+            return refuse(404, f"no report of a window at block {asked.block} (yet)")
+        body, headers = answer
+        return Response(body, headers=headers)
+
+    return app

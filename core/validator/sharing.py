@@ -1,0 +1,179 @@
+"""Validators' window reports, exchanged (docs/protocol.md §9).
+
+After each audit window a validator stores its own report (``own_report``) and serves it to the
+other permitted validators (``answer``, on the peer endpoint it announces). It fetches theirs
+(``collect``) until it holds them all or its period's close stops waiting, and the period's
+close pools what it holds (``core.validator.measure``).
+
+A fetched report is taken only when everything about it checks out: it answers this request
+(btauth/1 headers signed by the validator asked, for this validator, for this window, fresh and
+never seen before), it fits ``MAX_REPORT_BYTES``, it parses within the model's bounds, and it
+names the validator and window asked. Anything else is rejected, logged and counted; a validator
+that does not answer in time is skipped and asked again at the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import aiohttp
+from bittensor import http_auth
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import ValidationError
+
+from core.budget import Contender
+from core.chain import Metagraph, Neuron
+from core.plan import Window
+from core.pooling import Pooling
+from core.records import period_outcomes
+from core.storage import Store
+from core.transport.auth import NONCE_RETENTION_S
+from core.transport.client import SignedClient, TooLarge
+from core.window_report import (MAX_REPORT_BYTES, REPORT_PATH, SIGNED_METHOD, ReportRequest,
+                                WindowReport, report_of, signed_path)
+
+log = logging.getLogger("validator.sharing")
+
+
+class Rejected(Exception):
+    """A report refused: ``reason`` is one word for the metric, the message says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class SharingMetrics:
+    """Prometheus: reports fetched, missing and rejected (by reason), and each window's
+    coverage of permitted stake."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.reports = Counter("sn19_validator_reports", "Other validators' window reports asked "
+                               "for, by result (fetched, missing, rejected)", ["result", "reason"],
+                               registry=self.registry)
+        self.coverage = Gauge("sn19_validator_report_coverage", "Share of permitted stake whose "
+                              "reports the last scored window was pooled from (0: own view)",
+                              registry=self.registry)
+        self.windows = Counter("sn19_validator_windows_scored", "Windows scored, pooled or from "
+                               "this validator's own view", ["view"], registry=self.registry)
+
+    def scored(self, pooling: Pooling) -> None:
+        self.coverage.set(pooling.coverage if pooling.used else 0.0)
+        self.windows.labels("pooled" if pooling.used else "own").inc()
+
+
+class Sharing:
+    def __init__(self, client: SignedClient, keypair, store: Store, netuid: int, *,
+                 timeout_s: float = 5.0):
+        self.client = client
+        self.keypair = keypair
+        self.store = store
+        self.netuid = netuid
+        self.timeout_s = timeout_s
+        self.nonces = http_auth.InMemoryNonceStore(NONCE_RETENTION_S)
+        self.metrics = SharingMetrics()
+
+    @property
+    def hotkey(self) -> str:
+        return self.keypair.ss58_address
+
+    def own_report(self, period: int, window: Window, contenders: Sequence[Contender]) -> bool:
+        """Store this validator's report of ``window`` from its records (once: a report served
+        never changes); True if stored now."""
+        if self.store.report(window.block, self.hotkey) is not None:
+            return False
+        measured = period_outcomes(contenders, self.store.records(period), [window])
+        outcomes = {key: o.windows[0] for key, (o, _) in measured.items()}
+        report = report_of(self.netuid, self.hotkey, window.block, outcomes)
+        return self.store.add_report(period, report, time.time())
+
+    def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
+        """Own report of the window at ``block`` and btauth/1 headers that sign it for
+        ``caller`` (None while there is none)."""
+        report = self.store.report(block, self.hotkey)
+        if report is None:
+            return None
+        body = report.model_dump_json().encode()
+        headers = http_auth.sign(self.keypair, method=SIGNED_METHOD, path=signed_path(block),
+                                 body=body, receiver_ss58=caller)
+        return body, {**headers, "Content-Type": "application/json"}
+
+    async def fetch(self, peer: Neuron, block: int, metagraph: Metagraph) -> WindowReport | None:
+        """``peer``'s report of the window at ``block``: None while it has none or does not
+        answer; Rejected when what it answers is not a report it signed for us."""
+        try:
+            reply = await self.client.post(peer.endpoint, REPORT_PATH, peer.hotkey,
+                                           ReportRequest(block=block), self.timeout_s,
+                                           MAX_REPORT_BYTES)
+        except TooLarge as e:
+            raise Rejected("oversized", f"over {MAX_REPORT_BYTES} bytes: {e}") from None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.debug("no report from %s: %s", peer.hotkey, e)
+            return None
+        if reply.status != 200:
+            return None
+        try:
+            signer = http_auth.verify(reply.headers, reply.body, method=SIGNED_METHOD,
+                                      path=signed_path(block), self_hotkey_ss58=self.hotkey,
+                                      max_age=http_auth.DEFAULT_MAX_AGE, nonce_store=self.nonces)
+        except http_auth.AuthError as e:
+            reason = ("unsigned" if isinstance(e, http_auth.MalformedAuth) else "replayed"
+                      if isinstance(e, (http_auth.ReplayedRequest, http_auth.StaleRequest))
+                      else "forged")
+            raise Rejected(reason, f"{type(e).__name__}: {e}") from None
+        if signer.hotkey_ss58 != peer.hotkey:
+            raise Rejected("forged", f"signed by {signer.hotkey_ss58}, not the validator asked")
+        neuron = metagraph.by_hotkey(signer.hotkey_ss58)
+        if neuron is None or not neuron.validator_permit or neuron.stake <= 0:
+            raise Rejected("not-validator", "the signer holds no validator permit")
+        try:
+            report = WindowReport.model_validate_json(reply.body)
+        except ValidationError as e:
+            raise Rejected("invalid", f"not a valid report: {e.error_count()} error(s), first: "
+                                      f"{json.dumps(e.errors()[0]['msg'])}") from None
+        if (report.validator, report.block, report.netuid) != (peer.hotkey, block, self.netuid):
+            raise Rejected("mismatch", f"a report of {report.validator} for block {report.block} "
+                                       f"on netuid {report.netuid}, not the one asked")
+        return report
+
+    async def collect(self, period: int, block: int, metagraph: Metagraph, until: float,
+                      every_s: float) -> None:
+        """Fetch every other permitted validator's report of the window at ``block`` (those
+        with an endpoint), concurrently, every ``every_s`` until all are held or the clock
+        passes ``until``."""
+        peers = [n for n in metagraph.validators() if n.hotkey != self.hotkey and n.stake > 0
+                 and n.endpoint]
+        while True:
+            held = self.store.reports(period).get(block, {})
+            wanted = [p for p in peers if p.hotkey not in held]
+            if not wanted:
+                return
+            results = await asyncio.gather(*(self._fetch_one(period, p, block, metagraph)
+                                             for p in wanted))
+            if all(results) or time.time() + every_s > until:
+                if not all(results):
+                    self.metrics.reports.labels("missing", "").inc(results.count(False))
+                    log.info("window at block %d: %d of %d validators' reports missing", block,
+                             results.count(False), len(peers))
+                return
+            await asyncio.sleep(every_s)
+
+    async def _fetch_one(self, period: int, peer: Neuron, block: int,
+                         metagraph: Metagraph) -> bool:
+        try:
+            report = await self.fetch(peer, block, metagraph)
+        except Rejected as e:
+            self.metrics.reports.labels("rejected", e.reason).inc()
+            log.warning("report of %s for the window at block %d rejected (%s): %s",
+                        peer.hotkey, block, e.reason, e)
+            return False
+        if report is None:
+            return False
+        if self.store.add_report(period, report, time.time()):
+            self.metrics.reports.labels("fetched", "").inc()
+        return True
