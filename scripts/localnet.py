@@ -1,9 +1,10 @@
-"""Run the whole mission on one machine: a local subnet with 3 miners and 1 validator.
+"""Run the whole mission on one machine: a local subnet with 3 miners and 3 validators.
 
 Creates real bittensor wallets and a local subnet folder, starts each neuron as its own process on
 127.0.0.1 (the same neurons, synapses and HTTP stack as on the network), runs --periods short
-periods, prints each period's table and the weights set, stops every process it started, and
-exits non-zero if anything failed.
+periods, prints the largest validator's table for each period and the weights every validator
+set, stops every process it started, and exits non-zero if anything failed. The validators hold
+45%, 35% and 20% of the stake and share their window reports (docs/protocol.md §9).
 
     python scripts/localnet.py --periods 2
 """
@@ -25,6 +26,8 @@ from core.storage import open_store
 from core.validator import keys
 
 MINERS = ("small", "medium", "large")
+# name, stake: the first prints its tables, keeps validator.sqlite3 and serves the API
+VALIDATORS = (("validator", 4500.0), ("validator-2", 3500.0), ("validator-3", 2000.0))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,9 +55,7 @@ def main(argv=None) -> int:
     logs.mkdir(parents=True)
     chain = LocalChain.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
                               age_blocks=25 * args.period_blocks)
-    validator = make_wallet(wallets_dir, "validator")
-    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
-                   stake=10_000.0, validator_permit=True, registered_at=0)
+    first, *others = VALIDATORS  # uids: the first validator 0, the miners 1-3, the others after
     common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
               "--period-blocks", str(args.period_blocks), "--log-level", "WARNING"]
     procs: list[subprocess.Popen] = []
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
+        register_validator(chain, wallets_dir, *first)
         ports = {}
         for name in MINERS:
             wallet = make_wallet(wallets_dir, f"miner-{name}")
@@ -84,11 +86,14 @@ def main(argv=None) -> int:
                 "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
                 "--sync-interval", "2", "--state-dir", str(base / "state")],
                 stdout=log, stderr=subprocess.STDOUT))
+        for validator in others:
+            register_validator(chain, wallets_dir, *validator)
         deadline = time.monotonic() + args.startup_timeout
         for name, proc in zip(MINERS, procs):
             wait_healthy(ports[name], proc, deadline)
         print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
-              f"validator running {args.periods} period(s) of {args.period_blocks} blocks", flush=True)
+              f"{len(VALIDATORS)} validators running {args.periods} period(s) of "
+              f"{args.period_blocks} blocks", flush=True)
         show_windows(chain, args.period_blocks, args.periods)
         api = []
         if args.api_port:
@@ -99,18 +104,25 @@ def main(argv=None) -> int:
             print(f"localnet: API on http://127.0.0.1:{args.api_port}/v1 with key {key}\n"
                   f"  curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{args.api_port}/v1/models",
                   flush=True)
-        vproc = neuron("validator", [
-            *common, "--wallet-name", "validator", "--db", str(base / "validator.sqlite3"),
-            "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout", "5",
-            "--check", "cpu", *api],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        procs.append(vproc)
-        for line in vproc.stdout:
+        vprocs = {}
+        for name, _ in VALIDATORS:
+            flags = [*common, "--wallet-name", name, "--db", str(base / f"{name}.sqlite3"),
+                     "--periods", str(args.periods), "--image-size", "64", "--capacity-timeout",
+                     "5", "--check", "cpu", "--host", "127.0.0.1", "--port", str(free_port())]
+            if name == first[0]:
+                vprocs[name] = neuron("validator", [*flags, *api], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+            else:
+                vprocs[name] = neuron("validator", flags, stdout=open(logs / f"{name}.log", "w"),
+                                      stderr=subprocess.STDOUT)
+            procs.append(vprocs[name])
+        for line in vprocs[first[0]].stdout:
             print(line, end="", flush=True)
-        code = vproc.wait()
-        if code != 0:
-            print(f"localnet: the validator exited with {code}", file=sys.stderr)
-            return 1
+        for name, vproc in vprocs.items():
+            code = vproc.wait(timeout=120)
+            if code != 0:
+                print(f"localnet: {name} exited with {code}; see {logs}", file=sys.stderr)
+                return 1
         dead = [n for n, p in zip(MINERS, procs) if p.poll() is not None]
         if dead:
             print(f"localnet: miner(s) {', '.join(dead)} died; see {logs}", file=sys.stderr)
@@ -123,6 +135,12 @@ def main(argv=None) -> int:
         stop()
 
 
+def register_validator(chain: LocalChain, wallets: Path, name: str, stake: float) -> None:
+    wallet = make_wallet(wallets, name)
+    chain.register(wallet.hotkey.ss58_address, wallet.coldkeypub.ss58_address, stake=stake,
+                   validator_permit=True, registered_at=0)
+
+
 def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
     """Choose the local chain's seed so that every period the validator can run has an audit
     window: a short run always shows one. Only a local subnet can choose; the draws themselves
@@ -133,17 +151,17 @@ def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
 
 
 def report(chain: LocalChain) -> int:
-    """Print the weights set on the local subnet; non-zero when none were."""
+    """Print the weights each validator set on the local subnet; non-zero when none were."""
     log = chain.weights_log()
     if not log:
         print("localnet: no weights were set", file=sys.stderr)
         return 1
-    names = ["validator"] + [f"miner-{m}" for m in MINERS]
+    names = [VALIDATORS[0][0]] + [f"miner-{m}" for m in MINERS] + [v for v, _ in VALIDATORS[1:]]
     for entry in log:
         total = sum(entry["weights"].values())
         shown = ", ".join(f"{names[int(u)]} (uid {u}) {v / total:.3f}"
                           for u, v in sorted(entry["weights"].items(), key=lambda kv: int(kv[0])))
-        print(f"weights set at block {entry['block']}: {shown}")
+        print(f"weights set by {names[entry['uid']]} at block {entry['block']}: {shown}")
     return 0
 
 

@@ -11,6 +11,9 @@ behaviour wrapped around its app, chosen by the environment variable SN19_HOSTIL
 - ``byte-by-byte``: the real answer, one byte every 20 ms.
 - ``slow``: every answer 25 s late.
 - ``garbage``: lines that are not JSON; images that are not JSON.
+- ``stake-first``: serves only the validator whose hotkey SN19_FAVOURITE names (the most-staked),
+  and answers every other validator's task request 429, as a miner that declares more than it has
+  and gives what it has to the largest stake.
 
 Everything else is the honest miner: the same engines, signatures and limits.
 """
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODE = os.environ.get("SN19_HOSTILE", "")
+FAVOURITE = os.environ.get("SN19_FAVOURITE", "")
 HUGE = 800 * 2**20  # bytes of the oversized answers
 KEEPALIVE_FOR_S = 90.0  # a stalled stream stops keeping the connection alive after this
 
@@ -62,6 +66,14 @@ class Hostile:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
+        if MODE == "stake-first" and path not in ("/health", "/capacity", "/metrics"):
+            caller = dict(scope["headers"]).get(b"x-bittensor-hotkey", b"").decode()
+            if caller != FAVOURITE:
+                body = json.dumps({"version": "5.0.0", "error": "busy"}).encode()
+                await send({"type": "http.response.start", "status": 429,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"retry-after", b"1")]})
+                return await send({"type": "http.response.body", "body": body})
         if MODE == "huge-capacity" and path == "/capacity":
             return await endless(send, b'{"version": "5.0.0", "capacities": {}, "hotkey": "')
         if MODE == "huge-image" and path.endswith("-image"):

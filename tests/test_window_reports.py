@@ -146,8 +146,20 @@ def metagraph(port: int, keys, mode: str) -> tuple[Metagraph, Neuron]:
     return Metagraph(0, (n(0, "me", True, 10.0), peer)), peer
 
 
+class Subnet:
+    """The chain as a Sharing sees it: netuid 19, and the neurons' announced endpoints."""
+
+    netuid = 19
+
+    def __init__(self, graph: Metagraph | None = None):
+        self.graph = graph
+
+    async def metagraph(self, block=None) -> Metagraph:
+        return self.graph
+
+
 async def fetch_all(port, keys, store, modes, timeout_s=2.0):
-    sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, 19, timeout_s=timeout_s)
+    sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, Subnet(), timeout_s=timeout_s)
     out = {}
     try:
         for mode in modes:
@@ -183,11 +195,12 @@ def test_collect_stores_what_checks_out_and_counts_the_rest(hostile, tmp_path):
     graph, peer = metagraph(port, keys, "honest")
 
     async def run():
-        sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, 19, timeout_s=2.0)
+        subnet = Subnet(graph)
+        sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, subnet, timeout_s=2.0)
         try:
             await sharing.collect(5, 300, graph, time.time() + 5, 0.5)
-            forged, _ = metagraph(port, keys, "forged")
-            await sharing.collect(5, 301, forged, time.time() + 1.5, 0.5)
+            subnet.graph, _ = metagraph(port, keys, "forged")  # it moved to a lying endpoint
+            await sharing.collect(5, 301, graph, time.time() + 1.5, 0.5)
         finally:
             await sharing.client.close()
         return sharing.metrics
@@ -213,7 +226,7 @@ def test_the_peer_endpoint_answers_permitted_validators_only(tmp_path):
     class Validator:
         hotkey = me.ss58_address
         metagraph = graph
-        sharing = Sharing(SignedClient(me), me, store, 19)
+        sharing = Sharing(SignedClient(me), me, store, Subnet(graph))
 
     client = TestClient(build_peer_app(Validator()))
 

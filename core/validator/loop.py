@@ -81,7 +81,7 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
-        self.sharing = Sharing(self.client, self.keypair, store, chain.netuid,
+        self.sharing = Sharing(self.client, self.keypair, store, chain,
                                timeout_s=settings.report_timeout_s)
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports

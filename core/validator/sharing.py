@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import aiohttp
 from bittensor import http_auth
@@ -26,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from core.budget import Contender
-from core.chain import Metagraph, Neuron
+from core.chain import Chain, Metagraph, Neuron
 from core.plan import Window
 from core.pooling import Pooling
 from core.records import period_outcomes
@@ -68,12 +69,13 @@ class SharingMetrics:
 
 
 class Sharing:
-    def __init__(self, client: SignedClient, keypair, store: Store, netuid: int, *,
+    def __init__(self, client: SignedClient, keypair, store: Store, chain: Chain, *,
                  timeout_s: float = 5.0):
         self.client = client
         self.keypair = keypair
         self.store = store
-        self.netuid = netuid
+        self.chain = chain
+        self.netuid = chain.netuid
         self.timeout_s = timeout_s
         self.nonces = http_auth.InMemoryNonceStore(NONCE_RETENTION_S)
         self.metrics = SharingMetrics()
@@ -143,25 +145,36 @@ class Sharing:
 
     async def collect(self, period: int, block: int, metagraph: Metagraph, until: float,
                       every_s: float) -> None:
-        """Fetch every other permitted validator's report of the window at ``block`` (those
-        with an endpoint), concurrently, every ``every_s`` until all are held or the clock
-        passes ``until``."""
-        peers = [n for n in metagraph.validators() if n.hotkey != self.hotkey and n.stake > 0
-                 and n.endpoint]
+        """Fetch every other permitted validator's report of the window at ``block`` (permits
+        and stakes of the period's ``metagraph``; endpoints as announced now, so a validator
+        that started or moved since is reached), concurrently, every ``every_s`` until all are
+        held or the clock passes ``until``."""
+        peers = [n for n in metagraph.validators() if n.hotkey != self.hotkey and n.stake > 0]
         while True:
             held = self.store.reports(period).get(block, {})
-            wanted = [p for p in peers if p.hotkey not in held]
-            if not wanted:
+            missing = [p for p in peers if p.hotkey not in held]
+            if not missing:
                 return
-            results = await asyncio.gather(*(self._fetch_one(period, p, block, metagraph)
-                                             for p in wanted))
-            if all(results) or time.time() + every_s > until:
-                if not all(results):
-                    self.metrics.reports.labels("missing", "").inc(results.count(False))
-                    log.info("window at block %d: %d of %d validators' reports missing", block,
-                             results.count(False), len(peers))
+            endpoints = await self._endpoints()
+            reachable = [replace(p, endpoint=endpoints[p.hotkey]) for p in missing
+                         if endpoints.get(p.hotkey)]
+            fetched = sum(await asyncio.gather(*(self._fetch_one(period, p, block, metagraph)
+                                                 for p in reachable)))
+            if fetched == len(missing):
+                return
+            if time.time() + every_s > until:
+                self.metrics.reports.labels("missing", "").inc(len(missing) - fetched)
+                log.info("window at block %d: %d of %d validators' reports missing", block,
+                         len(missing) - fetched, len(peers))
                 return
             await asyncio.sleep(every_s)
+
+    async def _endpoints(self) -> dict[str, str | None]:
+        try:
+            return {n.hotkey: n.endpoint for n in (await self.chain.metagraph()).neurons}
+        except Exception as e:  # the chain briefly away: this round asks no one
+            log.warning("cannot read endpoints from the chain: %s", e)
+            return {}
 
     async def _fetch_one(self, period: int, peer: Neuron, block: int,
                          metagraph: Metagraph) -> bool:
