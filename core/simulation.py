@@ -110,11 +110,11 @@ def _slice_requests(n: int, rng: np.random.Generator) -> list[int]:
 
 
 def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validator] | None = None,
-             seed: int = 0, pooled: bool = True, robust: bool = False,
+             seed: int = 0, pooled: bool = True, robust: bool = True,
              progress: Callable[[int], None] | None = None) -> Result:
     """Run ``periods`` periods. ``pooled``: validators score windows from the pooled reports of
     docs/protocol.md §9 (else each from its own view); ``robust``: pooled by the stake-weighted
-    median of each report's fraction (``core.pooling.pool``)."""
+    median of each report's fraction, as validators do (``core.pooling.pool``; else summed)."""
     validators = validators or {"validator": Validator(1.0)}
     vnames = list(validators)
     stakes = np.array([validators[v].stake for v in vnames], float)

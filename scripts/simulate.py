@@ -3,9 +3,10 @@
 Runs every strategy of ``core.scenarios`` beside an honest twin of the same cost, in a pool of
 honest miners and six validators (stakes 30% down to 1%, two organic-heavy), and prints per
 strategy its incentive after Yuma as a share of its twin's, with the validators' pooled window
-reports (docs/protocol.md §9) and on each validator's own view, and the lowest validator vtrust;
-then the honest checks (reward linear in capacity, synthetic-only and organic-heavy validators
-agreeing) and a plot of the table. Deterministic for a seed.
+reports (docs/protocol.md §9, the robust rule validators run) and on each validator's own view,
+and the lowest validator vtrust; then a validator lying in its reports, under summed and robust
+pooling; then the honest checks (reward linear in capacity down to small miners, synthetic-only
+and organic-heavy validators agreeing) and a plot of the table. Deterministic for a seed.
 
     python scripts/simulate.py                      # the table, plots in docs/
     python scripts/simulate.py --periods 2000 --seed 3
@@ -22,7 +23,7 @@ import numpy as np
 
 from core.scenarios import (POOL, VALIDATORS, Verdict, cosine, judge, load_scenario,
                             strategies)
-from core.simulation import Setup, simulate
+from core.simulation import Setup, Validator, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,10 +74,29 @@ def format_table(rows: list[tuple[Verdict, Verdict]], periods: int) -> str:
     return "\n".join(lines)
 
 
+def liar_table(periods: int, seed: int) -> str:
+    """A validator of 5% or 10% stake reporting good = 0 for a victim: the victim's incentive
+    as a share of its twin's, under summed and under robust pooling, and the liar's vtrust."""
+    from core.scenarios import POOL
+
+    lines = ["== a validator lying in its window reports (good = 0 for a victim) =="]
+    setups = [*POOL, Setup("twin", 1000, (1000,)), Setup("victim", 1000, (1000,))]
+    for stake in (0.05, 0.10):
+        validators = {**VALIDATORS, "liar": Validator(stake, lies_about=("victim",))}
+        row = []
+        for robust in (False, True):
+            r = simulate(setups, periods, validators=validators, seed=seed, robust=robust)
+            ratio = r.reward["victim"] / r.reward["twin"]
+            row.append(f"{'robust' if robust else 'summed'} x{ratio:.3f} "
+                       f"(liar vtrust {np.mean(r.vtrust['liar']):.3f})")
+        lines.append(f"liar of stake {stake:.2f}: victim/twin " + ", ".join(row))
+    return "\n".join(lines)
+
+
 def honest_checks(periods: int, seed: int) -> str:
-    """Reward linear in served capacity (R²), and how alike a synthetic-only and an
-    organic-heavy validator weigh the same honest miners (cosine)."""
-    setups = [Setup(f"honest-{c}", c, (c,)) for c in (250, 500, 1000, 2000, 4000)]
+    """Reward linear in served capacity down to small miners (R²), and how alike a
+    synthetic-only and an organic-heavy validator weigh the same honest miners (cosine)."""
+    setups = [Setup(f"honest-{c}", c, (c,)) for c in (60, 125, 250, 500, 1000, 2000, 4000)]
     result = simulate(setups, periods, validators=VALIDATORS, seed=seed)
     x = np.array([s.capacity for s in setups])
     y = np.array([result.reward[s.name] for s in setups])
@@ -137,6 +157,7 @@ def main(argv=None) -> int:
         return custom(args.config, args.seed)
     rows = strategy_table(args.periods, args.seed, args.strategy, args.quiet)
     print(format_table(rows, args.periods), end="\n\n", flush=True)
+    print(liar_table(min(args.periods, 200), args.seed), end="\n\n", flush=True)
     print(honest_checks(min(args.periods, 200), args.seed), flush=True)
     print(f"honest pool: {', '.join(s.name for s in POOL)}; validators: "
           + ", ".join(f"{k} ({v.stake:g}, organic {v.organic:.0%})" for k, v in VALIDATORS.items()))

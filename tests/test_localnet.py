@@ -1,4 +1,4 @@
-"""End to end: the local subnet in real processes (3 miners, 1 validator) on 127.0.0.1."""
+"""End to end: the local subnet in real processes (3 miners, 3 validators) on 127.0.0.1."""
 
 import subprocess
 import sys
@@ -31,9 +31,12 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     for w in windows:  # each window sent every contender its rate
         in_window = [r for r in store.records(period) if w.slice_of(r.at) is not None]
         assert {(r.hotkey, r.task) for r in in_window} == set(states)
+    # every window was scored from the three validators' pooled reports
+    assert all(p.used and p.coverage == 1.0 for p in store.poolings(period).values())
+    assert "pooled: 3 reports, 100% of stake" in run.stdout
     log = LocalChain(tmp_path / "net/chain").weights_log()
-    assert len(log) == 1
-    w = {int(uid): v for uid, v in log[0]["weights"].items()}
-    # uids 1, 2, 3 are the small, medium and large miners; the validator (uid 0) gets nothing
-    assert 0 not in w
+    assert {entry["uid"] for entry in log} == {0, 4, 5}  # each validator set weights
+    w = {int(uid): v for uid, v in next(e for e in log if e["uid"] == 0)["weights"].items()}
+    # uids 1, 2, 3 are the small, medium and large miners; no validator gets anything
+    assert not {0, 4, 5} & set(w)
     assert w[3] > w[2] > w[1] > 0

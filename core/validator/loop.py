@@ -123,6 +123,7 @@ class Validator:
         if period is None or period == self.book.period:
             return
         metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
+        self.metagraph = metagraph  # any process on the database serves its reports to peers
         self.book.open(period, self.store.contenders(period), metagraph, self._recent_quality())
         log.info("serving period %d as planned by the process running the loop", period)
 
