@@ -84,7 +84,7 @@ class TaskEntry(BaseModel):
     def total(self) -> float:
         """The capacity of the whole task: its own, or the sum of its workers'."""
         if self.workers is None:
-            return self.capacity
+            return self.capacity or 0.0  # the model requires one of them
         return sum(w.capacity for w in self.workers)
 
 

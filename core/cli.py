@@ -67,21 +67,23 @@ def server_options(args) -> dict:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 class CliError(Exception):
     """A start-up problem the operator must fix; printed as one line, exit status 1."""
 
 
-def guarded(main, args, *errors: type[Exception]) -> int:
+def guarded(main, args, *errors: type[BaseException]) -> int:
     """``main(args)``, with the expected start-up errors (a bad file, wallet, chain or database)
     turned into one line on stderr and exit status 1 instead of a traceback."""
     from core.chain import ChainError
 
+    expected: tuple[type[BaseException], ...] = (CliError, ChainError, *errors)
     try:
         return main(args)
-    except (CliError, ChainError, *errors) as e:
+    except expected as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -34,7 +34,8 @@ def postgres_server(fsync: bool = False):
         port = s.getsockname()[1]
     subprocess.run(_as_owner(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust",
                               "--no-sync"]), check=True, capture_output=True)
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync={'on' if fsync else 'off'}"
+    sync = "on" if fsync else "off"
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync={sync}"
     subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-o", opts, "-w", "-l",
                               str(folder / "log"), "start"]), check=True, capture_output=True)
     try:

@@ -31,7 +31,8 @@ MAX_IMAGE_B64_CHARS = 8_000_000
 # it is checked). Every integer on the wire is bounded, so no figure overflows a database column,
 # and every answer has a size the validator reads no further than.
 MAX_COUNT = 2**24  # tokens or steps in one answer: far above any honest request's
-MAX_TOKEN_TEXT = 256  # characters of one token's text (the longest real vocabulary entries are ~128)
+# characters of one token's text (the longest real vocabulary entries are ~128)
+MAX_TOKEN_TEXT = 256
 MAX_COMPLETION = 4096  # tokens a chat request may ask for
 MAX_STOPS, MAX_STOP_CHARS = 4, 64  # a chat request's stop sequences
 MAX_TOKENS_PER_LINE = 128  # a miner writes a larger batch as several chat lines
@@ -49,9 +50,12 @@ def _unicode(text: str) -> str:
     return text
 
 
-def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type, read as one
-    return Annotated[str, Field(min_length=min_length, max_length=max_length),
-                     AfterValidator(_unicode)]
+# text a peer sends: bounded, and valid Unicode
+Unicode = AfterValidator(_unicode)
+TaskId = Annotated[str, Field(max_length=64), Unicode]
+PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS), Unicode]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), Unicode]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), Unicode]
 
 
 def spread_text(text: str, n: int) -> list[str]:
@@ -103,18 +107,18 @@ class CapacityResponse(Message):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: Text(MAX_PROMPT_CHARS)
+    content: PromptText
 
 
 class ChatRequest(Message):
-    task: Text(64)
+    task: TaskId
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
     max_tokens: Annotated[int, Field(ge=1, le=MAX_COMPLETION)] = 256
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     # sequences that end the completion (``stop_at``): at most 4 of 1-64 characters, as OpenAI's
-    stop: Annotated[list[Text(MAX_STOP_CHARS, min_length=1)], Field(max_length=MAX_STOPS)] = []
+    stop: Annotated[list[StopText], Field(max_length=MAX_STOPS)] = []
 
     def prompt_allowance(self) -> int:
         """A generous estimate of the prompt's tokens before it is tokenized: a token per 2
@@ -151,9 +155,9 @@ class ChatChunk(Message):
 
 
 class ImageRequest(Message):
-    task: Text(64)
-    prompt: Text(MAX_PROMPT_CHARS, min_length=1)
-    negative_prompt: Text(MAX_PROMPT_CHARS) = ""
+    task: TaskId
+    prompt: Prompt
+    negative_prompt: PromptText = ""
     steps: Annotated[int, Field(ge=1, le=200)]
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1024
@@ -207,7 +211,9 @@ def max_request_bytes(kind: Kind) -> int:
     return 2 * text + images * MAX_IMAGE_B64_CHARS + 4096
 
 
-REQUEST_MODELS: dict[Kind, type[Message]] = {
+TaskRequest = ChatRequest | ImageRequest  # a request for a task's work, of either kind
+
+REQUEST_MODELS: dict[Kind, type[ChatRequest] | type[ImageRequest]] = {
     Kind.CHAT: ChatRequest,
     Kind.TEXT_TO_IMAGE: TextToImageRequest,
     Kind.IMAGE_TO_IMAGE: ImageToImageRequest,

@@ -71,8 +71,9 @@ class WindowOutcome:
     block: int
     slices: tuple[Tally, ...]
     pooled: bool = False
-    fraction: float | None = None  # pooled robustly: the window's served fraction, agreed apart
-    #                                from the slice sums (``core.pooling``), which then only shape it
+    # pooled robustly: the window's served fraction, agreed apart from the slice sums
+    # (``core.pooling``), which then only shape it
+    fraction: float | None = None
     judged: tuple[bool, ...] = ()  # ... and the slices whose sums are judged
 
     @property
@@ -189,7 +190,7 @@ def weights(effective_by: Mapping[tuple[int, str], float], n_uids: int) -> np.nd
     return combine(table, np.array([TASKS[t].weight for t in task_ids]))
 
 
-def combine(table: np.ndarray, task_weights: Sequence[float]) -> np.ndarray:
+def combine(table: np.ndarray, task_weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """``Σ_task W_task x table[:, task] / Σ table[:, task]`` over tasks with a scored contender,
     the task weights renormalised over those tasks."""
     totals = table.sum(axis=0)

@@ -17,6 +17,7 @@ import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -164,7 +165,8 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
         for v in vnames:
             previous[v] = [(c.hotkey, c.task) for c in opened[v].contenders]
         owner = {hotkey[n]: uids[n][0] for n in range(len(uids))}
-        slices: dict[tuple[str, str, str, int], list[Tally] | WindowOutcome] = {}
+        # each validator's tallies of each window, replaced by the pooled outcome when pooled
+        slices: dict[tuple[str, str, str, int], Any] = {}
         for b in windows_at.get(period, []):
             _run_window(b, window_count, opened, owner, capacity, share, w_blocks, slices, jitter)
             window_count += 1

@@ -12,8 +12,15 @@ import sys
 from pathlib import Path
 
 from core.capacity import ConfigError, group_load, load_config
-from core.cli import (add_common_args, add_endpoint_args, add_server_args, guarded, load_wallet,
-                      server_options, setup_logging)
+from core.cli import (
+    add_common_args,
+    add_endpoint_args,
+    add_server_args,
+    guarded,
+    load_wallet,
+    server_options,
+    setup_logging,
+)
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")

@@ -13,8 +13,17 @@ import logging
 import signal
 import sys
 
-from core.cli import (CliError, add_common_args, add_endpoint_args, add_server_args, fraction,
-                      guarded, load_wallet, server_options, setup_logging)
+from core.cli import (
+    CliError,
+    add_common_args,
+    add_endpoint_args,
+    add_server_args,
+    fraction,
+    guarded,
+    load_wallet,
+    server_options,
+    setup_logging,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,7 +150,8 @@ def run(args) -> int:
     if args.check == "gpu":
         import importlib.util
 
-        cuda = importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
+        cuda = (importlib.util.find_spec("torch") is not None
+                and __import__("torch").cuda.is_available())
         if not cuda:
             raise CliError("--check gpu recomputes results with the production models and needs "
                            "a CUDA GPU with the gpu extra; use --check cpu on a local subnet or "
@@ -149,7 +159,8 @@ def run(args) -> int:
     settings = Settings(period_blocks=args.period_blocks, capacity_timeout_s=args.capacity_timeout,
                         max_concurrency=args.max_concurrency, max_per_miner=args.max_per_miner,
                         image_size=args.image_size, background=args.background,
-                        tokenizers=args.tokenizers or ("tiny" if args.check == "cpu" else "production"),
+                        tokenizers=args.tokenizers or ("tiny" if args.check == "cpu"
+                                                       else "production"),
                         retention_periods=args.retention_periods, check=args.check,
                         check_rate=args.check_rate, check_queue=args.check_queue,
                         share_reports=not args.no_share_reports,
@@ -227,7 +238,8 @@ async def serve(validator, args) -> None:
         server.should_exit = True
     await asyncio.gather(*serving)
     await validator.close()
-    logging.getLogger("validator").info("validator stopped%s", " by signal" if stop.is_set() else "")
+    logging.getLogger("validator").info("validator stopped%s",
+                                        " by signal" if stop.is_set() else "")
 
 
 if __name__ == "__main__":

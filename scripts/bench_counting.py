@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.validator.counting import PromptCounter  # noqa: E402
+from core.validator.counting import PromptCounter
 
 TASK = "chat-llama-3"
 
@@ -83,7 +83,10 @@ def count_figures(repeats: int) -> None:
 
     counter = PromptCounter("tiny")
     rng = random.Random(0)
-    for label, text in (("synthetic", prompt(rng)), ("4k_chars", " ".join(prompt(rng, 8) for _ in range(70))[:4000])):
+    for label, text in (
+        ("synthetic", prompt(rng)),
+        ("4k_chars", " ".join(prompt(rng, 8) for _ in range(70))[:4000]),
+    ):
         request = ChatRequest(task=TASK, messages=[ChatMessage(role="user", content=text)])
         counter.prompt_tokens(request)
         t = time.perf_counter()
@@ -107,7 +110,9 @@ async def cpu_per_request(requests: int, port: int, counter: PromptCounter, db: 
     miner = Neuron(1, Keypair.create_from_uri("//miner").ss58_address, "c", 0, False,
                    f"http://127.0.0.1:{port}", 0)
     rng = random.Random(1)
-    messages = [synthetic_request(TASK, 300, rng, 64, PromptCounter("tiny")) for _ in range(requests)]
+    messages = [
+        synthetic_request(TASK, 300, rng, 64, PromptCounter("tiny")) for _ in range(requests)
+    ]
     await traffic.send(Attempt(miner, messages[0], *traffic.cost(messages[0]), 1))  # warm up
     started = time.process_time()
     for message in messages:
@@ -133,7 +138,9 @@ def main() -> None:
     from core.validator.synthetic import synthetic_request
 
     port = free_port()
-    server = mp.get_context("spawn").Process(target=serve_simulated_miner, args=(port,), daemon=True)
+    server = mp.get_context("spawn").Process(
+        target=serve_simulated_miner, args=(port,), daemon=True
+    )
     server.start()
     try:
         time.sleep(2.0)

@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIG = "tasks:\n  chat-llama-3: {capacity: 10000000}\n  proteus-text-to-image: {capacity: 10000000}\n"
+CONFIG = (
+    "tasks:\n  chat-llama-3: {capacity: 10000000}\n  proteus-text-to-image: {capacity: 10000000}\n"
+)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -53,8 +55,14 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from core.capacity import TaskEntry
     from core.chain.local import LocalChain
     from core.localproc import free_port, make_wallet, neuron, wait_healthy
-    from core.protocol import (CAPACITY_PATH, MAX_CAPACITY_BYTES, MAX_CHAT_LINE_BYTES,
-                               CapacityRequest, ChatChunk, ImageResponse)
+    from core.protocol import (
+        CAPACITY_PATH,
+        MAX_CAPACITY_BYTES,
+        MAX_CHAT_LINE_BYTES,
+        CapacityRequest,
+        ChatChunk,
+        ImageResponse,
+    )
     from core.transport.client import SignedClient
 
     chat_engine = load_engine("chat-llama-3", TaskEntry(capacity=1))
@@ -132,11 +140,18 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         proc.terminate()
         proc.wait()
     return {
-        "tokens_d": out["chat_d"][1] / out["chat_d"][0], "tokens_m": out["chat_m"][1] / out["chat_m"][0],
-        "steps_d": steps / out["img_d"], "steps_m": steps / out["img_m"],
-        "p50_d": pct(lat_d, 0.5), "p99_d": pct(lat_d, 0.99), "p50_m": pct(lat_m, 0.5),
-        "p99_m": pct(lat_m, 0.99), "cap50": pct(cap, 0.5), "cap99": pct(cap, 0.99),
-        "added50": pct(added, 0.5), "added99": pct(added, 0.99),
+        "tokens_d": out["chat_d"][1] / out["chat_d"][0],
+        "tokens_m": out["chat_m"][1] / out["chat_m"][0],
+        "steps_d": steps / out["img_d"],
+        "steps_m": steps / out["img_m"],
+        "p50_d": pct(lat_d, 0.5),
+        "p99_d": pct(lat_d, 0.99),
+        "p50_m": pct(lat_m, 0.5),
+        "p99_m": pct(lat_m, 0.99),
+        "cap50": pct(cap, 0.5),
+        "cap99": pct(cap, 0.99),
+        "added50": pct(added, 0.5),
+        "added99": pct(added, 0.99),
     }
 
 

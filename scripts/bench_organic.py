@@ -93,7 +93,9 @@ async def measure(requests: int, rounds: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-organic-"))
     chain = LocalChain.create(tmp / "chain", tempo=PERIOD_BLOCKS, age_blocks=10 * PERIOD_BLOCKS)
     validator, miner = make_wallet(tmp / "w", "validator"), make_wallet(tmp / "w", "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(
+        validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
+    )
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 576000, group: g}\n"
                                    "groups:\n  g: {concurrency: 64}\n")
@@ -108,19 +110,41 @@ async def measure(requests: int, rounds: int) -> None:
                               "miner", "--host", "127.0.0.1", "--port", str(miner_port),
                               "--min-stake", "0", "--torch-threads", "1", "--max-waiting", "256",
                               "--state-dir", str(tmp / "state")],
-                    stdout=open(tmp / "miner.log", "w"), stderr=subprocess.STDOUT)]
+                    stdout=open(tmp / "miner.log", "w"), stderr=subprocess.STDOUT)]  # noqa: ASYNC230 (at start-up)
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
-        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db, "--port", "0",
-                                          "--check", "off", "--tokenizers", "tiny", "--api-port", str(api_port),
-                                          "--api-host", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            neuron(
+                "validator",
+                [
+                    *common,
+                    "--wallet-name",
+                    "validator",
+                    "--db",
+                    db,
+                    "--port",
+                    "0",
+                    "--check",
+                    "off",
+                    "--tokenizers",
+                    "tiny",
+                    "--api-port",
+                    str(api_port),
+                    "--api-host",
+                    "127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         api = f"http://127.0.0.1:{api_port}/v1"
         messages = [{"role": "user", "content": "hello there"}]
         body = {"model": "chat-llama-3", "messages": messages, "max_tokens": 8, "stream": True}
         direct = SignedClient(validator.hotkey)
         url, me = f"http://127.0.0.1:{miner_port}", miner.hotkey.ss58_address
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128, keepalive_timeout=4.0)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=128, keepalive_timeout=4.0)
+        ) as session:
             deadline = time.monotonic() + 3 * 60
             while True:
                 try:

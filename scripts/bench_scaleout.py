@@ -42,7 +42,9 @@ async def routing(n: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
     validator = make_wallet(tmp / "w", "validator")
-    chain.register(validator.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
+    chain.register(
+        validator.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0
+    )
     a, b, one, two = free_ports(4)
     fronts = {}
     for port, urls in ((one, [a]), (two, [a, b])):

@@ -27,8 +27,15 @@ N_MINERS = 256
 
 
 def weights_figures(repeats: int) -> None:
-    from core.scoring import (ContenderState, PeriodOutcome, Tally, WindowOutcome, advance,
-                              effective, weights)
+    from core.scoring import (
+        ContenderState,
+        PeriodOutcome,
+        Tally,
+        WindowOutcome,
+        advance,
+        effective,
+        weights,
+    )
     from core.tasks import TASK_IDS
 
     rng = random.Random(0)

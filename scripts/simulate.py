@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.scenarios import (POOL, VALIDATORS, Verdict, cosine, judge, load_scenario,
-                            strategies)
+from core.scenarios import POOL, VALIDATORS, Verdict, cosine, judge, load_scenario, strategies
 from core.simulation import Setup, Validator, simulate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -81,7 +81,7 @@ async def client_loop(session, api: str, key: str, stop: float, seen: collection
                     await r.read()
                     ok, status = r.status == 200, r.status
             seen["ok" if ok else f"error_{status}"] += 1
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             seen[f"error_{type(e).__name__}"] += 1
         await asyncio.sleep(rng.uniform(0.2, 1.0))
 
@@ -114,10 +114,28 @@ async def main(args) -> None:
     store = open_store(db)
     key = keys.create(store, "soak", per_minute=10**6)
     store.close()
-    vproc = neuron("validator", [*net.common, "--wallet-name", "validator", "--db", db, "--port", "0",
-                                 "--check", "cpu", "--image-size", "64", "--api-port",
-                                 str(net.api_port), "--api-host", "127.0.0.1"],
-                   stdout=open(base / "validator.log", "w"), stderr=subprocess.STDOUT)
+    vproc = neuron(
+        "validator",
+        [
+            *net.common,
+            "--wallet-name",
+            "validator",
+            "--db",
+            db,
+            "--port",
+            "0",
+            "--check",
+            "cpu",
+            "--image-size",
+            "64",
+            "--api-port",
+            str(net.api_port),
+            "--api-host",
+            "127.0.0.1",
+        ],
+        stdout=open(base / "validator.log", "w"),  # noqa: ASYNC230 (at start-up)
+        stderr=subprocess.STDOUT,
+    )
     print(f"# soak: logs and database in {base}", flush=True)
     api = f"http://127.0.0.1:{net.api_port}/v1"
     seen: collections.Counter = collections.Counter()
@@ -157,7 +175,7 @@ async def main(args) -> None:
                       if store.period(p)})
     records = [r for p in periods for r in store.records(p)]
     organic_ok = sum(r.organic and r.outcome.value == "ok" for r in records)
-    unfinished = [p for p in periods if not store.period(p)["finished"]]
+    unfinished = [p for p in periods if not store.period(p).finished]
     print(f"soak_minutes: {args.minutes} min")
     print(f"soak_validator_exit: {code} code")
     print(f"soak_miner_kills: {net.restarts} count")

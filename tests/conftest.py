@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import bittensor as bt
 import pytest
-from hypothesis import settings
 from bittensor.sp_core import Keypair
+from hypothesis import settings
 
 from core.chain.local import LocalChain
 from core.localproc import make_wallet
@@ -39,11 +38,21 @@ def subnet(tmp_path) -> Subnet:
     chain.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
     keys = {name: Keypair.create_from_uri(f"//{name}")
             for name in ("Alice", "Bob", "Carol", "Dave", "Eve")}
-    chain.register(keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True, registered_at=0)
-    chain.register(keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True, registered_at=0)
-    chain.register(keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False, registered_at=0)
-    chain.register(keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True, registered_at=0)
-    return Subnet(chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"], keys["Dave"])
+    chain.register(
+        keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True, registered_at=0
+    )
+    chain.register(
+        keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True, registered_at=0
+    )
+    chain.register(
+        keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False, registered_at=0
+    )
+    chain.register(
+        keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True, registered_at=0
+    )
+    return Subnet(
+        chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"], keys["Dave"]
+    )
 
 
 @pytest.fixture(scope="session")

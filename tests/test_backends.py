@@ -142,4 +142,7 @@ def test_a_worker_whose_engine_died_says_so_on_its_probes():
     token = "t" * 20
     with TestClient(build_worker_app("chat-llama-3", Dead(), token)) as client:
         assert client.get("/health").status_code == 503
-        assert client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 503
+        assert (
+            client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 503
+        )

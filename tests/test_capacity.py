@@ -9,39 +9,91 @@ def write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("tasks:\n  chat-llama-4:\n    capacity: 10\n",
-     ["line 2", "tasks.chat-llama-4", "unknown task", "allowed: chat-llama-3"]),
-    ("tasks:\n  inpaint:\n    capacity: -3\n",
-     ["line 3", "tasks.inpaint.capacity", "greater than or equal to 0", "got -3"]),
-    ("tasks:\n  inpaint:\n    capacity: lots\n",
-     ["line 3", "tasks.inpaint.capacity", "valid number", "got 'lots'", "allowed: a number >= 0"]),
-    ("tasks:\n  inpaint:\n    capacity: '100'\n",
-     ["line 3", "tasks.inpaint.capacity", "got '100'"]),
-    ("tasks:\n  inpaint:\n    capacity: 10\n    colour: red\n",
-     ["line 4", "tasks.inpaint.colour", "unknown key", "allowed: capacity, workers, backend, group, model, device, dtype"]),
-    ("tasks:\n  inpaint:\n    capacity: 10\nextra: 1\n",
-     ["line 4", "extra", "unknown key", "allowed: tasks, groups"]),
-    ("tasks:\n  inpaint: {capacity: [1\n", ["line 3", "YAML syntax error"]),
-    ("tasks:\n  inpaint:\n    backend: cpu\n", ["line 2", "tasks.inpaint", "needs a capacity, or workers"]),
-    ("tasks:\n  chat-llama-3:\n    workers:\n      - {capacity: 10, url: http://a:1}\n"
-     "      - {capacity: 10}\n", ["line 5", "tasks.chat-llama-3.workers.1", "exactly one of device"]),
-    ("tasks:\n  chat-llama-3:\n    workers:\n      - capacity: 10\n        url: ftp://x\n",
-     ["line 5", "tasks.chat-llama-3.workers.0.url", "allowed: http(s)://host:port"]),
-    ("tasks:\n  chat-llama-3:\n    workers:\n      - {capacity: 1, url: 'http://a:1', tken: x}\n",
-     ["line 4", "workers.0.tken", "unknown key", "token_env"]),
-    ("tasks:\n  inpaint:\n    capacity: 10\n    backend: tpu\n",
-     ["line 4", "tasks.inpaint.backend", "allowed: one of cpu, vllm, diffusers"]),
-    ("tasks:\n  inpaint:\n    capacity: 10\n    group: gpu9\n",
-     ["line 4", "tasks.inpaint.group", "'gpu9' is not defined"]),
-    ("groups:\n  g: {concurrency: 0}\ntasks:\n  inpaint: {capacity: 1, group: g}\n",
-     ["line 2", "groups.g.concurrency", "allowed: an integer >= 1"]),
-    ("- just\n- a list\n", ["expected a mapping"]),
-    ("tasks:\n  inpaint:\n    capacity: 10\n    backend: vllm\n",
-     ["line 4", "tasks.inpaint.backend", "vllm cannot serve inpaint tasks", "allowed: cpu or diffusers"]),
-    ("tasks:\n  chat-mixtral: {capacity: 10, backend: vllm, gpu_memory_utilization: 1.5}\n",
-     ["line 2", "gpu_memory_utilization", "allowed: a fraction of the GPU's memory"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "tasks:\n  chat-llama-4:\n    capacity: 10\n",
+            ["line 2", "tasks.chat-llama-4", "unknown task", "allowed: chat-llama-3"],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: -3\n",
+            ["line 3", "tasks.inpaint.capacity", "greater than or equal to 0", "got -3"],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: lots\n",
+            [
+                "line 3",
+                "tasks.inpaint.capacity",
+                "valid number",
+                "got 'lots'",
+                "allowed: a number >= 0",
+            ],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: '100'\n",
+            ["line 3", "tasks.inpaint.capacity", "got '100'"],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: 10\n    colour: red\n",
+            [
+                "line 4",
+                "tasks.inpaint.colour",
+                "unknown key",
+                "allowed: capacity, workers, backend, group, model, device, dtype",
+            ],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: 10\nextra: 1\n",
+            ["line 4", "extra", "unknown key", "allowed: tasks, groups"],
+        ),
+        ("tasks:\n  inpaint: {capacity: [1\n", ["line 3", "YAML syntax error"]),
+        (
+            "tasks:\n  inpaint:\n    backend: cpu\n",
+            ["line 2", "tasks.inpaint", "needs a capacity, or workers"],
+        ),
+        (
+            "tasks:\n  chat-llama-3:\n    workers:\n      - {capacity: 10, url: http://a:1}\n"
+            "      - {capacity: 10}\n",
+            ["line 5", "tasks.chat-llama-3.workers.1", "exactly one of device"],
+        ),
+        (
+            "tasks:\n  chat-llama-3:\n    workers:\n      - capacity: 10\n        url: ftp://x\n",
+            ["line 5", "tasks.chat-llama-3.workers.0.url", "allowed: http(s)://host:port"],
+        ),
+        (
+            "tasks:\n  chat-llama-3:\n    workers:\n"
+            "      - {capacity: 1, url: 'http://a:1', tken: x}\n",
+            ["line 4", "workers.0.tken", "unknown key", "token_env"],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: 10\n    backend: tpu\n",
+            ["line 4", "tasks.inpaint.backend", "allowed: one of cpu, vllm, diffusers"],
+        ),
+        (
+            "tasks:\n  inpaint:\n    capacity: 10\n    group: gpu9\n",
+            ["line 4", "tasks.inpaint.group", "'gpu9' is not defined"],
+        ),
+        (
+            "groups:\n  g: {concurrency: 0}\ntasks:\n  inpaint: {capacity: 1, group: g}\n",
+            ["line 2", "groups.g.concurrency", "allowed: an integer >= 1"],
+        ),
+        ("- just\n- a list\n", ["expected a mapping"]),
+        (
+            "tasks:\n  inpaint:\n    capacity: 10\n    backend: vllm\n",
+            [
+                "line 4",
+                "tasks.inpaint.backend",
+                "vllm cannot serve inpaint tasks",
+                "allowed: cpu or diffusers",
+            ],
+        ),
+        (
+            "tasks:\n  chat-mixtral: {capacity: 10, backend: vllm, gpu_memory_utilization: 1.5}\n",
+            ["line 2", "gpu_memory_utilization", "allowed: a fraction of the GPU's memory"],
+        ),
+    ],
+)
 def test_bad_file_gives_one_clear_message(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:

@@ -35,7 +35,9 @@ def test_serve_records_the_endpoint(subnet):
 
 def test_set_weights_normalises_like_bittensor_and_appends(subnet, tmp_path):
     validator = make_wallet(tmp_path / "w", "v")
-    subnet.chain.register(validator.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
+    subnet.chain.register(
+        validator.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0
+    )
     run(subnet.chain.set_weights(validator, {0: 0.25, 1: 0.75, 2: 0.0}))
     run(subnet.chain.set_weights(validator, {0: 1.0}))
     log = subnet.chain.weights_log()

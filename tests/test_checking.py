@@ -1,5 +1,5 @@
-"""Quality checking (docs/protocol.md §8) against adversarial miners built from the real tiny engines: each
-cheat scores 0, honest answers pass."""
+"""Quality checking (docs/protocol.md §8) against adversarial miners built from the real tiny
+engines: each cheat scores 0, honest answers pass."""
 
 import asyncio
 import base64
@@ -13,8 +13,15 @@ from core.capacity import TaskEntry
 from core.checking.chat import check_chat
 from core.checking.images import check_images
 from core.checking.service import Checker, Job, quality_of
-from core.protocol import (ChatChunk, ChatRequest, ChatToken, ImageResponse, ImageToImageRequest,
-                           InpaintRequest, TextToImageRequest)
+from core.protocol import (
+    ChatChunk,
+    ChatRequest,
+    ChatToken,
+    ImageResponse,
+    ImageToImageRequest,
+    InpaintRequest,
+    TextToImageRequest,
+)
 from core.records import Outcome, RequestRecord
 from core.storage import open_store
 
@@ -107,11 +114,17 @@ def test_charging_more_tokens_than_used_fails(chat, reference):
 
 def image_requests(init):
     common = dict(prompt="a red boat", steps=4, height=64, width=64)
-    return [TextToImageRequest(task="proteus-text-to-image", seed=s, **common) for s in range(4)] + [
-        ImageToImageRequest(task="proteus-image-to-image", seed=s, init_image=init, **common)
-        for s in range(3)] + [
-        InpaintRequest(task="inpaint", seed=s, init_image=init, mask_image=init, **common)
-        for s in range(3)]
+    return (
+        [TextToImageRequest(task="proteus-text-to-image", seed=s, **common) for s in range(4)]
+        + [
+            ImageToImageRequest(task="proteus-image-to-image", seed=s, init_image=init, **common)
+            for s in range(3)
+        ]
+        + [
+            InpaintRequest(task="inpaint", seed=s, init_image=init, mask_image=init, **common)
+            for s in range(3)
+        ]
+    )
 
 
 def respond(engine, request):
@@ -128,7 +141,9 @@ def init(images):
 def test_honest_images_pass(images, init):
     reference = {t: load_engine(t, TaskEntry(capacity=1)) for t in images}
     for request in image_requests(init):
-        verdict = check_images(reference[request.task], request, respond(images[request.task], request))
+        verdict = check_images(
+            reference[request.task], request, respond(images[request.task], request)
+        )
         assert verdict.passed, verdict.reason
 
 

@@ -25,10 +25,13 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(
+        validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
+    )
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp_path / "miner.yml").write_text(
-        "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n")
+        "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n"
+    )
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "WARNING"]
     db = str(tmp_path / "v.sqlite3")
@@ -45,10 +48,32 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     auth = {"Authorization": f"Bearer {key}"}
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
-        procs.append(neuron("validator", [
-            *common, "--wallet-name", "validator", "--db", db, "--port", "0", "--check", "off", "--tokenizers",
-            "tiny", "--periods", "4", "--api-port", str(api_port), "--api-host", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            neuron(
+                "validator",
+                [
+                    *common,
+                    "--wallet-name",
+                    "validator",
+                    "--db",
+                    db,
+                    "--port",
+                    "0",
+                    "--check",
+                    "off",
+                    "--tokenizers",
+                    "tiny",
+                    "--periods",
+                    "4",
+                    "--api-port",
+                    str(api_port),
+                    "--api-host",
+                    "127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         deadline = time.monotonic() + 90
         while True:  # until the validator has planned a period
             try:

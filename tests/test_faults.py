@@ -19,8 +19,8 @@ from core.records import Outcome
 from core.storage import StorageError, open_store
 from core.transport.client import SignedClient
 from core.validator.counting import PromptCounter
-from core.validator.traffic import Attempt, Traffic
 from core.validator.loop import Settings, Validator
+from core.validator.traffic import Attempt, Traffic
 from tests.servers import serving
 
 
@@ -45,9 +45,14 @@ def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
                                             validator_permit=True, registered_at=0)
     chain = DownChain(tmp_path / "chain", outages=2)
     store = open_store(str(tmp_path / "v.sqlite3"))
-    v = Validator(wallet, chain, store, Settings(period_blocks=10, check="off", max_backoff_s=0.5, tokenizers="tiny"))
+    v = Validator(
+        wallet,
+        chain,
+        store,
+        Settings(period_blocks=10, check="off", max_backoff_s=0.5, tokenizers="tiny"),
+    )
     asyncio.run(asyncio.wait_for(v.run(periods=1), 60))
-    assert store.latest_period() is not None and store.period(store.latest_period())["finished"]
+    assert store.latest_period() is not None and store.period(store.latest_period()).finished
     assert caplog.text.count("retrying") == 2 and "connection refused" in caplog.text
 
 
@@ -123,10 +128,30 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     wallet = make_wallet(tmp_path / "w", "v")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     db = str(tmp_path / "v.sqlite3")
-    proc = neuron("validator", ["--network", f"local:{chain.folder}", "--wallet-path",
-                                str(tmp_path / "w"), "--wallet-name", "v", "--db", db, "--port", "0",
-                                "--period-blocks", "30", "--check", "off", "--tokenizers", "tiny"],
-                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = neuron(
+        "validator",
+        [
+            "--network",
+            f"local:{chain.folder}",
+            "--wallet-path",
+            str(tmp_path / "w"),
+            "--wallet-name",
+            "v",
+            "--db",
+            db,
+            "--port",
+            "0",
+            "--period-blocks",
+            "30",
+            "--check",
+            "off",
+            "--tokenizers",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(4)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
@@ -172,6 +197,9 @@ def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner
 
     record = asyncio.run(main())
     assert record.outcome is Outcome.UNAUTHORIZED and record.units == 0
-    assert "refused our signed request" in caplog.text and "not counted against the miner" in caplog.text
+    assert (
+        "refused our signed request" in caplog.text
+        and "not counted against the miner" in caplog.text
+    )
     outcome = summarize(store.records(1), declared=100)
     assert outcome.asked == outcome.other.failed == 0  # nothing scored against the miner

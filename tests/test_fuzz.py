@@ -15,23 +15,32 @@ from hypothesis import strategies as st
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.localproc import make_wallet
-from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
+from core.miner.pool import build_pools
 from core.storage import open_store
 from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
 
-BOUNDED = settings(max_examples=60, deadline=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+BOUNDED = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 VALID = {
     "/chat": {"version": "5.0.0", "task": "chat-llama-3", "max_tokens": 4,
@@ -56,8 +65,15 @@ def miner(tmp_path_factory):
                                 "proteus-text-to-image": TaskEntry(capacity=10**4)})
     engines = {t: load_engine(t, e) for t, e in config.tasks.items()}
     me = wallet.hotkey.ss58_address
-    state = MinerState(hotkey=me, config=config, pools=build_pools(config, engines), chain=chain, gate=Gate(me),
-                       period_blocks=10**6, slots=Slots({}, {t: None for t in config.tasks}, 5))
+    state = MinerState(
+        hotkey=me,
+        config=config,
+        pools=build_pools(config, engines),
+        chain=chain,
+        gate=Gate(me),
+        period_blocks=10**6,
+        slots=Slots({}, {t: None for t in config.tasks}, 5),
+    )
     with TestClient(build_app(state, sync_interval_s=3600, max_body=64_000)) as client:
         yield client, validator, me
 
@@ -134,7 +150,9 @@ def _api():
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-api-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
     wallet = make_wallet(tmp / "w", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
+    chain.register(
+        wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0
+    )
     store = open_store(str(tmp / "v.sqlite3"))
     validator = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})

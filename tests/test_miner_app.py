@@ -10,11 +10,18 @@ from fastapi.testclient import TestClient
 
 from core.backends import load_engine
 from core.capacity import MinerConfig, TaskEntry
-from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
-from core.protocol import (CapacityRequest, ChatChunk, ChatRequest, ImageResponse,
-                           ImageToImageRequest, InpaintRequest, TextToImageRequest)
+from core.miner.pool import build_pools
+from core.protocol import (
+    CapacityRequest,
+    ChatChunk,
+    ChatRequest,
+    ImageResponse,
+    ImageToImageRequest,
+    InpaintRequest,
+    TextToImageRequest,
+)
 from core.transport.auth import Gate
 
 CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=2000),
@@ -31,9 +38,15 @@ def engines():
 @pytest.fixture
 def miner(subnet, engines):
     hotkey = subnet.miner.hotkey.ss58_address
-    state = MinerState(hotkey=hotkey, config=CONFIG, pools=build_pools(CONFIG, engines), chain=subnet.chain,
-                       gate=Gate(hotkey, min_stake=100), period_blocks=1000,
-                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+    state = MinerState(
+        hotkey=hotkey,
+        config=CONFIG,
+        pools=build_pools(CONFIG, engines),
+        chain=subnet.chain,
+        gate=Gate(hotkey, min_stake=100),
+        period_blocks=1000,
+        slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5),
+    )
     with TestClient(build_app(state, sync_interval_s=3600), client=("127.0.0.1", 50000)) as client:
         yield client, hotkey
 
@@ -102,9 +115,14 @@ def test_unsigned_is_401(miner):
     assert client.post("/capacity", content=b"{}").status_code == 401
 
 
-@pytest.mark.parametrize("who, reason", [
-    ("stranger", "not registered"), ("no_permit", "no validator permit"), ("weak", "below the minimum"),
-])
+@pytest.mark.parametrize(
+    "who, reason",
+    [
+        ("stranger", "not registered"),
+        ("no_permit", "no validator permit"),
+        ("weak", "below the minimum"),
+    ],
+)
 def test_callers_without_standing_are_403(miner, subnet, who, reason):
     client, me = miner
     r = post(client, "/capacity", CapacityRequest(), getattr(subnet, who), me)
@@ -201,7 +219,9 @@ def test_share_used_up_is_429_while_another_validator_is_served(miner, subnet):
                       max_tokens=100)
     assert post(client, "/chat", msg, subnet.other, me).status_code == 200
     metrics = client.get("/metrics").text
-    assert f'sn19_miner_refused_total{{reason="share",task="chat-llama-3",validator="{subnet.validator.ss58_address}"}} 1.0' in metrics
+    validator = subnet.validator.ss58_address
+    line = f'reason="share",task="chat-llama-3",validator="{validator}"'
+    assert f"sn19_miner_refused_total{{{line}}} 1.0" in metrics
     assert 'sn19_miner_declared_units{task="chat-llama-3"} 2000.0' in metrics
     assert "sn19_miner_units_total" in metrics
 
@@ -213,9 +233,15 @@ def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tm
     body, headers = signed(subnet.validator, me)
 
     def app():
-        state = MinerState(hotkey=me, config=CONFIG, pools=build_pools(CONFIG, engines), chain=subnet.chain,
-                           gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
-                           period_blocks=1000, slots=Slots({}, {t: None for t in CONFIG.tasks}, 5))
+        state = MinerState(
+            hotkey=me,
+            config=CONFIG,
+            pools=build_pools(CONFIG, engines),
+            chain=subnet.chain,
+            gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
+            period_blocks=1000,
+            slots=Slots({}, {t: None for t in CONFIG.tasks}, 5),
+        )
         return TestClient(build_app(state, sync_interval_s=3600))
 
     with app() as first:

@@ -120,7 +120,7 @@ def test_a_slot_handed_over_in_the_tick_its_waiter_times_out_is_not_lost():
         assert await gpu.acquire(1)
         waiter = asyncio.create_task(gpu.acquire(0.05))
         await asyncio.sleep(0.01)  # it is waiting
-        time.sleep(0.06)  # the loop is busy past the waiter's deadline ...
+        time.sleep(0.06)  # noqa: ASYNC251 (the loop is busy past the waiter's deadline ...)
         await asyncio.sleep(0)  # ... so its timeout fires in the tick in which
         gpu.release()  # the slot is handed to it
         if await waiter:

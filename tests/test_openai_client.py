@@ -22,7 +22,9 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator = make_wallet(wallets, "validator")
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
+    chain.register(
+        validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
+    )
     (tmp_path / "miner.yml").write_text(
         # what these CPU miners can serve in a period, at its full rate in an audit window
         "tasks:\n  chat-llama-3: {capacity: 3000}\n  proteus-text-to-image: {capacity: 60}\n")
@@ -37,7 +39,9 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
     try:
         for i, port in enumerate(miner_ports):
             wallet = make_wallet(wallets, f"miner{i}")
-            chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)  # young UIDs: small tests, mostly
+            chain.register(
+                wallet.hotkey.ss58_address, "c", registered_at=0
+            )  # young UIDs: small tests, mostly
             procs.append(neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"),
                                           "--wallet-name", f"miner{i}", "--host", "127.0.0.1",
                                           "--port", str(port), "--min-stake", "0",
@@ -47,11 +51,34 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
         for port, proc in zip(miner_ports, procs):
             wait_healthy(port, proc, time.monotonic() + 120)
         log = tmp_path / "validator.log"
-        procs.append(neuron("validator", [*common, "--wallet-name", "validator", "--db", db, "--port", "0",
-                                          "--check", "cpu", "--image-size", "64", "--periods", "3",
-                                          "--api-port", str(api_port), "--api-host", "127.0.0.1",
-                                          "--log-level", "DEBUG"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT))
+        procs.append(
+            neuron(
+                "validator",
+                [
+                    *common,
+                    "--wallet-name",
+                    "validator",
+                    "--db",
+                    db,
+                    "--port",
+                    "0",
+                    "--check",
+                    "cpu",
+                    "--image-size",
+                    "64",
+                    "--periods",
+                    "3",
+                    "--api-port",
+                    str(api_port),
+                    "--api-host",
+                    "127.0.0.1",
+                    "--log-level",
+                    "DEBUG",
+                ],
+                stdout=open(log, "w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
         api = f"http://127.0.0.1:{api_port}/v1"
 
         def chat_capacity() -> float:

@@ -16,9 +16,9 @@ from core.budget import contenders
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.localproc import free_ports, make_wallet
-from core.miner.pool import build_pools
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
+from core.miner.pool import build_pools
 from core.storage import open_store
 from core.transport.auth import Gate
 from core.validator import keys
@@ -55,9 +55,11 @@ class FailsMidStream(TransformersChat):
 def engines():
     chat = load_engine("chat-llama-3", TaskEntry(capacity=1))
     image = load_engine("proteus-text-to-image", TaskEntry(capacity=1))
-    return {"good": {"chat-llama-3": chat, "proteus-text-to-image": image},
-            "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},
-            "stalls": {"chat-llama-3": FailsMidStream(chat, "stalls"), "proteus-text-to-image": image}}
+    return {
+        "good": {"chat-llama-3": chat, "proteus-text-to-image": image},
+        "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},
+        "stalls": {"chat-llama-3": FailsMidStream(chat, "stalls"), "proteus-text-to-image": image},
+    }
 
 
 @pytest.fixture
@@ -66,15 +68,23 @@ def net(tmp_path, engines, request):
     engines = {**engines, "broken": engines[getattr(request, "param", "broken")]}
     chain = LocalChain.create(tmp_path / "chain", age_blocks=10_000)
     wallet = make_wallet(tmp_path / "w", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True, registered_at=0)
+    chain.register(
+        wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True, registered_at=0
+    )
     ports = free_ports(2)
     apps = {}
     for name, port in zip(("broken", "good"), ports):
         miner = Keypair.create_from_uri(f"//{name}")
         chain.register(miner.ss58_address, "c", registered_at=0, endpoint=f"http://127.0.0.1:{port}")
-        state = MinerState(hotkey=miner.ss58_address, config=CONFIG, pools=build_pools(CONFIG, engines[name]),
-                           chain=chain, gate=Gate(miner.ss58_address), period_blocks=10**6,
-                           slots=Slots({}, {t: None for t in CONFIG.tasks}, 30))
+        state = MinerState(
+            hotkey=miner.ss58_address,
+            config=CONFIG,
+            pools=build_pools(CONFIG, engines[name]),
+            chain=chain,
+            gate=Gate(miner.ss58_address),
+            period_blocks=10**6,
+            slots=Slots({}, {t: None for t in CONFIG.tasks}, 30),
+        )
         apps[name] = (build_app(state, sync_interval_s=3600), port, miner.ss58_address)
     store = open_store(str(tmp_path / "v.sqlite3"))
     with serving(apps["broken"][0], apps["broken"][1]), serving(apps["good"][0], apps["good"][1]):
@@ -108,9 +118,15 @@ def test_keys_limits_and_errors(net):
     async def main():
         v = await open_period(chain, wallet, store, {})
         async with client(build_api(v, max_body=10_000)) as c:
-            out = {"none": (await c.get("/v1/models")).status_code,
-                   "bad": (await c.get("/v1/models", headers={"Authorization": "Bearer nope"})).status_code,
-                   "revoked": (await c.get("/v1/models", headers={"Authorization": f"Bearer {old}"})).status_code}
+            out = {
+                "none": (await c.get("/v1/models")).status_code,
+                "bad": (
+                    await c.get("/v1/models", headers={"Authorization": "Bearer nope"})
+                ).status_code,
+                "revoked": (
+                    await c.get("/v1/models", headers={"Authorization": f"Bearer {old}"})
+                ).status_code,
+            }
             auth = {"Authorization": f"Bearer {key}"}
             models = await c.get("/v1/models", headers=auth)
             out["models"] = {m["id"]: m["remaining"] for m in models.json()["data"]}
@@ -136,10 +152,10 @@ async def stream_chat(net, body: dict, max_attempts: int = 3):
     chain, wallet, store, hotkeys = net
     key = keys.create(store, f"k{len(keys.listing(store))}", per_minute=100)
     v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
-    async with client(build_api(v, max_attempts=max_attempts)) as c:
-        async with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
-                            headers={"Authorization": f"Bearer {key}"}) as r:
-            events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    async with (client(build_api(v, max_attempts=max_attempts)) as c,
+                c.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
+                         headers={"Authorization": f"Bearer {key}"}) as r):
+        events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
     await v.client.close()
     return r.status_code, events
 
@@ -175,7 +191,9 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     key = keys.create(store, "carol", per_minute=100)
 
     async def main():
-        v = await open_period(chain, wallet, store, {(hotkeys["broken"], "proteus-text-to-image"): 1e-6})
+        v = await open_period(
+            chain, wallet, store, {(hotkeys["broken"], "proteus-text-to-image"): 1e-6}
+        )
         async with client(build_api(v)) as c:
             r = await c.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "proteus-text-to-image", "prompt": "a cat",
@@ -245,16 +263,21 @@ def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
     key = keys.create(store, "fay", per_minute=100)
     chat = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}]}
     image = {"model": "proteus-text-to-image", "prompt": "a cat", "size": "64x64"}
-    cases = [("/v1/chat/completions", {**chat, "stop": ["x" * 65]}, "stop"),
-             ("/v1/chat/completions", {**chat, "logit_bias": {"1": 5}}, "logit_bias"),
-             ("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]}, "tools"),
-             ("/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}},
-              "response_format"),
-             ("/v1/chat/completions", {**chat, "logprobs": True}, "logprobs"),
-             ("/v1/chat/completions", {**chat, "max_tokens": 0}, "max_tokens"),
-             ("/v1/chat/completions", {**chat, "max_completion_tokens": -5}, "max_completion_tokens"),
-             ("/v1/images/generations", {**image, "steps": 0}, "steps"),
-             ("/v1/images/generations", {**image, "style": "vivid"}, "style")]
+    cases = [
+        ("/v1/chat/completions", {**chat, "stop": ["x" * 65]}, "stop"),
+        ("/v1/chat/completions", {**chat, "logit_bias": {"1": 5}}, "logit_bias"),
+        ("/v1/chat/completions", {**chat, "tools": [{"type": "function"}]}, "tools"),
+        (
+            "/v1/chat/completions",
+            {**chat, "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        ("/v1/chat/completions", {**chat, "logprobs": True}, "logprobs"),
+        ("/v1/chat/completions", {**chat, "max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {**chat, "max_completion_tokens": -5}, "max_completion_tokens"),
+        ("/v1/images/generations", {**image, "steps": 0}, "steps"),
+        ("/v1/images/generations", {**image, "style": "vivid"}, "style"),
+    ]
 
     async def main():
         v = await open_period(chain, wallet, store, {})

@@ -27,7 +27,12 @@ def test_stake_share_and_budgets():
 
 def test_a_silent_miner_or_dropped_task_declares_zero_and_stays_a_contender():
     graph = Metagraph(100, (neuron(0, 300, True), neuron(3), neuron(4)))
-    previous = [("hk3", "inpaint"), ("hk3", "chat-llama-3"), ("hk4", "inpaint"), ("gone", "inpaint")]
+    previous = [
+        ("hk3", "inpaint"),
+        ("hk3", "chat-llama-3"),
+        ("hk4", "inpaint"),
+        ("gone", "inpaint"),
+    ]
     opening = open_period(graph, {"hk3": {"inpaint": 400.0}}, previous, "hk0")
     assert {(c.hotkey, c.task): c.declared for c in opening.contenders} == {
         ("hk3", "inpaint"): 400.0, ("hk3", "chat-llama-3"): 0.0, ("hk4", "inpaint"): 0.0}

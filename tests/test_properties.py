@@ -31,7 +31,8 @@ def test_no_strategy_earns_more_than_its_honest_twin_after_yuma(name):
     verdicts = [judge(STRATEGIES[name], 150, seed) for seed in range(4)]
     ratio = float(np.mean([v.ratio for v in verdicts]))
     assert ratio < 1, f"{name}: x{ratio:.3f}"
-    # and honest validators keep their trust whatever the miner does (pooled reports, docs/protocol.md §9)
+    # and honest validators keep their trust whatever the miner does (pooled reports,
+    # docs/protocol.md §9)
     assert min(min(v.vtrust.values()) for v in verdicts) > 0.99
 
 

@@ -1,9 +1,21 @@
 import pytest
 from pydantic import ValidationError
 
-from core.protocol import (MAJOR, PATHS, PROTOCOL_VERSION, CapacityResponse, ChatChunk,
-                           ChatRequest, ChatToken, ImageResponse, ImageToImageRequest,
-                           InpaintRequest, TextToImageRequest, major_of, task_path)
+from core.protocol import (
+    MAJOR,
+    PATHS,
+    PROTOCOL_VERSION,
+    CapacityResponse,
+    ChatChunk,
+    ChatRequest,
+    ChatToken,
+    ImageResponse,
+    ImageToImageRequest,
+    InpaintRequest,
+    TextToImageRequest,
+    major_of,
+    task_path,
+)
 from core.tasks import TASKS, Kind
 
 MESSAGES = [

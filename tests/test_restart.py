@@ -2,7 +2,6 @@
 period's budgets and the window are still there, the period resumes where it stopped, and what it
 spent is exactly what its records say."""
 
-import asyncio
 import subprocess
 import time
 
@@ -66,7 +65,7 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
         before, contenders = store.records(period), store.contenders(period)
         (window,) = store.windows(period)
         store.close()
-        assert not open_store(db).period(period)["finished"]
+        assert not open_store(db).period(period).finished
 
         log = tmp_path / "second.log"
         with open(log, "w") as out:
@@ -74,7 +73,7 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
             procs.append(second)
             assert second.wait(timeout=120) == 0
         after = open_store(db)
-        assert after.period(period)["finished"]
+        assert after.period(period).finished
         assert after.contenders(period) == contenders  # the same budgets, not asked again
         assert after.windows(period) == [window]  # the window keeps its first start
         records = after.records(period)

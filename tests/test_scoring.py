@@ -5,8 +5,17 @@ import pytest
 
 from core.plan import Window
 from core.records import Outcome, RequestRecord, summarize
-from core.scoring import (ContenderState, PeriodOutcome, Tally, WindowOutcome, advance, combine,
-                          effective, speed_factor, weights)
+from core.scoring import (
+    ContenderState,
+    PeriodOutcome,
+    Tally,
+    WindowOutcome,
+    advance,
+    combine,
+    effective,
+    speed_factor,
+    weights,
+)
 from core.tasks import TASKS
 
 

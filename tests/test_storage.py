@@ -9,6 +9,7 @@ from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState, PeriodOutcome, Tally, WindowOutcome, advance
 from core.storage import StorageError, open_store
 from core.storage.schema import MIGRATIONS
+from core.storage.store import PeriodInfo
 from core.window_report import report_of
 
 TARGETS = [Contender(1, "hk1", "inpaint", 100.0, 50.0, 7),
@@ -24,8 +25,7 @@ def test_period_plan_round_trip(store):
     stakes = {"v1": 30.0, "v2": 10.5}
     store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS, stakes)
     store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)  # a resumed start changes nothing
-    assert store.period(5) == {"block": 1500, "block_hash": "0xabc", "share": 0.25,
-                               "started_at": 123.0, "finished": False, "stakes": stakes}
+    assert store.period(5) == PeriodInfo(1500, "0xabc", 0.25, 123.0, False, stakes)
     assert store.contenders(5) == TARGETS
     assert store.unfinished(before=6) == [5] and store.unfinished(before=5) == []
 
@@ -57,7 +57,11 @@ def test_window_reports_and_how_windows_were_scored_round_trip(store):
 
 
 def test_records_round_trip_in_order(store):
-    records = [rec(3), rec(3, Outcome.RATE_LIMITED, quality=None), rec(4, Outcome.TIMEOUT, quality=None)]
+    records = [
+        rec(3),
+        rec(3, Outcome.RATE_LIMITED, quality=None),
+        rec(4, Outcome.TIMEOUT, quality=None),
+    ]
     for r in records:
         store.record(r)
     assert store.records(3) == records[:2] and store.records(4) == records[2:]
@@ -70,7 +74,7 @@ def test_states_round_trip_and_finish_marks_the_period(store):
                                                     1.5, 2), 7)
     store.finish_period(5, {("hk1", "inpaint"): state})
     assert store.states() == {("hk1", "inpaint"): state}
-    assert store.period(5)["finished"] and store.unfinished(before=6) == []
+    assert store.period(5).finished and store.unfinished(before=6) == []
     later = advance(state, PeriodOutcome(100, other=Tally(5, 5, requests=1)), 7)
     store.finish_period(6, {("hk1", "inpaint"): later})
     assert store.states()[("hk1", "inpaint")] == later

@@ -87,7 +87,10 @@ def test_status_shows_the_latest_period(setup):
     store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, None, 5000.0))
     store.note_weights(2000, 0.0, {3: 1.0})
     text = status(store, 300)
-    assert "== period 7 == windows: block 2150 (60s, own view: reports cover 0% of stake)" in text and "in progress" in text
+    assert (
+        "== period 7 == windows: block 2150 (60s, own view: reports cover 0% of stake)" in text
+        and "in progress" in text
+    )
     row = next(line for line in text.splitlines() if line.lstrip().startswith("3 inpaint"))
     # declared, budget, requests, window asked / good / demonstrated (400 x 1/2), other
     assert row.split()[2:9] == ["400", "100", "3", "40", "20", "200", "20"]

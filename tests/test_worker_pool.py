@@ -14,12 +14,18 @@ import openai
 import pytest
 from bittensor import http_auth
 
+from core.backends import tiny_seed
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
 from core.backends.transformers_chat import TransformersChat
-from core.backends import tiny_seed
 from core.localproc import free_port, free_ports, neuron, wait_healthy
-from core.protocol import (CapacityRequest, CapacityResponse, ChatChunk, ChatRequest,
-                           TextToImageRequest, stop_at)
+from core.protocol import (
+    CapacityRequest,
+    CapacityResponse,
+    ChatChunk,
+    ChatRequest,
+    TextToImageRequest,
+    stop_at,
+)
 
 TOKEN = "test-worker-token-0123456789"
 HEALTH_S = 1.0
@@ -185,6 +191,9 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
         assert served(a) > before  # back in the rotation
         metrics = httpx.get(f"http://127.0.0.1:{front}/metrics").text
         assert 'sn19_miner_declared_units{task="chat-llama-3"} 50000.0' in metrics
-        assert f'sn19_miner_worker_up{{task="chat-llama-3",worker="http://127.0.0.1:{a}"}} 1.0' in metrics
+        assert (
+            f'sn19_miner_worker_up{{task="chat-llama-3",worker="http://127.0.0.1:{a}"}} 1.0'
+            in metrics
+        )
     finally:
         stop(miner, *workers.values())

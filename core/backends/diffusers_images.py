@@ -18,7 +18,8 @@ def decode_image(b64: str, size: tuple[int, int], mode: str = "RGB") -> Image.Im
     """A request's base64 image, resized to the requested width x height; ValueError when it is
     not base64 or not an image."""
     try:
-        return Image.open(io.BytesIO(base64.b64decode(b64, validate=True))).convert(mode).resize(size)
+        raw = base64.b64decode(b64, validate=True)
+        return Image.open(io.BytesIO(raw)).convert(mode).resize(size)
     except OSError as e:  # PIL's UnidentifiedImageError
         raise ValueError(f"not an image: {e}") from None
 
@@ -31,8 +32,11 @@ def png(image: Image.Image) -> bytes:
 
 class DiffusersImages:
     def __init__(self, pipeline, kind: Kind):
-        from diffusers import (AutoPipelineForImage2Image, AutoPipelineForInpainting,
-                               AutoPipelineForText2Image)
+        from diffusers import (
+            AutoPipelineForImage2Image,
+            AutoPipelineForInpainting,
+            AutoPipelineForText2Image,
+        )
 
         self.kind = kind
         family = {  # from_pipe shares the weights and picks the SD or SDXL variant itself
@@ -64,7 +68,7 @@ class DiffusersImages:
     @torch.inference_mode()
     def generate(self, request: ImageRequest) -> list[bytes]:
         size = (request.width, request.height)
-        args = dict(
+        args: dict[str, object] = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt or None,
             num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.num_images,

@@ -87,7 +87,7 @@ class OpenAIChat(RemoteWorker):
                 chunk = read_chunk(line)
                 if chunk is True:
                     break
-                if chunk is None:
+                if not isinstance(chunk, ChatChunk):
                     continue
                 if chunk.done:
                     final = chunk

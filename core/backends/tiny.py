@@ -76,7 +76,12 @@ def clip_tokenizer(folder: Path):
 def image_pipeline(seed: int):
     """A tiny StableDiffusionPipeline (UNet, VAE, CLIP text encoder) with weights from ``seed``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -100,10 +105,12 @@ def image_pipeline(seed: int):
     ))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    for module in (unet, vae, text_encoder):
+        module.train(False)  # type: ignore[union-attr]  # eval(): torch modules, untyped here
     pipe = StableDiffusionPipeline(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]  # a mixin's
     return pipe

@@ -36,7 +36,8 @@ class TransformersChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
         return cls(model, AutoTokenizer.from_pretrained(path))
 
     def save_pretrained(self, path: str) -> None:
@@ -103,7 +104,8 @@ class TransformersChat:
             piece = text.add(token)
             completion += piece
             yield ChatToken(token_id=token, text=piece, logprob=logprob)
-            if token in self.eos or (request.stop and stop_at(completion, request.stop) is not None):
+            stopped = request.stop and stop_at(completion, request.stop) is not None
+            if token in self.eos or stopped:
                 return
             ids = torch.tensor([[token]])
 

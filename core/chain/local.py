@@ -147,7 +147,8 @@ class LocalChain:
             "block": self._block_of(state), "time": time.time(), "hotkey": hotkey,
             "uid": me["uid"], "weights": dict(zip(map(str, out_uids), values)),
         }
-        with open(self.folder / "weights.jsonl", "a") as f:
+        # a line to a local file: the local subnet's chain, not worth a thread
+        with open(self.folder / "weights.jsonl", "a") as f:  # noqa: ASYNC230
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -18,7 +18,8 @@ THUMB = 32
 
 
 def thumbnail(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png)).convert("L").resize((THUMB, THUMB), Image.BILINEAR)
+    image = Image.open(io.BytesIO(png)).convert("L")
+    image = image.resize((THUMB, THUMB), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.float32) / 255.0
 
 

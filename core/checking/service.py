@@ -85,9 +85,11 @@ def quality_of(job: Job, mode: str) -> tuple[float, str]:
 
     engine = references(mode).engine(job.task)
     if isinstance(job.request, ChatRequest):
+        assert isinstance(job.answer, tuple)
         tokens, final = job.answer
         verdict = check_chat(engine, job.request, tokens, final)
     else:
+        assert isinstance(job.answer, ImageResponse)
         verdict = check_images(engine, job.request, job.answer)
     if not verdict.passed:
         return 0.0, verdict.reason

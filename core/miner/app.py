@@ -30,9 +30,19 @@ from core.chain import Chain, Metagraph
 from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
-from core.protocol import (CAPACITY_PATH, MAX_IMAGE_B64_CHARS, PATHS, PROTOCOL_VERSION,
-                           MAX_TOKENS_PER_LINE, REQUEST_MODELS, CapacityResponse, ChatChunk,
-                           ErrorResponse, ImageResponse, max_request_bytes)
+from core.protocol import (
+    CAPACITY_PATH,
+    MAX_IMAGE_B64_CHARS,
+    MAX_TOKENS_PER_LINE,
+    PATHS,
+    PROTOCOL_VERSION,
+    REQUEST_MODELS,
+    CapacityResponse,
+    ChatChunk,
+    ErrorResponse,
+    ImageResponse,
+    max_request_bytes,
+)
 from core.tasks import TASKS, Kind
 from core.transport.admission import admit_signed
 from core.transport.auth import Gate, Refused
@@ -95,7 +105,8 @@ class MinerState:
 
 
 def refuse(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=reason).model_dump(), status_code=status, headers=headers)
+    return JSONResponse(ErrorResponse(error=reason).model_dump(), status_code=status,
+                        headers=headers)
 
 
 def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None,
@@ -164,7 +175,8 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         try:
             message = REQUEST_MODELS[kind].model_validate(raw)
         except ValidationError as e:
-            detail = json.loads(e.json(include_url=False, include_input=False, include_context=False))
+            detail = json.loads(e.json(include_url=False, include_input=False,
+                                       include_context=False))
             return JSONResponse({"version": PROTOCOL_VERSION, "error": "invalid request",
                                  "detail": detail}, 422)
         task = TASKS.get(message.task)
@@ -179,6 +191,7 @@ def build_app(state: MinerState, *, sync_interval_s: float = 12.0, announce=None
         if state.pools[task].concurrency() == 0:
             metrics.refuse(task, validator.hotkey, "no worker")
             return refuse(503, f"no {task} worker is up", {"Retry-After": "5"})
+        assert state.metagraph is not None  # admission refused every call before the first sync
         allowance = state.declaration().get(task, 0.0) * stake_share(state.metagraph,
                                                                     validator.hotkey)
         if not state.ledger.reserve(validator.hotkey, task, units, allowance, period):

@@ -17,7 +17,8 @@ class Ledger:
         self._used: dict[tuple[str, str], float] = defaultdict(float)
         self._lock = threading.Lock()
 
-    def reserve(self, validator: str, task: str, units: float, allowance: float, period: int) -> bool:
+    def reserve(self, validator: str, task: str, units: float, allowance: float,
+                period: int) -> bool:
         """Reserve ``units`` if the validator's use of the task stays within ``allowance``."""
         with self._lock:
             if period != self._period:

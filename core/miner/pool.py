@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import cast
 
 import aiohttp
 
@@ -66,7 +67,7 @@ class LocalWorker(Worker):
         self.engine = engine
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        engine: ChatEngine = self.engine
+        engine = cast(ChatEngine, self.engine)  # a chat task's engine
         prompt, produced = len(engine.prompt_ids(request)), 0
         async for batch in engine.stream(request):
             produced += len(batch)
@@ -74,7 +75,7 @@ class LocalWorker(Worker):
         yield ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=produced)
 
     async def images(self, request: ImageRequest) -> list[bytes]:
-        engine: ImageEngine = self.engine
+        engine = cast(ImageEngine, self.engine)  # an image task's engine
         return await asyncio.to_thread(engine.generate, request)
 
     async def close(self) -> None:
@@ -95,10 +96,12 @@ class ServerWorker(Worker):
         return await self.client.alive()
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        assert isinstance(self.client, OpenAIChat)  # a chat task's server
         async for chunk in self.client.chunks(request):
             yield chunk
 
     async def images(self, request: ImageRequest) -> list[bytes]:
+        assert isinstance(self.client, WorkerImages)  # an image task's worker
         return await self.client.generate(request)
 
     async def close(self) -> None:
@@ -118,7 +121,8 @@ class Pool:
         return sum(w.concurrency for w in self.workers if w.healthy)
 
     def pick(self, tried: set[str]) -> Worker | None:
-        """The healthy worker not yet tried with the most free concurrency (first listed on ties)."""
+        """The healthy worker not yet tried with the most free concurrency (first listed on
+        ties)."""
         options = [w for w in self.workers if w.healthy and w.name not in tried]
         return max(options, key=lambda w: w.free, default=None)
 
@@ -142,7 +146,7 @@ class Pool:
         if isinstance(error, UNREACHABLE):
             self.mark(worker, False, type(error).__name__)
             return True
-        return not 400 <= error.status < 500
+        return not 400 <= getattr(error, "status", 500) < 500
 
     def _next(self, tried: set[str]) -> Worker:
         worker = self.pick(tried)
@@ -151,7 +155,7 @@ class Pool:
         tried.add(worker.name)
         return worker
 
-    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
         """The stream of one worker; one that fails before its first chunk is replaced."""
         tried: set[str] = set()
         while True:
@@ -194,6 +198,8 @@ def _server(task_id: str, entry: WorkerEntry, where: str) -> ServerWorker:
             raise ConfigError(f"{where}.token_env: environment variable {entry.token_env} is "
                               f"not set (it must hold the worker's token)")
     task = TASKS[task_id]
+    assert entry.url is not None  # a worker entry with a url, as the caller checked
+    client: OpenAIChat | WorkerImages
     if task.kind is Kind.CHAT:
         client = OpenAIChat(entry.url, entry.model or task.model, token)
     else:
@@ -212,7 +218,7 @@ def build_pools(config: MinerConfig, engines: dict[str, Engine] | None = None) -
             if task_id not in engines:
                 log.info("loading %s on the %s back end", task_id, entry.backend)
             engine = engines.get(task_id) or load_engine(task_id, entry)
-            workers = [LocalWorker("local", entry.capacity, 1, engine)]
+            workers: list[Worker] = [LocalWorker("local", entry.total(), 1, engine)]
         else:
             workers = []
             for i, w in enumerate(entry.workers):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.storage.store import Store, StorageError
+from core.storage.store import StorageError, Store
 
 __all__ = ["Store", "StorageError", "open_store"]
 

@@ -15,12 +15,12 @@ class PostgresDatabase:
     dialect = "postgresql"
     auto_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     row_lock = " FOR SHARE"  # waits for a concurrent seal of the period (READ COMMITTED)
-    errors = (psycopg.Error,)
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, dsn: str):
         shown = psycopg.conninfo.conninfo_to_dict(dsn)
         shown.pop("password", None)  # the name appears in logs and errors: never the password
-        self.name = psycopg.conninfo.make_conninfo(**shown)
+        self.name = psycopg.conninfo.make_conninfo("", **shown)
         try:
             self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         except psycopg.Error as e:
@@ -75,8 +75,8 @@ class AdvisoryLease:
                 for setting in ("tcp_keepalives_idle = 5", "tcp_keepalives_interval = 2",
                                 "tcp_keepalives_count = 3"):
                     self._conn.execute(f"SET {setting}")
-            self._held = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                            (self._key,)).fetchone()[0]
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+            self._held = bool(row and row[0])
             return self._held
         except psycopg.Error:
             self.release()
@@ -85,7 +85,7 @@ class AdvisoryLease:
     def held(self) -> bool:
         """Whether the lock was taken and its connection still answers (the lock lives as long
         as it does)."""
-        if not self._held:
+        if not self._held or self._conn is None:
             return False
         try:
             return self._conn.execute("SELECT 1").fetchone() == (1,)

@@ -18,7 +18,7 @@ class SqliteDatabase:
     dialect = "sqlite"
     auto_id = "INTEGER PRIMARY KEY"
     row_lock = ""  # BEGIN IMMEDIATE already serialises every writer
-    errors = (sqlite3.Error,)
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path):
         self.name = str(path)
@@ -60,7 +60,8 @@ class SqliteDatabase:
             self._db.close()
 
     def lease(self, name: str) -> FileLease:
-        return FileLease(self._path.with_name(f"{self._path.name}.{zlib.crc32(name.encode()):08x}.lease"))
+        tag = f"{zlib.crc32(name.encode()):08x}"
+        return FileLease(self._path.with_name(f"{self._path.name}.{tag}.lease"))
 
 
 class FileLease:

@@ -4,9 +4,9 @@ window reports, contender states and the weights set. Every write commits before
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from dataclasses import asdict
 from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from core.budget import Contender
@@ -17,8 +17,20 @@ from core.scoring import ContenderState
 from core.storage.schema import MIGRATIONS
 from core.window_report import WindowReport
 
-
 _SETTLE = "UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?"
+
+
+@dataclass(frozen=True)
+class PeriodInfo:
+    """A period as begun: its start block and hash, this validator's stake share, when it
+    began, whether its close is stored, and the permitted validators' stakes at its start."""
+
+    block: int
+    block_hash: str
+    share: float
+    started_at: float
+    finished: bool
+    stakes: dict[str, float]
 
 
 class StorageError(Exception):
@@ -104,15 +116,13 @@ class Store:
                  for c in contenders])
             self.rederive_used(period)  # requests recorded here before it began (finish_request)
 
-    def period(self, period: int) -> dict | None:
+    def period(self, period: int) -> PeriodInfo | None:
         rows = self._run("SELECT block, block_hash, share, started_at, finished, stakes "
                          "FROM periods WHERE period = ?", (period,))
         if not rows:
             return None
         block, block_hash, share, started_at, finished, stakes = rows[0]
-        return {"block": block, "block_hash": block_hash, "share": share,
-                "started_at": started_at, "finished": bool(finished),
-                "stakes": json.loads(stakes)}
+        return PeriodInfo(block, block_hash, share, started_at, bool(finished), json.loads(stakes))
 
     def unfinished(self, before: int) -> list[int]:
         """Periods begun but never closed (the validator stopped in them), oldest first."""
@@ -181,7 +191,7 @@ class Store:
                 cap: float | None = None) -> bool:
         """Spend ``units`` of the contender's budget if they fit in it (and its use so far is
         under ``cap``), in one statement: concurrent replicas never spend beyond the budget."""
-        limit, args = "", (units, period, hotkey, task, units)
+        limit, args = "", (units, period, hotkey, task, units)  # type: tuple[str, tuple]
         if cap is not None:
             limit, args = " AND used < ?", args + (cap,)
         rows = self._run("UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? "
@@ -192,7 +202,8 @@ class Store:
         """Correct a reservation by what the request really used (``delta`` may be negative)."""
         self._run(_SETTLE, (delta, period, hotkey, task))
 
-    def spent(self, period: int, task: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
+    def spent(self, period: int, task: str | None = None
+              ) -> dict[tuple[str, str], tuple[float, float]]:
         """(budget, used) per (hotkey, task) of the period, or of one task in it."""
         sql = "SELECT hotkey, task, budget, used FROM targets WHERE period = ?"
         args: tuple = (period,)
@@ -217,8 +228,8 @@ class Store:
         first period not sealed yet, and its units move there with it, so every record lands in a
         period that is scored and each period's ``used`` stays the sum of its records."""
         with self._guard(), self.db.transaction():
-            sealed = self.db.execute(f"SELECT sealed FROM periods WHERE period = ?{self.db.row_lock}",
-                                     (r.period,))
+            sealed = self.db.execute(
+                f"SELECT sealed FROM periods WHERE period = ?{self.db.row_lock}", (r.period,))
             period = r.period
             if sealed and sealed[0][0]:
                 period = self.db.execute(

@@ -28,6 +28,12 @@ class Reply:
 KEEPALIVE_S = 4.0
 
 
+def _reachable(endpoint: str | None) -> str:
+    if not endpoint:
+        raise aiohttp.ClientConnectionError("the neuron has announced no endpoint")
+    return endpoint
+
+
 class SignedClient:
     def __init__(self, keypair, *, max_connections: int = 256):
         self._keypair = keypair  # the loaded hotkey: signing with it costs ~36 µs, a Wallet ~1 ms
@@ -53,10 +59,12 @@ class SignedClient:
         headers["Content-Type"] = "application/json"
         return headers
 
-    async def post(self, endpoint: str, path: str, receiver: str, message: BaseModel,
+    async def post(self, endpoint: str | None, path: str, receiver: str, message: BaseModel,
                    timeout: float, max_bytes: int) -> Reply:
         """POST a message signed for ``receiver``; the answer read up to ``max_bytes`` (TooLarge
-        beyond). Raises asyncio.TimeoutError or aiohttp errors."""
+        beyond). Raises asyncio.TimeoutError or aiohttp errors (a neuron that announced no
+        ``endpoint`` cannot be reached)."""
+        endpoint = _reachable(endpoint)
         body = message.model_dump_json().encode()
         async with self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
@@ -71,10 +79,11 @@ class SignedClient:
                     raise TooLarge(f"more than {max_bytes} bytes")
             return Reply(r.status, bytes(data), r.headers)
 
-    async def stream(self, endpoint: str, path: str, receiver: str, message: BaseModel,
+    async def stream(self, endpoint: str | None, path: str, receiver: str, message: BaseModel,
                      timeout: float, max_line: int) -> AsyncIterator[tuple[int, bytes]]:
         """POST and yield (status, line) for each non-blank line of the answer as it arrives; a
         line longer than ``max_line`` bytes raises TooLarge (nothing longer is ever buffered)."""
+        endpoint = _reachable(endpoint)
         body = message.model_dump_json().encode()
         async with self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),

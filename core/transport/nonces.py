@@ -23,7 +23,8 @@ class SqliteNonceStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS nonces (hotkey TEXT NOT NULL, nonce INTEGER "
-                         "NOT NULL, expires REAL NOT NULL, PRIMARY KEY (hotkey, nonce)) WITHOUT ROWID")
+                         "NOT NULL, expires REAL NOT NULL, PRIMARY KEY (hotkey, nonce)) "
+                         "WITHOUT ROWID")
         self._lock = threading.Lock()
         self._pruned = 0.0
 

@@ -10,6 +10,7 @@ as many files as its hard limit allows. Body read timeouts are the apps' (they r
 
 from __future__ import annotations
 
+import asyncio
 import resource
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ class _HeaderDeadline(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._header_timer = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self._arm()
 
     def _arm(self) -> None:

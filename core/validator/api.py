@@ -21,8 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.openai_wire import DONE, StopFilter, chunk_event, event, finish_reason, usage_event
-from core.protocol import (MAX_IMAGE_B64_CHARS, ChatRequest, ImageToImageRequest, InpaintRequest,
-                           TextToImageRequest)
+from core.protocol import (
+    MAX_IMAGE_B64_CHARS,
+    ChatRequest,
+    ImageToImageRequest,
+    InpaintRequest,
+    TextToImageRequest,
+)
 from core.tasks import TASKS, Kind
 from core.transport.limits import BodyLimit, BodyTimeout
 from core.validator import keys
@@ -55,7 +60,9 @@ class Turn(BaseModel):
     content: str | list[Text]
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
 
 
 # Fields of OpenAI's request this API accepts only at their neutral value (anything else would be
@@ -123,8 +130,8 @@ def task_for(model: str, kind: Kind) -> str:
         if task.kind is kind and model in (task.id, task.model):
             return task.id
     choices = ", ".join(t.id for t in TASKS.values() if t.kind is kind)
-    raise ApiError(404, f"model {model!r} is not served here for {kind.value}; use one of: {choices}",
-                   "not_found_error")
+    raise ApiError(404, f"model {model!r} is not served here for {kind.value}; use one of: "
+                        f"{choices}", "not_found_error")
 
 
 def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3,
@@ -153,8 +160,8 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     async def invalid(_, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(x) for x in first["loc"] if x != "body")
-        return error(400, f"{where}: {first['msg']}" if where else first["msg"],
-                     "invalid_request_error")
+        msg = str(first["msg"])
+        return error(400, f"{where}: {msg}" if where else msg, "invalid_request_error")
 
     def reject(status: int, message: str) -> JSONResponse:
         return error(status, message, "invalid_request_error")

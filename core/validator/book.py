@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from core.chain import Metagraph
 from core.budget import Contender
+from core.chain import Metagraph
 from core.storage import Store
 
 
 class PeriodBook:
-    def __init__(self, store: Store | None):
+    def __init__(self, store: Store):
         self.store = store
         self.period: int | None = None
         self.contenders: dict[tuple[str, str], Contender] = {}
@@ -32,12 +32,16 @@ class PeriodBook:
         self.contenders = {(c.hotkey, c.task): c for c in contenders}
 
     def used(self) -> dict[tuple[str, str], float]:
+        if self.period is None:
+            return {}
         return {key: used for key, (_, used) in self.store.spent(self.period).items()}
 
     def candidates(self, task: str, units: float) -> list[tuple[Contender, float]]:
         """Contenders of ``task`` with at least ``units`` of budget left, each with its routing
         weight: remaining budget x recent quality (1 before any check)."""
-        out = []
+        out: list[tuple[Contender, float]] = []
+        if self.period is None:
+            return out
         for key, (budget, used) in self.store.spent(self.period, task).items():
             contender = self.contenders.get(key)
             if contender is not None and budget - used >= units:
@@ -49,6 +53,8 @@ class PeriodBook:
         is used: a planned request goes only while organic traffic has not served its part):
         the period they were spent in, or None."""
         period = self.period
+        if period is None:
+            return None
         return period if self.store.reserve(period, *key, units, cap) else None
 
     def capacity(self) -> dict[str, dict[str, float]]:

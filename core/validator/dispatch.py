@@ -1,7 +1,8 @@
 """Talking to a miner: asking for its capacities, and one request's exchange read within its
-bounds and judged (docs/protocol.md §6 outcomes). Nothing a miner says is taken on its word: every answer is
-read up to the size its message allows and no longer than its time, and the units are the ones
-the validator counts (``core.validator.counting``); a miner's figure that differs is invalid.
+bounds and judged (docs/protocol.md §6 outcomes). Nothing a miner says is taken on its word:
+every answer is read up to the size its message allows and no longer than its time, and the
+units are the ones the validator counts (``core.validator.counting``); a miner's figure that
+differs is invalid.
 
 Recording and settling each request is ``core.validator.traffic``'s: this module only talks.
 """
@@ -18,9 +19,20 @@ from pydantic import ValidationError
 
 from core.capacity import clamp_declaration
 from core.chain import Neuron
-from core.protocol import (CAPACITY_PATH, MAJOR, MAX_CAPACITY_BYTES, MAX_CHAT_LINE_BYTES,
-                           CapacityRequest, CapacityResponse, ChatChunk, ChatRequest,
-                           ImageRequest, ImageResponse, major_of, task_path)
+from core.protocol import (
+    CAPACITY_PATH,
+    MAJOR,
+    MAX_CAPACITY_BYTES,
+    MAX_CHAT_LINE_BYTES,
+    CapacityRequest,
+    CapacityResponse,
+    ChatChunk,
+    ChatRequest,
+    ImageRequest,
+    ImageResponse,
+    major_of,
+    task_path,
+)
 from core.records import Outcome
 from core.scoring import speed_factor
 from core.tasks import TASKS

@@ -22,8 +22,8 @@ import bittensor as bt
 
 from core import plan
 from core.budget import Contender
-from core.checking.service import Checker
 from core.chain import Chain, ChainError, Metagraph
+from core.checking.service import Checker
 from core.period import close_period, open_period
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
@@ -140,7 +140,7 @@ class Validator:
         """Run the current period if it is due (1), or wait for the next one (0)."""
         period, left = await self._current()
         info = self.store.period(period)
-        if info and info["finished"]:
+        if info and info.finished:
             await asyncio.sleep(left)
             return 0
         if info is None and left < self.settings.min_period_share * await self._period_s():
@@ -213,7 +213,7 @@ class Validator:
         miners and stored now."""
         info = self.store.period(period)
         if info is not None:
-            return self.store.contenders(period), info["share"]
+            return self.store.contenders(period), info.share
         start = period * self.settings.period_blocks
         miners = [n for n in metagraph.neurons if n.hotkey != self.hotkey]
         declared = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s)
@@ -233,7 +233,8 @@ class Validator:
         w = plan.window_blocks(pb)
         start, end = period * pb, (period + 1) * pb
         block_time = await self.chain.block_time()
-        seen, until = start, end  # blocks before ``seen`` are examined; the period ends at ``until``
+        # blocks before ``seen`` are examined; the period ends at ``until``
+        seen, until = start, end
         while True:
             head = await self.chain.block()
             if head >= until:
@@ -369,12 +370,15 @@ class Validator:
                                     self.counter)
         prompt, units = self.traffic.cost(message)
         # the miner's own slots first: waiting for a slow miner never holds a slot of the others
+        neuron = metagraph.by_hotkey(c.hotkey)
+        if neuron is None:  # contenders come from this metagraph: never here
+            return
         async with self._miner_gate(c.hotkey), self._gate:
             reserved_in = self.book.reserve((c.hotkey, c.task), units, cap=s.cap)
             if reserved_in is None:
                 return  # organic traffic served its part, or the budget is spent
-            await self.traffic.send(Attempt(metagraph.by_hotkey(c.hotkey), message, prompt,
-                                            units, reserved_in, planned_at=planned_at))
+            await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,
+                                            planned_at=planned_at))
 
     def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:
         if hotkey not in self._gates:

@@ -23,7 +23,7 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
     windows = store.windows(period)
     measured = period_outcomes(contenders, store.records(period), windows)
     info = store.period(period)
-    stakes = info["stakes"] if info else {}
+    stakes = info.stakes if info else {}
     held = store.reports(period) if pooled else {}
     by_block, poolings = {}, []
     for w in windows:

@@ -1,7 +1,8 @@
-"""Serving the validator's users (organic traffic, docs/protocol.md §3.3): route each request to a contender
-with budget left, weighted by remaining budget and recent quality; on failure, try another
-(bounded); count the units against the contender's budget like synthetic ones; record and sample
-for checking (``Traffic``: one record and one settlement per attempt, whatever the client does).
+"""Serving the validator's users (organic traffic, docs/protocol.md §3.3): route each request to
+a contender with budget left, weighted by remaining budget and recent quality; on failure, try
+another (bounded); count the units against the contender's budget like synthetic ones; record
+and sample for checking (``Traffic``: one record and one settlement per attempt, whatever the
+client does).
 
 A chat stream that breaks or stalls mid-way is finished by another miner: requests carry a seed,
 so a miner running the same model repeats the same tokens, and the ones the client already has
@@ -11,11 +12,18 @@ are skipped.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
 from core.budget import Contender
-from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse, Message
+from core.protocol import (
+    ChatChunk,
+    ChatRequest,
+    ChatToken,
+    ImageRequest,
+    ImageResponse,
+    TaskRequest,
+)
 from core.validator.book import PeriodBook
 from core.validator.traffic import Attempt, Result, Traffic
 
@@ -48,7 +56,7 @@ class Organic:
             return self.rng.choice(contenders)
         return self.rng.choices(contenders, weights=weights)[0]
 
-    def _attempts(self, message: Message, tried: set[str]):
+    def _attempts(self, message: TaskRequest, tried: set[str]) -> Iterator[Attempt]:
         """Attempts in turn (at most ``max_attempts``), each with the request's whole cost
         reserved in the period book; ``tried`` collects their hotkeys."""
         prompt, units = self.traffic.cost(message)
@@ -58,10 +66,12 @@ class Organic:
                 return
             hotkey = contender.hotkey
             tried.add(hotkey)
+            neuron = self.book.metagraph.by_hotkey(hotkey) if self.book.metagraph else None
+            if neuron is None:  # the book's contenders come from its metagraph: never here
+                continue
             period = self.book.reserve((hotkey, message.task), units)
             if period is not None:
-                yield Attempt(self.book.metagraph.by_hotkey(hotkey), message, prompt, units,
-                              period, organic=True)
+                yield Attempt(neuron, message, prompt, units, period, organic=True)
 
     @staticmethod
     def _give_up(task: str, tried: set[str]) -> Exception:
@@ -93,6 +103,6 @@ class Organic:
         tried: set[str] = set()
         for attempt in self._attempts(request, tried):
             result = await self.traffic.send(attempt)
-            if result.answer is not None:
+            if isinstance(result.answer, ImageResponse):
                 return result.answer
         raise self._give_up(request.task, tried)

@@ -34,8 +34,15 @@ from core.records import period_outcomes
 from core.storage import Store
 from core.transport.auth import NONCE_RETENTION_S
 from core.transport.client import SignedClient, TooLarge
-from core.window_report import (MAX_REPORT_BYTES, REPORT_PATH, SIGNED_METHOD, ReportRequest,
-                                WindowReport, report_of, signed_path)
+from core.window_report import (
+    MAX_REPORT_BYTES,
+    REPORT_PATH,
+    SIGNED_METHOD,
+    ReportRequest,
+    WindowReport,
+    report_of,
+    signed_path,
+)
 
 log = logging.getLogger("validator.sharing")
 

@@ -21,7 +21,8 @@ def status(store: Store, period_blocks: int) -> str:
     windows = store.windows(period)
     measured, poolings = measure_period(store, period, contenders, period_blocks)
     info = store.period(period)
-    if info["finished"]:  # its close stored the states it computed: show those
+    finished = info is not None and info.finished
+    if finished:  # its close stored the states it computed: show those
         states = store.states()
         rows = []
         for c in contenders:
@@ -41,8 +42,8 @@ def status(store: Store, period_blocks: int) -> str:
         vector[uid] = w
     if vector.sum() > 0:
         vector /= vector.sum()
-    state = "finished" if info["finished"] else "in progress"
+    progress = "finished" if finished else "in progress"
     set_at = f"weights last set at block {last[0]}" if last else "no weights set yet"
-    scored = store.poolings(period) if info["finished"] else {p.block: p for p in poolings}
+    scored = store.poolings(period) if finished else {p.block: p for p in poolings}
     table = period_table(period, windows, closing, vector, scored)
-    return f"{table}\n(period {state}; {set_at})"
+    return f"{table}\n(period {progress}; {set_at})"

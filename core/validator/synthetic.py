@@ -11,14 +11,24 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from core.protocol import (MAX_COMPLETION, ChatMessage, ChatRequest, ImageToImageRequest,
-                           InpaintRequest, Message, TextToImageRequest)
+from core.protocol import (
+    MAX_COMPLETION,
+    ChatMessage,
+    ChatRequest,
+    ImageToImageRequest,
+    InpaintRequest,
+    TaskRequest,
+    TextToImageRequest,
+)
 from core.tasks import TASKS, Kind
 from core.validator.counting import PromptCounter
 
-WORDS = ("river mountain quiet city lantern forest ocean copper violet engine garden winter "
-         "harbor signal meadow thunder glass orchard desert comet library bridge marble echo "
-         "falcon canyon velvet circuit island summer shadow crystal").split()
+WORDS = [
+    "river", "mountain", "quiet", "city", "lantern", "forest", "ocean", "copper", "violet",
+    "engine", "garden", "winter", "harbor", "signal", "meadow", "thunder", "glass", "orchard",
+    "desert", "comet", "library", "bridge", "marble", "echo", "falcon", "canyon", "velvet",
+    "circuit", "island", "summer", "shadow", "crystal",
+]
 CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units the rendered prompt takes at most
 
 
@@ -49,7 +59,7 @@ def _init_image(size: int, variant: int) -> tuple[str, str]:
 
 
 def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,
-                      counter: PromptCounter) -> Message:
+                      counter: PromptCounter) -> TaskRequest:
     """A request that costs at most ``units`` of the task (exactly, for image tasks; a chat
     request's prompt, as ``counter`` counts it or as the miner estimates it, whichever is more,
     plus its max_tokens: what ``Traffic.cost`` reserves)."""
@@ -63,11 +73,13 @@ def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: 
         head = max(counter.prompt_tokens(request), request.prompt_allowance())
         request.max_tokens = max(1, min(units - head, MAX_COMPLETION))
         return request
-    common = dict(task=task_id, prompt=prompt(rng), steps=units, seed=seed, height=image_size,
-                  width=image_size)
+    text = prompt(rng)
     if kind is Kind.TEXT_TO_IMAGE:
-        return TextToImageRequest(**common)
+        return TextToImageRequest(task=task_id, prompt=text, steps=units, seed=seed,
+                                  height=image_size, width=image_size)
     image, mask = _init_image(image_size, rng.randrange(8))
     if kind is Kind.IMAGE_TO_IMAGE:
-        return ImageToImageRequest(**common, init_image=image)
-    return InpaintRequest(**common, init_image=image, mask_image=mask)
+        return ImageToImageRequest(task=task_id, prompt=text, steps=units, seed=seed,
+                                   height=image_size, width=image_size, init_image=image)
+    return InpaintRequest(task=task_id, prompt=text, steps=units, seed=seed, height=image_size,
+                          width=image_size, init_image=image, mask_image=mask)

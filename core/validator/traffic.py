@@ -4,8 +4,8 @@ the request ends in exactly one record and one settlement of the units reserved 
 for every contender ``used == Σ units of its records`` (docs/protocol.md, "Every request is
 recorded").
 
-Units are the validator's count (docs/protocol.md §5): the prompt by the task's tokenizer, the completion as
-received, steps x images as requested; a record never holds more than was reserved.
+Units are the validator's count (docs/protocol.md §5): the prompt by the task's tokenizer, the
+completion as received, steps x images as requested; a record never holds more than was reserved.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 
 from core.chain import Neuron
 from core.checking.service import Checker, Job
-from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, Message
+from core.protocol import (
+    ChatChunk,
+    ChatRequest,
+    ChatToken,
+    ImageRequest,
+    ImageResponse,
+    TaskRequest,
+)
 from core.records import Outcome, RequestRecord
 from core.storage import StorageError, Store
 from core.tasks import TASKS
@@ -35,7 +42,7 @@ class Attempt:
     """A request to one miner with its units already reserved in ``reserved_in``."""
 
     neuron: Neuron
-    message: Message
+    message: TaskRequest
     prompt_tokens: int  # as counted here (chat), else 0
     reserved: int
     reserved_in: int
@@ -54,7 +61,7 @@ class Result:
     miner answered."""
 
     record: RequestRecord | None = None
-    answer: object = None
+    answer: tuple[list[ChatToken], ChatChunk] | ImageResponse | None = None
     tokens: list[ChatToken] = field(default_factory=list)
 
 
@@ -63,7 +70,7 @@ class Traffic:
                  checker: Checker | None):
         self.client, self.counter, self.store, self.checker = client, counter, store, checker
 
-    def cost(self, message: Message) -> tuple[int, int]:
+    def cost(self, message: TaskRequest) -> tuple[int, int]:
         """(prompt tokens as counted here, units to reserve): the most the request can cost, and
         never less than the miner reserves for it (``ChatRequest.units_allowance``)."""
         if isinstance(message, ChatRequest):
@@ -82,11 +89,13 @@ class Traffic:
             await self._image(attempt, result)
         return result
 
-    async def chat(self, attempt: Attempt, result: Result) -> AsyncIterator[list[ChatToken]]:
+    async def chat(self, attempt: Attempt, result: Result
+                   ) -> AsyncGenerator[list[ChatToken], None]:
         """The miner's tokens as they arrive (for a client to relay). Each wait for the next line
         runs in the consuming task, bounded by the request's deadline and, after the first
         tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
-        message: ChatRequest = attempt.message
+        message = attempt.message
+        assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
         started, at = time.perf_counter(), attempt.planned_at or time.time()
         deadline = loop.time() + dispatch.timeout_for(message.task, attempt.reserved)
@@ -119,6 +128,7 @@ class Traffic:
     async def _image(self, attempt: Attempt, result: Result) -> None:
         started, at = time.perf_counter(), attempt.planned_at or time.time()
         outcome = Outcome.INVALID
+        assert isinstance(attempt.message, ImageRequest)
         try:
             result.answer = await dispatch.image(self.client, attempt.neuron, attempt.message)
             outcome = Outcome.OK

@@ -14,7 +14,7 @@ import hmac
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,8 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.backends import ChatEngine, Engine, ImageEngine
 from core.openai_wire import DONE, chunk_event, finish_reason, usage_event
-from core.protocol import (PATHS, REQUEST_MODELS, ChatMessage, ChatRequest, ImageResponse,
-                           max_request_bytes)
+from core.protocol import (
+    PATHS,
+    REQUEST_MODELS,
+    ChatMessage,
+    ChatRequest,
+    ImageRequest,
+    ImageResponse,
+    max_request_bytes,
+)
 from core.tasks import TASKS, Kind
 from core.transport.limits import BodyLimit, BodyTimeout
 
@@ -112,7 +119,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                                             "owned_by": "sn19-worker"}]}
 
     if task.kind is Kind.CHAT:
-        chat: ChatEngine = engine
+        chat = cast(ChatEngine, engine)  # a chat task's engine
 
         @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
         async def completions(body: CompletionBody):
@@ -134,8 +141,9 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
             if not body.stream:
                 tokens = [t async for batch in run() for t in batch]
+                text = "".join(t.text for t in tokens)
                 choice = {"index": 0, "finish_reason": finish_reason(len(tokens), body.max_tokens),
-                          "message": {"role": "assistant", "content": "".join(t.text for t in tokens)}}
+                          "message": {"role": "assistant", "content": text}}
                 return {"id": ident, "object": "chat.completion", "created": created,
                         "model": task.model, "choices": [choice],
                         "usage": {"prompt_tokens": prompt, "completion_tokens": len(tokens),
@@ -157,7 +165,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
             return StreamingResponse(events(), media_type="text/event-stream")
     else:
-        images: ImageEngine = engine
+        images = cast(ImageEngine, engine)  # an image task's engine
 
         @app.post(PATHS[task.kind], dependencies=[Depends(authorized)])
         async def generate(raw: Request):
@@ -165,7 +173,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                 request = REQUEST_MODELS[task.kind].model_validate_json(await raw.body())
             except ValidationError as e:
                 return invalid(422, e)
-            if request.task != task_id:
+            if request.task != task_id or not isinstance(request, ImageRequest):
                 return fail(404, f"this worker serves {task_id}, not {request.task}")
             async with running():
                 try:
