@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.chain.local import LocalChain
+from core.scoring import effective, weights
 from core.storage import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +22,9 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "== period" in run.stdout and "w.asked" in run.stdout
     # protocol 5 end to end: a window opened at a block (localnet chose hashes that open one in
-    # the period), every contender was sent its rate in it and demonstrated what it served
+    # the period), every contender was sent its rate in the first and demonstrated what it
+    # served; a later window of the period sends what the budget has left (a small budget can
+    # be spent by then: the largest validator's share of a 40-step declaration is 18 steps)
     store = open_store(str(tmp_path / "net/validator.sqlite3"))
     period = int(run.stdout.split("== period ")[1].split()[0])
     windows = store.windows(period)
@@ -27,16 +32,23 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     assert f"windows: block {windows[0].block} " in run.stdout
     assert len(store.contenders(period)) == 9
     states = store.states()
-    assert len(states) == 9 and all(len(s.demonstrated_w) == len(windows) for s in states.values())
-    for w in windows:  # each window sent every contender its rate
-        in_window = [r for r in store.records(period) if w.slice_of(r.at) is not None]
-        assert {(r.hotkey, r.task) for r in in_window} == set(states)
+    assert len(states) == 9
+    assert all(1 <= len(s.demonstrated_w) <= len(windows) for s in states.values())
+    first = [r for r in store.records(period) if windows[0].slice_of(r.at) is not None]
+    assert {(r.hotkey, r.task) for r in first} == set(states)
     # every window was scored from the three validators' pooled reports
     assert all(p.used and p.coverage == 1.0 for p in store.poolings(period).values())
     assert "pooled: 3 reports, 100% of stake" in run.stdout
     log = LocalChain(tmp_path / "net/chain").weights_log()
     assert {entry["uid"] for entry in log} == {0, 4, 5}  # each validator set weights
-    w = {int(uid): v for uid, v in next(e for e in log if e["uid"] == 0)["weights"].items()}
-    # uids 1, 2, 3 are the small, medium and large miners; no validator gets anything
-    assert not {0, 4, 5} & set(w)
-    assert w[3] > w[2] > w[1] > 0
+    # the largest validator's weights are its stored states' effective capacity, by the task
+    # weights (how much each miner served on two shared cores is the machine's business; that
+    # the weights follow it is the code's); uids 1-3 are the miners, no validator gets any
+    largest = next(e for e in log if e["uid"] == 0)["weights"]
+    set_weights = {int(uid): v for uid, v in largest.items()}
+    uids = {(c.hotkey, c.task): c.uid for c in store.contenders(period)}
+    expected = weights({(uids[k], k[1]): effective(s) for k, s in states.items()}, 6)
+    assert expected.sum() > 0 and not {0, 4, 5} & set(set_weights)
+    total = sum(set_weights.values())
+    for uid in range(6):
+        assert set_weights.get(uid, 0) / total == pytest.approx(expected[uid], abs=1e-3), uid
