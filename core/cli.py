@@ -8,6 +8,25 @@ import sys
 from pathlib import Path
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default shown once: appended unless the help already says it, and never for
+    a switch, a positional or a flag without a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An entry point's parser: defaults shown once, no abbreviated flags (``--period 30`` must
+    not quietly set ``--period-blocks``)."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
+                                   allow_abbrev=False)
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1] (argparse names the flag in its error)."""
     try:
@@ -30,7 +49,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--period-blocks", type=int, default=300,
                    help="blocks per scoring period (300 = 60 min at 12 s); miners and "
                         "validators must use the same")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_log_level(p)
+
+
+def add_log_level(p: argparse.ArgumentParser, default: str = "INFO") -> None:
+    p.add_argument("--log-level", default=default, type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="how much to log")
 
 
 def add_endpoint_args(p: argparse.ArgumentParser, port: int, serves: str) -> None:
@@ -73,6 +97,17 @@ def setup_logging(level: str) -> None:
 
 class CliError(Exception):
     """A start-up problem the operator must fix; printed as one line, exit status 1."""
+
+
+def announced_host(args) -> str:
+    """The address to announce on chain: ``--external-host``, else ``--host`` when that is one
+    others can reach (a wildcard listens everywhere but names no address)."""
+    host = args.external_host or args.host
+    if host in ("0.0.0.0", "::", ""):
+        raise CliError(f"--host {args.host} listens on every address but cannot be announced on "
+                       f"chain: set --external-host to the address others reach this neuron at "
+                       f"(or --no-announce if it is already served)")
+    return host
 
 
 def guarded(main, args, *errors: type[BaseException]) -> int:

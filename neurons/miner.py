@@ -16,8 +16,10 @@ from core.cli import (
     add_common_args,
     add_endpoint_args,
     add_server_args,
+    announced_host,
     guarded,
     load_wallet,
+    parser,
     server_options,
     setup_logging,
 )
@@ -27,11 +29,8 @@ log = logging.getLogger("miner")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Subnet 19 miner: advertises the capacities declared in --config and serves "
-                    "those tasks to validators over hotkey-signed HTTP.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = parser("Subnet 19 miner: advertises the capacities declared in --config and serves "
+               "those tasks to validators over hotkey-signed HTTP.")
     p.add_argument("--config", default="miner_config/default.yml",
                    help="capacity YAML: per task its capacity per period, back end, group, model")
     p.add_argument("--check-config", action="store_true",
@@ -137,7 +136,7 @@ def serve(args) -> int:
                                  nonce_store=SqliteNonceStore(Path(args.state_dir) /
                                                               f"nonces-{hotkey.ss58_address}.sqlite3")),
                        period_blocks=args.period_blocks, slots=slots)
-    announce = None if args.no_announce else (wallet, args.external_host or args.host, args.port)
+    announce = None if args.no_announce else (wallet, announced_host(args), args.port)
     log.info("serving %s as %s on %s:%d", ", ".join(pools), hotkey.ss58_address,
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}

@@ -15,23 +15,23 @@ import sys
 
 from core.cli import (
     CliError,
+    HelpFormatter,
     add_common_args,
     add_endpoint_args,
     add_server_args,
+    announced_host,
     fraction,
     guarded,
     load_wallet,
+    parser,
     server_options,
     setup_logging,
 )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Subnet 19 validator: scores miners against their declared capacities "
-                    "and sets weights on chain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = parser("Subnet 19 validator: scores miners against their declared capacities and sets "
+               "weights on chain.")
     add_common_args(p)
     p.add_argument("--db", default="~/.sn19/validator.sqlite3",
                    help="where records and scores are kept across restarts: a SQLite file, or "
@@ -88,10 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "period loop; the others try to take it over every this many seconds")
     p.add_argument("--periods", type=int, default=None,
                    help="stop after this many periods (default: run until stopped)")
-    sub = p.add_subparsers(dest="command", metavar="api-key",
-                           help="manage the API's keys in --db, then exit (api-key --help)")
-    key = sub.add_parser("api-key", help="create, revoke or list API keys")
-    key.add_argument("action", choices=("create", "revoke", "list"))
+    sub = p.add_subparsers(dest="command", title="commands")
+    key = sub.add_parser("api-key", help="create, revoke or list the API's keys in --db, then "
+                                         "exit (api-key --help)", formatter_class=HelpFormatter,
+                         allow_abbrev=False)
+    key.add_argument("action", choices=("create", "revoke", "list"),
+                     help="create a key (shown once, only its hash is kept), revoke one, or list "
+                          "them")
     key.add_argument("name", nargs="?", help="the key's name (create, revoke)")
     key.add_argument("--per-minute", type=int, default=60,
                      help="requests a minute the key may make (create)")
@@ -169,6 +172,8 @@ def run(args) -> int:
         validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     except CountingError as e:
         raise CliError(str(e)) from None
+    if args.port and not args.no_announce:
+        announced_host(args)  # refused before anything is served
     try:
         run_loop(serve(validator, args))
     except KeyboardInterrupt:
@@ -225,7 +230,7 @@ async def serve(validator, args) -> None:
                for app, host, port in apps]
     serving = [asyncio.create_task(server.serve()) for server in servers]
     if args.port and not args.no_announce:
-        await validator.chain.serve(validator.wallet, args.external_host or args.host, args.port)
+        await validator.chain.serve(validator.wallet, announced_host(args), args.port)
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)

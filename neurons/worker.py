@@ -17,7 +17,7 @@ import sys
 from pydantic import ValidationError
 
 from core.capacity import TaskEntry
-from core.cli import CliError, add_server_args, guarded, server_options, setup_logging
+from core.cli import CliError, add_server_args, guarded, parser, server_options, setup_logging
 from core.tasks import TASK_IDS, TASKS, Kind
 
 log = logging.getLogger("worker")
@@ -25,10 +25,8 @@ MIN_TOKEN_CHARS = 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Subnet 19 worker: serves one task on one back end to the miner's front end "
-                    "(chat: OpenAI-compatible /v1/chat/completions; images: the miner's paths).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser("Subnet 19 worker: serves one task on one back end to the miner's front end "
+               "(chat: OpenAI-compatible /v1/chat/completions; images: the miner's paths).")
     p.add_argument("--task", required=True, choices=TASK_IDS, help="the task served")
     p.add_argument("--backend", choices=("cpu", "vllm", "diffusers"), default="cpu",
                    help="cpu (tiny models unless --model), vllm (chat, GPU), diffusers (images, "

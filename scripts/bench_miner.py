@@ -14,7 +14,6 @@ and through-miner p50s is printed too; it compares two processes and swings by s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 import tempfile
@@ -156,7 +155,9 @@ async def measure(n: int, threads: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="one-step image requests for latency")
     p.add_argument("--threads", type=int, default=1, help="torch threads, both ways")
     a = p.parse_args()

@@ -11,7 +11,6 @@ clients. Reports time to first token (p50, p99) both ways and the difference.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -193,7 +192,9 @@ async def measure(requests: int, rounds: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=96, help="requests per round and concurrency")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds, direct then API")
     a = p.parse_args()

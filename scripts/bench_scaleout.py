@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -177,8 +176,9 @@ def accounting(dsn: str, seconds: float) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=300, help="requests per path for the routing figures")
     p.add_argument("--accounting-s", type=float, default=5.0,
                    help="seconds each accounting run lasts")

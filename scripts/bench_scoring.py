@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -162,7 +161,9 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from core.cli import parser
+
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=20, help="runs of the weights computation")
     p.add_argument("--requests", type=int, default=6144, help="synthetic requests to dispatch")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight")

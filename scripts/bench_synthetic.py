@@ -12,13 +12,13 @@ windows a period x W / period + the background share.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import numpy as np
 
 from core import plan
 from core.budget import Contender
+from core.cli import parser
 from core.tasks import TASKS
 
 PERIOD_BLOCKS = 300
@@ -35,7 +35,7 @@ def contenders(share: float) -> list[Contender]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--periods", type=int, default=5000)
     p.add_argument("--share", type=float, default=0.2, help="the validator's stake share")
     p.add_argument("--quick", action="store_true", help="300 periods")

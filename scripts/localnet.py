@@ -20,22 +20,25 @@ import time
 from pathlib import Path
 
 from core.chain.local import LocalChain
+from core.cli import add_log_level, parser
 from core.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
 from core.plan import window_blocks
 from core.storage import open_store
 from core.validator import keys
 
+MARKER = ".sn19-localnet"  # in a folder this script made: the only kind it deletes
 MINERS = ("small", "medium", "large")
 # name, stake: the first prints its tables, keeps validator.sqlite3 and serves the API
 VALIDATORS = (("validator", 4500.0), ("validator-2", 3500.0), ("validator-3", 2000.0))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--periods", type=int, default=2, help="periods to run before stopping")
     p.add_argument("--dir", default="localnet",
-                   help="folder for wallets, the subnet file, the database and logs (recreated)")
+                   help="folder for wallets, the subnet file, the databases and logs (recreated "
+                        "when a previous run made it; any other folder that is not empty is "
+                        "refused)")
     p.add_argument("--period-blocks", type=int, default=60,
                    help="blocks per period (60 of 1 s: audit windows of 5 s)")
     p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
@@ -44,20 +47,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-port", type=int, default=0,
                    help="also serve the validator's OpenAI-compatible API on this port of "
                         "127.0.0.1, with a key printed at start (0: no API)")
+    add_log_level(p, "WARNING")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     base = Path(args.dir).resolve()
+    if base.exists() and any(base.iterdir()) and not (base / MARKER).exists():
+        print(f"localnet: {base} is not empty and was not made by localnet (no {MARKER}): "
+              f"choose another --dir", file=sys.stderr)
+        return 1
     shutil.rmtree(base, ignore_errors=True)
     wallets_dir, chain_dir, logs = base / "wallets", base / "chain", base / "logs"
     logs.mkdir(parents=True)
+    (base / MARKER).write_text("made by scripts/localnet.py: recreated on its next run\n")
     chain = LocalChain.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
                               age_blocks=25 * args.period_blocks)
     first, *others = VALIDATORS  # uids: the first validator 0, the miners 1-3, the others after
     common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
-              "--period-blocks", str(args.period_blocks), "--log-level", "WARNING"]
+              "--period-blocks", str(args.period_blocks), "--log-level", args.log_level]
     procs: list[subprocess.Popen] = []
 
     def stop(*_):
@@ -120,8 +129,10 @@ def main(argv=None) -> int:
                 vprocs[name] = neuron("validator", flags, stdout=open(logs / f"{name}.log", "w"),
                                       stderr=subprocess.STDOUT)
             procs.append(vprocs[name])
-        for line in vprocs[first[0]].stdout:
-            print(line, end="", flush=True)
+        with open(logs / f"{first[0]}.log", "w") as log_file:  # also kept, like the others'
+            for line in vprocs[first[0]].stdout:
+                print(line, end="", flush=True)
+                log_file.write(line)
         for name, vproc in vprocs.items():
             code = vproc.wait(timeout=120)
             if code != 0:

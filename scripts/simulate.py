@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import parser
 from core.scenarios import POOL, VALIDATORS, Verdict, cosine, judge, load_scenario, strategies
 from core.simulation import Setup, Validator, simulate
 
@@ -28,8 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--periods", type=int, default=400, help="periods each strategy runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated block hashes")
     p.add_argument("--strategy", action="append", metavar="NAME",

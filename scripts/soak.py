@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from core.chain.local import LocalChain
+from core.cli import parser
 from core.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
@@ -198,8 +199,7 @@ async def main(args) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="length of the load")
     p.add_argument("--clients", type=int, default=4, help="organic clients in parallel")
     p.add_argument("--kill-every", type=float, default=30.0,

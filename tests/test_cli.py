@@ -23,9 +23,10 @@ def run(*args):
                               "--capacity-timeout", "--max-concurrency", "--image-size",
                               "--retention-periods", "--periods", "--log-level", "--check",
                               "--check-rate", "--check-queue", "--api-port", "--api-host",
-                              "--api-max-body"]),
+                              "--api-max-body", "--host", "--port", "--external-host",
+                              "--no-announce", "--no-share-reports", "--report-timeout"]),
     ("scripts/localnet.py", ["--periods", "--dir", "--period-blocks", "--block-time",
-                             "--startup-timeout", "--api-port"]),
+                             "--startup-timeout", "--api-port", "--log-level"]),
 ])
 def test_help_explains_every_flag(script, flags):
     out = run(script, "--help")
@@ -67,3 +68,42 @@ def test_a_hotkey_readable_by_others_is_refused(tmp_path):
               "--check", "off", "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3"))
     assert out.returncode == 1 and "can be read by other users (mode 644)" in out.stderr
     assert f"chmod 600 {hotkey}" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["neurons/miner.py", "neurons/validator.py", "neurons/worker.py",
+                                    "scripts/localnet.py", "scripts/simulate.py"])
+def test_help_shows_each_default_once_and_never_an_empty_one(script):
+    out = run(script, "--help").stdout
+    assert "(default: None)" not in out and "(default: False)" not in out
+    if script.startswith("neurons/miner") or script.startswith("neurons/validator"):
+        assert out.count("(default: --host)") == 1  # --external-host, said in its help only
+
+
+def test_abbreviated_flags_and_unknown_log_levels_are_refused(tmp_path):
+    out = run("neurons/miner.py", "--period", "30", "--check-config")  # not --period-blocks
+    assert out.returncode == 2 and "unrecognized arguments: --period 30" in out.stderr
+    out = run("neurons/miner.py", "--log-level", "verbose")
+    assert out.returncode == 2 and "invalid choice: 'VERBOSE'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_wildcard_address_is_not_announced(tmp_path):
+    from core.chain.local import LocalChain
+
+    wallet = make_wallet(tmp_path / "w", "v")
+    chain = LocalChain.create(tmp_path / "chain")
+    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
+                   registered_at=0)
+    out = run("neurons/validator.py", "--network", f"local:{chain.folder}", "--wallet-path",
+              str(tmp_path / "w"), "--wallet-name", "v", "--check", "off", "--tokenizers",
+              "tiny", "--db", str(tmp_path / "v.sqlite3"))
+    assert out.returncode == 1 and "cannot be announced" in out.stderr
+    assert "--external-host" in out.stderr
+
+
+def test_localnet_deletes_only_a_folder_it_made(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    out = run("scripts/localnet.py", "--dir", str(tmp_path / "mine"))
+    assert out.returncode == 1 and "was not made by localnet" in out.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
