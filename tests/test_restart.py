@@ -36,8 +36,8 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     port = free_port()
     db = str(tmp_path / "v.sqlite3")
     # a window asks 7200 x 5/60 = 600 tokens (2 requests); the background 25% (6 requests)
-    vargs = [*common, "--wallet-name", "validator", "--db", db, "--periods", "1", "--check", "cpu",
-             "--background", "0.25"]
+    vargs = [*common, "--wallet-name", "validator", "--db", db, "--port", "0", "--periods", "1",
+             "--check", "cpu", "--background", "0.25"]
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(port),
                               "--min-stake", "0", "--torch-threads", "1",
