@@ -4,7 +4,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from core.localproc import ROOT
+
+pytestmark = [pytest.mark.process]
 
 FIGURE = re.compile(r"^(\w+): (-?[\d.]+) (\S+)$")
 

@@ -140,6 +140,7 @@ groups:
     assert group_load(config, 3600)["g"] < 1
 
 
+@pytest.mark.process
 def test_check_config_reports_back_ends_that_cannot_load_here(tmp_path):
     import subprocess
     import sys

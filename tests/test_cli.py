@@ -7,6 +7,8 @@ import pytest
 
 from core.localproc import make_wallet
 
+pytestmark = [pytest.mark.process]
+
 
 def run(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)

@@ -10,11 +10,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from core.chain.local import LocalChain
 from core.localproc import free_ports, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 PERIOD = 30
 CLIENTS = 100

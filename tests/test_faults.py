@@ -123,6 +123,7 @@ def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner, tmp_p
     assert [r.outcome for r in store.records(1)] == [Outcome.TIMEOUT, Outcome.INVALID]
 
 
+@pytest.mark.process
 def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
     wallet = make_wallet(tmp_path / "w", "v")

@@ -24,6 +24,8 @@ from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
 
+pytestmark = [pytest.mark.property]
+
 BOUNDED = settings(
     max_examples=60,
     deadline=None,

@@ -17,6 +17,8 @@ from bittensor import http_auth
 from core.localproc import free_port, neuron, wait_healthy
 from core.protocol import CapacityRequest
 
+pytestmark = [pytest.mark.process]
+
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 2.0, 2.0
 SLOW_CLIENTS = 400
 UNSIGNED_BODIES, BODY_MB = 30, 15  # within /inpaint's size limit: refused on signature alone

@@ -27,6 +27,8 @@ from core.scoring import effective
 from core.storage import open_store
 from core.tasks import TASKS
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 CHAT, IMAGE = "chat-llama-3", "dreamshaper-text-to-image"
 # the mode, and the tasks whose answers it corrupts
 ATTACKS = {

@@ -10,6 +10,8 @@ from core.chain.local import LocalChain
 from core.scoring import effective, weights
 from core.storage import open_store
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -5,10 +5,13 @@ import subprocess
 import time
 
 import httpx
+import pytest
 from bittensor import http_auth
 
 from core.localproc import free_port, neuron, wait_healthy
 from core.protocol import ChatChunk, ChatRequest
+
+pytestmark = [pytest.mark.process]
 
 
 def test_sigterm_finishes_in_flight_requests(subnet, tmp_path):

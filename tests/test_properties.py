@@ -16,6 +16,8 @@ from core.scoring import weights
 from core.simulation import Setup, Validator, simulate
 from core.tasks import TASK_IDS, TASKS
 
+pytestmark = [pytest.mark.property, pytest.mark.slow]
+
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 10**6)

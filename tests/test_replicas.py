@@ -12,11 +12,14 @@ import uuid
 
 import httpx
 import psycopg
+import pytest
 
 from core.chain.local import LocalChain
 from core.localproc import free_ports, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 POLL_S = 1.0
 STEPS = 4

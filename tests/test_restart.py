@@ -5,9 +5,13 @@ spent is exactly what its records say."""
 import subprocess
 import time
 
+import pytest
+
 from core.chain.local import LocalChain
 from core.localproc import free_port, make_wallet, neuron, wait_healthy
 from core.storage import open_store
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 PERIOD = 60  # blocks of 1 s: windows of 5 blocks
 

@@ -21,6 +21,8 @@ from core.chain.local import LocalChain
 from core.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 PB, BLOCK_S = 60, 1.0
 CHAT = "chat-llama-3"
 DECLARED = 2400.0  # tokens a period: the honest miners'; the stake-first one declares twice it

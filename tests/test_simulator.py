@@ -46,6 +46,7 @@ def test_deterministic_for_a_seed():
     assert simulate(setups, 60, seed=5).reward != simulate(setups, 60, seed=6).reward
 
 
+@pytest.mark.process
 def test_cli_prints_the_strategy_table_and_draws_it(tmp_path):
     out = subprocess.run([sys.executable, "scripts/simulate.py", "--strategy", "over-claim x2",
                           "--strategy", "stake-first", "--periods", "60", "--out", str(tmp_path),
@@ -56,6 +57,7 @@ def test_cli_prints_the_strategy_table_and_draws_it(tmp_path):
     assert (tmp_path / "strategies.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.process
 def test_custom_scenario_from_yaml(tmp_path):
     path = tmp_path / "s.yml"
     path.write_text("""
@@ -76,6 +78,7 @@ validators:
     assert out.returncode == 0 and "== mine:" in out.stdout
 
 
+@pytest.mark.process
 def test_bad_scenario_file_is_one_clear_error(tmp_path):
     path = tmp_path / "s.yml"
     path.write_text("miners:\n  - {name: x, capacity: 10, declared: [10], rent_share: 2}\n")

@@ -173,6 +173,7 @@ async def fetch_all(port, keys, store, modes, timeout_s=2.0):
     return out
 
 
+@pytest.mark.process
 def test_forged_replayed_unsigned_oversized_and_outsiders_reports_are_refused(hostile, tmp_path):
     port, keys, _ = hostile
     store = open_store(str(tmp_path / "v.sqlite3"))
@@ -189,6 +190,7 @@ def test_forged_replayed_unsigned_oversized_and_outsiders_reports_are_refused(ho
                    "slow": None}
 
 
+@pytest.mark.process
 def test_collect_stores_what_checks_out_and_counts_the_rest(hostile, tmp_path):
     port, keys, _ = hostile
     store = open_store(str(tmp_path / "v.sqlite3"))

@@ -27,6 +27,8 @@ from core.protocol import (
     stop_at,
 )
 
+pytestmark = [pytest.mark.process]
+
 TOKEN = "test-worker-token-0123456789"
 HEALTH_S = 1.0
 
