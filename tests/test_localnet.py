@@ -24,9 +24,9 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "== period" in run.stdout and "w.asked" in run.stdout
     # protocol 5 end to end: a window opened at a block (localnet chose hashes that open one in
-    # the period), every contender was sent its rate in the first and demonstrated what it
-    # served; a later window of the period sends what the budget has left (a small budget can
-    # be spent by then: the largest validator's share of a 40-step declaration is 18 steps)
+    # the period), requests went out in it and contenders demonstrated what they served. Which
+    # ones: a request still waiting for a slow miner at the period's end is never sent (the
+    # plan's coverage is tests/test_plan.py's); a later window sends what budgets have left
     store = open_store(str(tmp_path / "net/validator.sqlite3"))
     period = int(run.stdout.split("== period ")[1].split()[0])
     windows = store.windows(period)
@@ -35,9 +35,11 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     assert len(store.contenders(period)) == 9
     states = store.states()
     assert len(states) == 9
-    assert all(1 <= len(s.demonstrated_w) <= len(windows) for s in states.values())
-    first = [r for r in store.records(period) if windows[0].slice_of(r.at) is not None]
-    assert {(r.hotkey, r.task) for r in first} == set(states)
+    assert all(len(s.demonstrated_w) <= len(windows) for s in states.values())
+    assert any(s.demonstrated_w for s in states.values())
+    first = {(r.hotkey, r.task) for r in store.records(period)
+             if windows[0].slice_of(r.at) is not None}
+    assert first and first <= set(states)
     # every window was scored from the three validators' pooled reports
     assert all(p.used and p.coverage == 1.0 for p in store.poolings(period).values())
     assert "pooled: 3 reports, 100% of stake" in run.stdout

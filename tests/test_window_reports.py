@@ -23,6 +23,7 @@ from core.scoring import Tally, WindowOutcome
 from core.storage import open_store
 from core.transport.client import SignedClient
 from core.validator.measure import measure_period
+from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import REPORT_PATH, ReportRequest, WindowReport, report_of
@@ -159,7 +160,8 @@ class Subnet:
 
 
 async def fetch_all(port, keys, store, modes, timeout_s=2.0):
-    sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, Subnet(), timeout_s=timeout_s)
+    sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, Subnet(), ValidatorMetrics(),
+                      timeout_s=timeout_s)
     out = {}
     try:
         for mode in modes:
@@ -198,7 +200,8 @@ def test_collect_stores_what_checks_out_and_counts_the_rest(hostile, tmp_path):
 
     async def run():
         subnet = Subnet(graph)
-        sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, subnet, timeout_s=2.0)
+        sharing = Sharing(SignedClient(keys["me"]), keys["me"], store, subnet, ValidatorMetrics(),
+                          timeout_s=2.0)
         try:
             await sharing.collect(5, 300, graph, time.time() + 5, 0.5)
             subnet.graph, _ = metagraph(port, keys, "forged")  # it moved to a lying endpoint
@@ -228,7 +231,8 @@ def test_the_peer_endpoint_answers_permitted_validators_only(tmp_path):
     class Validator:
         hotkey = me.ss58_address
         metagraph = graph
-        sharing = Sharing(SignedClient(me), me, store, Subnet(graph))
+        metrics = ValidatorMetrics()
+        sharing = Sharing(SignedClient(me), me, store, Subnet(graph), metrics)
 
     client = TestClient(build_peer_app(Validator()))
 

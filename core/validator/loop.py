@@ -31,6 +31,7 @@ from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
 from core.validator.measure import measure_period
+from core.validator.metrics import ValidatorMetrics
 from core.validator.report import period_table
 from core.validator.sharing import Sharing
 from core.validator.synthetic import synthetic_request
@@ -81,7 +82,8 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
-        self.sharing = Sharing(self.client, self.keypair, store, chain,
+        self.metrics = ValidatorMetrics(lambda: self.checker)
+        self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
@@ -397,8 +399,9 @@ class Validator:
                                {k: n for k, (_, n) in measured.items()})
         for pooling in poolings:
             self.store.note_pooling(period, pooling)
-            self.sharing.metrics.scored(pooling)
+            self.metrics.pooled(pooling)
         self.store.finish_period(period, closing.states)
+        self.metrics.closed(period, closing.rows)
         print(period_table(period, self.store.windows(period), closing,
                            poolings={p.block: p for p in poolings}), flush=True)
         await self._set_weights(closing.weights)
@@ -409,17 +412,20 @@ class Validator:
         if vector.sum() <= 0:
             log.warning("no contender has effective capacity yet (no window measured, or nothing "
                         "served): weights not set")
+            self.metrics.weights.labels("skipped").inc()
             return
         block = await self.chain.block()
         last = self.store.last_weights()
         if last is not None and block - last[0] < await self.chain.tempo():
             log.info("weights were set at block %d; next after one epoch", last[0])
+            self.metrics.weights.labels("skipped").inc()
             return
         weights_by_uid = {uid: float(w) for uid, w in enumerate(vector) if w > 0}
         for attempt in range(self.settings.weight_retries):
             try:
                 await self.chain.set_weights(self.wallet, weights_by_uid)
                 self.store.note_weights(block, time.time(), weights_by_uid)
+                self.metrics.weights.labels("set").inc()
                 log.info("weights set at block %d for %d uids", block, len(weights_by_uid))
                 return
             except Exception as e:
@@ -427,3 +433,4 @@ class Validator:
                 log.warning("setting weights failed (%s); retrying in %ds", e, delay)
                 await asyncio.sleep(delay)
         log.error("weights not set after %d attempts", self.settings.weight_retries)
+        self.metrics.weights.labels("failed").inc()

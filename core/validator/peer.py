@@ -49,7 +49,7 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
         if not public_metrics and (request.client is None
                                    or request.client.host not in ("127.0.0.1", "::1")):
             return refuse(404, "Not Found")
-        return Response(generate_latest(validator.sharing.metrics.registry),
+        return Response(generate_latest(validator.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
     @app.post(REPORT_PATH)

@@ -23,17 +23,16 @@ from dataclasses import replace
 
 import aiohttp
 from bittensor import http_auth
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from core.budget import Contender
 from core.chain import Chain, Metagraph, Neuron
 from core.plan import Window
-from core.pooling import Pooling
 from core.records import period_outcomes
 from core.storage import Store
 from core.transport.auth import NONCE_RETENTION_S
 from core.transport.client import SignedClient, TooLarge
+from core.validator.metrics import ValidatorMetrics
 from core.window_report import (
     MAX_REPORT_BYTES,
     REPORT_PATH,
@@ -55,29 +54,9 @@ class Rejected(Exception):
         self.reason = reason
 
 
-class SharingMetrics:
-    """Prometheus: reports fetched, missing and rejected (by reason), and each window's
-    coverage of permitted stake."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.reports = Counter("sn19_validator_reports", "Other validators' window reports asked "
-                               "for, by result (fetched, missing, rejected)", ["result", "reason"],
-                               registry=self.registry)
-        self.coverage = Gauge("sn19_validator_report_coverage", "Share of permitted stake whose "
-                              "reports the last scored window was pooled from (0: own view)",
-                              registry=self.registry)
-        self.windows = Counter("sn19_validator_windows_scored", "Windows scored, pooled or from "
-                               "this validator's own view", ["view"], registry=self.registry)
-
-    def scored(self, pooling: Pooling) -> None:
-        self.coverage.set(pooling.coverage if pooling.used else 0.0)
-        self.windows.labels("pooled" if pooling.used else "own").inc()
-
-
 class Sharing:
-    def __init__(self, client: SignedClient, keypair, store: Store, chain: Chain, *,
-                 timeout_s: float = 5.0):
+    def __init__(self, client: SignedClient, keypair, store: Store, chain: Chain,
+                 metrics: ValidatorMetrics, *, timeout_s: float = 5.0):
         self.client = client
         self.keypair = keypair
         self.store = store
@@ -85,7 +64,7 @@ class Sharing:
         self.netuid = chain.netuid
         self.timeout_s = timeout_s
         self.nonces = http_auth.InMemoryNonceStore(NONCE_RETENTION_S)
-        self.metrics = SharingMetrics()
+        self.metrics = metrics
 
     @property
     def hotkey(self) -> str:
