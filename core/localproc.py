@@ -49,6 +49,15 @@ def neuron(script: str, args: list[str], env: dict[str, str] | None = None,
                             env=env, cwd=ROOT, **popen)
 
 
+def lone_validator(common: list[str], name: str, db: str, *flags: str,
+                   **popen) -> subprocess.Popen:
+    """A validator alone on its local subnet (``common``: network, wallets, period flags) with
+    its database at ``db``: no peer endpoint, as it has no other validator to share reports
+    with."""
+    return neuron("validator", [*common, "--wallet-name", name, "--db", db, "--port", "0",
+                                *flags], **popen)
+
+
 def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
     """Until the neuron on ``port`` answers /health; RuntimeError if it dies or time runs out."""
     while time.monotonic() < deadline:

@@ -83,7 +83,7 @@ async def measure(requests: int, rounds: int) -> None:
     import aiohttp
 
     from core.chain.local import LocalChain
-    from core.localproc import free_ports, make_wallet, neuron, wait_healthy
+    from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
     from core.protocol import ChatRequest
     from core.storage import open_store
     from core.transport.client import SignedClient
@@ -112,30 +112,10 @@ async def measure(requests: int, rounds: int) -> None:
                     stdout=open(tmp / "miner.log", "w"), stderr=subprocess.STDOUT)]  # noqa: ASYNC230 (at start-up)
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
-        procs.append(
-            neuron(
-                "validator",
-                [
-                    *common,
-                    "--wallet-name",
-                    "validator",
-                    "--db",
-                    db,
-                    "--port",
-                    "0",
-                    "--check",
-                    "off",
-                    "--tokenizers",
-                    "tiny",
-                    "--api-port",
-                    str(api_port),
-                    "--api-host",
-                    "127.0.0.1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(lone_validator(
+            common, "validator", db, "--check", "off", "--tokenizers", "tiny", "--api-port",
+            str(api_port), "--api-host", "127.0.0.1",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         api = f"http://127.0.0.1:{api_port}/v1"
         messages = [{"role": "user", "content": "hello there"}]
         body = {"model": "chat-llama-3", "messages": messages, "max_tokens": 8, "stream": True}

@@ -27,7 +27,7 @@ import aiohttp
 
 from core.chain.local import LocalChain
 from core.cli import parser
-from core.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+from core.localproc import ROOT, free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
 
@@ -115,28 +115,10 @@ async def main(args) -> None:
     store = open_store(db)
     key = keys.create(store, "soak", per_minute=10**6)
     store.close()
-    vproc = neuron(
-        "validator",
-        [
-            *net.common,
-            "--wallet-name",
-            "validator",
-            "--db",
-            db,
-            "--port",
-            "0",
-            "--check",
-            "cpu",
-            "--image-size",
-            "64",
-            "--api-port",
-            str(net.api_port),
-            "--api-host",
-            "127.0.0.1",
-        ],
-        stdout=open(base / "validator.log", "w"),  # noqa: ASYNC230 (at start-up)
-        stderr=subprocess.STDOUT,
-    )
+    log = open(base / "validator.log", "w")  # noqa: ASYNC230 (at start-up)
+    vproc = lone_validator(net.common, "validator", db, "--check", "cpu", "--image-size", "64",
+                           "--api-port", str(net.api_port), "--api-host", "127.0.0.1",
+                           stdout=log, stderr=subprocess.STDOUT)
     print(f"# soak: logs and database in {base}", flush=True)
     api = f"http://127.0.0.1:{net.api_port}/v1"
     seen: collections.Counter = collections.Counter()

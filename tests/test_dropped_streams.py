@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_ports, make_wallet, neuron, wait_healthy
+from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
 
@@ -51,32 +51,10 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     auth = {"Authorization": f"Bearer {key}"}
     try:
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)
-        procs.append(
-            neuron(
-                "validator",
-                [
-                    *common,
-                    "--wallet-name",
-                    "validator",
-                    "--db",
-                    db,
-                    "--port",
-                    "0",
-                    "--check",
-                    "off",
-                    "--tokenizers",
-                    "tiny",
-                    "--periods",
-                    "4",
-                    "--api-port",
-                    str(api_port),
-                    "--api-host",
-                    "127.0.0.1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(lone_validator(
+            common, "validator", db, "--check", "off", "--tokenizers", "tiny", "--periods", "4",
+            "--api-port", str(api_port), "--api-host", "127.0.0.1",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 90
         while True:  # until the validator has planned a period
             try:

@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from core.chain import ChainError, Neuron
 from core.chain.local import LocalChain
-from core.localproc import free_port, make_wallet, neuron
+from core.localproc import free_port, lone_validator, make_wallet
 from core.protocol import ChatRequest, TextToImageRequest
 from core.records import Outcome
 from core.storage import StorageError, open_store
@@ -129,30 +129,10 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
     wallet = make_wallet(tmp_path / "w", "v")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     db = str(tmp_path / "v.sqlite3")
-    proc = neuron(
-        "validator",
-        [
-            "--network",
-            f"local:{chain.folder}",
-            "--wallet-path",
-            str(tmp_path / "w"),
-            "--wallet-name",
-            "v",
-            "--db",
-            db,
-            "--port",
-            "0",
-            "--period-blocks",
-            "30",
-            "--check",
-            "off",
-            "--tokenizers",
-            "tiny",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(tmp_path / "w"),
+              "--period-blocks", "30"]
+    proc = lone_validator(common, "v", db, "--check", "off", "--tokenizers", "tiny",
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(4)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_ports, make_wallet, neuron, wait_healthy
+from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
 
@@ -54,34 +54,10 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
         for port, proc in zip(miner_ports, procs):
             wait_healthy(port, proc, time.monotonic() + 120)
         log = tmp_path / "validator.log"
-        procs.append(
-            neuron(
-                "validator",
-                [
-                    *common,
-                    "--wallet-name",
-                    "validator",
-                    "--db",
-                    db,
-                    "--port",
-                    "0",
-                    "--check",
-                    "cpu",
-                    "--image-size",
-                    "64",
-                    "--periods",
-                    "3",
-                    "--api-port",
-                    str(api_port),
-                    "--api-host",
-                    "127.0.0.1",
-                    "--log-level",
-                    "DEBUG",
-                ],
-                stdout=open(log, "w"),
-                stderr=subprocess.STDOUT,
-            )
-        )
+        procs.append(lone_validator(
+            common, "validator", db, "--check", "cpu", "--image-size", "64", "--periods", "3",
+            "--api-port", str(api_port), "--api-host", "127.0.0.1", "--log-level", "DEBUG",
+            stdout=open(log, "w"), stderr=subprocess.STDOUT))
         api = f"http://127.0.0.1:{api_port}/v1"
 
         def chat_capacity() -> float:

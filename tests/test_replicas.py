@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_ports, make_wallet, neuron, wait_healthy
+from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
 
@@ -64,37 +64,12 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
             "--no-announce", "--state-dir", str(tmp_path / "state")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_healthy(miner_port, procs[0], time.monotonic() + 120)  # before the loop asks it
-        replicas = {
-            port: neuron(
-                "validator",
-                [
-                    *common,
-                    "--wallet-name",
-                    "validator",
-                    "--db",
-                    dsn,
-                    "--port",
-                    "0",
-                    "--check",
-                    "off",
-                    "--tokenizers",
-                    "tiny",
-                    "--image-size",
-                    "64",
-                    "--api-port",
-                    str(port),
-                    "--api-host",
-                    "127.0.0.1",
-                    "--leader-poll",
-                    str(POLL_S),
-                    "--capacity-timeout",
-                    "5",
-                ],
-                stdout=open(tmp_path / f"v{port}.log", "w"),
-                stderr=subprocess.STDOUT,
-            )
-            for port in api_ports
-        }
+        replicas = {port: lone_validator(
+            common, "validator", dsn, "--check", "off", "--tokenizers", "tiny", "--image-size",
+            "64", "--api-port", str(port), "--api-host", "127.0.0.1", "--leader-poll",
+            str(POLL_S), "--capacity-timeout", "5",
+            stdout=open(tmp_path / f"v{port}.log", "w"), stderr=subprocess.STDOUT)
+            for port in api_ports}
         procs += replicas.values()
         for port, proc in replicas.items():
             wait_healthy(port, proc, time.monotonic() + 120)
