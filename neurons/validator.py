@@ -41,6 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "declared, budget, requests, what the windows asked and got, score, "
                         "reliability, quality, demonstrated, credited, effective; the weights "
                         "set), exit")
+    p.add_argument("--uid", type=int, action="append",
+                   help="with --status: only this uid's contenders (repeatable)")
+    p.add_argument("--hotkey", action="append",
+                   help="with --status: only this hotkey's contenders (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="with --status: print it as JSON (windows, contenders, weights)")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=256,
@@ -146,7 +152,8 @@ def run(args) -> int:
         finally:
             store.close()
     if args.status:
-        print(status(store, args.period_blocks))
+        print(status(store, args.period_blocks, uids=args.uid or (), hotkeys=args.hotkey or (),
+                     as_json=args.json))
         store.close()
         return 0
     wallet, _ = load_wallet(args)

@@ -2,6 +2,7 @@
 shows what the database holds."""
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -79,7 +80,8 @@ def test_status_shows_the_latest_period(setup):
     tmp_path, wallet = setup
     store = open_store(str(tmp_path / "v.sqlite3"))
     assert status(store, 300) == "no period recorded yet"
-    store.begin_period(7, 2100, "0x1", 0.25, 0.0, [Contender(3, "hk", "inpaint", 400.0, 100.0, 0)])
+    store.begin_period(7, 2100, "0x1", 0.25, 0.0, [Contender(3, "hk", "inpaint", 400.0, 100.0, 0),
+                                                   Contender(4, "hk4", "inpaint", 40.0, 10.0, 0)])
     store.add_window(7, Window(2150, 1000.0, 60.0))
     store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, 1.0, 1010.0))
     store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.RATE_LIMITED, 20, 0.1, None,
@@ -95,3 +97,15 @@ def test_status_shows_the_latest_period(setup):
     # declared, budget, requests, window asked / good / demonstrated (400 x 1/2), other
     assert row.split()[2:9] == ["400", "100", "3", "40", "20", "200", "20"]
     assert "uid 3: 1.000" in text and "block 2000" in text
+    # only the contenders asked for, and the same as JSON for scripts
+    assert "3 inpaint" in text and "4 inpaint" in text
+    only = status(store, 300, hotkeys=["hk4"])
+    assert "4 inpaint" in only and "3 inpaint" not in only
+    data = json.loads(status(store, 300, uids=[3], as_json=True))
+    assert data["period"] == 7 and not data["finished"] and data["weights"] == {"3": 1.0}
+    assert [c["uid"] for c in data["contenders"]] == [3]
+    first = data["contenders"][0]
+    assert (first["declared"], first["requests"], first["other_asked"]) == (400.0, 3, 20.0)
+    assert first["windows"] == [{"block": 2150, "asked": 40.0, "good": 20.0, "served": 0.5,
+                                 "pooled": False}]
+    assert data["windows"][0]["coverage"] == 0.0 and data["windows"][0]["pooled_from"] == []

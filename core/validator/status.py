@@ -1,22 +1,29 @@
 """What ``neurons/validator.py --status`` shows: the latest period from the database, scored with
 the loop's own period close (``core.period.close_period``) while it is in progress, or as its
-close stored it, and the weights last set."""
+close stored it, and the weights last set; as the period table, or as JSON for scripts, for
+every contender or only the uids and hotkeys asked for."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Collection
 
 import numpy as np
 
 from core.period import Closing, Row, close_period
+from core.pooling import Pooling
 from core.scoring import ContenderState, effective
 from core.storage import Store
 from core.validator.measure import measure_period
 from core.validator.report import period_table
 
 
-def status(store: Store, period_blocks: int) -> str:
+def status(store: Store, period_blocks: int, uids: Collection[int] = (),
+           hotkeys: Collection[str] = (), as_json: bool = False) -> str:
+    """``uids``, ``hotkeys``: only those contenders (none given: all)."""
     period = store.latest_period()
     if period is None:
-        return "no period recorded yet"
+        return json.dumps({"period": None}) if as_json else "no period recorded yet"
     contenders = store.contenders(period)
     windows = store.windows(period)
     measured, poolings = measure_period(store, period, contenders, period_blocks)
@@ -35,6 +42,10 @@ def status(store: Store, period_blocks: int) -> str:
         closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
                                store.states(), max((c.uid for c in contenders), default=-1) + 1,
                                {k: n for k, (_, n) in measured.items()})
+    if uids or hotkeys:
+        closing = Closing(closing.states, closing.weights,
+                          [r for r in closing.rows if r.contender.uid in uids
+                           or r.contender.hotkey in hotkeys])
     last = store.last_weights()
     weights = last[1] if last else {}
     vector = np.zeros(max(weights, default=-1) + 1)
@@ -42,8 +53,38 @@ def status(store: Store, period_blocks: int) -> str:
         vector[uid] = w
     if vector.sum() > 0:
         vector /= vector.sum()
+    scored = store.poolings(period) if finished else {p.block: p for p in poolings}
+    if as_json:
+        return json.dumps(_as_dict(period, finished, windows, scored, closing, last, vector),
+                          indent=1)
     progress = "finished" if finished else "in progress"
     set_at = f"weights last set at block {last[0]}" if last else "no weights set yet"
-    scored = store.poolings(period) if finished else {p.block: p for p in poolings}
     table = period_table(period, windows, closing, vector, scored)
     return f"{table}\n(period {progress}; {set_at})"
+
+
+def _as_dict(period: int, finished: bool, windows, scored: dict[int, Pooling], closing: Closing,
+             last, vector: np.ndarray) -> dict:
+    def window(w) -> dict:
+        p = scored.get(w.block)
+        return {"block": w.block, "seconds": w.seconds,
+                "pooled_from": list(p.used) if p else None,
+                "coverage": p.coverage if p else None}
+
+    def row(r: Row) -> dict:
+        c, s = r.contender, r.state
+        return {"uid": c.uid, "hotkey": c.hotkey, "task": c.task, "declared": c.declared,
+                "budget": c.budget, "requests": r.requests,
+                "windows": [{"block": w.block, "asked": w.tally.asked, "good": w.tally.good,
+                             "served": w.served if w.tally.asked > 0 else None,
+                             "pooled": w.pooled} for w in r.outcome.windows],
+                "other_asked": r.outcome.other.asked, "score": s.period_score,
+                "reliability": s.reliability, "quality": s.quality,
+                "demonstrated": s.demonstrated, "credited": s.credited,
+                "effective": r.effective}
+
+    return {"period": period, "finished": finished, "windows": [window(w) for w in windows],
+            "contenders": [row(r) for r in sorted(closing.rows, key=lambda r: (r.contender.uid,
+                                                                                r.contender.task))],
+            "weights_set_at": last[0] if last else None,
+            "weights": {str(uid): float(w) for uid, w in enumerate(vector) if w > 0}}
