@@ -22,12 +22,13 @@ from core.backends.transformers_chat import TransformersChat
 from core.checking import Verdict
 from core.protocol import ChatChunk, ChatRequest, ChatToken, stop_at
 
-# The rule's thresholds, measured by scripts/bench_checker_tolerance.py (vLLM bf16 and fp32 against
-# the fp32 reference, and three cheats; figures in docs/protocol.md §8). Honest bf16 completions
-# differ by up to 0.22 nats on a token and 0.033 on average; a model with 4-bit weights by
-# 2.6 nats on its worst token (median) and at least 0.049 on average (1st percentile).
+# The rule's thresholds, measured by scripts/bench_checker_tolerance.py (figures in docs/protocol.md
+# §8): vLLM bf16 and fp32 on the CPU against the fp32 reference, and on an H200 the transformers
+# engine in bf16 and fp32 against the bf16 CUDA reference `--check gpu` loads. Honest completions
+# differ by up to 0.32 nats on a token (p99, a 1024-wide Llama on CUDA) and 0.052 on average; a
+# model with 4-bit weights by 2.6 nats on its worst token (median) and at least 0.05 on average.
 LOGPROB_TOLERANCE = 0.35  # nats, on any one token; also the slack for ties at temperature 0
-MEAN_TOLERANCE = 0.04  # nats, averaged over the completion's tokens
+MEAN_TOLERANCE = 0.08  # nats, averaged over the completion's tokens (0.04 failed 20% of honest)
 NUCLEUS_SLACK = 0.075  # probability mass: bf16 rounding moved the nucleus edge by up to 0.057
 Z_MAX = 5.0  # surprisal standard deviations above what sampling gives (honest: at most 3.9)
 
