@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import base64
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 
 def main() -> None:

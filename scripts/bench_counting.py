@@ -134,8 +134,8 @@ def main() -> None:
     requests = 20 if a.quick else a.requests
     count_figures(200 if a.quick else 5000)
 
-    from core.localproc import free_port
     from core.validator.synthetic import synthetic_request
+    from devtools.localproc import free_port
 
     port = free_port()
     server = mp.get_context("spawn").Process(

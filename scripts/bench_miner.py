@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 CONFIG = (
     "tasks:\n  chat-llama-3: {capacity: 10000000}\n  proteus-text-to-image: {capacity: 10000000}\n"
@@ -53,7 +56,6 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from core.backends import load_engine
     from core.capacity import TaskEntry
     from core.chain.local import LocalChain
-    from core.localproc import free_port, make_wallet, neuron, wait_healthy
     from core.protocol import (
         CAPACITY_PATH,
         MAX_CAPACITY_BYTES,
@@ -63,6 +65,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         ImageResponse,
     )
     from core.transport.client import SignedClient
+    from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
 
     chat_engine = load_engine("chat-llama-3", TaskEntry(capacity=1))
     image_engine = load_engine("proteus-text-to-image", TaskEntry(capacity=1))

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 PERIOD_BLOCKS = 3600
 
@@ -83,11 +86,11 @@ async def measure(requests: int, rounds: int) -> None:
     import aiohttp
 
     from core.chain.local import LocalChain
-    from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
     from core.protocol import ChatRequest
     from core.storage import open_store
     from core.transport.client import SignedClient
     from core.validator import keys
+    from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-organic-"))
     chain = LocalChain.create(tmp / "chain", tempo=PERIOD_BLOCKS, age_blocks=10 * PERIOD_BLOCKS)

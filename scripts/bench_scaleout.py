@@ -19,9 +19,12 @@ import asyncio
 import multiprocessing
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 TOKEN = "bench-worker-token-0123456789"
 
@@ -34,9 +37,9 @@ def pct(xs: list[float], q: float) -> float:
 async def routing(n: int) -> dict[str, float]:
     from core.backends.remote import OpenAIChat
     from core.chain.local import LocalChain
-    from core.localproc import free_ports, make_wallet, neuron, wait_healthy
     from core.protocol import MAX_CHAT_LINE_BYTES, ChatChunk, ChatRequest
     from core.transport.client import SignedClient
+    from devtools.localproc import free_ports, make_wallet, neuron, wait_healthy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=1000)
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
     if args.dsn:
         figures = accounting(args.dsn, args.accounting_s)
     else:
-        from core.localpg import postgres_server
+        from devtools.localpg import postgres_server
 
         with postgres_server(fsync=True) as dsn:
             figures = accounting(dsn, args.accounting_s)

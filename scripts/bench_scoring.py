@@ -18,9 +18,12 @@ import json
 import multiprocessing as mp
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 N_MINERS = 256
 
@@ -107,9 +110,9 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
     from core import plan
     from core.budget import Contender
     from core.chain.local import LocalChain
-    from core.localproc import free_ports, make_wallet
     from core.storage import open_store
     from core.validator.loop import Settings, Validator
+    from devtools.localproc import free_ports, make_wallet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=10_000)

@@ -13,8 +13,12 @@ windows a period x W / period + the background share.
 from __future__ import annotations
 
 import hashlib
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
 from core import plan
 from core.budget import Contender

@@ -19,12 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
+
 from core.chain.local import LocalChain
 from core.cli import add_log_level, parser
-from core.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
 from core.plan import window_blocks
 from core.storage import open_store
 from core.validator import keys
+from devtools.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
 
 MARKER = ".sn19-localnet"  # in a folder this script made: the only kind it deletes
 MINERS = ("small", "medium", "large")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
+
 from core.cli import parser
 from core.scenarios import POOL, VALIDATORS, Verdict, cosine, judge, load_scenario, strategies
 from core.simulation import Setup, Validator, simulate

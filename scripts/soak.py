@@ -19,17 +19,20 @@ import collections
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
+
 from core.chain.local import LocalChain
 from core.cli import parser
-from core.localproc import ROOT, free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
+from devtools.localproc import ROOT, free_ports, lone_validator, make_wallet, neuron, wait_healthy
 
 MINERS = ("small", "medium", "large")
 

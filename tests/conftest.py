@@ -11,7 +11,7 @@ from bittensor.sp_core import Keypair
 from hypothesis import settings
 
 from core.chain.local import LocalChain
-from core.localproc import make_wallet
+from devtools.localproc import make_wallet
 
 # CI runs the property and fuzz tests on fixed examples, so a submission lands or fails on its code
 # alone; local runs keep drawing new examples (and keep finding what they find).
@@ -57,7 +57,7 @@ def subnet(tmp_path) -> Subnet:
 
 @pytest.fixture(scope="session")
 def postgres_dsn():
-    from core.localpg import binaries_present, postgres_server
+    from devtools.localpg import binaries_present, postgres_server
 
     if not binaries_present():
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")

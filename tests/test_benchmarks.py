@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from core.localproc import ROOT
+from devtools.localproc import ROOT
 
 pytestmark = [pytest.mark.process]
 
@@ -47,7 +47,7 @@ def test_bench_organic_small_run_prints_its_figures():
 
 
 def test_bench_scaleout_small_run_prints_its_figures():
-    from core.localpg import binaries_present
+    from devtools.localpg import binaries_present
 
     if not binaries_present():
         import pytest

@@ -4,7 +4,7 @@ import pytest
 
 from core.chain import connect
 from core.chain.local import LocalChain, LocalChainError
-from core.localproc import make_wallet
+from devtools.localproc import make_wallet
 
 
 def run(coro):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from core.localproc import make_wallet
+from devtools.localproc import make_wallet
 
 pytestmark = [pytest.mark.process]
 

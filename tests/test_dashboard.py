@@ -6,9 +6,9 @@ import re
 
 from prometheus_client import CollectorRegistry
 
-from core.localproc import ROOT
 from core.miner.metrics import MinerMetrics
 from core.validator.metrics import ValidatorMetrics
+from devtools.localproc import ROOT
 
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
             "gauge": ("",), "summary": ("_sum", "_count")}

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
+from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 

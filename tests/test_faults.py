@@ -13,7 +13,6 @@ from fastapi.responses import PlainTextResponse
 
 from core.chain import ChainError, Neuron
 from core.chain.local import LocalChain
-from core.localproc import free_port, lone_validator, make_wallet
 from core.protocol import ChatRequest, TextToImageRequest
 from core.records import Outcome
 from core.storage import StorageError, open_store
@@ -21,6 +20,7 @@ from core.transport.client import SignedClient
 from core.validator.counting import PromptCounter
 from core.validator.loop import Settings, Validator
 from core.validator.traffic import Attempt, Traffic
+from devtools.localproc import free_port, lone_validator, make_wallet
 from tests.servers import serving
 
 

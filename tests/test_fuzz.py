@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
-from core.localproc import make_wallet
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -23,6 +22,7 @@ from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
+from devtools.localproc import make_wallet
 
 pytestmark = [pytest.mark.property]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 from core.plan import window_blocks
 from core.scoring import effective
 from core.storage import open_store
 from core.tasks import TASKS
+from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 

@@ -37,3 +37,7 @@ def test_forbidden_arrows():
     assert not any(m.startswith("core.chain") for m in modules("core/backends"))
     everything = modules("core") | modules("tests") | modules("scripts") | modules("neurons")
     assert not any(m.startswith(("neurons", "scripts")) for m in everything)
+    # development helpers stay out of what ships: the package and its entry points never use them
+    assert not any(m.startswith("devtools") for m in modules("core") | modules("neurons"))
+    # the transport reads the metagraph's types from their pure module, not the chain's re-export
+    assert "core.chain" not in modules("core/transport")

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from bittensor import http_auth
 
-from core.localproc import free_port, neuron, wait_healthy
 from core.protocol import ChatChunk, ChatRequest
+from devtools.localproc import free_port, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process]
 

@@ -15,7 +15,6 @@ from core.backends.transformers_chat import TransformersChat
 from core.budget import contenders
 from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
-from core.localproc import free_ports, make_wallet
 from core.miner.app import MinerState, build_app
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -25,6 +24,7 @@ from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
 from core.validator.organic import Organic
+from devtools.localproc import free_ports, make_wallet
 from tests.servers import serving
 
 CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=50_000),

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 from core.storage import open_store
 from core.validator import keys
+from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import free_port, make_wallet, neuron, wait_healthy
 from core.storage import open_store
+from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 from core.storage import open_store
+from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 

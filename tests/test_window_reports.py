@@ -14,7 +14,6 @@ from bittensor import http_auth
 from fastapi.testclient import TestClient
 
 from core.budget import Contender
-from core.localproc import ROOT, free_port, make_wallet
 from core.metagraph import Metagraph, Neuron
 from core.plan import SLICES, Window
 from core.pooling import COVERAGE, pool_window, report_cap
@@ -27,6 +26,7 @@ from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import REPORT_PATH, ReportRequest, WindowReport, report_of
+from devtools.localproc import ROOT, free_port, make_wallet
 
 PB = 60
 STAKES = {"v45": 45.0, "v35": 35.0, "v20": 20.0}

@@ -17,7 +17,6 @@ from bittensor import http_auth
 from core.backends import tiny_seed
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
 from core.backends.transformers_chat import TransformersChat
-from core.localproc import free_port, free_ports, neuron, wait_healthy
 from core.protocol import (
     CapacityRequest,
     CapacityResponse,
@@ -26,6 +25,7 @@ from core.protocol import (
     TextToImageRequest,
     stop_at,
 )
+from devtools.localproc import free_port, free_ports, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process]
 

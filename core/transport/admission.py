@@ -12,7 +12,7 @@ import json
 
 from fastapi import Request
 
-from core.chain import Metagraph, Neuron
+from core.metagraph import Metagraph, Neuron
 from core.protocol import MAJOR, PROTOCOL_VERSION, major_of
 from core.transport.auth import Gate, Refused
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from bittensor import http_auth
 
-from core.chain import Metagraph, Neuron
+from core.metagraph import Metagraph, Neuron
 
 # Entries must outlive the freshness window (max_age + allowed skew).
 NONCE_RETENTION_S = 60.0
