@@ -33,6 +33,12 @@ def speed_factor(seconds: float, expected: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (seconds - expected) / expected))
 
 
+def speed_quality(task: str, seconds: float, units: float) -> float:
+    """A served request's speed factor against its task's expected time for ``units``: its whole
+    quality when no checker runs, and a passed check's."""
+    return speed_factor(seconds, TASKS[task].expected_seconds(units))
+
+
 @dataclass(frozen=True)
 class Tally:
     """Units a validator asked of one contender in one slice (or outside windows), by outcome;

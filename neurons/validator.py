@@ -230,7 +230,7 @@ async def serve(validator, args) -> None:
     if args.api_port:
         from core.validator.api import build_api
 
-        apps.append((build_api(validator, max_body=args.api_max_body,
+        apps.append((build_api(validator.api_services(), max_body=args.api_max_body,
                                body_timeout_s=args.body_timeout), args.api_host, args.api_port))
     servers = [Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                      timeout_graceful_shutdown=30, **server_options(args)))

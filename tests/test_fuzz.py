@@ -158,7 +158,8 @@ def _api():
     store = open_store(str(tmp / "v.sqlite3"))
     validator = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})
-    return build_api(validator, max_body=64_000), keys.create(store, "fuzz", per_minute=10**9)
+    api = build_api(validator.api_services(), max_body=64_000)
+    return api, keys.create(store, "fuzz", per_minute=10**9)
 
 
 API, API_KEY = _api()

@@ -117,7 +117,7 @@ def test_keys_limits_and_errors(net):
 
     async def main():
         v = await open_period(chain, wallet, store, {})
-        async with client(build_api(v, max_body=10_000)) as c:
+        async with client(build_api(v.api_services(), max_body=10_000)) as c:
             out = {
                 "none": (await c.get("/v1/models")).status_code,
                 "bad": (
@@ -152,7 +152,7 @@ async def stream_chat(net, body: dict, max_attempts: int = 3):
     chain, wallet, store, hotkeys = net
     key = keys.create(store, f"k{len(keys.listing(store))}", per_minute=100)
     v = await open_period(chain, wallet, store, {(hotkeys["good"], "chat-llama-3"): 1e-6})
-    async with (client(build_api(v, max_attempts=max_attempts)) as c,
+    async with (client(build_api(v.api_services(), max_attempts=max_attempts)) as c,
                 c.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
                          headers={"Authorization": f"Bearer {key}"}) as r):
         events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
@@ -194,7 +194,7 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
         v = await open_period(
             chain, wallet, store, {(hotkeys["broken"], "proteus-text-to-image"): 1e-6}
         )
-        async with client(build_api(v)) as c:
+        async with client(build_api(v.api_services())) as c:
             r = await c.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "proteus-text-to-image", "prompt": "a cat",
                                    "size": "64x64", "steps": 20, "n": 2})
@@ -282,7 +282,7 @@ def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
     async def main():
         v = await open_period(chain, wallet, store, {})
         out = []
-        async with client(build_api(v)) as c:
+        async with client(build_api(v.api_services())) as c:
             for path, body, _ in cases:
                 r = await c.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
                 out.append((r.status_code, r.json()["error"]["message"]))
@@ -309,7 +309,7 @@ def test_a_database_that_fails_is_an_openai_style_500(net, monkeypatch):
     async def main():
         v = await open_period(chain, wallet, store, {})
         monkeypatch.setattr(store, "count_api_use", broken)
-        async with client(build_api(v), raise_app_exceptions=False) as c:
+        async with client(build_api(v.api_services()), raise_app_exceptions=False) as c:
             r = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
         await v.client.close()
         return r
@@ -331,7 +331,7 @@ def test_stop_ends_the_miner_s_completion_and_the_client_gets_the_text_before_it
     async def main():
         # only the good miner: the broken one would fail the requests
         v = await open_period(chain, wallet, store, {(hotkeys["broken"], "chat-llama-3"): 0.0})
-        async with client(build_api(v)) as c:
+        async with client(build_api(v.api_services())) as c:
             free = (await c.post("/v1/chat/completions", headers=auth, json=body)).json()
             text = free["choices"][0]["message"]["content"]
             sequence = next(text[i:i + 3] for i in range(4, len(text) - 3)

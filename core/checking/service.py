@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
-from core.scoring import speed_factor
+from core.scoring import speed_quality
 from core.tasks import TASKS
 
 log = logging.getLogger("validator.checking")
@@ -93,7 +93,7 @@ def quality_of(job: Job, mode: str) -> tuple[float, str]:
         verdict = check_images(engine, job.request, job.answer)
     if not verdict.passed:
         return 0.0, verdict.reason
-    return speed_factor(job.latency_s, TASKS[job.task].expected_seconds(job.units)), ""
+    return speed_quality(job.task, job.latency_s, job.units), ""
 
 
 @dataclass

@@ -12,6 +12,8 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -28,10 +30,13 @@ from core.protocol import (
     InpaintRequest,
     TextToImageRequest,
 )
+from core.storage.store import Store
 from core.tasks import TASKS, Kind
 from core.transport.limits import BodyLimit, BodyTimeout
 from core.validator import keys
+from core.validator.book import PeriodBook
 from core.validator.organic import AllFailed, NoCapacity, Organic
+from core.validator.traffic import Traffic
 
 DEFAULT_MAX_BODY = 16 * 2**20
 
@@ -134,12 +139,24 @@ def task_for(model: str, kind: Kind) -> str:
                         f"{choices}", "not_found_error")
 
 
-def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3,
+@dataclass(frozen=True)
+class ApiServices:
+    """What the API uses of a validator, and nothing more: the period's book (budgets and live
+    capacity), traffic (one way to send, classify and record a request), the store (keys and rate
+    limits), and whether this process runs the period loop (for /health)."""
+
+    book: PeriodBook
+    traffic: Traffic
+    store: Store
+    leading: Callable[[], bool]
+
+
+def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3,
               body_timeout_s: float = 30.0) -> FastAPI:
     app = FastAPI(title="SN19 validator API", version="1",
                   description="OpenAI-compatible access to Subnet 19's miners")
-    organic = Organic(validator.book, validator.traffic, max_attempts)
-    limiter = keys.RateLimiter(validator.store)
+    organic = Organic(services.book, services.traffic, max_attempts)
+    limiter = keys.RateLimiter(services.store)
     seeds = random.Random()
 
     @app.exception_handler(ApiError)
@@ -176,7 +193,7 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
         if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                            "authentication_error")
-        key = keys.find(validator.store, token)
+        key = keys.find(services.store, token)
         if key is None:
             raise ApiError(401, "invalid or revoked API key", "authentication_error")
         wait = limiter.allow(key)
@@ -195,11 +212,12 @@ def build_api(validator, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int 
     @app.get("/health")
     async def health():
         """For load balancers (no key): this replica's period and whether it runs the loop."""
-        return {"status": "ok", "period": validator.book.period, "period_loop": validator.leading}
+        return {"status": "ok", "period": services.book.period,
+                "period_loop": services.leading()}
 
     @app.get("/v1/models")
     async def models(_: keys.ApiKey = Depends(authorize)):
-        live = validator.book.capacity()
+        live = services.book.capacity()
         return {"object": "list", "data": [
             {"id": t.id, "object": "model", "created": 0, "owned_by": "sn19", "kind": t.kind.value,
              "unit": t.unit.value, "upstream": t.model,

@@ -34,7 +34,6 @@ from core.protocol import (
     task_path,
 )
 from core.records import Outcome
-from core.scoring import speed_factor
 from core.tasks import TASKS
 from core.transport.client import SignedClient
 
@@ -76,11 +75,6 @@ async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
 def timeout_for(task_id: str, units: float) -> float:
     """Past twice the expected time the speed factor is 0: waiting longer earns nothing."""
     return 2 * TASKS[task_id].expected_seconds(units) + 2.0
-
-
-def speed_quality(task: str, latency: float, units: float) -> float:
-    """A success's quality when no checker runs: its speed factor alone."""
-    return speed_factor(latency, TASKS[task].expected_seconds(units))
 
 
 class MinerFailed(Exception):

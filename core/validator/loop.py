@@ -27,6 +27,7 @@ from core.checking.service import Checker
 from core.period import close_period, open_period
 from core.storage import StorageError, Store
 from core.transport.client import SignedClient
+from core.validator.api import ApiServices
 from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
@@ -92,6 +93,10 @@ class Validator:
     @property
     def hotkey(self) -> str:
         return self.keypair.ss58_address
+
+    def api_services(self) -> ApiServices:
+        """What the organic API uses of this validator, and nothing more."""
+        return ApiServices(self.book, self.traffic, self.store, lambda: self.leading)
 
     async def run(self, periods: int | None = None) -> None:
         """Run periods back to back (``periods``: that many; None: forever), then close."""

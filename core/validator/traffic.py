@@ -28,6 +28,7 @@ from core.protocol import (
     TaskRequest,
 )
 from core.records import Outcome, RequestRecord
+from core.scoring import speed_quality
 from core.storage import StorageError, Store
 from core.tasks import TASKS
 from core.transport.client import SignedClient
@@ -160,7 +161,7 @@ class Traffic:
         if outcome is not Outcome.OK:
             result.answer = None
         task = attempt.message.task
-        quality = (dispatch.speed_quality(task, latency, units)
+        quality = (speed_quality(task, latency, units)
                    if outcome is Outcome.OK and self.checker is None else None)
         record = RequestRecord(period=attempt.reserved_in, hotkey=attempt.neuron.hotkey, task=task,
                                organic=attempt.organic, outcome=outcome, units=units,
