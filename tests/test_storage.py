@@ -80,6 +80,30 @@ def test_states_round_trip_and_finish_marks_the_period(store):
     assert store.states()[("hk1", "inpaint")] == later
 
 
+def test_a_state_of_another_version_is_refused_and_an_unversioned_one_read(store):
+    import json
+    from dataclasses import asdict
+
+    state = ContenderState(declared=5.0, credited=4.0)
+    legacy = json.dumps(asdict(state))  # as written before states carried a version
+    store.db.execute("INSERT INTO states VALUES (?, ?, ?, ?)", ("hk1", "inpaint", 1, legacy))
+    assert store.states() == {("hk1", "inpaint"): state}
+    newer = json.dumps({"version": 99, **asdict(state)})
+    store.db.execute("UPDATE states SET state = ?", (newer,))
+    with pytest.raises(StorageError, match="version 99"):
+        store.states()
+
+
+def test_api_keys_are_typed_and_a_name_is_taken_once(store):
+    assert store.add_api_key("a", "sn19-abc", "d1", 5, 1.0)
+    assert not store.add_api_key("a", "sn19-xyz", "d2", 5, 2.0)
+    [key] = store.api_keys()
+    assert (key.name, key.prefix, key.per_minute, key.revoked_at) == ("a", "sn19-abc", 5, None)
+    assert store.api_keys("d1") == [key] and store.api_keys("d2") == []
+    assert store.revoke_api_key("a", 3.0) and not store.revoke_api_key("a", 4.0)
+    assert store.api_keys("d1") == [] and store.api_keys()[0].revoked_at == 3.0
+
+
 def test_weights_and_prune(store):
     assert store.last_weights() is None
     store.note_weights(100, 1.0, {1: 0.25, 3: 0.75})

@@ -12,7 +12,6 @@ from core.storage.store import StorageError
 
 
 class PostgresDatabase:
-    dialect = "postgresql"
     auto_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     row_lock = " FOR SHARE"  # waits for a concurrent seal of the period (READ COMMITTED)
     errors: tuple[type[Exception], ...] = (psycopg.Error,)

@@ -15,7 +15,6 @@ from core.storage.store import StorageError
 
 
 class SqliteDatabase:
-    dialect = "sqlite"
     auto_id = "INTEGER PRIMARY KEY"
     row_lock = ""  # BEGIN IMMEDIATE already serialises every writer
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)

@@ -33,6 +33,20 @@ class PeriodInfo:
     stakes: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """An organic API key as stored: never the key itself, only its hash (not returned here)."""
+
+    name: str
+    prefix: str  # the first characters, to tell keys apart in lists and logs
+    per_minute: int
+    created_at: float
+    revoked_at: float | None
+
+
+STATE_VERSION = 1  # the shape of a stored ContenderState; a state of another version is refused
+
+
 class StorageError(Exception):
     """The database refused a read or write; the message names it and says why."""
 
@@ -274,7 +288,8 @@ class Store:
 
     def finish_period(self, period: int, states: dict[tuple[str, str], ContenderState]) -> None:
         """Store every contender's new state and mark the period done, in one transaction."""
-        rows = [(hk, task, period, json.dumps(asdict(s))) for (hk, task), s in states.items()]
+        rows = [(hk, task, period, json.dumps({"version": STATE_VERSION, **asdict(s)}))
+                for (hk, task), s in states.items()]
         with self._guard(), self.db.transaction():
             self.db.executemany(
                 "INSERT INTO states VALUES (?, ?, ?, ?) ON CONFLICT (hotkey, task) "
@@ -285,6 +300,10 @@ class Store:
         out = {}
         for hotkey, task, raw in self._run("SELECT hotkey, task, state FROM states"):
             d = json.loads(raw)
+            version = d.pop("version", 1)  # states written before versions were version 1
+            if version != STATE_VERSION:
+                raise StorageError(f"the state of {hotkey} {task} is of version {version}; this "
+                                   f"validator reads version {STATE_VERSION}: upgrade it")
             for name in ("demonstrated_w", "scored", "other", "checks"):
                 d[name] = tuple(tuple(x) if isinstance(x, list) else x for x in d[name])
             out[(hotkey, task)] = ContenderState(**d)
@@ -305,28 +324,25 @@ class Store:
     # -- API keys (only their hashes) --
 
     def add_api_key(self, name: str, prefix: str, digest: str, per_minute: int, at: float) -> bool:
-        """False when a key of that name exists already."""
-        if self._run("SELECT 1 FROM api_keys WHERE name = ?", (name,)):
-            return False
-        self._run("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                  (name, prefix, digest, per_minute, at))
-        return True
+        """False when a key of that name exists already (one statement: two processes creating
+        the same name cannot both succeed)."""
+        return bool(self._run("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL) "
+                              "ON CONFLICT (name) DO NOTHING RETURNING name",
+                              (name, prefix, digest, per_minute, at)))
 
     def revoke_api_key(self, name: str, at: float) -> bool:
         """False when there is no live key of that name."""
-        if not self._run("SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)):
-            return False
-        self._run("UPDATE api_keys SET revoked_at = ? WHERE name = ?", (at, name))
-        return True
+        return bool(self._run("UPDATE api_keys SET revoked_at = ? "
+                              "WHERE name = ? AND revoked_at IS NULL RETURNING name", (at, name)))
 
-    def api_keys(self, digest: str | None = None) -> list[tuple]:
-        """(name, prefix, per_minute, created_at, revoked_at): every key, or the live one with
-        this digest."""
+    def api_keys(self, digest: str | None = None) -> list[ApiKey]:
+        """Every key, or the live one with this digest."""
+        columns = "SELECT name, prefix, per_minute, created_at, revoked_at FROM api_keys"
         if digest is None:
-            return self._run("SELECT name, prefix, per_minute, created_at, revoked_at "
-                             "FROM api_keys ORDER BY created_at")
-        return self._run("SELECT name, prefix, per_minute, created_at, revoked_at FROM api_keys "
-                         "WHERE hash = ? AND revoked_at IS NULL", (digest,))
+            rows = self._run(f"{columns} ORDER BY created_at")
+        else:
+            rows = self._run(f"{columns} WHERE hash = ? AND revoked_at IS NULL", (digest,))
+        return [ApiKey(*row) for row in rows]
 
     def count_api_use(self, name: str, minute: int) -> int:
         """Count one request of key ``name`` in ``minute`` (one statement: replicas sharing the

@@ -6,20 +6,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
 
 from core.storage import Store
+from core.storage.store import ApiKey
+
+__all__ = ["ApiKey", "RateLimiter", "create", "find", "listing", "revoke"]
 
 PREFIX = "sn19-"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    name: str
-    prefix: str  # the first characters, to tell keys apart in lists and logs
-    per_minute: int
-    created_at: float
-    revoked_at: float | None
 
 
 def digest(key: str) -> str:
@@ -42,12 +35,12 @@ def revoke(store: Store, name: str) -> bool:
 
 def find(store: Store, key: str) -> ApiKey | None:
     """The live key matching ``key``, or None (unknown or revoked)."""
-    rows = store.api_keys(digest(key))
-    return ApiKey(*rows[0]) if rows else None
+    found = store.api_keys(digest(key))
+    return found[0] if found else None
 
 
 def listing(store: Store) -> list[ApiKey]:
-    return [ApiKey(*r) for r in store.api_keys()]
+    return store.api_keys()
 
 
 class RateLimiter:
