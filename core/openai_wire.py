@@ -1,5 +1,7 @@
-"""OpenAI's chat-completion wire format, both ways: the server-sent events the validator's API and
-the project's worker send, and the reading of such a stream (from ``vllm serve`` or a worker).
+"""OpenAI's wire format, every shape of it in one place: the requests the validator's API accepts
+(chat and images), the chat request the project's client sends to ``vllm serve`` or a worker and
+the worker reads, the server-sent events the API and the worker send, and the reading of such a
+stream.
 
 Token ids travel as vLLM writes them with ``return_tokens_as_token_ids``: ``"token_id:123"`` in
 each log-probability entry, so the checker gets the ids it recomputes without a tokenizer here.
@@ -8,8 +10,127 @@ each log-probability entry, so the checker gets the ids it recomputes without a 
 from __future__ import annotations
 
 import json
+from typing import Annotated, Literal
 
-from core.protocol import ChatChunk, ChatToken, spread_text, stop_at
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.protocol import (
+    MAX_IMAGE_B64_CHARS,
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatToken,
+    spread_text,
+    stop_at,
+)
+
+
+class Text(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Text]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+# Fields of OpenAI's request this API accepts only at their neutral value (anything else would be
+# silently ignored: a 400 names it instead).
+NEUTRAL: dict[str, tuple] = {
+    "user": (), "logprobs": (False, None), "presence_penalty": (0, None),
+    "frequency_penalty": (0, None), "parallel_tool_calls": (None, True, False),
+}
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: Annotated[list[Turn], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stream: bool = False
+    n: int = 1
+    stream_options: dict | None = None
+    stop: str | list[str] | None = None
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def unsupported(self) -> str | None:
+        """The first field sent that this API does not implement, if any."""
+        for name, value in (self.model_extra or {}).items():
+            neutral = NEUTRAL.get(name)
+            if neutral is None or (neutral and value not in neutral):
+                return name
+        return None
+
+
+class ImagesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a field not implemented is a 400 naming it
+    model: str
+    user: str | None = None  # OpenAI's end-user tag: accepted, unused
+    prompt: str
+    n: Annotated[int, Field(ge=1, le=4)] = 1
+    size: str = "1024x1024"
+    response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = None
+    # extension: denoising steps (default: the task's usual)
+    steps: Annotated[int, Field(ge=1)] | None = None
+    negative_prompt: str = ""
+    guidance_scale: float = 7.0
+
+
+class ImageToImageBody(ImagesRequest):
+    image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: float = 0.75
+
+
+class InpaintBody(ImageToImageBody):
+    mask: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+    strength: float = 1.0
+
+
+class CompletionBody(BaseModel):
+    """A chat completion as the miner's remote client sends it (``OpenAIChat``, to ``vllm serve``
+    or a worker) and as the worker reads it; other OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = ""
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stream: bool = False
+    stream_options: dict | None = None
+    logprobs: bool = False
+    stop: str | list[str] | None = None  # the front end's request's stop sequences
+    include_stop_str_in_output: bool = False  # vLLM: the text keeps the sequence (as the rule)
+    top_logprobs: int = 0
+    return_tokens_as_token_ids: bool = False  # vLLM: "token_id:123" in each logprob entry
+
+    @classmethod
+    def of(cls, request: ChatRequest, model: str) -> CompletionBody:
+        """The body that asks for ``request``'s completion, streamed, with every token's id and
+        log-probability and the usage at the end."""
+        return cls(model=model, messages=request.messages, max_tokens=request.max_tokens,
+                   temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+                   stream=True, stop=request.stop or None,
+                   include_stop_str_in_output=bool(request.stop),
+                   stream_options={"include_usage": True}, logprobs=True,
+                   return_tokens_as_token_ids=True)
+
 
 DONE = b"data: [DONE]\n\n"
 TOKEN_ID_PREFIX = "token_id:"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from core.openai_wire import StreamError, read_chunk
+from core.openai_wire import CompletionBody, StreamError, read_chunk
 from core.protocol import PATHS, ChatChunk, ChatRequest, ImageRequest, ImageResponse
 from core.tasks import TASKS
 
@@ -68,13 +68,7 @@ class OpenAIChat(RemoteWorker):
         self.model = model
 
     def body(self, request: ChatRequest) -> dict:
-        return {"model": self.model, "messages": [m.model_dump() for m in request.messages],
-                "max_tokens": request.max_tokens, "temperature": request.temperature,
-                "top_p": request.top_p, "seed": request.seed, "stream": True,
-                **({"stop": request.stop, "include_stop_str_in_output": True}
-                   if request.stop else {}),
-                "stream_options": {"include_usage": True}, "logprobs": True, "top_logprobs": 0,
-                "return_tokens_as_token_ids": True}
+        return CompletionBody.of(request, self.model).model_dump(exclude_none=True)
 
     async def chunks(self, request: ChatRequest, timeout: float | None = None
                      ) -> AsyncIterator[ChatChunk]:

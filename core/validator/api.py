@@ -14,17 +14,26 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.openai_wire import DONE, StopFilter, chunk_event, event, finish_reason, usage_event
+from core.openai_wire import (
+    DONE,
+    ChatCompletionRequest,
+    ImagesRequest,
+    ImageToImageBody,
+    InpaintBody,
+    StopFilter,
+    chunk_event,
+    event,
+    finish_reason,
+    usage_event,
+)
 from core.protocol import (
-    MAX_IMAGE_B64_CHARS,
     ChatRequest,
     ImageToImageRequest,
     InpaintRequest,
@@ -51,82 +60,6 @@ class ApiError(Exception):
 def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}},
                         status_code=status, headers=headers)
-
-
-class Text(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class Turn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[Text]
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-
-# Fields of OpenAI's request this API accepts only at their neutral value (anything else would be
-# silently ignored: a 400 names it instead).
-NEUTRAL: dict[str, tuple] = {
-    "user": (), "logprobs": (False, None), "presence_penalty": (0, None),
-    "frequency_penalty": (0, None), "parallel_tool_calls": (None, True, False),
-}
-
-
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: Annotated[list[Turn], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stream: bool = False
-    n: int = 1
-    stream_options: dict | None = None
-    stop: str | list[str] | None = None
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-    def unsupported(self) -> str | None:
-        """The first field sent that this API does not implement, if any."""
-        for name, value in (self.model_extra or {}).items():
-            neutral = NEUTRAL.get(name)
-            if neutral is None or (neutral and value not in neutral):
-                return name
-        return None
-
-
-class ImagesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a field not implemented is a 400 naming it
-    model: str
-    user: str | None = None  # OpenAI's end-user tag: accepted, unused
-    prompt: str
-    n: Annotated[int, Field(ge=1, le=4)] = 1
-    size: str = "1024x1024"
-    response_format: Literal["b64_json"] = "b64_json"
-    seed: int | None = None
-    # extension: denoising steps (default: the task's usual)
-    steps: Annotated[int, Field(ge=1)] | None = None
-    negative_prompt: str = ""
-    guidance_scale: float = 7.0
-
-
-class ImageToImageBody(ImagesRequest):
-    image: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
-    strength: float = 0.75
-
-
-class InpaintBody(ImageToImageBody):
-    mask: Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
-    strength: float = 1.0
 
 
 def task_for(model: str, kind: Kind) -> str:

@@ -14,18 +14,17 @@ import hmac
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated, cast
+from typing import cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from core.backends import ChatEngine, Engine, ImageEngine
-from core.openai_wire import DONE, chunk_event, finish_reason, usage_event
+from core.openai_wire import DONE, CompletionBody, chunk_event, finish_reason, usage_event
 from core.protocol import (
     PATHS,
     REQUEST_MODELS,
-    ChatMessage,
     ChatRequest,
     ImageRequest,
     ImageResponse,
@@ -37,21 +36,6 @@ from core.transport.limits import BodyLimit, BodyTimeout
 
 class _Unauthorized(Exception):
     pass
-
-
-class CompletionBody(BaseModel):
-    """What the front end's OpenAI client sends (other OpenAI fields are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    stream: bool = False
-    stream_options: dict | None = None
-    logprobs: bool = False
-    stop: str | list[str] | None = None  # the front end's request's stop sequences
 
 
 def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1,
