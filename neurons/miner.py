@@ -11,7 +11,6 @@ import logging
 import sys
 from pathlib import Path
 
-from core.capacity import ConfigError, group_load, load_config
 from core.cli import (
     add_common_args,
     add_endpoint_args,
@@ -23,6 +22,7 @@ from core.cli import (
     server_options,
     setup_logging,
 )
+from core.miner.config import ConfigError, group_load, load_config
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -88,7 +88,7 @@ def check_config(args) -> int:
             print(f"  warning: {task_id} declares under one unit; validators count it as 0")
     from core.backends import backend_problems
 
-    problems = backend_problems(config)
+    problems = backend_problems(e.backend for e in config.tasks.values())
     for problem in problems:
         print(f"  error: {problem}")
     period_s = args.period_blocks * 12.0

@@ -16,9 +16,10 @@ import sys
 
 from pydantic import ValidationError
 
-from core.capacity import TaskEntry
+from core.backends.spec import BACKENDS, serves
 from core.cli import CliError, add_server_args, guarded, parser, server_options, setup_logging
-from core.tasks import TASK_IDS, TASKS, Kind
+from core.miner.config import TaskEntry
+from core.tasks import TASK_IDS, TASKS
 
 log = logging.getLogger("worker")
 MIN_TOKEN_CHARS = 16
@@ -28,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = parser("Subnet 19 worker: serves one task on one back end to the miner's front end "
                "(chat: OpenAI-compatible /v1/chat/completions; images: the miner's paths).")
     p.add_argument("--task", required=True, choices=TASK_IDS, help="the task served")
-    p.add_argument("--backend", choices=("cpu", "vllm", "diffusers"), default="cpu",
+    p.add_argument("--backend", choices=BACKENDS, default="cpu",
                    help="cpu (tiny models unless --model), vllm (chat, GPU), diffusers (images, "
                         "GPU)")
     p.add_argument("--model", default=None,
@@ -66,8 +67,7 @@ def serve(args) -> int:
     if len(token) < MIN_TOKEN_CHARS:
         raise CliError(f"set {args.token_env} to a token of at least {MIN_TOKEN_CHARS} characters "
                        f"(e.g. openssl rand -hex 24); the front end sends it to this worker")
-    chat = TASKS[args.task].kind is Kind.CHAT
-    if (args.backend == "vllm" and not chat) or (args.backend == "diffusers" and chat):
+    if not serves(args.backend, TASKS[args.task].kind):
         raise CliError(f"--backend {args.backend} cannot serve {args.task}")
     import uvicorn
 
@@ -88,7 +88,7 @@ def serve(args) -> int:
         first = e.errors()[0]
         raise CliError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     log.info("loading %s on the %s back end", args.task, args.backend)
-    engine = load_engine(args.task, entry)
+    engine = load_engine(args.task, entry.engine())
     log.info("serving %s on %s:%d", args.task, args.host, args.port)
     uvicorn.run(build_worker_app(args.task, engine, token, args.concurrency, args.body_timeout),
                 host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,

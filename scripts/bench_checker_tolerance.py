@@ -106,10 +106,10 @@ def generate(folder: Path, dtype: str, requests, temperature_shift: float = 0.0,
             )
             answers.append(list(chat.tokens(served)))
         return answers
+    from core.backends.spec import EngineSpec
     from core.backends.vllm_chat import VllmChat
-    from core.capacity import TaskEntry
 
-    engine = VllmChat.load(str(folder), TaskEntry(capacity=1, backend="vllm", dtype=dtype,
+    engine = VllmChat.load(str(folder), EngineSpec(backend="vllm", dtype=dtype,
                                                   enforce_eager=True, max_model_len=512))
 
     async def run():

@@ -31,7 +31,6 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from core.backends import load_engine
-    from core.capacity import TaskEntry
     from core.checking.service import Job, preload, quality_of
     from core.protocol import (
         ChatChunk,
@@ -43,7 +42,7 @@ def main() -> None:
     )
 
     tasks = ("chat-llama-3", "proteus-text-to-image", "proteus-image-to-image", "inpaint")
-    miner = {t: load_engine(t, TaskEntry(capacity=1)) for t in tasks}
+    miner = {t: load_engine(t) for t in tasks}
     preload("cpu", tasks)  # the validator's own reference models, loaded outside the timings
     settings = [(0.0, 1.0), (0.7, 0.9), (1.0, 1.0), (1.0, 0.95)]
     gen = {"chat": 0.0, "image": 0.0}

@@ -54,7 +54,6 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from bittensor.sp_core import Keypair
 
     from core.backends import load_engine
-    from core.capacity import TaskEntry
     from core.chain.local import LocalChain
     from core.protocol import (
         CAPACITY_PATH,
@@ -67,8 +66,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from core.transport.client import SignedClient
     from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
 
-    chat_engine = load_engine("chat-llama-3", TaskEntry(capacity=1))
-    image_engine = load_engine("proteus-text-to-image", TaskEntry(capacity=1))
+    chat_engine = load_engine("chat-llama-3")
+    image_engine = load_engine("proteus-text-to-image")
     tmp = Path(tempfile.mkdtemp(prefix="bench-miner-"))
     chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
     miner = make_wallet(tmp / "wallets", "miner")

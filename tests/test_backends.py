@@ -10,8 +10,8 @@ from PIL import Image
 
 from core.backends import load_engine, tiny_seed
 from core.backends.diffusers_images import DiffusersImages
+from core.backends.spec import EngineSpec
 from core.backends.transformers_chat import TransformersChat
-from core.capacity import TaskEntry
 from core.protocol import ChatRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from core.tasks import Kind
 
@@ -58,13 +58,13 @@ def test_async_stream_yields_the_same_tokens_and_stops_when_abandoned(chat):
 
 
 def test_tasks_on_other_models_answer_differently(chat):
-    mixtral = load_engine("chat-mixtral", TaskEntry(capacity=1))
+    mixtral = load_engine("chat-mixtral")
     assert ids(mixtral, CHAT.model_copy(update={"task": "chat-mixtral"})) != ids(chat)
 
 
 def test_chat_save_and_load_path(chat, tmp_path):
     chat.save_pretrained(str(tmp_path / "llama"))
-    loaded = load_engine("chat-llama-3", TaskEntry(capacity=1, model=str(tmp_path / "llama")))
+    loaded = load_engine("chat-llama-3", EngineSpec(model=str(tmp_path / "llama")))
     assert ids(loaded) == ids(chat)
     assert loaded.prompt_ids(CHAT) == chat.prompt_ids(CHAT)
 

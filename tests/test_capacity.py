@@ -1,6 +1,7 @@
 import pytest
 
-from core.capacity import ConfigError, clamp_declaration, group_load, load_config
+from core.capacity import clamp_declaration
+from core.miner.config import ConfigError, group_load, load_config
 
 
 def write(tmp_path, text):

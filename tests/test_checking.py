@@ -9,7 +9,6 @@ import pytest
 
 from core.backends import load_engine, tiny_seed
 from core.backends.transformers_chat import TransformersChat
-from core.capacity import TaskEntry
 from core.checking.chat import check_chat
 from core.checking.images import check_images
 from core.checking.service import Checker, Job, quality_of
@@ -28,17 +27,17 @@ from core.storage import open_store
 
 @pytest.fixture(scope="module")
 def chat():
-    return load_engine("chat-llama-3", TaskEntry(capacity=1))
+    return load_engine("chat-llama-3")
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return load_engine("chat-llama-3", TaskEntry(capacity=1))  # the validator's own copy
+    return load_engine("chat-llama-3")  # the validator's own copy
 
 
 @pytest.fixture(scope="module")
 def images():
-    return {t: load_engine(t, TaskEntry(capacity=1))
+    return {t: load_engine(t)
             for t in ("proteus-text-to-image", "proteus-image-to-image", "inpaint")}
 
 
@@ -139,7 +138,7 @@ def init(images):
 
 
 def test_honest_images_pass(images, init):
-    reference = {t: load_engine(t, TaskEntry(capacity=1)) for t in images}
+    reference = {t: load_engine(t) for t in images}
     for request in image_requests(init):
         verdict = check_images(
             reference[request.task], request, respond(images[request.task], request)

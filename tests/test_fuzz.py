@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.miner.app import MinerState, build_app
+from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.storage import open_store

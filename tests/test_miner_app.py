@@ -9,8 +9,8 @@ from bittensor import http_auth
 from fastapi.testclient import TestClient
 
 from core.backends import load_engine
-from core.capacity import MinerConfig, TaskEntry
 from core.miner.app import MinerState, build_app
+from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.protocol import (

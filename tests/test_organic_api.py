@@ -13,9 +13,9 @@ from core import plan
 from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
 from core.budget import contenders
-from core.capacity import MinerConfig, TaskEntry
 from core.chain.local import LocalChain
 from core.miner.app import MinerState, build_app
+from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.storage import open_store
@@ -53,8 +53,8 @@ class FailsMidStream(TransformersChat):
 
 @pytest.fixture(scope="module")
 def engines():
-    chat = load_engine("chat-llama-3", TaskEntry(capacity=1))
-    image = load_engine("proteus-text-to-image", TaskEntry(capacity=1))
+    chat = load_engine("chat-llama-3")
+    image = load_engine("proteus-text-to-image")
     return {
         "good": {"chat-llama-3": chat, "proteus-text-to-image": image},
         "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},

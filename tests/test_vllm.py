@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from core.backends.remote import OpenAIChat
+from core.backends.spec import EngineSpec
 from core.backends.transformers_chat import TransformersChat
-from core.capacity import TaskEntry
 from core.checking.chat import check_chat
 from core.protocol import ChatChunk, ChatRequest, stop_at
 from core.validator.counting import PromptCounter
@@ -100,7 +100,7 @@ def alive(pids: set[int]) -> set[int]:
 def test_in_process_vllm_passes_the_checker_and_aborts_when_the_client_leaves(model, reference):
     from core.backends.vllm_chat import VllmChat
 
-    engine = VllmChat.load(str(model), TaskEntry(capacity=1, backend="vllm", dtype="float32",
+    engine = VllmChat.load(str(model), EngineSpec(backend="vllm", dtype="float32",
                                                  enforce_eager=True, max_model_len=512))
     try:
         async def run():

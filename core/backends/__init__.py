@@ -6,10 +6,10 @@ end is chosen."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
-from core.capacity import MinerConfig, TaskEntry
+from core.backends.spec import EngineSpec, serves
 from core.protocol import ChatRequest, ChatToken, ImageRequest
 from core.tasks import TASKS, Kind
 
@@ -37,44 +37,43 @@ def tiny_seed(task_id: str) -> int:
     return zlib.crc32(TASKS[task_id].model.encode())
 
 
-def load_engine(task_id: str, entry: TaskEntry) -> Engine:
-    """The engine a capacity-file entry asks for: ``model`` is a local path (or hub id for the GPU
-    back ends); with the cpu back end and no model, a tiny model is built from configs."""
+def load_engine(task_id: str, spec: EngineSpec = EngineSpec()) -> Engine:
+    """The engine ``spec`` asks for: ``model`` is a local path (or hub id for the GPU back ends);
+    with the cpu back end and no model, a tiny model is built from configs."""
     kind = TASKS[task_id].kind
+    if not serves(spec.backend, kind):
+        raise ValueError(f"task {task_id}: the {spec.backend} back end cannot serve "
+                         f"{kind.value} tasks")
     if kind is Kind.CHAT:
-        if entry.backend == "diffusers":
-            raise ValueError(f"task {task_id}: the diffusers back end serves image tasks only")
-        if entry.backend == "vllm":
+        if spec.backend == "vllm":
             from core.backends.vllm_chat import VllmChat
 
-            return VllmChat.load(entry.model or TASKS[task_id].model, entry)
+            return VllmChat.load(spec.model or TASKS[task_id].model, spec)
         from core.backends.transformers_chat import TransformersChat
 
-        if entry.model:
-            return TransformersChat.from_pretrained(entry.model)
+        if spec.model:
+            return TransformersChat.from_pretrained(spec.model)
         return TransformersChat.tiny(tiny_seed(task_id))
     from core.backends.diffusers_images import DiffusersImages
 
-    if entry.backend == "vllm":
-        raise ValueError(f"task {task_id}: the vllm back end serves chat tasks only")
-    if entry.backend == "diffusers":
-        return DiffusersImages.from_pretrained(entry.model or TASKS[task_id].model, kind,
-                                               device=entry.device, dtype=entry.dtype)
-    if entry.model:
-        return DiffusersImages.from_pretrained(entry.model, kind, device="cpu")
+    if spec.backend == "diffusers":
+        return DiffusersImages.from_pretrained(spec.model or TASKS[task_id].model, kind,
+                                               device=spec.device, dtype=spec.dtype)
+    if spec.model:
+        return DiffusersImages.from_pretrained(spec.model, kind, device="cpu")
     return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed(task_id)), kind)
 
 
-def backend_problems(config: MinerConfig) -> list[str]:
-    """What would stop the configured back ends from loading on this machine (missing packages,
-    no GPU), found without importing them."""
+def backend_problems(backends: Iterable[str]) -> list[str]:
+    """What would stop these back ends from loading on this machine (missing packages, no GPU),
+    found without importing them."""
     import importlib.util
 
     needs = {"cpu": ("torch", "transformers", "diffusers"), "vllm": ("vllm", "transformers"),
              "diffusers": ("torch", "diffusers")}
     extra = {"cpu": "cpu", "vllm": "gpu", "diffusers": "gpu"}
     problems = []
-    for backend in sorted({e.backend for e in config.tasks.values()}):
+    for backend in sorted(set(backends)):
         missing = [m for m in needs[backend] if importlib.util.find_spec(m) is None]
         if missing:
             problems.append(f"the {backend} back end needs {', '.join(missing)}: "

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 from core.backends import prompt
+from core.backends.spec import EngineSpec
 from core.backends.tokens import eos_ids
-from core.capacity import TaskEntry
 from core.protocol import ChatRequest, ChatToken, spread_text
 
 
@@ -28,15 +28,15 @@ class VllmChat:
         self.eos = eos
 
     @classmethod
-    def load(cls, model: str, entry: TaskEntry) -> VllmChat:
-        """Start an engine for ``model`` (hub id or folder) with the entry's GPU settings."""
+    def load(cls, model: str, spec: EngineSpec) -> VllmChat:
+        """Start an engine for ``model`` (hub id or folder) with the spec's GPU settings."""
         from transformers import AutoTokenizer, GenerationConfig
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         args = AsyncEngineArgs(
-            model=model, dtype=entry.dtype, gpu_memory_utilization=entry.gpu_memory_utilization,
-            max_model_len=entry.max_model_len, tensor_parallel_size=entry.tensor_parallel_size,
-            enforce_eager=entry.enforce_eager, max_logprobs=1, enable_log_requests=False,
+            model=model, dtype=spec.dtype, gpu_memory_utilization=spec.gpu_memory_utilization,
+            max_model_len=spec.max_model_len, tensor_parallel_size=spec.tensor_parallel_size,
+            enforce_eager=spec.enforce_eager, max_logprobs=1, enable_log_requests=False,
             tokenizer_mode="hf",  # the tokenizer validators count with (not mistral_common)
             # sampling is exactly what each request says (no top_k or repetition penalty taken
             # from the model's generation_config.json), as the checker assumes

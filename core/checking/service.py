@@ -48,12 +48,11 @@ class References:
             from core.backends import load_engine
             from core.backends.diffusers_images import DiffusersImages
             from core.backends.transformers_chat import TransformersChat
-            from core.capacity import TaskEntry
             from core.tasks import Kind
 
             t = TASKS[task]
             if self.mode == "cpu":
-                self._engines[task] = load_engine(task, TaskEntry(capacity=1))
+                self._engines[task] = load_engine(task)
             elif t.kind is Kind.CHAT:
                 self._engines[task] = TransformersChat.from_pretrained(t.model, device="cuda")
             else:

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.budget import stake_share
-from core.capacity import MinerConfig, clamp_declaration
+from core.capacity import clamp_declaration
 from core.chain import Chain, Metagraph
+from core.miner.config import MinerConfig
 from core.miner.limits import Ledger, Slots
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool

@@ -19,7 +19,7 @@ import aiohttp
 
 from core.backends import ChatEngine, Engine, ImageEngine, load_engine
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
-from core.capacity import ConfigError, MinerConfig, WorkerEntry
+from core.miner.config import ConfigError, MinerConfig, WorkerEntry
 from core.openai_wire import StreamError
 from core.protocol import ChatChunk, ChatRequest, ImageRequest
 from core.tasks import TASKS, Kind
@@ -217,7 +217,7 @@ def build_pools(config: MinerConfig, engines: dict[str, Engine] | None = None) -
         if entry.workers is None:
             if task_id not in engines:
                 log.info("loading %s on the %s back end", task_id, entry.backend)
-            engine = engines.get(task_id) or load_engine(task_id, entry)
+            engine = engines.get(task_id) or load_engine(task_id, entry.engine())
             workers: list[Worker] = [LocalWorker("local", entry.total(), 1, engine)]
         else:
             workers = []
@@ -226,7 +226,7 @@ def build_pools(config: MinerConfig, engines: dict[str, Engine] | None = None) -
                     workers.append(_server(task_id, w, f"tasks.{task_id}.workers.{i}"))
                 else:
                     log.info("loading %s on the %s back end, %s", task_id, entry.backend, w.device)
-                    engine = load_engine(task_id, entry.model_copy(update={"device": w.device}))
+                    engine = load_engine(task_id, entry.engine(device=w.device))
                     workers.append(LocalWorker(w.name, w.capacity, w.concurrency, engine))
         pools[task_id] = Pool(task_id, workers)
     return pools

