@@ -114,7 +114,7 @@ def serve(args) -> int:
     import uvicorn
 
     from core.chain import connect
-    from core.miner.app import MinerState, build_app
+    from core.miner.app import MinerSettings, MinerState, build_app
     from core.miner.limits import Slots
     from core.miner.pool import build_pools
     from core.transport.auth import Gate
@@ -131,7 +131,7 @@ def serve(args) -> int:
                   {t: e.group for t, e in config.tasks.items() if e.workers is None},
                   args.queue_wait, args.max_waiting,
                   pooled={t: pools[t].concurrency() for t, e in config.tasks.items() if e.workers})
-    state = MinerState(hotkey=hotkey.ss58_address, config=config, pools=pools, chain=chain,
+    state = MinerState(hotkey=hotkey.ss58_address, pools=pools, chain=chain,
                        gate=Gate(hotkey.ss58_address, min_stake=args.min_stake,
                                  nonce_store=SqliteNonceStore(Path(args.state_dir) /
                                                               f"nonces-{hotkey.ss58_address}.sqlite3")),
@@ -140,10 +140,11 @@ def serve(args) -> int:
     log.info("serving %s as %s on %s:%d", ", ".join(pools), hotkey.ss58_address,
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}
-    uvicorn.run(build_app(state, sync_interval_s=args.sync_interval, announce=announce,
-                          health_interval_s=args.health_interval,
-                          body_timeout_s=args.body_timeout, public_metrics=args.public_metrics,
-                          **limits),
+    settings = MinerSettings(sync_interval_s=args.sync_interval,
+                             health_interval_s=args.health_interval,
+                             body_timeout_s=args.body_timeout, public_metrics=args.public_metrics,
+                             **limits)
+    uvicorn.run(build_app(state, settings, announce=announce),
                 host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
                 **server_options(args))
     return 0

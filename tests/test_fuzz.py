@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.chain.local import LocalChain
-from core.miner.app import MinerState, build_app
+from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -69,14 +69,14 @@ def miner(tmp_path_factory):
     me = wallet.hotkey.ss58_address
     state = MinerState(
         hotkey=me,
-        config=config,
         pools=build_pools(config, engines),
         chain=chain,
         gate=Gate(me),
         period_blocks=10**6,
         slots=Slots({}, {t: None for t in config.tasks}, 5),
     )
-    with TestClient(build_app(state, sync_interval_s=3600, max_body=64_000)) as client:
+    settings = MinerSettings(sync_interval_s=3600, max_body=64_000)
+    with TestClient(build_app(state, settings)) as client:
         yield client, validator, me
 
 

@@ -9,7 +9,7 @@ from bittensor import http_auth
 from fastapi.testclient import TestClient
 
 from core.backends import load_engine
-from core.miner.app import MinerState, build_app
+from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -40,14 +40,14 @@ def miner(subnet, engines):
     hotkey = subnet.miner.hotkey.ss58_address
     state = MinerState(
         hotkey=hotkey,
-        config=CONFIG,
         pools=build_pools(CONFIG, engines),
         chain=subnet.chain,
         gate=Gate(hotkey, min_stake=100),
         period_blocks=1000,
         slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5),
     )
-    with TestClient(build_app(state, sync_interval_s=3600), client=("127.0.0.1", 50000)) as client:
+    app = build_app(state, MinerSettings(sync_interval_s=3600))
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:
         yield client, hotkey
 
 
@@ -235,14 +235,13 @@ def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tm
     def app():
         state = MinerState(
             hotkey=me,
-            config=CONFIG,
             pools=build_pools(CONFIG, engines),
             chain=subnet.chain,
             gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
             period_blocks=1000,
             slots=Slots({}, {t: None for t in CONFIG.tasks}, 5),
         )
-        return TestClient(build_app(state, sync_interval_s=3600))
+        return TestClient(build_app(state, MinerSettings(sync_interval_s=3600)))
 
     with app() as first:
         assert first.post("/capacity", content=body, headers=headers).status_code == 200
@@ -303,16 +302,16 @@ def test_each_endpoint_reads_no_more_than_its_largest_valid_request(miner, subne
 
 def test_metrics_only_for_this_host_and_no_docs(subnet, engines):
     hotkey = subnet.miner.hotkey.ss58_address
-    state = MinerState(hotkey=hotkey, config=CONFIG, pools=build_pools(CONFIG, engines),
+    state = MinerState(hotkey=hotkey, pools=build_pools(CONFIG, engines),
                        chain=subnet.chain, gate=Gate(hotkey), period_blocks=1000,
                        slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
-    app = build_app(state, sync_interval_s=3600)
+    app = build_app(state, MinerSettings(sync_interval_s=3600))
     with TestClient(app, client=("203.0.113.7", 40000)) as outside:
         assert outside.get("/metrics").status_code == 404  # hotkeys and worker URLs stay in
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert outside.get(path).status_code == 404, path
     with TestClient(app, client=("127.0.0.1", 40000)) as local:
         assert "sn19_miner_declared_units" in local.get("/metrics").text
-    public = build_app(state, sync_interval_s=3600, public_metrics=True)
+    public = build_app(state, MinerSettings(sync_interval_s=3600, public_metrics=True))
     with TestClient(public, client=("203.0.113.7", 40000)) as outside:
         assert outside.get("/metrics").status_code == 200

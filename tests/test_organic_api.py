@@ -14,7 +14,7 @@ from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
 from core.budget import contenders
 from core.chain.local import LocalChain
-from core.miner.app import MinerState, build_app
+from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -78,14 +78,14 @@ def net(tmp_path, engines, request):
         chain.register(miner.ss58_address, "c", registered_at=0, endpoint=f"http://127.0.0.1:{port}")
         state = MinerState(
             hotkey=miner.ss58_address,
-            config=CONFIG,
             pools=build_pools(CONFIG, engines[name]),
             chain=chain,
             gate=Gate(miner.ss58_address),
             period_blocks=10**6,
             slots=Slots({}, {t: None for t in CONFIG.tasks}, 30),
         )
-        apps[name] = (build_app(state, sync_interval_s=3600), port, miner.ss58_address)
+        app = build_app(state, MinerSettings(sync_interval_s=3600))
+        apps[name] = (app, port, miner.ss58_address)
     store = open_store(str(tmp_path / "v.sqlite3"))
     with serving(apps["broken"][0], apps["broken"][1]), serving(apps["good"][0], apps["good"][1]):
         yield chain, wallet, store, {n: a[2] for n, a in apps.items()}
