@@ -74,3 +74,9 @@ def test_bench_image_tolerance_quick_prints_its_figures():
     out = figures("bench_image_tolerance.py", "--quick")
     assert out["images_per_kind"] == 3 and out["honest_distance_max"] == 0, out
     assert out["rule_catches_cheat_other_model"] == 1.0, out
+
+
+def test_bench_checking_small_run_prints_its_figures():
+    out = figures("bench_checking.py", "--n", "2")
+    assert out["honest_quality_min"] == 1.0, out
+    assert out.get("chat_check_time_over_generation", 0) > 0, out

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from core.miner.limits import Gpu, Ledger, Slots
+from core.miner.limits import Lane, Ledger, Slots
 
 
 def test_ledger_holds_each_validator_to_its_allowance_per_period():
@@ -23,20 +23,20 @@ def run(coro):
 
 def test_a_group_serves_its_limit_at_once_and_queues_the_rest():
     async def main():
-        gpu = Gpu(limit=2, max_waiting=8)
+        lane = Lane(limit=2, max_waiting=8)
         running = peak = 0
 
         async def job():
             nonlocal running, peak
-            assert await gpu.acquire(max_wait_s=5)
+            assert await lane.acquire(max_wait_s=5)
             running += 1
             peak = max(peak, running)
             await asyncio.sleep(0.01)
             running -= 1
-            gpu.release()
+            lane.release()
 
         await asyncio.gather(*(job() for _ in range(7)))
-        return peak, gpu.busy
+        return peak, lane.busy
 
     assert run(main()) == (2, 0)
 
@@ -45,21 +45,21 @@ def test_freed_slots_go_in_arrival_order_whatever_the_stake():
     """docs/protocol.md §3.6: never by stake; serving the most-staked first skews small
     validators' weights."""
     async def main():
-        gpu = Gpu(limit=1, max_waiting=8)
-        assert await gpu.acquire(1)
+        lane = Lane(limit=1, max_waiting=8)
+        assert await lane.acquire(1)
         order = []
 
         async def wait(name):
-            assert await gpu.acquire(5)
+            assert await lane.acquire(5)
             order.append(name)
-            gpu.release()
+            lane.release()
 
         tasks = []
         for name in ("small", "big", "middle"):
             tasks.append(asyncio.create_task(wait(name)))
             await asyncio.sleep(0)  # queued in this order
         await asyncio.sleep(0.01)
-        gpu.release()
+        lane.release()
         await asyncio.gather(*tasks)
         return order
 
@@ -68,13 +68,13 @@ def test_freed_slots_go_in_arrival_order_whatever_the_stake():
 
 def test_a_full_queue_refuses_the_newcomer():
     async def main():
-        gpu = Gpu(limit=1, max_waiting=2)
-        assert await gpu.acquire(1)
-        first = asyncio.create_task(gpu.acquire(5))
-        second = asyncio.create_task(gpu.acquire(5))
+        lane = Lane(limit=1, max_waiting=2)
+        assert await lane.acquire(1)
+        first = asyncio.create_task(lane.acquire(5))
+        second = asyncio.create_task(lane.acquire(5))
         await asyncio.sleep(0.01)
-        refused = await gpu.acquire(5)  # the queue is full: refused at once
-        gpu.release()
+        refused = await lane.acquire(5)  # the queue is full: refused at once
+        lane.release()
         return refused, await first, second.done()
 
     assert run(main()) == (False, True, False)
@@ -93,18 +93,18 @@ def test_a_resized_group_follows_its_workers():
     """A worker lost: running requests finish, no new one starts beyond the lower limit; it comes
     back: the waiters get the slots it opens at once."""
     async def main():
-        gpu = Gpu(limit=2, max_waiting=8)
-        assert await gpu.acquire(1) and await gpu.acquire(1)
-        gpu.resize(1)
-        waiter = asyncio.create_task(gpu.acquire(5))
+        lane = Lane(limit=2, max_waiting=8)
+        assert await lane.acquire(1) and await lane.acquire(1)
+        lane.resize(1)
+        waiter = asyncio.create_task(lane.acquire(5))
         await asyncio.sleep(0.01)
-        gpu.release()  # 2 busy > limit 1: the slot is not handed on
+        lane.release()  # 2 busy > limit 1: the slot is not handed on
         await asyncio.sleep(0.01)
-        assert not waiter.done() and gpu.busy == 1
-        gpu.resize(2)
-        assert await waiter and gpu.busy == 2
-        gpu.resize(0)
-        assert not await gpu.acquire(0.05)  # nothing serves: the wait times out
+        assert not waiter.done() and lane.busy == 1
+        lane.resize(2)
+        assert await waiter and lane.busy == 2
+        lane.resize(0)
+        assert not await lane.acquire(0.05)  # nothing serves: the wait times out
 
     run(main())
 
@@ -116,16 +116,16 @@ def test_a_slot_handed_over_in_the_tick_its_waiter_times_out_is_not_lost():
     import time
 
     async def race() -> tuple[int, bool]:
-        gpu = Gpu(1, 8)
-        assert await gpu.acquire(1)
-        waiter = asyncio.create_task(gpu.acquire(0.05))
+        lane = Lane(1, 8)
+        assert await lane.acquire(1)
+        waiter = asyncio.create_task(lane.acquire(0.05))
         await asyncio.sleep(0.01)  # it is waiting
         time.sleep(0.06)  # noqa: ASYNC251 (the loop is busy past the waiter's deadline ...)
         await asyncio.sleep(0)  # ... so its timeout fires in the tick in which
-        gpu.release()  # the slot is handed to it
+        lane.release()  # the slot is handed to it
         if await waiter:
-            gpu.release()
-        return gpu.busy, await gpu.acquire(0.01)
+            lane.release()
+        return lane.busy, await lane.acquire(0.01)
 
     for _ in range(20):
         busy, again = asyncio.run(race())

@@ -37,11 +37,12 @@ class Ledger:
                 self._used[key] = max(self._used[key] - units, 0.0)
 
 
-class Gpu:
-    """One concurrency group: ``limit`` requests served at once, up to ``max_waiting`` more
-    queued. Freed slots go to the waiters in arrival order, never by stake (docs/protocol.md
-    §3.6): each validator's share limit already gives it its part, and serving the most-staked
-    first would give small validators slower answers and skew their weights."""
+class Lane:
+    """One line of requests: a concurrency group's GPU, or a task's pool of workers. ``limit``
+    requests served at once, up to ``max_waiting`` more queued. Freed slots go to the waiters in
+    arrival order, never by stake (docs/protocol.md §3.6): each validator's share limit already
+    gives it its part, and serving the most-staked first would give small validators slower
+    answers and skew their weights."""
 
     def __init__(self, limit: int, max_waiting: int):
         self.limit, self.max_waiting = limit, max_waiting
@@ -94,16 +95,16 @@ class Gpu:
 
 
 class Slots:
-    """Concurrency limits per task: tasks in one group share a ``Gpu``; a task without a group
+    """Concurrency limits per task: tasks in one group share a ``Lane``; a task without a group
     has its own, of one request at a time; a task with workers has its own, as large as its
     healthy workers' concurrency together (``pooled``)."""
 
     def __init__(self, groups: dict[str, int], task_groups: dict[str, str | None],
                  max_wait_s: float, max_waiting: int = 64, pooled: dict[str, int] | None = None):
-        by_group = {g: Gpu(n, max_waiting) for g, n in groups.items()}
-        self._by_task = {t: by_group[g] if g else Gpu(1, max_waiting)
+        by_group = {g: Lane(n, max_waiting) for g, n in groups.items()}
+        self._by_task = {t: by_group[g] if g else Lane(1, max_waiting)
                          for t, g in task_groups.items()}
-        self._by_task.update({t: Gpu(n, max_waiting) for t, n in (pooled or {}).items()})
+        self._by_task.update({t: Lane(n, max_waiting) for t, n in (pooled or {}).items()})
         self.max_wait_s = max_wait_s
 
     def resize(self, task: str, limit: int) -> None:
