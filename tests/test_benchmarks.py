@@ -80,3 +80,11 @@ def test_bench_checking_small_run_prints_its_figures():
     out = figures("bench_checking.py", "--n", "2")
     assert out["honest_quality_min"] == 1.0, out
     assert out.get("chat_check_time_over_generation", 0) > 0, out
+
+
+def test_bench_window_quick_prints_its_figures():
+    out = figures("bench_window.py", "--quick")
+    assert out["miners"] == 16 and out["x1_requests_planned"] > 0, out
+    # every planned request was answered by the simulated miners and counted by the validator
+    assert out["x1_ok_share"] == 1.0 and 0.9 < out["x1_tokens_over_planned"] <= 1.0, out
+    assert out.get("x1_validator_cpu_per_million_tokens", 0) > 0, out

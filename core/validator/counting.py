@@ -8,11 +8,15 @@ local subnet's byte-level tokenizer offline. What the miner reports is checked a
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from core.backends.prompt import prompt_ids
-from core.protocol import ChatRequest
+from core.protocol import ChatMessage, ChatRequest
 from core.tasks import TASKS, Kind
 
 TOKENIZERS = ("production", "tiny")
+MEMO_CHARS = 4096  # prompts up to this long are remembered: a synthetic one is counted once
+#                    when it is sized and again when its units are reserved
 
 
 class CountingError(RuntimeError):
@@ -25,6 +29,7 @@ class PromptCounter:
             raise ValueError(f"tokenizers must be one of {TOKENIZERS}, not {tokenizers!r}")
         self.tokenizers = tokenizers
         self._loaded: dict[str, object] = {}
+        self._memo = lru_cache(maxsize=1024)(self._count)
 
     def tokenizer(self, task: str):
         """The task's tokenizer, loaded on first use (``load`` does it at start-up)."""
@@ -54,4 +59,12 @@ class PromptCounter:
                 self.tokenizer(task.id)
 
     def prompt_tokens(self, request: ChatRequest) -> int:
-        return len(prompt_ids(self.tokenizer(request.task), request.messages))
+        turns = tuple((m.role, m.content) for m in request.messages)
+        if sum(len(content) for _, content in turns) <= MEMO_CHARS:
+            return self._memo(request.task, turns)
+        return self._count(request.task, turns)
+
+    def _count(self, task: str, turns: tuple[tuple[str, str], ...]) -> int:
+        messages = [ChatMessage.model_construct(role=role, content=content)
+                    for role, content in turns]
+        return len(prompt_ids(self.tokenizer(task), messages))
