@@ -24,6 +24,7 @@ from core.cli import (
     guarded,
     load_wallet,
     parser,
+    run_loop,
     server_options,
     setup_logging,
 )
@@ -188,17 +189,6 @@ def run(args) -> int:
     finally:
         store.close()
     return 0
-
-
-def run_loop(main) -> None:
-    """uvloop when installed (uvicorn[standard] brings it): the relay of organic streams and the
-    fan-out to miners cost less CPU on it."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
 
 
 async def serve(validator, args) -> None:

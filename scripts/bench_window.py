@@ -7,7 +7,8 @@ prepared chat tokens at production speed (the task's expected time for the reque
 every ``--tick`` seconds) with the prompt counted as the validator counts it. One validator, in
 this process, runs the real window plan (``core.plan.window_plan``: every contender's full
 declared rate) at stake share 1.0 for ``--seconds`` with the real sender (signed aiohttp
-requests, answers read within their bounds, units counted, every request recorded in SQLite).
+requests, answers read within their bounds, units counted, every request recorded in SQLite),
+on uvloop as ``neurons/validator.py`` runs it.
 
 For each multiple of today's caps (every miner declaring ``multiple`` x the cap of both chat
 tasks; 1 is the whole subnet at today's caps, ~82,000 tokens/s): tokens/s and requests/s
@@ -227,6 +228,8 @@ def main() -> None:
     p.add_argument("--max-concurrency", type=int, default=8192,
                    help="the validator's requests in flight, all miners together")
     p.add_argument("--max-per-miner", type=int, default=64, help="in flight to one miner")
+    p.add_argument("--plain-asyncio", action="store_true",
+                   help="run the validator on asyncio's own loop, not uvloop as the neuron does")
     p.add_argument("--profile", metavar="FILE",
                    help="write a cProfile of the validator process (this one) to FILE")
     p.add_argument("--quick", action="store_true", help="16 miners, one 4-second window (tests)")
@@ -234,14 +237,17 @@ def main() -> None:
     a.multiples = [float(x) for x in a.multiples.split(",")]
     if a.quick:
         a.miners, a.miner_processes, a.seconds, a.multiples = 16, 1, 4.0, [1.0]
+    from core.cli import run_loop
+
+    go = (lambda: asyncio.run(run(a))) if a.plain_asyncio else (lambda: run_loop(run(a)))
     if a.profile:
         import cProfile
 
-        with cProfile.Profile() as profile:
-            asyncio.run(run(a))
+        with cProfile.Profile(time.process_time) as profile:  # CPU, not a busy wall
+            go()
         profile.dump_stats(a.profile)
     else:
-        asyncio.run(run(a))
+        go()
 
 
 if __name__ == "__main__":

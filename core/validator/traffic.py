@@ -34,6 +34,7 @@ from core.tasks import TASKS
 from core.transport.client import SignedClient
 from core.validator import dispatch
 from core.validator.counting import PromptCounter
+from core.validator.watch import StreamWatch
 
 log = logging.getLogger("validator.traffic")
 
@@ -99,17 +100,15 @@ class Traffic:
         assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
         started, at = time.perf_counter(), attempt.planned_at or time.time()
-        deadline = loop.time() + dispatch.timeout_for(message.task, attempt.reserved)
+        watch = StreamWatch(loop.time() + dispatch.timeout_for(message.task, attempt.reserved),
+                            dispatch.CHAT_STALL_S)
         stream = dispatch.chat_chunks(self.client, attempt.neuron, message, attempt.prompt_tokens)
         outcome: Outcome | None = None
         try:
             while outcome is None:
-                limit = deadline
-                if result.tokens:  # once it has begun, a silence is a stall
-                    limit = min(deadline, loop.time() + dispatch.CHAT_STALL_S)
-                async with asyncio.timeout_at(limit):
-                    chunk: ChatChunk = await anext(stream)
+                chunk: ChatChunk = await watch.next(stream)
                 result.tokens.extend(chunk.tokens)
+                watch.started = bool(result.tokens)  # once it has begun, a silence is a stall
                 if chunk.done:
                     outcome, result.answer = Outcome.OK, (result.tokens, chunk)
                 if chunk.tokens:
@@ -121,6 +120,7 @@ class Traffic:
         except Exception as e:
             outcome = dispatch.failure_outcome(e)
         finally:
+            watch.close()
             served = attempt.prompt_tokens + len(result.tokens)
             self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
             with contextlib.suppress(Exception):  # the answer is judged: only let it go

@@ -1,0 +1,89 @@
+"""StreamWatch: a stream's deadline and stall limit with one timer per request."""
+
+import asyncio
+import time
+
+import pytest
+
+from core.validator.watch import StreamWatch
+
+
+async def lines(delays):
+    for d in delays:
+        await asyncio.sleep(d)
+        yield d
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_lines_within_the_limits_pass_and_the_deadline_ends_a_slow_start():
+    async def go(first_delay):
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 0.3, stall=10)
+        stream = lines([first_delay, 0.01])
+        try:
+            return [await watch.next(stream), await watch.next(stream)]
+        finally:
+            watch.close()
+
+    assert run(go(0.05)) == [0.05, 0.01]
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        run(go(5.0))
+    assert time.monotonic() - began < 2.0
+
+
+def test_once_started_a_silence_longer_than_the_stall_ends_it_and_lines_keep_it_alive():
+    async def go(delays):
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 30, stall=0.2)
+        stream = lines(delays)
+        got = []
+        try:
+            while len(got) < len(delays):
+                got.append(await watch.next(stream))
+                watch.started = True
+        finally:
+            watch.close()
+        return got
+
+    assert len(run(go([0.0] + [0.1] * 8))) == 9  # 0.8 s in all, never 0.2 s silent
+    with pytest.raises(TimeoutError):
+        run(go([0.0, 0.1, 3.0]))
+
+
+def test_the_consumers_own_time_between_lines_is_never_cut_short():
+    async def go():
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 30, stall=0.1)
+        stream = lines([0.0, 0.0])
+        try:
+            await watch.next(stream)
+            watch.started = True
+            await asyncio.sleep(0.4)  # e.g. relaying to a slow client: longer than the stall
+            return await watch.next(stream)
+        finally:
+            watch.close()
+
+    assert run(go()) == 0.0
+
+
+def test_a_cancel_from_elsewhere_stays_a_cancel():
+    async def go():
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 30, stall=10)
+        try:
+            await watch.next(lines([5.0]))
+        finally:
+            watch.close()
+
+    async def main():
+        task = asyncio.create_task(go())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
