@@ -315,3 +315,38 @@ def test_metrics_only_for_this_host_and_no_docs(subnet, engines):
     public = build_app(state, MinerSettings(sync_interval_s=3600, public_metrics=True))
     with TestClient(public, client=("203.0.113.7", 40000)) as outside:
         assert outside.get("/metrics").status_code == 200
+
+
+class Trickle:
+    """A chat engine handing over one token every 20 ms, as a GPU engine does."""
+
+    def prompt_ids(self, request):
+        return [1, 2, 3]
+
+    async def stream(self, request):
+        from core.protocol import ChatToken
+
+        for i in range(request.max_tokens):
+            await asyncio.sleep(0.02)
+            yield [ChatToken(token_id=10 + i, text="x", logprob=-0.5)]
+
+
+def test_a_chat_stream_sends_its_first_token_at_once_then_lines_at_most_every_interval(
+        subnet, engines):
+    from core.miner.app import LINE_INTERVAL_S
+
+    me = subnet.miner.hotkey.ss58_address
+    state = MinerState(hotkey=me, pools=build_pools(CONFIG, {**engines, "chat-llama-3": Trickle()}),
+                       chain=subnet.chain, gate=Gate(me, min_stake=100), period_blocks=1000,
+                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+    msg = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "hi"}],
+                      max_tokens=40, seed=1)
+    with TestClient(build_app(state, MinerSettings(sync_interval_s=3600))) as client:
+        r = post(client, "/chat", msg, subnet.validator, me)
+    lines = [ChatChunk.model_validate_json(x) for x in r.content.splitlines() if x.strip()]
+    tokens = [t.token_id for line in lines for t in line.tokens]
+    assert tokens == list(range(10, 50)) and lines[-1].done
+    assert len(lines[0].tokens) == 1  # the first token is not held back
+    # 40 tokens over >= 0.8 s: without coalescing 41 lines; with it about one per interval
+    assert len(lines) - 1 <= 2 + 0.8 * 3 / LINE_INTERVAL_S
+    assert len(lines) < 20

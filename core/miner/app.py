@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from core.protocol import (
     CapacityResponse,
     ChatChunk,
     ChatRequest,
+    ChatToken,
     ImageRequest,
     ImageResponse,
     max_request_bytes,
@@ -46,6 +48,9 @@ __all__ = ["MinerSettings", "MinerState", "build_app"]
 
 log = logging.getLogger("miner")
 
+LINE_INTERVAL_S = 0.2  # a chat stream's lines at most this often (the first and last at once):
+#   an engine hands over tokens one at a time, and every line costs the validator reading it
+#   about as much as the tokens in it (scripts/bench_window.py)
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
 CAPACITY_MAX_BODY = 4096  # a capacity request is its version
 
@@ -181,15 +186,23 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
         async def lines() -> AsyncIterator[bytes]:
             chunk, units, status = first, 0, 499  # a caller that leaves is not a 500
+            held: list[ChatToken] = []  # tokens waiting for the next line
+            sent_at = -LINE_INTERVAL_S
             try:
                 while True:
                     if chunk.done:
                         units, status = chunk.units, 200
                     else:
                         units += len(chunk.tokens)
-                    for line in wire_lines(chunk):
-                        yield line
+                        held.extend(chunk.tokens)
+                    now = time.monotonic()
+                    if held and (chunk.done or now - sent_at >= LINE_INTERVAL_S):
+                        for line in wire_lines(ChatChunk(tokens=held)):
+                            yield line
+                        held, sent_at = [], now
                     if chunk.done:
+                        for line in wire_lines(chunk):
+                            yield line
                         return
                     try:
                         chunk = await anext(stream)
