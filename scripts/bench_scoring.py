@@ -103,6 +103,36 @@ def serve_simulated_miners(ports: list[int]) -> None:
     asyncio.run(main())
 
 
+async def aiohttp_ceiling(keypair, metagraph, requests: int, concurrency: int) -> float:
+    """The reference in the same run: bare aiohttp, the same signed inpaint requests to the same
+    simulated miners with as many in flight, nothing but sending and reading (no plan, budget,
+    counting, checks or records)."""
+    import aiohttp
+    from bittensor import http_auth
+
+    from core.protocol import InpaintRequest
+    from core.validator.synthetic import _init_image
+
+    image, mask = _init_image(64, 0)
+    body = InpaintRequest(task="inpaint", prompt="p", steps=20, height=64, width=64,
+                          init_image=image, mask_image=mask).model_dump_json().encode()
+    neurons = [n for n in metagraph.neurons if n.endpoint]
+    left = list(range(requests))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        async def worker():
+            while left:
+                n = neurons[left.pop() % len(neurons)]
+                headers = http_auth.sign(keypair, method="POST", path="/inpaint", body=body,
+                                         receiver_ss58=n.hotkey)
+                async with s.post(n.endpoint + "/inpaint", data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - t)
+
+
 async def dispatch_figures(requests: int, concurrency: int, processes: int) -> None:
     import bittensor as bt
     from bittensor.sp_core import Keypair
@@ -137,6 +167,7 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
     units = 20 * per_miner
     contenders = [Contender(n.uid, n.hotkey, "inpaint", units, units, 0)
                   for n in metagraph.neurons if n.endpoint]
+    ceiling = 0.0
     try:
         for period in (0, 1):  # a warm-up, then the measured run
             store.begin_period(period, 0, "0x", 1.0, 0.0, contenders)
@@ -150,6 +181,7 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
             elapsed = time.perf_counter() - t
         records = store.records(1)
         ok = sum(r.outcome.value == "ok" for r in records)
+        ceiling = await aiohttp_ceiling(wallet.hotkey, metagraph, len(records), concurrency)
     finally:
         await validator.client.close()
         for s in servers:
@@ -161,6 +193,8 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
     print(f"dispatch_ok: {ok} count")
     print(f"dispatch_concurrency: {concurrency} count")
     print(f"dispatch_rate: {len(records) / elapsed:.0f} req/s")
+    print(f"aiohttp_ceiling_rate: {ceiling:.0f} req/s")
+    print(f"dispatch_over_ceiling: {len(records) / elapsed / ceiling:.3f} ratio")
 
 
 def main() -> None:
@@ -174,9 +208,22 @@ def main() -> None:
                    help="processes serving the 256 simulated miners")
     p.add_argument("--quick", action="store_true",
                    help="2 runs of the weights and 512 requests: that it runs (tests)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="write a cProfile (CPU time) of the dispatch to FILE")
+    p.add_argument("--profile-wall", action="store_true",
+                   help="profile wall time (the event loop blocked on the database shows)")
     a = p.parse_args()
     weights_figures(2 if a.quick else a.repeats)
-    asyncio.run(dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes))
+    dispatch = dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes)
+    if a.profile:
+        import cProfile
+
+        clock = time.perf_counter if a.profile_wall else time.process_time
+        with cProfile.Profile(clock) as profile:
+            asyncio.run(dispatch)
+        profile.dump_stats(a.profile)
+    else:
+        asyncio.run(dispatch)
 
 
 if __name__ == "__main__":
