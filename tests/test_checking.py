@@ -248,3 +248,24 @@ def test_the_api_text_stops_before_the_sequence_however_it_streams():
         assert out == "alpha beta " and f.stopped
     f = StopFilter(["STOP"])
     assert f.feed("no sto") + f.feed("p here") + f.flush() == "no stop here" and not f.stopped
+
+
+def test_gpu_references_load_each_image_checkpoint_once(monkeypatch):
+    from core.backends.diffusers_images import DiffusersImages
+    from core.checking.service import References
+    from core.tasks import TASKS
+
+    loads = []
+
+    def load(model, kind, **kw):  # stands in for a production checkpoint on a GPU
+        loads.append(model)
+        return DiffusersImages(DiffusersImages.tiny_pipeline(1), kind)
+
+    monkeypatch.setattr(DiffusersImages, "from_pretrained", staticmethod(load))
+    refs = References("gpu")
+    engines = {t: refs.engine(t) for t in ("proteus-text-to-image", "proteus-image-to-image",
+                                            "inpaint")}
+    assert loads == [TASKS["proteus-text-to-image"].model, TASKS["inpaint"].model]
+    assert engines["proteus-image-to-image"].kind is TASKS["proteus-image-to-image"].kind
+    shared = engines["proteus-image-to-image"].pipeline.unet
+    assert shared is engines["proteus-text-to-image"].pipeline.unet

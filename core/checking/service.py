@@ -37,7 +37,8 @@ class Job:
 
 class References:
     """Reference engines per task, loaded on first use: ``cpu`` builds the tiny models the CPU
-    back end serves (development, local subnet); ``gpu`` loads the tasks' production models."""
+    back end serves (development, local subnet); ``gpu`` loads the tasks' production models, each
+    checkpoint once (text-to-image and image-to-image tasks of one model share its weights)."""
 
     def __init__(self, mode: str):
         self.mode = mode
@@ -56,7 +57,11 @@ class References:
             elif t.kind is Kind.CHAT:
                 self._engines[task] = TransformersChat.from_pretrained(t.model, device="cuda")
             else:
-                self._engines[task] = DiffusersImages.from_pretrained(t.model, t.kind)
+                loaded = next((e for other, e in self._engines.items()
+                               if TASKS[other].model == t.model
+                               and isinstance(e, DiffusersImages)), None)
+                self._engines[task] = (DiffusersImages(loaded.pipeline, t.kind) if loaded
+                                       else DiffusersImages.from_pretrained(t.model, t.kind))
         return self._engines[task]
 
 
