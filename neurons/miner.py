@@ -22,7 +22,7 @@ from core.cli import (
     server_options,
     setup_logging,
 )
-from core.miner.config import ConfigError, group_load, load_config
+from core.miner.config import ConfigError, group_load, load_config, task_load
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -76,8 +76,10 @@ def check_config(args) -> int:
     effective = config.declaration()
     for task_id, entry in config.tasks.items():
         task = TASKS[task_id]
+        backend = ("/".join(sorted({"url" if w.url else entry.backend for w in entry.workers}))
+                   if entry.workers else entry.backend)
         print(f"{task_id:<30} {entry.total():>10g} {effective.get(task_id, 0):>10g}  "
-              f"{task.unit.value:<7} {entry.backend:<10} {entry.group or '-'}")
+              f"{task.unit.value:<7} {backend:<10} {entry.group or '-'}")
         for worker in entry.workers or ():
             print(f"  worker {worker.name}: capacity {worker.capacity:g}, "
                   f"concurrency {worker.concurrency}")
@@ -98,6 +100,11 @@ def check_config(args) -> int:
                   f"{period_s / 60:g}-minute period at production speed; tasks sharing a GPU "
                   f"must together declare what it serves: audit windows test them all at "
                   f"once and credit what they serve (docs/protocol.md §2)")
+    for task_id, load in task_load(config, period_s).items():
+        if load > 1:
+            print(f"  warning: {task_id} declares {load:.1f}x what its concurrency serves in a "
+                  f"{period_s / 60:g}-minute period at production speed; an audit window "
+                  f"credits what it serves (docs/protocol.md §2)")
     return 1 if problems else 0
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from core.capacity import clamp_declaration
-from core.miner.config import ConfigError, group_load, load_config
+from core.miner.config import ConfigError, group_load, load_config, task_load
 
 
 def write(tmp_path, text):
@@ -141,6 +141,20 @@ groups:
     assert group_load(config, 3600)["g"] < 1
 
 
+def test_task_load_flags_a_lone_task_declaring_more_than_its_concurrency_serves(tmp_path):
+    config = load_config(write(tmp_path, """
+tasks:
+  chat-llama-3: {capacity: 576000}
+  chat-mixtral:
+    workers:
+      - {capacity: 576000, url: 'http://a:1', concurrency: 16}
+"""))
+    load = task_load(config, 3600)
+    # 1,920 requests of 300 tokens at 6.5 s each, one at a time: 3.5 periods' worth
+    assert 3 < load["chat-llama-3"] < 4
+    assert load["chat-mixtral"] < 1  # sixteen at once
+
+
 @pytest.mark.process
 def test_check_config_reports_back_ends_that_cannot_load_here(tmp_path):
     import subprocess
@@ -154,3 +168,46 @@ def test_check_config_reports_back_ends_that_cannot_load_here(tmp_path):
     ok = subprocess.run([sys.executable, "neurons/miner.py", "--check-config"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "chat-llama-3" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("tasks:\n  inpaint: {capacity: 10}\n  inpaint: {capacity: 20}\n",
+         ["line 3", "'inpaint' is given twice (first on line 2)"]),
+        ("tasks:\n  inpaint:\n    capacity: 10\n    capacity: 20\n",
+         ["line 4", "'capacity' is given twice"]),
+        ("tasks: {}\n", ["tasks", "no task is declared", "allowed: chat-llama-3"]),
+        ("tasks:\n  chat-llama-3:\n", ["line 2", "tasks.chat-llama-3", "nothing is set under it"]),
+        ("tasks:\n  chat-lama-3: {capacity: 10}\n",
+         ["line 2", "unknown task", "did you mean 'chat-llama-3'?"]),
+        ("tasks:\n  inpaint: {capacty: 10}\n",
+         ["line 2", "tasks.inpaint.capacty", "unknown key", "did you mean 'capacity'?"]),
+        ("tasks:\n  chat-llama-3:\n    workers:\n      - {capacity: 1, url: 'http://a:1'}\n"
+         "      - {capacity: 1, url: 'http://a:1/'}\n",
+         ["line 5", "workers.1.url", "listed before", "counts once"]),
+        ("tasks:\n  chat-llama-3:\n    workers:\n"
+         "      - {capacity: 1, url: 'http://a:1', token_env: SN19_TEST_UNSET_TOKEN}\n",
+         ["line 4", "token_env", "SN19_TEST_UNSET_TOKEN is not set"]),
+    ],
+)
+def test_typos_a_yaml_1_1_reader_lets_through_are_refused(tmp_path, text, expected, monkeypatch):
+    monkeypatch.delenv("SN19_TEST_UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "TaskEntry" not in message and "\n" not in message
+    for part in expected:
+        assert part in message, message
+
+
+def test_exponents_are_numbers_and_a_url_is_explained(tmp_path, monkeypatch):
+    config = load_config(write(tmp_path, "tasks:\n  inpaint: {capacity: 1e3}\n"))
+    assert config.tasks["inpaint"].capacity == 1000.0
+    monkeypatch.setenv("SN19_TEST_TOKEN", "x" * 20)
+    worker = "{capacity: 1, url: 'http://a:1', token_env: SN19_TEST_TOKEN}"
+    assert load_config(write(tmp_path, f"tasks:\n  chat-llama-3:\n    workers: [{worker}]\n"))
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "tasks:\n  chat-llama-3:\n    workers:\n"
+                                    "      - {capacity: 1, url: 'a b'}\n"))
+    assert "not in the form expected" in str(err.value) and "^https" not in str(err.value)

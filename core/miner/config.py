@@ -7,6 +7,9 @@ allowed; nothing starts on a bad file.
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -105,7 +108,7 @@ class GroupEntry(BaseModel):
 
 class MinerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tasks: dict[TaskId, TaskEntry]
+    tasks: Annotated[dict[TaskId, TaskEntry], Field(min_length=1)]
     groups: dict[str, GroupEntry] = {}
 
     def undefined_group(self) -> tuple[str, str] | None:
@@ -122,6 +125,26 @@ class MinerConfig(BaseModel):
                 return task_id, entry.backend
         return None
 
+    def repeated_worker(self) -> tuple[str, int, str] | None:
+        """The first (task, index, url) of a worker url listed before: its capacity would count
+        twice."""
+        seen: set[str] = set()
+        for task_id, entry in self.tasks.items():
+            for i, worker in enumerate(entry.workers or ()):
+                if worker.url is not None:
+                    if worker.name in seen:
+                        return task_id, i, worker.url
+                    seen.add(worker.name)
+        return None
+
+    def unset_tokens(self) -> tuple[str, int, str] | None:
+        """The first (task, index, variable) of a worker whose token_env is not set here."""
+        for task_id, entry in self.tasks.items():
+            for i, worker in enumerate(entry.workers or ()):
+                if worker.token_env is not None and not os.environ.get(worker.token_env):
+                    return task_id, i, worker.token_env
+        return None
+
     def declaration(self) -> dict[str, float]:
         """What the miner advertises: each served task's capacity, clamped as validators will."""
         return clamp_declaration({t: e.total() for t, e in self.tasks.items()})
@@ -136,16 +159,54 @@ def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
     """
     seconds: dict[str, float] = {}
     for task_id, entry in config.tasks.items():
-        if entry.group is None:
-            continue
-        task = TASKS[task_id]
-        requests = entry.total() / task.units_per_synthetic
-        need = requests * task.expected_seconds(task.units_per_synthetic)
-        seconds[entry.group] = seconds.get(entry.group, 0.0) + need
+        if entry.group is not None:
+            seconds[entry.group] = seconds.get(entry.group, 0.0) + _busy_seconds(task_id, entry)
     return {
         group: need / (period_seconds * config.groups[group].concurrency)
         for group, need in seconds.items()
     }
+
+
+def task_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
+    """The same for each task outside a group: it is served one request at a time (in
+    process), or by its workers' summed concurrency."""
+    out = {}
+    for task_id, entry in config.tasks.items():
+        if entry.group is None:
+            concurrency = sum(w.concurrency for w in entry.workers) if entry.workers else 1
+            out[task_id] = _busy_seconds(task_id, entry) / (period_seconds * concurrency)
+    return out
+
+
+def _busy_seconds(task_id: str, entry: TaskEntry) -> float:
+    """Seconds of serving a period's declaration takes at the task's production speed."""
+    task = TASKS[task_id]
+    requests = entry.total() / task.units_per_synthetic
+    return requests * task.expected_seconds(task.units_per_synthetic)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where an operator's typo would pass silently: a key given
+    twice is an error (not the last one winning), and ``1e12`` is a number as in YAML 1.2 (YAML
+    1.1 wants ``1.0e+12`` and reads ``1e12`` as a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice (first on line {first[key]})",
+                        key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def load_config(path: str | Path) -> MinerConfig:
@@ -158,12 +219,15 @@ def load_config(path: str | Path) -> MinerConfig:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
+        lines = _key_lines(yaml.compose(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
         where = f": line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: YAML syntax error: {getattr(e, 'problem', e)}") from None
+        kind = "" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error: "
+        raise ConfigError(f"{path}{where}: {kind}{e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'tasks' key at the top level")
     try:
@@ -184,6 +248,17 @@ def load_config(path: str | Path) -> MinerConfig:
         allowed = " or ".join(b for b in BACKENDS if serves(b, kind))
         raise ConfigError(f"{path}: line {line}: tasks.{task_id}.backend: {backend} cannot serve "
                           f"{kind.value} tasks (allowed: {allowed})")
+    if repeated := config.repeated_worker():
+        task_id, i, url = repeated
+        line = lines.get(("tasks", task_id, "workers", str(i), "url"))
+        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.workers.{i}.url: {url} is "
+                          f"listed before; a worker's capacity counts once")
+    if unset := config.unset_tokens():
+        task_id, i, variable = unset
+        line = lines.get(("tasks", task_id, "workers", str(i), "token_env"))
+        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.workers.{i}.token_env: the "
+                          f"environment variable {variable} is not set (export it with the "
+                          f"worker's token before starting the miner)")
     return config
 
 
@@ -217,6 +292,11 @@ _ALLOWED = {
 }
 
 
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
     """The first validation error as 'file: line N: key: problem; got X (allowed: ...)'."""
     first = error.errors()[0]
@@ -230,10 +310,20 @@ def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str
         model = (MinerConfig if len(loc) == 1 else WorkerEntry if "workers" in loc
                  else TaskEntry if loc[0] == "tasks" else GroupEntry)
         allowed = ", ".join(model.model_fields)
+        msg += _did_you_mean(loc[-1], list(model.model_fields))
     elif first["type"] == "missing":
         msg, got = "required key is missing", None
     elif first["type"] == "literal_error" and len(loc) == 2 and loc[0] == "tasks":
-        msg, allowed = "unknown task", ", ".join(TASK_IDS)
+        msg, allowed = "unknown task" + _did_you_mean(loc[-1], TASK_IDS), ", ".join(TASK_IDS)
+    elif first["type"] == "too_short" and loc == ("tasks",):
+        msg, got = "no task is declared", None
+        allowed = ", ".join(TASK_IDS)
+    elif first["type"] in ("model_type", "dict_type"):
+        msg = "nothing is set under it" if got is None else "expected keys under it"
+        if loc and loc[0] == "tasks":
+            allowed = "capacity (or workers), backend, group, model, ..."
+    elif first["type"] == "string_pattern_mismatch":
+        msg = "not in the form expected"
     elif isinstance(got, dict):
         got = None
     where = f": line {line}" if line else ""
