@@ -39,13 +39,18 @@ def fraction(text: str) -> float:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--network", default="finney",
+    """The chain and the wallet; each also under the dotted name Bittensor's own tools use
+    (``--subtensor.network``, ``--wallet.name``, ...), so operators' scripts work as they are."""
+    p.add_argument("--network", "--subtensor.network", default="finney",
                    help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
                         "subnet folder (scripts/localnet.py makes one)")
     p.add_argument("--netuid", type=int, default=19, help="subnet uid")
-    p.add_argument("--wallet-name", default="default", help="bittensor wallet (coldkey) name")
-    p.add_argument("--wallet-hotkey", default="default", help="hotkey name in that wallet")
-    p.add_argument("--wallet-path", default="~/.bittensor/wallets", help="folder of wallets")
+    p.add_argument("--wallet-name", "--wallet.name", default="default",
+                   help="bittensor wallet (coldkey) name")
+    p.add_argument("--wallet-hotkey", "--wallet.hotkey", default="default",
+                   help="hotkey name in that wallet")
+    p.add_argument("--wallet-path", "--wallet.path", default="~/.bittensor/wallets",
+                   help="folder of wallets")
     p.add_argument("--period-blocks", type=int, default=300,
                    help="blocks per scoring period (300 = 60 min at 12 s); miners and "
                         "validators must use the same")

@@ -44,6 +44,13 @@ def test_missing_wallet_is_one_clear_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_bittensors_dotted_flag_names_are_accepted(tmp_path):
+    out = run("neurons/miner.py", "--wallet.name", "ghost", "--wallet.hotkey", "hk",
+              "--wallet.path", str(tmp_path), "--subtensor.network", "finney")
+    assert out.returncode == 1  # the dotted names reached the same settings: that wallet
+    assert out.stderr.startswith("error: cannot load the hotkey of wallet ghost/hk")
+
+
 def test_unknown_network_and_missing_local_subnet(tmp_path):
     make_wallet(tmp_path / "w", "v")
     common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off",
