@@ -2,6 +2,7 @@
 
     python neurons/miner.py --config miner_config/default.yml --wallet-name miner --network finney
     python neurons/miner.py --config miner_config/default.yml --check-config
+    python neurons/miner.py --wallet-name miner --feedback
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-config", action="store_true",
                    help="validate --config and the back ends' settings, print the effective "
                         "declaration, and exit (0 if usable, 1 if not)")
+    p.add_argument("--feedback", action="store_true",
+                   help="ask every validator that announced an endpoint what it measured of "
+                        "this hotkey (per task: credited, reliability, quality, windows, how "
+                        "requests ended, notes), print it, and exit")
     add_common_args(p)
     add_endpoint_args(p, 8091, "the synapses validators call")
     p.add_argument("--min-stake", type=float, default=1000.0,
@@ -44,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds a request may wait for a free slot in its concurrency group "
                         "before it is answered 429")
     p.add_argument("--max-waiting", type=int, default=64,
-                   help="requests queued per concurrency group; when full, the caller with the "
-                        "least stake is answered 429")
+                   help="requests queued per concurrency group, served in arrival order; when "
+                        "full, a newcomer is answered 429")
     p.add_argument("--state-dir", default="~/.sn19",
                    help="folder for the miner's own state: the nonces it accepted, so requests "
                         "replayed across a restart are still refused")
@@ -113,7 +118,63 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     if args.check_config:
         return check_config(args)
+    if args.feedback:
+        return guarded(feedback, args, ConfigError)
     return guarded(serve, args, ConfigError)
+
+
+def feedback(args) -> int:
+    """Each validator's feedback for this hotkey; 1 when none answered."""
+    import asyncio
+
+    from core.chain import connect
+    from core.feedback import FEEDBACK_PATH, MAX_FEEDBACK_BYTES, Feedback, FeedbackRequest
+    from core.transport.client import SignedClient
+
+    _, hotkey = load_wallet(args)
+
+    async def ask() -> list[tuple[int, str, Feedback | str]]:
+        chain = connect(args.network, args.netuid)
+        metagraph = await chain.metagraph()
+        client = SignedClient(hotkey)
+        validators = [n for n in metagraph.neurons if n.validator_permit and n.endpoint]
+
+        async def one(n) -> tuple[int, str, Feedback | str]:
+            try:
+                reply = await client.post(n.endpoint, FEEDBACK_PATH, n.hotkey, FeedbackRequest(),
+                                          15.0, MAX_FEEDBACK_BYTES)
+                if reply.status != 200:
+                    return n.uid, n.hotkey, f"answered {reply.status}: {reply.body[:200]!r}"
+                return n.uid, n.hotkey, Feedback.model_validate_json(reply.body)
+            except Exception as e:  # one validator away must not hide the others
+                return n.uid, n.hotkey, f"{type(e).__name__}: {e}"
+
+        try:
+            return await asyncio.gather(*(one(n) for n in validators))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(ask())
+    for uid, validator, answer in answers:
+        print(f"validator uid {uid} ({validator[:10]}...):", end=" ")
+        if isinstance(answer, str):
+            print(answer)
+            continue
+        print(f"period {answer.period}")
+        for t in answer.tasks:
+            windows = " ".join(f"{w.score:.2f}" for w in t.windows) or "none yet"
+            print(f"  {t.task:<28} declared {t.declared:g}  credited {t.credited:g}  "
+                  f"reliability {t.reliability:.3f}  quality {t.quality:.3f}  "
+                  f"effective {t.effective:g}")
+            print(f"    window scores (oldest first): {windows}")
+            print(f"    requests: {', '.join(f'{v} {k}' for k, v in t.outcomes.items()) or '-'}")
+            for note in t.notes:
+                print(f"    note: {note}")
+        if not answer.tasks:
+            print("  no contender of this hotkey in its store yet")
+    if not answers:
+        print("no validator has announced an endpoint")
+    return 0 if any(not isinstance(a, str) for _, _, a in answers) else 1
 
 
 def serve(args) -> int:

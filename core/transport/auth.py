@@ -25,9 +25,12 @@ class Refused(Exception):
 class Gate:
     def __init__(self, my_hotkey: str, *, min_stake: float = 0.0,
                  max_age_s: float = http_auth.DEFAULT_MAX_AGE,
-                 nonce_store: http_auth.NonceStore | None = None):
+                 nonce_store: http_auth.NonceStore | None = None, validators_only: bool = True):
+        """``validators_only=False``: any registered hotkey may call (a miner reading its own
+        feedback), its stake and permit aside."""
         self.my_hotkey = my_hotkey
         self.min_stake = min_stake
+        self.validators_only = validators_only
         self.max_age_s = max_age_s
         self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(NONCE_RETENTION_S)
 
@@ -43,6 +46,8 @@ class Gate:
         neuron = metagraph.by_hotkey(hotkey) if hotkey else None
         if neuron is None:
             raise Refused(403, "caller is not registered on this subnet")
+        if not self.validators_only:
+            return neuron
         if not neuron.validator_permit:
             raise Refused(403, "caller has no validator permit")
         if neuron.stake < self.min_stake:

@@ -4,9 +4,15 @@ serves to the other permitted validators, its health, and its Prometheus metrics
 Only a permitted validator's signed request is answered (the miner's admission: 401, 403); the
 answer is this validator's own report of the window asked, signed for the caller
 (``core.validator.sharing``), or 404 while it has none.
+
+``POST /feedback`` answers any registered hotkey, signed with btauth/1 for this validator, what
+this validator measured of that hotkey's own contenders (``core.validator.feedback``), at most
+once every FEEDBACK_INTERVAL_S per hotkey (429 sooner).
 """
 
 from __future__ import annotations
+
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.feedback import FEEDBACK_INTERVAL_S, FEEDBACK_PATH, FeedbackRequest
 from core.protocol import PROTOCOL_VERSION
 from core.transport.admission import admit_signed
 from core.transport.auth import Gate, Refused
@@ -31,6 +38,8 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
                    public_metrics: bool = False) -> FastAPI:
     """``validator``: a ``core.validator.loop.Validator`` (its metagraph says who may ask)."""
     gate = Gate(validator.hotkey)
+    miners = Gate(validator.hotkey, validators_only=False)  # its own nonces: miners fill no
+    asked_at: dict[str, float] = {}  # hotkey -> last feedback; at most one per registered hotkey
     app = FastAPI(title="SN19 validator", version=PROTOCOL_VERSION, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY, reject=refuse)
@@ -68,5 +77,26 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
             return refuse(404, f"no report of a window at block {asked.block} (yet)")
         body, headers = answer
         return Response(body, headers=headers)
+
+    @app.post(FEEDBACK_PATH)
+    async def feedback(request: Request):
+        from core.validator.feedback import feedback_for
+
+        try:
+            caller, raw = await admit_signed(request, miners, validator.metagraph,
+                                             body_timeout_s, "this validator")
+            FeedbackRequest.model_validate(raw)
+        except Refused as e:
+            return refuse(e.status, e.reason)
+        except ValidationError:
+            return refuse(422, "expected {} or {\"version\": ...}")
+        now = time.monotonic()
+        if now - asked_at.get(caller.hotkey, -FEEDBACK_INTERVAL_S) < FEEDBACK_INTERVAL_S:
+            return refuse(429, f"at most one feedback request every {FEEDBACK_INTERVAL_S:g} s")
+        for hotkey in [h for h in asked_at if validator.metagraph.by_hotkey(h) is None]:
+            del asked_at[hotkey]  # deregistered: the map stays within the metagraph
+        asked_at[caller.hotkey] = now
+        answer = feedback_for(validator.store, validator.hotkey, caller.hotkey)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     return app
