@@ -101,7 +101,11 @@ def main(argv=None) -> int:
             register_validator(chain, wallets_dir, *validator)
         deadline = time.monotonic() + args.startup_timeout
         for name, proc in zip(MINERS, procs):
-            wait_healthy(ports[name], proc, deadline)
+            try:
+                wait_healthy(ports[name], proc, deadline)
+            except RuntimeError as e:
+                raise RuntimeError(f"miner {name} did not start ({e}); its log: "
+                                   f"{logs / f'miner-{name}.log'}") from None
         print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
               f"{len(VALIDATORS)} validators running {args.periods} period(s) of "
               f"{args.period_blocks} blocks", flush=True)

@@ -38,8 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run only strategies whose name contains NAME (repeatable)")
     p.add_argument("--config", help="run a scenario YAML of your own instead (miners, "
                                     "validators, periods) and print each miner's reward")
-    p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNG plot")
-    p.add_argument("--no-plots", action="store_true", help="print the tables only")
+    p.add_argument("--plot", metavar="DIR",
+                   help="also draw the strategies' plot as DIR/strategies.png (needs the sim "
+                        "extra; --plot docs redraws the README's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -111,7 +112,10 @@ def honest_checks(periods: int, seed: int) -> str:
 
 
 def plot(rows: list[tuple[Verdict, Verdict]], out: Path) -> Path:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[sim]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,8 +166,8 @@ def main(argv=None) -> int:
     print(honest_checks(min(args.periods, 200), args.seed), flush=True)
     print(f"honest pool: {', '.join(s.name for s in POOL)}; validators: "
           + ", ".join(f"{k} ({v.stake:g}, organic {v.organic:.0%})" for k, v in VALIDATORS.items()))
-    if not args.no_plots:
-        print(f"wrote {plot(rows, Path(args.out))}")
+    if args.plot:
+        print(f"wrote {plot(rows, Path(args.plot))}")
     return 0
 
 

@@ -49,7 +49,7 @@ def test_deterministic_for_a_seed():
 @pytest.mark.process
 def test_cli_prints_the_strategy_table_and_draws_it(tmp_path):
     out = subprocess.run([sys.executable, "scripts/simulate.py", "--strategy", "over-claim x2",
-                          "--strategy", "stake-first", "--periods", "60", "--out", str(tmp_path),
+                          "--strategy", "stake-first", "--periods", "60", "--plot", str(tmp_path),
                           "--quiet"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "over-claim x2" in out.stdout and "stake-first" in out.stdout
@@ -74,7 +74,7 @@ validators:
     result = simulate(sc.setups, sc.periods, validators=sc.validators)
     assert result.reward["big"] == pytest.approx(3 * result.reward["small"])
     out = subprocess.run([sys.executable, "scripts/simulate.py", "--config", str(path),
-                          "--no-plots", "--quiet"], capture_output=True, text=True, timeout=120)
+                          "--quiet"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "== mine:" in out.stdout
 
 
