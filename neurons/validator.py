@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from core.cli import (
     CliError,
@@ -47,7 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hotkey", action="append",
                    help="with --status: only this hotkey's contenders (repeatable)")
     p.add_argument("--json", action="store_true",
-                   help="with --status: print it as JSON (windows, contenders, weights)")
+                   help="with --status: print it as JSON (windows, contenders with their last "
+                        "windows, weights)")
+    p.add_argument("--history", action="store_true",
+                   help="with --status: also each contender's last windows (scores, and the "
+                        "declared x served the median is taken of)")
+    p.add_argument("--png", metavar="FILE",
+                   help="with --status: also draw the period as a PNG (needs matplotlib)")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=256,
@@ -153,9 +160,22 @@ def run(args) -> int:
         finally:
             store.close()
     if args.status:
-        print(status(store, args.period_blocks, uids=args.uid or (), hotkeys=args.hotkey or (),
-                     as_json=args.json))
-        store.close()
+        try:
+            print(status(store, args.period_blocks, uids=args.uid or (),
+                         hotkeys=args.hotkey or (), as_json=args.json, history=args.history))
+            if args.png:
+                from core.validator.picture import NoPlotting, period_png
+                from core.validator.status import snapshot
+
+                snap = snapshot(store, args.period_blocks, args.uid or (), args.hotkey or ())
+                if snap is None:
+                    raise CliError("no period recorded yet: nothing to draw")
+                try:
+                    print(f"wrote {period_png(snap, Path(args.png))}", file=sys.stderr)
+                except NoPlotting as e:
+                    raise CliError(str(e)) from None
+        finally:
+            store.close()
         return 0
     wallet, _ = load_wallet(args)
     if args.check == "gpu":

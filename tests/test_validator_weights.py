@@ -109,3 +109,25 @@ def test_status_shows_the_latest_period(setup):
     assert first["windows"] == [{"block": 2150, "asked": 40.0, "good": 20.0, "served": 0.5,
                                  "pooled": False}]
     assert data["windows"][0]["coverage"] == 0.0 and data["windows"][0]["pooled_from"] == []
+
+
+def test_status_shows_each_contenders_window_history_and_draws_the_period(setup):
+    from core.budget import Contender
+    from core.scoring import ContenderState
+    from core.validator.picture import period_png
+    from core.validator.status import snapshot
+
+    tmp_path, _ = setup
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    store.begin_period(8, 2400, "0x2", 1.0, 0.0, [Contender(3, "hk", "inpaint", 400.0, 400.0, 0)])
+    store.finish_period(8, {("hk", "inpaint"): ContenderState(
+        declared=400, demonstrated=300, credited=300, reliability=0.5, quality=1.0,
+        scored=((40.0, 0.25), (40.0, 1.0)), demonstrated_w=(200.0, 400.0))})
+    text = status(store, 300, history=True)
+    assert "scores 0.25 1.00" in text and "shown  200 400" in text
+    data = json.loads(status(store, 300, as_json=True))
+    assert data["contenders"][0]["history"] == {
+        "windows": [{"asked": 40.0, "score": 0.25}, {"asked": 40.0, "score": 1.0}],
+        "demonstrated": [200.0, 400.0]}
+    png = period_png(snapshot(store, 300), tmp_path / "p.png")
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,12 +19,25 @@ from core.validator.measure import measure_period
 from core.validator.report import period_table
 
 
-def status(store: Store, period_blocks: int, uids: Collection[int] = (),
-           hotkeys: Collection[str] = (), as_json: bool = False) -> str:
-    """``uids``, ``hotkeys``: only those contenders (none given: all)."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The latest period as --status shows it."""
+
+    period: int
+    finished: bool
+    windows: list
+    closing: Closing
+    scored: dict[int, Pooling]
+    last: tuple[int, dict[int, float]] | None
+    vector: np.ndarray
+
+
+def snapshot(store: Store, period_blocks: int, uids: Collection[int] = (),
+             hotkeys: Collection[str] = ()) -> Snapshot | None:
+    """``uids``, ``hotkeys``: only those contenders (none given: all); None before any period."""
     period = store.latest_period()
     if period is None:
-        return json.dumps({"period": None}) if as_json else "no period recorded yet"
+        return None
     contenders = store.contenders(period)
     windows = store.windows(period)
     measured, poolings = measure_period(store, period, contenders, period_blocks)
@@ -54,13 +68,30 @@ def status(store: Store, period_blocks: int, uids: Collection[int] = (),
     if vector.sum() > 0:
         vector /= vector.sum()
     scored = store.poolings(period) if finished else {p.block: p for p in poolings}
+    return Snapshot(period, finished, windows, closing, scored, last, vector)
+
+
+def status(store: Store, period_blocks: int, uids: Collection[int] = (),
+           hotkeys: Collection[str] = (), as_json: bool = False, history: bool = False) -> str:
+    """The period table (with ``history``: each contender's last windows too), or JSON."""
+    snap = snapshot(store, period_blocks, uids, hotkeys)
+    if snap is None:
+        return json.dumps({"period": None}) if as_json else "no period recorded yet"
     if as_json:
-        return json.dumps(_as_dict(period, finished, windows, scored, closing, last, vector),
-                          indent=1)
-    progress = "finished" if finished else "in progress"
-    set_at = f"weights last set at block {last[0]}" if last else "no weights set yet"
-    table = period_table(period, windows, closing, vector, scored)
-    return f"{table}\n(period {progress}; {set_at})"
+        return json.dumps(_as_dict(snap.period, snap.finished, snap.windows, snap.scored,
+                                   snap.closing, snap.last, snap.vector), indent=1)
+    progress = "finished" if snap.finished else "in progress"
+    set_at = f"weights last set at block {snap.last[0]}" if snap.last else "no weights set yet"
+    table = period_table(snap.period, snap.windows, snap.closing, snap.vector, snap.scored)
+    out = f"{table}\n(period {progress}; {set_at})"
+    if history:
+        out += "\n\nlast windows, oldest first (score, then declared x served):"
+        for r in sorted(snap.closing.rows, key=lambda r: (r.contender.uid, r.contender.task)):
+            scores = " ".join(f"{score:.2f}" for _, score in r.state.scored) or "none"
+            shown = " ".join(f"{d:g}" for d in r.state.demonstrated_w) or "none"
+            out += (f"\nuid {r.contender.uid:>3} {r.contender.task:<28} scores {scores}"
+                    f"\n{'':<37} shown  {shown}")
+    return out
 
 
 def _as_dict(period: int, finished: bool, windows, scored: dict[int, Pooling], closing: Closing,
@@ -81,7 +112,9 @@ def _as_dict(period: int, finished: bool, windows, scored: dict[int, Pooling], c
                 "other_asked": r.outcome.other.asked, "score": s.period_score,
                 "reliability": s.reliability, "quality": s.quality,
                 "demonstrated": s.demonstrated, "credited": s.credited,
-                "effective": r.effective}
+                "effective": r.effective,
+                "history": {"windows": [{"asked": a, "score": sc} for a, sc in s.scored],
+                            "demonstrated": list(s.demonstrated_w)}}
 
     return {"period": period, "finished": finished, "windows": [window(w) for w in windows],
             "contenders": [row(r) for r in sorted(closing.rows, key=lambda r: (r.contender.uid,
