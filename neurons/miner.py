@@ -37,6 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-config", action="store_true",
                    help="validate --config and the back ends' settings, print the effective "
                         "declaration, and exit (0 if usable, 1 if not)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure what each task in --config serves at its expected speed (1, 2, "
+                        "4, ... requests at once, up to its concurrency), propose a declaration "
+                        "(--margin of it), print it or write it to --calibrate-out, and exit")
+    p.add_argument("--margin", type=float, default=0.8,
+                   help="with --calibrate: the share of the measured rate to declare")
+    p.add_argument("--calibrate-seconds", type=float, default=30.0,
+                   help="with --calibrate: seconds each concurrency is measured for")
+    p.add_argument("--calibrate-out", metavar="FILE",
+                   help="with --calibrate: write the proposed capacity YAML here (default: print)")
+    p.add_argument("--image-size", type=int, default=1024,
+                   help="with --calibrate: width and height of image requests (validators "
+                        "send --image-size, 1024 by default)")
     p.add_argument("--feedback", action="store_true",
                    help="ask every validator that announced an endpoint what it measured of "
                         "this hotkey (per task: credited, reliability, quality, windows, how "
@@ -120,7 +133,50 @@ def main(argv=None) -> int:
         return check_config(args)
     if args.feedback:
         return guarded(feedback, args, ConfigError)
+    if args.calibrate:
+        return guarded(calibrate, args, ConfigError)
     return guarded(serve, args, ConfigError)
+
+
+def calibrate(args) -> int:
+    """Measure, propose, print or write; 1 when a task met its expected time at no concurrency."""
+    import asyncio
+
+    from core.miner import calibrate as calibration
+    from core.miner.pool import build_pools
+
+    config = load_config(args.config)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    pools = build_pools(config)
+    period_s = args.period_blocks * 12.0
+
+    async def run():
+        try:
+            await asyncio.gather(*(pool.check() for pool in pools.values()))
+            return await calibration.calibrate(
+                config, pools, seconds=args.calibrate_seconds, margin=args.margin,
+                period_seconds=period_s, image_size=args.image_size,
+                progress=lambda line: print(line, file=sys.stderr, flush=True))
+        finally:
+            await asyncio.gather(*(pool.close() for pool in pools.values()))
+
+    results = asyncio.run(run())
+    for r in results:
+        best = r.best
+        shared = f", shared by {r.shared_by} tasks in its group" if r.shared_by > 1 else ""
+        print(f"{r.task}: " + (f"served {best.units_per_s:.1f} {TASKS[r.task].unit.value}/s at "
+                               f"{best.concurrency} at once{shared}; propose {r.proposed:g} a "
+                               f"period" if best else "too slow at every concurrency: propose 0"))
+    text = calibration.proposed_yaml(config, results, args.margin)
+    if args.calibrate_out:
+        Path(args.calibrate_out).write_text(text)
+        print(f"wrote {args.calibrate_out}")
+    else:
+        print(text)
+    return 0 if all(r.best for r in results) else 1
 
 
 def feedback(args) -> int:

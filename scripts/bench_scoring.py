@@ -110,10 +110,10 @@ async def aiohttp_ceiling(keypair, metagraph, requests: int, concurrency: int) -
     import aiohttp
     from bittensor import http_auth
 
+    from core.init_images import noise_and_mask
     from core.protocol import InpaintRequest
-    from core.validator.synthetic import _init_image
 
-    image, mask = _init_image(64, 0)
+    image, mask = noise_and_mask(64, 0)
     body = InpaintRequest(task="inpaint", prompt="p", steps=20, height=64, width=64,
                           init_image=image, mask_image=mask).model_dump_json().encode()
     neurons = [n for n in metagraph.neurons if n.endpoint]

@@ -3,14 +3,9 @@ synthetic request, with prompts and seeds the miner cannot predict."""
 
 from __future__ import annotations
 
-import base64
-import io
 import random
-from functools import lru_cache
 
-import numpy as np
-from PIL import Image
-
+from core.init_images import noise_and_mask
 from core.protocol import (
     MAX_COMPLETION,
     ChatMessage,
@@ -42,22 +37,6 @@ def prompt(rng: random.Random, n: int = 8) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-@lru_cache(maxsize=32)
-def _init_image(size: int, variant: int) -> tuple[str, str]:
-    """A noise image and a rectangular mask (base64 PNGs) for image-to-image and inpaint."""
-    rng = np.random.default_rng(variant)
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
-
-    def b64(array, mode):
-        buf = io.BytesIO()
-        Image.fromarray(array, mode).save(buf, format="PNG")
-        return base64.b64encode(buf.getvalue()).decode()
-
-    return b64(pixels, "RGB"), b64(mask, "L")
-
-
 def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,
                       counter: PromptCounter) -> TaskRequest:
     """A request that costs at most ``units`` of the task (exactly, for image tasks; a chat
@@ -77,7 +56,7 @@ def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: 
     if kind is Kind.TEXT_TO_IMAGE:
         return TextToImageRequest(task=task_id, prompt=text, steps=units, seed=seed,
                                   height=image_size, width=image_size)
-    image, mask = _init_image(image_size, rng.randrange(8))
+    image, mask = noise_and_mask(image_size, rng.randrange(8))
     if kind is Kind.IMAGE_TO_IMAGE:
         return ImageToImageRequest(task=task_id, prompt=text, steps=units, seed=seed,
                                    height=image_size, width=image_size, init_image=image)
