@@ -269,3 +269,26 @@ def test_gpu_references_load_each_image_checkpoint_once(monkeypatch):
     assert engines["proteus-image-to-image"].kind is TASKS["proteus-image-to-image"].kind
     shared = engines["proteus-image-to-image"].pipeline.unet
     assert shared is engines["proteus-text-to-image"].pipeline.unet
+
+
+def test_a_failed_check_stores_why_for_the_miners_feedback(chat, tmp_path):
+    from core.checking.service import Checker
+
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    checker = Checker(store, "cpu", rate=1.0)
+    request = chat_request(9)
+    tokens, final = answer(chat, request)
+    overcharged = final.model_copy(update={"prompt_tokens": final.prompt_tokens + 50})
+
+    async def main():
+        record_id = store.record(RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
+                                               overcharged.units, 0.1))
+        checker.submit(Job(record_id, 7, "chat-llama-3", request, (tokens, overcharged), 0.1,
+                           overcharged.units))
+        await checker.drain(7, timeout=60)
+        await checker.close()
+
+    asyncio.run(main())
+    [(why, n)] = store.failed_checks(7, "hk")["chat-llama-3"].items()
+    assert n == 1 and why.startswith("charged") and store.records(7)[0].quality == 0.0
+    assert store.failed_checks(7, "someone else") == {}

@@ -32,8 +32,9 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
         (bob.ss58_address, "inpaint"): ContenderState(declared=40, demonstrated=40, credited=40,
                                                       reliability=1.0)})
     for outcome, quality in ((Outcome.OK, 1.0), (Outcome.OK, 0.0), (Outcome.TIMEOUT, 0.0)):
-        store.record(RequestRecord(3, alice.ss58_address, "chat-llama-3", False, outcome, 100.0,
-                                   1.0, quality, 0.0))
+        record_id = store.record(RequestRecord(3, alice.ss58_address, "chat-llama-3", False,
+                                               outcome, 100.0, 1.0, quality, 0.0))
+    store.set_quality(record_id - 1, 0.0, "reported logprobs differ from the model's")
     store.record(RequestRecord(3, bob.ss58_address, "inpaint", False, Outcome.OK, 20.0, 1.0,
                                1.0, 0.0))
     graph = Metagraph(60, (Neuron(0, me.ss58_address, "c", 10.0, True, None, 0),
@@ -68,6 +69,7 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
     assert row.scored_zero == 1 and row.windows[0].score == 0.81
     assert row.effective == 600 * 0.81 * 0.9 ** 3
     assert any("600 of the 1000 declared" in n for n in row.notes)
+    assert "1 checks failed: reported logprobs differ from the model's" in row.notes
     assert bob.ss58_address not in answer.text and "inpaint" not in answer.text
     assert ask(alice, headers=headers)[0].status_code == 401  # the same signed request again
     assert ask(alice)[0].status_code == 429  # sooner than FEEDBACK_INTERVAL_S

@@ -156,11 +156,11 @@ class Checker:
                 log.error("check of record %d failed to run: %s", job.record_id, e)
                 self._busy = None
                 continue
-            self.store.set_quality(job.record_id, quality)
+            head = reason.split(" (")[0][:60] if reason else None  # the kind, not the figures
+            self.store.set_quality(job.record_id, quality, head)
             self.stats.checked += 1
-            if reason:
+            if head is not None:
                 self.stats.failed += 1
-                head = reason.split(" (")[0][:60]
                 self.stats.reasons[head] = self.stats.reasons.get(head, 0) + 1
                 log.info("record %d (%s) failed its check: %s", job.record_id, job.task, reason)
             self._busy = None

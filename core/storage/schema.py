@@ -67,4 +67,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE windows ADD COLUMN coverage DOUBLE PRECISION",
         "ALTER TABLE windows ADD COLUMN pooled_from TEXT",
     ),
+    (
+        # why a checked answer failed its check (NULL: passed, or not checked): a miner's
+        # feedback says what failed, not only that something did
+        "ALTER TABLE requests ADD COLUMN why TEXT",
+    ),
 )

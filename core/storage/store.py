@@ -275,8 +275,20 @@ class Store:
         running is recorded in the next period. Waits for records being written into it."""
         self._run("UPDATE periods SET sealed = 1 WHERE period = ?", (period,))
 
-    def set_quality(self, record_id: int, quality: float) -> None:
-        self._run("UPDATE requests SET quality = ? WHERE id = ?", (quality, record_id))
+    def set_quality(self, record_id: int, quality: float, why: str | None = None) -> None:
+        """A checked answer's quality, and why it failed its check (None: it passed)."""
+        self._run("UPDATE requests SET quality = ?, why = ? WHERE id = ?",
+                  (quality, why, record_id))
+
+    def failed_checks(self, period: int, hotkey: str) -> dict[str, dict[str, int]]:
+        """Per task of ``hotkey``: how many of its answers in ``period`` failed their check, by
+        reason."""
+        out: dict[str, dict[str, int]] = {}
+        for task, why, n in self._run(
+                "SELECT task, why, COUNT(*) FROM requests WHERE period = ? AND hotkey = ? "
+                "AND why IS NOT NULL GROUP BY task, why", (period, hotkey)):
+            out.setdefault(task, {})[why] = n
+        return out
 
     def records(self, period: int) -> list[RequestRecord]:
         rows = self._run("SELECT period, hotkey, task, organic, outcome, units, latency_s, "

@@ -16,6 +16,7 @@ def feedback_for(store: Store, validator: str, hotkey: str) -> Feedback:
     states = {task: s for (hk, task), s in store.states().items() if hk == hotkey}
     period = store.latest_period()
     records = [r for r in store.records(period) if r.hotkey == hotkey] if period is not None else []
+    failed_checks = store.failed_checks(period, hotkey) if period is not None else {}
     tasks = []
     for task, s in sorted(states.items()):
         mine = [r for r in records if r.task == task]
@@ -29,6 +30,8 @@ def feedback_for(store: Store, validator: str, hotkey: str) -> Feedback:
         if failed:
             notes.append("requests that failed last period: "
                          + ", ".join(f"{v} {k}" for k, v in sorted(failed.items())))
+        for why, n in sorted(failed_checks.get(task, {}).items(), key=lambda kv: -kv[1])[:3]:
+            notes.append(f"{n} checks failed: {why}")
         if zero:
             notes.append(f"{zero} answers scored 0 last period (a failed check, or twice the "
                          f"task's expected time)")
