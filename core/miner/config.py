@@ -223,7 +223,7 @@ def load_config(path: str | Path) -> MinerConfig:
         lines = _key_lines(yaml.compose(text, Loader=_Loader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
-        where = f": line {mark.line + 1}" if mark else ""
+        where = f": {_at(mark)}" if mark else ""
         kind = "" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error: "
         raise ConfigError(f"{path}{where}: {kind}{e.problem}") from None
     except yaml.YAMLError as e:
@@ -238,7 +238,7 @@ def load_config(path: str | Path) -> MinerConfig:
         task_id, group = bad
         line = lines.get(("tasks", task_id, "group"))
         raise ConfigError(
-            f"{path}: line {line}: tasks.{task_id}.group: group {group!r} is not defined "
+            f"{path}: {line}: tasks.{task_id}.group: group {group!r} is not defined "
             f"(allowed: {', '.join(config.groups) or 'define it under groups: with a concurrency'})"
         )
     if bad := config.misplaced_backend():
@@ -246,33 +246,38 @@ def load_config(path: str | Path) -> MinerConfig:
         line = lines.get(("tasks", task_id, "backend"))
         kind = TASKS[task_id].kind
         allowed = " or ".join(b for b in BACKENDS if serves(b, kind))
-        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.backend: {backend} cannot serve "
+        raise ConfigError(f"{path}: {line}: tasks.{task_id}.backend: {backend} cannot serve "
                           f"{kind.value} tasks (allowed: {allowed})")
     if repeated := config.repeated_worker():
         task_id, i, url = repeated
         line = lines.get(("tasks", task_id, "workers", str(i), "url"))
-        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.workers.{i}.url: {url} is "
+        raise ConfigError(f"{path}: {line}: tasks.{task_id}.workers.{i}.url: {url} is "
                           f"listed before; a worker's capacity counts once")
     if unset := config.unset_tokens():
         task_id, i, variable = unset
         line = lines.get(("tasks", task_id, "workers", str(i), "token_env"))
-        raise ConfigError(f"{path}: line {line}: tasks.{task_id}.workers.{i}.token_env: the "
+        raise ConfigError(f"{path}: {line}: tasks.{task_id}.workers.{i}.token_env: the "
                           f"environment variable {variable} is not set (export it with the "
                           f"worker's token before starting the miner)")
     return config
 
 
-def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Line (1-based) of every mapping key in a composed YAML tree, by its path."""
-    out: dict[tuple, int] = {}
+def _at(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, str]:
+    """Where (line and column, 1-based) every mapping key of a composed YAML tree is, by its
+    path."""
+    out: dict[tuple, str] = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             path = prefix + (key.value,)
-            out[path] = key.start_mark.line + 1
+            out[path] = _at(key.start_mark)
             out.update(_key_lines(value, path))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out[prefix + (str(i),)] = item.start_mark.line + 1
+            out[prefix + (str(i),)] = _at(item.start_mark)
             out.update(_key_lines(item, prefix + (str(i),)))
     return out
 
@@ -297,8 +302,8 @@ def _did_you_mean(word: str, choices) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str:
-    """The first validation error as 'file: line N: key: problem; got X (allowed: ...)'."""
+def _explain(path: Path, error: ValidationError, lines: dict[tuple, str]) -> str:
+    """The first validation error as 'file: line N, column C: key: problem; got X (allowed: ...)'."""
     first = error.errors()[0]
     loc = tuple(str(p) for p in first["loc"] if p != "[key]")
     line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
@@ -326,7 +331,7 @@ def _explain(path: Path, error: ValidationError, lines: dict[tuple, int]) -> str
         msg = "not in the form expected"
     elif isinstance(got, dict):
         got = None
-    where = f": line {line}" if line else ""
+    where = f": {line}" if line else ""
     shown = f"; got {got!r}" if got is not None else ""
     tail = f" (allowed: {allowed})" if allowed else ""
     return f"{path}{where}: {'.'.join(loc) or '(top level)'}: {msg}{shown}{tail}"
