@@ -303,7 +303,8 @@ def _did_you_mean(word: str, choices) -> str:
 
 
 def _explain(path: Path, error: ValidationError, lines: dict[tuple, str]) -> str:
-    """The first validation error as 'file: line N, column C: key: problem; got X (allowed: ...)'."""
+    """The first validation error as 'file: line N, column C: key: problem; got X (allowed:
+    ...)'."""
     first = error.errors()[0]
     loc = tuple(str(p) for p in first["loc"] if p != "[key]")
     line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
