@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,9 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = parser("Subnet 19 validator: scores miners against their declared capacities and sets "
                "weights on chain.")
     add_common_args(p)
-    p.add_argument("--db", default="~/.sn19/validator.sqlite3",
+    p.add_argument("--db", default=None,
                    help="where records and scores are kept across restarts: a SQLite file, or "
-                        "a PostgreSQL DSN (postgresql://user@host/db)")
+                        "a PostgreSQL DSN (postgresql://user@host/db) (default: the SN19_DB "
+                        "environment variable, which keeps a password out of the process list, "
+                        "else ~/.sn19/validator.sqlite3)")
     p.add_argument("--status", action="store_true",
                    help="print the latest period from --db (its audit windows; per contender: "
                         "declared, budget, requests, what the windows asked and got, score, "
@@ -112,7 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     key.add_argument("name", nargs="?", help="the key's name (create, revoke)")
     key.add_argument("--per-minute", type=int, default=60,
                      help="requests a minute the key may make (create)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.db = args.db or os.environ.get("SN19_DB") or "~/.sn19/validator.sqlite3"
+    return args
 
 
 def api_key(store, args) -> int:
@@ -153,6 +158,10 @@ def run(args) -> int:
     from core.validator.loop import Settings, Validator
     from core.validator.status import status
 
+    reading = args.status or (args.command == "api-key" and args.action != "create")
+    if reading and "://" not in args.db and not Path(args.db).expanduser().exists():
+        raise CliError(f"--db {args.db}: no such database (a validator makes it when it first "
+                       f"runs; check the path)")
     store = open_store(args.db)
     if args.command == "api-key":
         try:

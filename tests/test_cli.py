@@ -51,6 +51,21 @@ def test_bittensors_dotted_flag_names_are_accepted(tmp_path):
     assert out.stderr.startswith("error: cannot load the hotkey of wallet ghost/hk")
 
 
+def test_a_mistyped_db_is_refused_not_created_and_sn19_db_names_one(tmp_path):
+    import os
+
+    missing = tmp_path / "typo" / "v.sqlite3"
+    out = run("neurons/validator.py", "--status", "--db", str(missing))
+    assert out.returncode == 1 and "no such database" in out.stderr and not missing.exists()
+    from core.storage import open_store
+
+    open_store(str(tmp_path / "v.sqlite3")).close()
+    env = dict(os.environ, SN19_DB=str(tmp_path / "v.sqlite3"))
+    ok = subprocess.run([sys.executable, "neurons/validator.py", "--status"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "no period recorded yet" in ok.stdout
+
+
 def test_unknown_network_and_missing_local_subnet(tmp_path):
     make_wallet(tmp_path / "w", "v")
     common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off",
