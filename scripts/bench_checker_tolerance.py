@@ -54,7 +54,7 @@ def quantized(folder: Path, out: Path) -> None:
 
 def draw_requests(n: int, seed: int):
     from core.protocol import ChatMessage, ChatRequest
-    from core.validator.synthetic import prompt
+    from core.request_shapes import prompt
 
     rng = random.Random(seed)
     return [ChatRequest(task="chat-llama-3", max_tokens=64, seed=rng.getrandbits(62),

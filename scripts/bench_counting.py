@@ -79,7 +79,7 @@ class TrustingCounter(PromptCounter):
 
 def count_figures(repeats: int) -> None:
     from core.protocol import ChatMessage, ChatRequest
-    from core.validator.synthetic import prompt
+    from core.request_shapes import prompt
 
     counter = PromptCounter("tiny")
     rng = random.Random(0)

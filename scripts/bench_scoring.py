@@ -110,8 +110,8 @@ async def aiohttp_ceiling(keypair, metagraph, requests: int, concurrency: int) -
     import aiohttp
     from bittensor import http_auth
 
-    from core.init_images import noise_and_mask
     from core.protocol import InpaintRequest
+    from core.request_shapes import noise_and_mask
 
     image, mask = noise_and_mask(64, 0)
     body = InpaintRequest(task="inpaint", prompt="p", steps=20, height=64, width=64,
@@ -214,16 +214,10 @@ def main() -> None:
                    help="profile wall time (the event loop blocked on the database shows)")
     a = p.parse_args()
     weights_figures(2 if a.quick else a.repeats)
-    dispatch = dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes)
-    if a.profile:
-        import cProfile
+    from devtools.profiling import run_profiled
 
-        clock = time.perf_counter if a.profile_wall else time.process_time
-        with cProfile.Profile(clock) as profile:
-            asyncio.run(dispatch)
-        profile.dump_stats(a.profile)
-    else:
-        asyncio.run(dispatch)
+    dispatch = dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes)
+    run_profiled(lambda: asyncio.run(dispatch), a.profile, wall=a.profile_wall)
 
 
 if __name__ == "__main__":

@@ -238,16 +238,10 @@ def main() -> None:
     if a.quick:
         a.miners, a.miner_processes, a.seconds, a.multiples = 16, 1, 4.0, [1.0]
     from core.cli import run_loop
+    from devtools.profiling import run_profiled
 
     go = (lambda: asyncio.run(run(a))) if a.plain_asyncio else (lambda: run_loop(run(a)))
-    if a.profile:
-        import cProfile
-
-        with cProfile.Profile(time.process_time) as profile:  # CPU, not a busy wall
-            go()
-        profile.dump_stats(a.profile)
-    else:
-        go()
+    run_profiled(go, a.profile)
 
 
 if __name__ == "__main__":

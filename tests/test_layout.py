@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PURE = ("tasks", "capacity", "protocol", "metagraph", "budget", "plan", "scoring", "records",
-        "simulation", "scenarios")
+        "simulation", "scenarios", "request_shapes", "feedback")
 SUBPACKAGES = {p.name for p in (ROOT / "core").iterdir() if (p / "__init__.py").exists()}
 
 

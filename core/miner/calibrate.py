@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import yaml
 
-from core.init_images import noise_and_mask
 from core.miner.config import MinerConfig
 from core.miner.pool import Pool
 from core.protocol import (
@@ -32,10 +31,8 @@ from core.protocol import (
     TaskRequest,
     TextToImageRequest,
 )
+from core.request_shapes import noise_and_mask, prompt
 from core.tasks import TASKS, Kind
-
-WORDS = ("river", "mountain", "lantern", "forest", "ocean", "copper", "garden", "harbor",
-         "meadow", "thunder", "orchard", "comet", "library", "bridge", "falcon", "canyon")
 
 
 @dataclass(frozen=True)
@@ -72,21 +69,21 @@ def request_for(task_id: str, rng: random.Random, image_size: int) -> TaskReques
     """A request of the task's synthetic size (docs/protocol.md §3): a chat prompt of a few
     words and the rest of the units as completion; an image of ``image_size`` pixels."""
     task = TASKS[task_id]
-    prompt = " ".join(rng.choice(WORDS) for _ in range(8))
+    text = prompt(rng)
     if task.kind is Kind.CHAT:
-        request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=prompt)],
+        request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=text)],
                               temperature=1.0, seed=rng.getrandbits(62))
         request.max_tokens = max(1, task.units_per_synthetic - request.prompt_allowance())
         return request
     if task.kind is Kind.TEXT_TO_IMAGE:
-        return TextToImageRequest(task=task_id, prompt=prompt, steps=task.units_per_synthetic,
+        return TextToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
                                   seed=rng.getrandbits(62), height=image_size, width=image_size)
     image, mask = noise_and_mask(image_size, rng.randrange(8))
     if task.kind is Kind.IMAGE_TO_IMAGE:
-        return ImageToImageRequest(task=task_id, prompt=prompt, steps=task.units_per_synthetic,
+        return ImageToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
                                    seed=rng.getrandbits(62), height=image_size,
                                    width=image_size, init_image=image)
-    return InpaintRequest(task=task_id, prompt=prompt, steps=task.units_per_synthetic,
+    return InpaintRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
                           seed=rng.getrandbits(62), height=image_size, width=image_size,
                           init_image=image, mask_image=mask)
 

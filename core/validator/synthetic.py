@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-from core.init_images import noise_and_mask
 from core.protocol import (
     MAX_COMPLETION,
     ChatMessage,
@@ -15,15 +14,10 @@ from core.protocol import (
     TaskRequest,
     TextToImageRequest,
 )
+from core.request_shapes import noise_and_mask, prompt
 from core.tasks import TASKS, Kind
 from core.validator.counting import PromptCounter
 
-WORDS = [
-    "river", "mountain", "quiet", "city", "lantern", "forest", "ocean", "copper", "violet",
-    "engine", "garden", "winter", "harbor", "signal", "meadow", "thunder", "glass", "orchard",
-    "desert", "comet", "library", "bridge", "marble", "echo", "falcon", "canyon", "velvet",
-    "circuit", "island", "summer", "shadow", "crystal",
-]
 CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units the rendered prompt takes at most
 
 
@@ -31,10 +25,6 @@ def min_units(task_id: str) -> int:
     """The smallest request worth sending: a chat request's prompt alone costs about the
     allowance, so a smaller one would overshoot what it was sized for."""
     return CHAT_PROMPT_ALLOWANCE + 1 if TASKS[task_id].kind is Kind.CHAT else 1
-
-
-def prompt(rng: random.Random, n: int = 8) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
 def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,

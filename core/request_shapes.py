@@ -1,15 +1,27 @@
-"""The images an image-to-image or inpaint request starts from when nobody supplies one: a noise
-image and a centred rectangular mask, as base64 PNGs. The validator's synthetic requests and the
-miner's calibration send the same shape."""
+"""The shape of a synthetic request, shared by the validator's synthetic traffic and the miner's
+calibration so both measure the same work: a prompt of a few common words, and for image-to-image
+and inpaint a noise image and a centred rectangular mask (base64 PNGs)."""
 
 from __future__ import annotations
 
 import base64
 import io
+import random
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+
+WORDS = [
+    "river", "mountain", "quiet", "city", "lantern", "forest", "ocean", "copper", "violet",
+    "engine", "garden", "winter", "harbor", "signal", "meadow", "thunder", "glass", "orchard",
+    "desert", "comet", "library", "bridge", "marble", "echo", "falcon", "canyon", "velvet",
+    "circuit", "island", "summer", "shadow", "crystal",
+]
+
+
+def prompt(rng: random.Random, n: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
 @lru_cache(maxsize=32)
