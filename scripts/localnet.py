@@ -166,9 +166,10 @@ def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
     """Choose the local chain's seed so that every period the validator can run has an audit
     window: a short run always shows one. Only a local subnet can choose; the draws themselves
     are the protocol's."""
-    chain.open_windows(period_blocks, periods)
+    chain.open_windows(period_blocks, periods, end_margin=period_blocks // 6)
     print(f"localnet: block hashes chosen so each period has an audit window "
-          f"({window_blocks(period_blocks)} blocks) in its second half", flush=True)
+          f"({window_blocks(period_blocks)} blocks) in its second half, ending a sixth of the "
+          f"period before it", flush=True)
 
 
 def report(chain: LocalChain) -> int:

@@ -81,31 +81,36 @@ class LocalChain:
         with self._locked() as state:
             state["seed"] = seed
 
-    def open_windows(self, period_blocks: int, periods: int) -> None:
+    def open_windows(self, period_blocks: int, periods: int, end_margin: int = 0) -> None:
         """Reseed so that each of the next ``periods`` periods from now (with a few to spare)
         has an audit window in its second half: after a validator that starts a period late
-        (it starts one only with half of it left), and every window ends a sixth of the period
-        before the period does: on a local subnet's one-minute periods a busy machine takes
-        seconds to finish a window's requests and exchange its reports, and a validator waits
-        only a tenth of the period for the reports it lacks at the period's end."""
+        (it starts one only with half of it left) and before the period's end. With
+        ``end_margin``, every window in those periods also ends that many blocks before its
+        period does: on one-minute periods a busy machine can take longer to finish a window's
+        requests and exchange its reports than the tenth of a period a validator waits for the
+        reports it lacks at the period's end (the search grows steeply with it: keep
+        ``periods`` small)."""
         first = self._block_of(self._read()) // period_blocks
-        last = period_blocks - window_blocks(period_blocks) - period_blocks // 6
+        last = period_blocks - window_blocks(period_blocks) - end_margin
         self.reseed(self.windows_seed(period_blocks, range(first, first + periods + 3),
-                                      range(period_blocks // 2, max(last, period_blocks // 2 + 1))))
+                                      range(period_blocks // 2, max(last, period_blocks // 2 + 1)),
+                                      strict=end_margin > 0))
 
-    def windows_seed(self, period_blocks: int, periods: range, offsets: range) -> str:
+    def windows_seed(self, period_blocks: int, periods: range, offsets: range,
+                     strict: bool = False) -> str:
         """A seed under which each period in ``periods`` has an audit window opening at an
-        offset (blocks into the period) in ``offsets``. A local subnet's convenience: a
-        short run then always shows windows; the draws themselves are the protocol's."""
+        offset (blocks into the period) in ``offsets`` (``strict``: and none opening later). A
+        local subnet's convenience: a short run then always shows windows; the draws
+        themselves are the protocol's."""
         for attempt in range(1_000_000):
             seed = f"windows-{attempt}"
             first = periods.start * period_blocks - 4 * window_blocks(period_blocks)
             hashes = [_hash(seed, b) for b in range(first, periods.stop * period_blocks)]
             _, opened = openings(first, hashes, period_blocks)
-            inside = all(b % period_blocks < offsets.stop
-                         for b in opened if b >= periods.start * period_blocks)
-            if inside and all(any(b - p * period_blocks in offsets for b in opened)
-                              for p in periods):
+            late = strict and any(b % period_blocks >= offsets.stop for b in opened
+                                  if b >= periods.start * period_blocks)
+            if not late and all(any(b - p * period_blocks in offsets for b in opened)
+                                for p in periods):
                 return seed
         raise LocalChainError("no seed found for those windows")
 
