@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from core import collector
+
 
 class HelpFormatter(argparse.HelpFormatter):
     """Each flag's default shown once: appended unless the help already says it, and never for
@@ -148,7 +150,9 @@ def load_wallet(args):
 
 def run_loop(main) -> None:
     """Run the coroutine ``main`` on uvloop when installed (uvicorn[standard] brings it): the
-    validator's fan-out to miners and relay of organic streams cost less CPU on it."""
+    validator's fan-out to miners and relay of organic streams cost less CPU on it. What was
+    loaded before is settled out of the garbage collector's way (``core.collector``)."""
+    collector.settle()
     try:
         import uvloop
     except ImportError:

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from core import collector
 from core.cli import (
     add_common_args,
     add_endpoint_args,
@@ -268,6 +269,7 @@ def serve(args) -> int:
                              health_interval_s=args.health_interval,
                              body_timeout_s=args.body_timeout, public_metrics=args.public_metrics,
                              **limits)
+    collector.settle()  # the engines are loaded: out of the collector's way
     uvicorn.run(build_app(state, settings, announce=announce),
                 host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
                 **server_options(args))

@@ -16,6 +16,7 @@ import sys
 
 from pydantic import ValidationError
 
+from core import collector
 from core.backends.spec import BACKENDS, serves
 from core.cli import CliError, add_server_args, guarded, parser, server_options, setup_logging
 from core.miner.config import TaskEntry
@@ -90,6 +91,7 @@ def serve(args) -> int:
     log.info("loading %s on the %s back end", args.task, args.backend)
     engine = load_engine(args.task, entry.engine())
     log.info("serving %s on %s:%d", args.task, args.host, args.port)
+    collector.settle()  # the engines are loaded: out of the collector's way
     uvicorn.run(build_worker_app(args.task, engine, token, args.concurrency, args.body_timeout),
                 host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
                 **server_options(args))

@@ -121,7 +121,8 @@ async def measure(requests: int, rounds: int) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         api = f"http://127.0.0.1:{api_port}/v1"
         messages = [{"role": "user", "content": "hello there"}]
-        body = {"model": "chat-llama-3", "messages": messages, "max_tokens": 8, "stream": True}
+        body = {"model": "chat-llama-3", "messages": messages, "max_tokens": 8, "stream": True,
+                "seed": 0}  # the direct requests' seed: the same tokens both ways
         direct = SignedClient(validator.hotkey)
         url, me = f"http://127.0.0.1:{miner_port}", miner.hotkey.ss58_address
         async with aiohttp.ClientSession(

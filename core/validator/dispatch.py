@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 
 import aiohttp
@@ -40,6 +41,8 @@ from core.transport.client import SignedClient
 log = logging.getLogger("validator.dispatch")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHAT_STALL_S = 10.0  # after its first tokens, a chat stream silent this long has stalled
+DRAIN_S = 0.1  # after the final line, the end of the answer is awaited this long: read to its
+#                end, the connection goes back to the pool; dropped, every request costs a new one
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -110,12 +113,13 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
     """The miner's chat stream, chunk by chunk, checked as it goes: raises MinerFailed for an
     error status, a malformed line, more tokens than asked, a final line whose counts differ
     from the validator's (``prompt_tokens`` as counted here, the completion as received), or no
-    final line. Every line is read up to MAX_CHAT_LINE_BYTES."""
+    final line. Every line is read up to MAX_CHAT_LINE_BYTES. Asked for a chunk after the final
+    one, it reads the answer to its end, whatever follows (``drain``)."""
     path = task_path(message.task)
     tokens = lines = 0
-    async for status, line in client.stream(neuron.endpoint, path, neuron.hotkey, message,
-                                            timeout_for(message.task, message.max_tokens),
-                                            MAX_CHAT_LINE_BYTES):
+    answer = client.stream(neuron.endpoint, path, neuron.hotkey, message,
+                           timeout_for(message.task, message.max_tokens), MAX_CHAT_LINE_BYTES)
+    async for status, line in answer:
         if status != 200:
             raise MinerFailed(status_outcome(status))
         try:
@@ -131,8 +135,19 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
             raise MinerFailed(Outcome.INVALID)
         yield chunk
         if chunk.done:
+            async for _ in answer:  # only ever asked for by ``drain``, which bounds it in time
+                pass
             return
     raise MinerFailed(Outcome.INVALID)  # the stream ended without its final line
+
+
+async def drain(chunks) -> None:
+    """After the final chunk of ``chat_chunks``: the rest of the answer read within DRAIN_S, so
+    that its connection is reused (an honest miner's answer ends with its final line). Whatever
+    a miner does then changes nothing of the request's outcome."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_S):
+            await anext(chunks, None)
 
 
 async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> ImageResponse:

@@ -113,6 +113,7 @@ class Traffic:
                     outcome, result.answer = Outcome.OK, (result.tokens, chunk)
                 if chunk.tokens:
                     yield chunk.tokens
+            await dispatch.drain(stream)
         except (asyncio.CancelledError, GeneratorExit):
             if outcome is None:
                 outcome = self._gave_up(message.task, started, attempt.reserved)
