@@ -172,8 +172,10 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
         for period in (0, 1):  # a warm-up, then the measured run
             store.begin_period(period, 0, "0x", 1.0, 0.0, contenders)
             validator.book.open(period, contenders, metagraph, {})
-            # every request at once: a window that opened with the whole budget in it
-            sends = [plan.Send(0.0, c, 20, None) for c in contenders for _ in range(per_miner)]
+            # every request at once (a window that opened with the whole budget in it), the
+            # miners in turn as the ceiling sends them and as a window's plan spreads them: all
+            # of one miner's first would need 64 connections to each miner in turn
+            sends = [plan.Send(0.0, c, 20, None) for _ in range(per_miner) for c in contenders]
             validator.begin_sending()
             t = time.perf_counter()
             await validator.schedule(metagraph, sends)
@@ -217,7 +219,9 @@ def main() -> None:
     from devtools.profiling import run_profiled
 
     dispatch = dispatch_figures(512 if a.quick else a.requests, a.concurrency, a.miner_processes)
-    run_profiled(lambda: asyncio.run(dispatch), a.profile, wall=a.profile_wall)
+    from core.cli import run_loop  # uvloop, as neurons/validator.py runs (the ceiling too)
+
+    run_profiled(lambda: run_loop(dispatch), a.profile, wall=a.profile_wall)
 
 
 if __name__ == "__main__":
