@@ -246,8 +246,10 @@ def _usage(final) -> dict:
 async def _sse(first, stream, ident: str, created: int, task: str, request: ChatRequest,
                usage: bool):
     """OpenAI's chat.completion.chunk events; a failure no miner could finish ends the stream with
-    an error event (the client's library raises it)."""
-    yield chunk_event(ident, created, task, {"role": "assistant", "content": ""})
+    an error event (the client's library raises it). The events of one miner chunk go to the
+    client in one write (the role with the first tokens, the end with [DONE]): each write costs
+    the validator as much CPU as the events in it."""
+    out = chunk_event(ident, created, task, {"role": "assistant", "content": ""})
     chunk = first
     text = StopFilter(request.stop)
     try:
@@ -256,22 +258,25 @@ async def _sse(first, stream, ident: str, created: int, task: str, request: Chat
             if chunk.done:
                 content += text.flush()
             if content:
-                yield chunk_event(ident, created, task, {"content": content})
+                out += chunk_event(ident, created, task, {"content": content})
             if chunk.done:
-                yield chunk_event(ident, created, task, {},
-                                  finish_reason(chunk.completion_tokens, request.max_tokens,
-                                                text.stopped))
+                out += chunk_event(ident, created, task, {},
+                                   finish_reason(chunk.completion_tokens, request.max_tokens,
+                                                 text.stopped))
                 if usage:
-                    yield usage_event(ident, created, task, chunk.prompt_tokens,
-                                      chunk.completion_tokens)
+                    out += usage_event(ident, created, task, chunk.prompt_tokens,
+                                       chunk.completion_tokens)
                 break
+            if out:
+                yield out
+                out = b""
             chunk = await anext(stream)
     except Exception as e:  # whatever broke it, the client gets an error event and [DONE]
-        yield event({"error": {"message": f"the stream could not be finished: {_reason(e)}",
-                               "type": "api_error"}})
+        out += event({"error": {"message": f"the stream could not be finished: {_reason(e)}",
+                                "type": "api_error"}})
     finally:
         await stream.aclose()  # every attempt recorded, the miner's stream closed
-    yield DONE
+    yield out + DONE
 
 
 def _reason(e: Exception) -> str:
