@@ -6,11 +6,12 @@
    such workers, all on 127.0.0.1. The overhead is the through-front-end latency minus the direct
    one, at p50 and p99 over --n requests per path.
 2. Budget accounting across validator replicas: processes each with its own PostgreSQL
-   connection (as API replicas hold) do what the organic API does per request against one
-   contender table: pick (read the task's budgets), reserve (the atomic UPDATE) and settle.
-   Requests/s with 1 and 2 replicas, and whether the budget held (it must, exactly).
+   connection pool (as API replicas hold) do what the organic API does per request against one
+   contender table, --in-flight requests at once each: pick (read the task's budgets), reserve
+   (the atomic UPDATE) and settle. Requests/s with 1 and 2 replicas, and whether the budget held
+   (it must, exactly).
 
-    python scripts/bench_scaleout.py [--n 300] [--accounting-s 5] [--dsn postgresql://...]
+    python scripts/bench_scaleout.py [--n 300] [--accounting-s 5] [--in-flight 16] [--dsn ...]
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ async def routing(n: int) -> dict[str, float]:
     return out
 
 
-def _replica(dsn: str, seconds: float, start, counts) -> None:
-    """One replica's accounting loop on its own connection, like the organic API's per request."""
+def _replica(dsn: str, seconds: float, in_flight: int, start, counts) -> None:
+    """One replica's accounting as the organic API does it per request (pick, reserve, record and
+    settle, each through ``Store.io`` on the store's connection pool), ``in_flight`` requests at
+    once on one event loop."""
     from core.records import Outcome, RequestRecord
     from core.storage import open_store
     from core.validator.book import PeriodBook
@@ -128,22 +131,30 @@ def _replica(dsn: str, seconds: float, start, counts) -> None:
     book = PeriodBook(store)
     book.open(1, store.contenders(1), None, {})
     start.wait()
-    done, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        options = book.candidates("chat-llama-3", 10)
-        if not options:
-            break
-        key = (options[done % len(options)][0].hotkey, "chat-llama-3")
-        period = book.reserve(key, 10)
-        if period is not None:  # the request served 7 of the 10 reserved: settled with its record
-            store.finish_request(RequestRecord(period, key[0], "chat-llama-3", True, Outcome.OK,
-                                               7, 0.01), reserved=10)
-        done += 1
-    counts.put(done)
+    end = time.perf_counter() + seconds
+
+    async def client(i: int) -> int:
+        done = 0
+        while time.perf_counter() < end:
+            options = await book.candidates("chat-llama-3", 10)
+            if not options:
+                break
+            key = (options[(i + done) % len(options)][0].hotkey, "chat-llama-3")
+            period = await book.reserve(key, 10)
+            if period is not None:  # the request served 7 of the 10 reserved: settled with it
+                await store.io(store.finish_request, RequestRecord(
+                    period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10)
+            done += 1
+        return done
+
+    async def clients() -> int:
+        return sum(await asyncio.gather(*(client(i) for i in range(in_flight))))
+
+    counts.put(asyncio.run(clients()))
     store.close()
 
 
-def accounting(dsn: str, seconds: float) -> dict[str, float]:
+def accounting(dsn: str, seconds: float, in_flight: int) -> dict[str, float]:
     import psycopg
 
     from core.budget import Contender
@@ -161,7 +172,7 @@ def accounting(dsn: str, seconds: float) -> dict[str, float]:
             Contender(uid, f"hk{uid}", "chat-llama-3", budget, budget, 0) for uid in range(64)])
         ctx = multiprocessing.get_context("spawn")
         start, counts = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_replica, args=(scoped, seconds, start, counts))
+        procs = [ctx.Process(target=_replica, args=(scoped, seconds, in_flight, start, counts))
                  for _ in range(replicas)]
         for p in procs:
             p.start()
@@ -174,6 +185,7 @@ def accounting(dsn: str, seconds: float) -> dict[str, float]:
         out[f"accounting_{replicas}_replica{'s' if replicas > 1 else ''}"] = total / seconds
         out[f"accounting_{replicas}_replica{'s' if replicas > 1 else ''}_units_exact"] = float(
             used == 7 * total)
+        out[f"accounting_{replicas}_replica{'s' if replicas > 1 else ''}_in_flight"] = in_flight
         store.close()
     return out
 
@@ -188,20 +200,24 @@ def main(argv=None) -> int:
     p.add_argument("--dsn", default=None,
                    help="PostgreSQL to measure against (default: a private server started here "
                         "from the machine's binaries)")
+    p.add_argument("--in-flight", type=int, default=16,
+                   help="requests each replica has in flight at once (1: one after another)")
     args = p.parse_args(argv)
     print(f"routing: {args.n} one-token chat requests per path, one at a time", flush=True)
     for name, value in asyncio.run(routing(args.n)).items():
         print(f"{name}: {value:.2f} ms", flush=True)
     print(f"accounting: {args.accounting_s:g} s per run", flush=True)
     if args.dsn:
-        figures = accounting(args.dsn, args.accounting_s)
+        figures = accounting(args.dsn, args.accounting_s, args.in_flight)
     else:
         from devtools.localpg import postgres_server
 
         with postgres_server(fsync=True) as dsn:
-            figures = accounting(dsn, args.accounting_s)
+            figures = accounting(dsn, args.accounting_s, args.in_flight)
     for name, value in figures.items():
-        print(f"{name}: {value:.0f} {'bool' if name.endswith('exact') else 'req/s'}")
+        unit = ("bool" if name.endswith("exact") else "count" if name.endswith("in_flight")
+                else "req/s")
+        print(f"{name}: {value:.0f} {unit}")
     return 0
 
 

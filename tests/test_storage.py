@@ -1,5 +1,10 @@
 """The validator's store, the same tests on SQLite and on a real PostgreSQL server."""
 
+import asyncio
+import contextlib
+import threading
+import time
+
 import pytest
 
 from core.budget import Contender
@@ -181,6 +186,72 @@ def test_concurrent_reservations_from_many_connections_never_overspend(postgres_
     assert stores[0].spent(5, "inpaint")[("hk1", "inpaint")] == (50.0, 48.0)
     for s in stores:
         s.close()
+
+
+def pg_store(dsn: str, schema: str):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return open_store(f"{dsn}?options=-csearch_path%3D{schema}")
+
+
+def test_store_calls_on_postgresql_leave_the_event_loop_running(postgres_dsn):
+    """A call waiting on the database (here a statement that sleeps 0.4 s) runs in a thread on a
+    pooled connection: the loop keeps serving, and calls overlap rather than queue."""
+    store = pg_store(postgres_dsn, "offloop")
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        began = time.perf_counter()
+        await asyncio.gather(*(store.io(store.db.execute, "SELECT pg_sleep(0.4)")
+                               for _ in range(4)))
+        elapsed = time.perf_counter() - began
+        t.cancel()
+        return ticks, elapsed
+
+    ticks, elapsed = asyncio.run(main())
+    store.close()
+    assert ticks >= 5  # blocked, the loop would not have ticked once until the calls ended
+    assert elapsed < 4 * 0.4  # one after another they would take 1.6 s at least
+
+
+def test_sqlite_calls_run_on_the_loop_itself(tmp_path):
+    store = open_store(str(tmp_path / "v.sqlite3"))
+
+    async def main():
+        return await store.io(threading.get_ident)
+
+    assert asyncio.run(main()) == threading.get_ident()
+    store.close()
+
+
+def test_a_record_is_written_when_its_caller_is_cancelled_waiting_on_postgresql(postgres_dsn):
+    store = pg_store(postgres_dsn, "cancelled")
+    store.begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)
+    assert store.reserve(5, "hk1", "inpaint", 10)
+    record = RequestRecord(5, "hk1", "inpaint", False, Outcome.OK, 10, 0.5)
+
+    async def main():
+        task = asyncio.create_task(store.io(store.finish_request, record, 10))
+        await asyncio.sleep(0)  # the call has gone to its thread
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    store.close()  # waits for calls under way
+    reopened = open_store(f"{postgres_dsn}?options=-csearch_path%3Dcancelled")
+    assert [r.units for r in reopened.records(5)] == [10]
+    reopened.close()
 
 
 def test_a_lease_has_one_holder_until_it_is_released(store):

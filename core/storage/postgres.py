@@ -4,50 +4,86 @@ from __future__ import annotations
 
 import threading
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from core.storage.store import StorageError
 
+POOL_SIZE = 8  # connections: the store's calls that may run at once from one process
+POOL_WAIT_S = 10.0  # for a free connection, or for the first one at start-up
+
 
 class PostgresDatabase:
+    """Statements on a pool of connections (psycopg_pool), so that calls from several threads run
+    at once (``Store.io`` sends the API's and the senders' calls to threads: a round trip to a
+    database across a network never blocks the event loop). A transaction keeps its connection
+    for its thread until it ends."""
+
     auto_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     row_lock = " FOR SHARE"  # waits for a concurrent seal of the period (READ COMMITTED)
-    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)  # PoolTimeout is one
+    blocking = True  # each call is a network round trip: off the event loop (``Store.io``)
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, pool_size: int = POOL_SIZE):
         shown = psycopg.conninfo.conninfo_to_dict(dsn)
         shown.pop("password", None)  # the name appears in logs and errors: never the password
         self.name = psycopg.conninfo.make_conninfo("", **shown)
-        try:
-            self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        self.pool_size = pool_size
+        try:  # one connection first: the server's own reason when it refuses (a pool only says
+            psycopg.connect(dsn, connect_timeout=10).close()  # that it timed out)
         except psycopg.Error as e:
             raise StorageError(f"{self.name}: cannot connect: {e}") from None
-        self._lock = threading.RLock()
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
+                                    kwargs={"autocommit": True, "connect_timeout": 10},
+                                    timeout=POOL_WAIT_S, name="sn19-store")
+        try:
+            self._pool.open(wait=True, timeout=POOL_WAIT_S)
+        except psycopg.Error as e:
+            self._pool.close()
+            raise StorageError(f"{self.name}: cannot connect: {e}") from None
+        self._local = threading.local()  # the connection of this thread's open transaction
         self._dsn = dsn
 
     @staticmethod
     def _sql(sql: str) -> str:
         return sql.replace("?", "%s")
 
+    @staticmethod
+    def _fetch(conn: psycopg.Connection, sql: str, args: tuple) -> list[tuple]:
+        cur = conn.execute(PostgresDatabase._sql(sql), args)
+        return cur.fetchall() if cur.description else []
+
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            cur = self._db.execute(self._sql(sql), args)
-            return cur.fetchall() if cur.description else []
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return self._fetch(conn, sql, args)
+        with self._pool.connection() as conn:
+            return self._fetch(conn, sql, args)
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
-        with self._lock, self._db.cursor() as cur:
+        conn = getattr(self._local, "conn", None)
+        with (nullcontext(conn) if conn is not None else self._pool.connection()) as c, \
+                c.cursor() as cur:
             cur.executemany(self._sql(sql), rows)
 
     @contextmanager
     def transaction(self):
-        with self._lock, self._db.transaction():
-            yield
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:  # nested: a savepoint on the same connection
+            with conn.transaction():
+                yield
+            return
+        with self._pool.connection() as conn, conn.transaction():
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._pool.close()
 
     def lease(self, name: str) -> AdvisoryLease:
         return AdvisoryLease(self._dsn, name)

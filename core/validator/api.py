@@ -126,10 +126,10 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                            "authentication_error")
-        key = keys.find(services.store, token)
+        key = await services.store.io(keys.find, services.store, token)
         if key is None:
             raise ApiError(401, "invalid or revoked API key", "authentication_error")
-        wait = limiter.allow(key)
+        wait = await services.store.io(limiter.allow, key)
         if wait:
             raise ApiError(429, f"rate limit of {key.per_minute} requests a minute reached",
                            "rate_limit_error", {"Retry-After": str(max(1, round(wait)))})
@@ -150,7 +150,7 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
 
     @app.get("/v1/models")
     async def models(_: keys.ApiKey = Depends(authorize)):
-        live = services.book.capacity()
+        live = await services.store.io(services.book.capacity)
         return {"object": "list", "data": [
             {"id": t.id, "object": "model", "created": 0, "owned_by": "sn19", "kind": t.kind.value,
              "unit": t.unit.value, "upstream": t.model,

@@ -12,7 +12,7 @@ are skipped.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from core.budget import Contender
@@ -45,10 +45,11 @@ class Organic:
         self.max_attempts = max_attempts
         self.rng = rng or random.Random()
 
-    def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
+    async def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
         if self.book.period is None:
             raise NoCapacity(f"no period is planned yet for {task}")
-        options = [(c, w) for c, w in self.book.candidates(task, units) if c.hotkey not in tried]
+        options = [(c, w) for c, w in await self.book.candidates(task, units)
+                   if c.hotkey not in tried]
         if not options:
             return None
         contenders, weights = zip(*options)
@@ -56,12 +57,12 @@ class Organic:
             return self.rng.choice(contenders)
         return self.rng.choices(contenders, weights=weights)[0]
 
-    def _attempts(self, message: TaskRequest, tried: set[str]) -> Iterator[Attempt]:
+    async def _attempts(self, message: TaskRequest, tried: set[str]) -> AsyncIterator[Attempt]:
         """Attempts in turn (at most ``max_attempts``), each with the request's whole cost
         reserved in the period book; ``tried`` collects their hotkeys."""
         prompt, units = self.traffic.cost(message)
         for _ in range(self.max_attempts):
-            contender = self._pick(message.task, units, tried)
+            contender = await self._pick(message.task, units, tried)
             if contender is None:
                 return
             hotkey = contender.hotkey
@@ -69,7 +70,7 @@ class Organic:
             neuron = self.book.metagraph.by_hotkey(hotkey) if self.book.metagraph else None
             if neuron is None:  # the book's contenders come from its metagraph: never here
                 continue
-            period = self.book.reserve((hotkey, message.task), units)
+            period = await self.book.reserve((hotkey, message.task), units)
             if period is not None:
                 yield Attempt(neuron, message, prompt, units, period, organic=True)
 
@@ -85,7 +86,7 @@ class Organic:
         finish it."""
         sent: list[ChatToken] = []
         tried: set[str] = set()
-        for attempt in self._attempts(request, tried):
+        async for attempt in self._attempts(request, tried):
             result = Result()
             async with aclosing(self.traffic.chat(attempt, result)) as stream:  # closed (and
                 async for _ in stream:  # recorded) at once when our client goes away
@@ -101,7 +102,7 @@ class Organic:
 
     async def image(self, request: ImageRequest) -> ImageResponse:
         tried: set[str] = set()
-        for attempt in self._attempts(request, tried):
+        async for attempt in self._attempts(request, tried):
             result = await self.traffic.send(attempt)
             if isinstance(result.answer, ImageResponse):
                 return result.answer

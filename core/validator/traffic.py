@@ -123,7 +123,7 @@ class Traffic:
         finally:
             watch.close()
             served = attempt.prompt_tokens + len(result.tokens)
-            self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
+            await self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
             with contextlib.suppress(Exception):  # the answer is judged: only let it go
                 await stream.aclose()  # closes the miner's connection if it is still open
 
@@ -140,8 +140,8 @@ class Traffic:
         except Exception as e:
             outcome = dispatch.failure_outcome(e)
         finally:
-            self._finish(attempt, outcome, attempt.reserved if outcome is Outcome.OK else 0,
-                         started, at, result)
+            await self._finish(attempt, outcome, attempt.reserved if outcome is Outcome.OK else 0,
+                               started, at, result)
 
     @staticmethod
     def _gave_up(task: str, started: float, units: int) -> Outcome:
@@ -150,8 +150,8 @@ class Traffic:
         late = time.perf_counter() - started > TASKS[task].expected_seconds(units)
         return Outcome.TIMEOUT if late else Outcome.ABANDONED
 
-    def _finish(self, attempt: Attempt, outcome: Outcome, served: int, started: float, at: float,
-                result: Result) -> None:
+    async def _finish(self, attempt: Attempt, outcome: Outcome, served: int, started: float,
+                      at: float, result: Result) -> None:
         """Record and settle: served units for a success or an abandoned request, none for a
         miner that refused our signature, the units asked for any other failure."""
         latency = time.perf_counter() - started
@@ -172,7 +172,8 @@ class Traffic:
                       "clock, hotkey and registration; not counted against the miner",
                       attempt.neuron.uid, task)
         try:
-            record_id, period = self.store.finish_request(record, attempt.reserved)
+            record_id, period = await self.store.io(self.store.finish_request, record,
+                                                    attempt.reserved)
         except StorageError as e:  # its reservation stays counted: never an overspend
             log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
             return
