@@ -4,9 +4,11 @@
 A miner process and a validator process (with its API) run on a local subnet on 127.0.0.1.
 Streamed chat requests go to the miner directly (signed, as the validator sends them) and through
 the API (OpenAI schema, server-sent events), alternately in rounds, at 1, 16 and 64 concurrent
-clients. Reports time to first token (p50, p99) both ways and the difference.
+clients. Reports time to first token (p50, p99) both ways, the difference and its ratio to the
+direct figure, and the CPU each process spent per request. ``--db postgresql`` runs the validator
+on a private PostgreSQL server (started here from the machine's binaries) instead of SQLite.
 
-    python scripts/bench_organic.py [--requests 96] [--rounds 2]
+    python scripts/bench_organic.py [--requests 96] [--rounds 2] [--db sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ async def run(concurrency: int, n: int, call) -> list[float]:
     return out
 
 
-async def measure(requests: int, rounds: int) -> None:
+async def measure(requests: int, rounds: int, db: str) -> None:
     import aiohttp
 
     from core.chain.local import LocalChain
@@ -101,7 +103,8 @@ async def measure(requests: int, rounds: int) -> None:
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     (tmp / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 576000, group: g}\n"
                                    "groups:\n  g: {concurrency: 64}\n")
-    db = str(tmp / "v.sqlite3")
+    if db == "sqlite":
+        db = str(tmp / "v.sqlite3")
     store = open_store(db)
     key = keys.create(store, "bench", per_minute=10**6)
     store.close()
@@ -170,6 +173,8 @@ async def measure(requests: int, rounds: int) -> None:
         print(f"ttft_direct_c{c}_p50: {pct(d, 0.5) * 1e3:.2f} ms")
         print(f"ttft_validator_c{c}_p50: {pct(v, 0.5) * 1e3:.2f} ms")
         print(f"ttft_added_c{c}_p50: {(pct(v, 0.5) - pct(d, 0.5)) * 1e3:.2f} ms")
+        print(f"ttft_added_over_direct_c{c}_p50: {(pct(v, 0.5) - pct(d, 0.5)) / pct(d, 0.5):.3f} "
+              "ratio")
         print(f"ttft_direct_c{c}_p99: {pct(d, 0.99) * 1e3:.2f} ms")
         print(f"ttft_validator_c{c}_p99: {pct(v, 0.99) * 1e3:.2f} ms")
         print(f"ttft_added_c{c}_p99: {(pct(v, 0.99) - pct(d, 0.99)) * 1e3:.2f} ms")
@@ -181,8 +186,17 @@ def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=96, help="requests per round and concurrency")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds, direct then API")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the validator's database")
     a = p.parse_args()
-    asyncio.run(measure(a.requests, a.rounds))
+    print(f"db: {a.db}")
+    if a.db == "sqlite":
+        asyncio.run(measure(a.requests, a.rounds, "sqlite"))
+        return
+    from devtools.localpg import postgres_server
+
+    with postgres_server(fsync=True) as dsn:
+        asyncio.run(measure(a.requests, a.rounds, dsn))
 
 
 if __name__ == "__main__":

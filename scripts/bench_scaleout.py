@@ -136,11 +136,11 @@ def _replica(dsn: str, seconds: float, in_flight: int, start, counts) -> None:
     async def client(i: int) -> int:
         done = 0
         while time.perf_counter() < end:
-            options = await book.candidates("chat-llama-3", 10)
+            options = await store.io(book.candidates, "chat-llama-3", 10)
             if not options:
                 break
             key = (options[(i + done) % len(options)][0].hotkey, "chat-llama-3")
-            period = await book.reserve(key, 10)
+            period = await store.io(book.reserve, key, 10)
             if period is not None:  # the request served 7 of the 10 reserved: settled with it
                 await store.io(store.finish_request, RequestRecord(
                     period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10)

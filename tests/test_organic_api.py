@@ -211,10 +211,7 @@ def test_organic_units_reduce_the_synthetic_plan_and_images_are_served(net):
     # requests of 10); the organic 40 count first: the first four find their share served
     sends = plan.window_plan([v.book.contenders[key_]], {}, 300, 60.0)
     assert len(sends) == 17 and sends[3].cap == 40
-    async def reserve_each():
-        return [s for s in sends if await v.book.reserve(key_, s.units, cap=s.cap) is not None]
-
-    sent = asyncio.run(reserve_each())
+    sent = [s for s in sends if v.book.reserve(key_, s.units, cap=s.cap) is not None]
     assert len(sent) == 13 and v.book.used()[key_] == 40 + 13 * 10
 
 

@@ -119,6 +119,12 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
     app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=reject)
     app.add_middleware(BodyLimit, max_bytes=max_body, reject=reject)  # outermost: size first
 
+    def check(token: str) -> tuple[keys.ApiKey | None, float]:
+        """The key and the wait its rate limit asks, in one call of the store (one trip to a
+        thread on PostgreSQL)."""
+        key = keys.find(services.store, token)
+        return key, (limiter.allow(key) if key is not None else 0.0)
+
     async def authorize(request: Request) -> keys.ApiKey:
         # async: a sync dependency would cost every request a hop to FastAPI's thread pool
         header = request.headers.get("authorization", "")
@@ -126,10 +132,9 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                            "authentication_error")
-        key = await services.store.io(keys.find, services.store, token)
+        key, wait = await services.store.io(check, token)
         if key is None:
             raise ApiError(401, "invalid or revoked API key", "authentication_error")
-        wait = await services.store.io(limiter.allow, key)
         if wait:
             raise ApiError(429, f"rate limit of {key.per_minute} requests a minute reached",
                            "rate_limit_error", {"Retry-After": str(max(1, round(wait)))})

@@ -5,8 +5,8 @@ how well it has done, and the metagraph to reach it.
 What the budgets have spent lives in the store, not here: every reservation is one atomic
 statement there, so API replicas on one PostgreSQL database never spend a contender beyond its
 budget together. Units are reserved before a request and settled with its record after
-(``Store.finish_request``). The calls made per request go through ``Store.io``: on PostgreSQL
-they never hold the event loop.
+(``Store.finish_request``). Its methods are plain calls of the store: a coroutine makes them
+through ``Store.io``, so that on PostgreSQL they never hold the event loop.
 """
 
 from __future__ import annotations
@@ -37,29 +37,26 @@ class PeriodBook:
             return {}
         return {key: used for key, (_, used) in self.store.spent(self.period).items()}
 
-    async def candidates(self, task: str, units: float) -> list[tuple[Contender, float]]:
+    def candidates(self, task: str, units: float) -> list[tuple[Contender, float]]:
         """Contenders of ``task`` with at least ``units`` of budget left, each with its routing
         weight: remaining budget x recent quality (1 before any check)."""
         out: list[tuple[Contender, float]] = []
         if self.period is None:
             return out
-        spent = await self.store.io(self.store.spent, self.period, task)
-        for key, (budget, used) in spent.items():
+        for key, (budget, used) in self.store.spent(self.period, task).items():
             contender = self.contenders.get(key)
             if contender is not None and budget - used >= units:
                 out.append((contender, (budget - used) * self.quality.get(key, 1.0)))
         return out
 
-    async def reserve(self, key: tuple[str, str], units: float,
-                      cap: float | None = None) -> int | None:
+    def reserve(self, key: tuple[str, str], units: float, cap: float | None = None) -> int | None:
         """Spend ``units`` if they fit in the budget (and, with ``cap``, while less than ``cap``
         is used: a planned request goes only while organic traffic has not served its part):
         the period they were spent in, or None."""
         period = self.period
         if period is None:
             return None
-        return period if await self.store.io(self.store.reserve, period, *key, units,
-                                             cap) else None
+        return period if self.store.reserve(period, *key, units, cap) else None
 
     def capacity(self) -> dict[str, dict[str, float]]:
         """Per task: this validator's budget and what is left of it this period."""

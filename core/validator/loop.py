@@ -388,7 +388,7 @@ class Validator:
         if neuron is None:  # contenders come from this metagraph: never here
             return
         async with self._miner_gate(c.hotkey), self._gate:
-            reserved_in = await self.book.reserve((c.hotkey, c.task), units, cap=s.cap)
+            reserved_in = await self.store.io(self.book.reserve, (c.hotkey, c.task), units, s.cap)
             if reserved_in is None:
                 return  # organic traffic served its part, or the budget is spent
             await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,

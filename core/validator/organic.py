@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from core.budget import Contender
+from core.chain import Neuron
 from core.protocol import (
     ChatChunk,
     ChatRequest,
@@ -45,11 +46,10 @@ class Organic:
         self.max_attempts = max_attempts
         self.rng = rng or random.Random()
 
-    async def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
+    def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
         if self.book.period is None:
             raise NoCapacity(f"no period is planned yet for {task}")
-        options = [(c, w) for c, w in await self.book.candidates(task, units)
-                   if c.hotkey not in tried]
+        options = [(c, w) for c, w in self.book.candidates(task, units) if c.hotkey not in tried]
         if not options:
             return None
         contenders, weights = zip(*options)
@@ -62,17 +62,26 @@ class Organic:
         reserved in the period book; ``tried`` collects their hotkeys."""
         prompt, units = self.traffic.cost(message)
         for _ in range(self.max_attempts):
-            contender = await self._pick(message.task, units, tried)
-            if contender is None:
+            claimed = await self.book.store.io(self._claim, message.task, units, tried)
+            if claimed is None:
                 return
-            hotkey = contender.hotkey
-            tried.add(hotkey)
-            neuron = self.book.metagraph.by_hotkey(hotkey) if self.book.metagraph else None
-            if neuron is None:  # the book's contenders come from its metagraph: never here
-                continue
-            period = await self.book.reserve((hotkey, message.task), units)
-            if period is not None:
+            neuron, period = claimed
+            if neuron is not None and period is not None:
                 yield Attempt(neuron, message, prompt, units, period, organic=True)
+
+    def _claim(self, task: str, units: float, tried: set[str]
+               ) -> tuple[Neuron | None, int | None] | None:
+        """The next miner to try and the period its units were reserved in (None when they no
+        longer fit), picked and reserved in one call (one trip to a thread on PostgreSQL); None
+        when no contender is left."""
+        contender = self._pick(task, units, tried)
+        if contender is None:
+            return None
+        tried.add(contender.hotkey)
+        neuron = self.book.metagraph.by_hotkey(contender.hotkey) if self.book.metagraph else None
+        if neuron is None:  # the book's contenders come from its metagraph: never here
+            return None, None
+        return neuron, self.book.reserve((contender.hotkey, task), units)
 
     @staticmethod
     def _give_up(task: str, tried: set[str]) -> Exception:
