@@ -9,6 +9,11 @@ the miner adds to a one-step image request (p50, p99 over --n): each request's r
 the engine time the miner reports in its Server-Timing header. The plain difference of the direct
 and through-miner p50s is printed too; it compares two processes and swings by several ms.
 
+The reference for the added latency, in the same run and alternating with it: the signed loopback
+round trip through a bare FastAPI + uvicorn server that verifies btauth/1 and answers a body the
+size of the image answer (the transport floor, as ../shared/tools/transport_floor.py measures it,
+with the validator's aiohttp client).
+
     python scripts/bench_miner.py [--n 200] [--threads 1]
 """
 
@@ -26,6 +31,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and dev
 CONFIG = (
     "tasks:\n  chat-llama-3: {capacity: 10000000}\n  proteus-text-to-image: {capacity: 10000000}\n"
 )
+
+
+FLOOR_SEED = "//BenchFloor"
+
+
+def serve_floor(port: int) -> None:
+    """The transport floor: verify the signature, answer ``size`` bytes of JSON, nothing else."""
+    import json
+
+    import uvicorn
+    from bittensor import http_auth
+    from bittensor.sp_core import Keypair
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    me = Keypair.create_from_uri(FLOOR_SEED).ss58_address
+    nonces = http_auth.InMemoryNonceStore()
+    app = FastAPI()
+
+    async def floor(request):  # a Starlette route: the request as it comes, no validation
+        body = await request.body()
+        try:
+            http_auth.verify(request.headers, body, method="POST", path="/floor",
+                             self_hotkey_ss58=me, nonce_store=nonces)
+        except http_auth.AuthError as e:
+            return Response(str(e), status_code=401)
+        size = json.loads(body)["size"]
+        return Response(b'{"images":["' + b"A" * size + b'"]}', media_type="application/json")
+
+    app.router.add_route("/floor", floor, methods=["POST"])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -51,7 +87,10 @@ async def _drain(stream) -> int:
 
 async def measure(n: int, threads: int) -> dict[str, float]:
     """Direct and through-the-miner requests alternate, so both see the same machine state."""
+    import multiprocessing as mp
+
     from bittensor.sp_core import Keypair
+    from pydantic import BaseModel
 
     from core.backends import load_engine
     from core.chain.local import LocalChain
@@ -75,7 +114,10 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     validator = Keypair.create_from_uri("//BenchValidator")
     chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     (tmp / "miner.yml").write_text(CONFIG)
-    port = free_port()
+    port, floor_port = free_port(), free_port()
+    floor_proc = mp.get_context("spawn").Process(target=serve_floor, args=(floor_port,),
+                                                 daemon=True)
+    floor_proc.start()
     proc = neuron("miner", ["--network", f"local:{chain.folder}", "--wallet-path",
                             str(tmp / "wallets"), "--wallet-name", "miner", "--config",
                             str(tmp / "miner.yml"), "--host", "127.0.0.1", "--port", str(port),
@@ -106,6 +148,17 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         assert reply.status == 200, reply.body[:200]
         return float(reply.headers["Server-Timing"].split("dur=")[1]) / 1e3
 
+    class Pad(BaseModel):
+        size: int
+
+    floor_key = Keypair.create_from_uri(FLOOR_SEED).ss58_address
+    answer_size = [0]
+
+    async def floor(_) -> None:
+        reply = await client.post(f"http://127.0.0.1:{floor_port}", "/floor", floor_key,
+                                   Pad(size=answer_size[0]), 10, 2**24)
+        assert reply.status == 200, reply.body[:200]
+
     async def timed(fn, r) -> tuple[float, object]:
         t = time.perf_counter()
         out = await fn(r)
@@ -115,6 +168,11 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         wait_healthy(port, proc, time.monotonic() + 120)
         chat, images, tiny = requests()
         await chat_direct(chat[0]), await chat_miner(chat[0]), await image_miner(tiny[0])
+        reply = await client.post(url, "/text-to-image", me, tiny[0], 600,
+                                  ImageResponse.max_bytes(tiny[0]))
+        answer_size[0] = len(reply.body)
+        for _ in range(20):  # the floor's server warmed up as the miner was
+            await floor(None)
         out = {"chat_d": [0.0, 0], "chat_m": [0.0, 0], "img_d": 0.0, "img_m": 0.0}
         for r in chat:
             for key, fn in (("chat_d", chat_direct), ("chat_m", chat_miner)):
@@ -125,7 +183,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
             out["img_d"] += (await timed(image_direct, r))[0]
             out["img_m"] += (await timed(image_miner, r))[0]
         steps = sum(r.units for r in images)
-        lat_d, lat_m, added, cap = [], [], [], []
+        lat_d, lat_m, added, cap, rtt = [], [], [], [], []
         for i in range(n):
             lat_d.append((await timed(image_direct, tiny[i % len(tiny)]))[0])
             seconds, engine = await timed(image_miner, tiny[i % len(tiny)])
@@ -136,10 +194,12 @@ async def measure(n: int, threads: int) -> dict[str, float]:
                                        MAX_CAPACITY_BYTES)
             cap.append(time.perf_counter() - t)
             assert reply.status == 200
+            rtt.append((await timed(floor, None))[0])
     finally:
         await client.close()
         proc.terminate()
         proc.wait()
+        floor_proc.terminate()
     return {
         "tokens_d": out["chat_d"][1] / out["chat_d"][0],
         "tokens_m": out["chat_m"][1] / out["chat_m"][0],
@@ -153,6 +213,8 @@ async def measure(n: int, threads: int) -> dict[str, float]:
         "cap99": pct(cap, 0.99),
         "added50": pct(added, 0.5),
         "added99": pct(added, 0.99),
+        "rtt50": pct(rtt, 0.5),
+        "rtt99": pct(rtt, 0.99),
     }
 
 
@@ -180,6 +242,9 @@ def main() -> None:
     print(f"image_1step_difference_p50: {(m['p50_m'] - m['p50_d']) * 1e3:.2f} ms")
     print(f"miner_added_p50: {m['added50'] * 1e3:.2f} ms")
     print(f"miner_added_p99: {m['added99'] * 1e3:.2f} ms")
+    print(f"signed_loopback_rtt_p50: {m['rtt50'] * 1e3:.2f} ms")
+    print(f"signed_loopback_rtt_p99: {m['rtt99'] * 1e3:.2f} ms")
+    print(f"miner_added_over_rtt_p50: {m['added50'] / m['rtt50']:.2f} ratio")
 
 
 if __name__ == "__main__":
