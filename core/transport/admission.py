@@ -32,14 +32,14 @@ async def admit_signed(request: Request, gate: Gate, metagraph: Metagraph | None
     answers, for the version error ("this miner")."""
     if metagraph is None:
         raise Refused(503, "not synced with the chain yet")
-    gate.screen(request.headers, metagraph)
+    screened = gate.screen(request.headers, metagraph)
     try:
         async with asyncio.timeout(body_timeout_s):
             body = await request.body()
     except TimeoutError:
         raise Refused(408, f"the body took longer than {body_timeout_s:g} s") from None
-    caller = gate.admit(request.headers, body, request.method, request_target(request.scope),
-                        metagraph)
+    caller = gate.verify(screened, request.headers, body, request.method,
+                         request_target(request.scope))
     try:
         raw = json.loads(body or b"{}")
     except (ValueError, RecursionError):  # RecursionError: JSON nested beyond Python's stack

@@ -61,7 +61,11 @@ class Gate:
         target as sent (raw path and query): the signature covers exactly that. The nonce is
         stored only once the signature verifies and the signer is a validator, so no other
         signer can fill the store."""
-        neuron = self.screen(headers, metagraph)
+        return self.verify(self.screen(headers, metagraph), headers, body, method, target)
+
+    def verify(self, neuron: Neuron, headers: Mapping[str, str], body: bytes, method: str,
+               target: str) -> Neuron:
+        """``admit`` for a caller ``screen`` has passed already (its neuron)."""
         pending = _Pending(self.nonce_store)
         try:
             http_auth.verify(headers, body, method=method, path=target,
