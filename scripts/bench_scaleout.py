@@ -112,6 +112,8 @@ async def routing(n: int) -> dict[str, float]:
                 out[f"front_end_{label}_{name}"] = pct(times[key], q) * 1e3
                 out[f"routing_overhead_{label}_{name}"] = (pct(times[key], q)
                                                            - pct(times["direct"], q)) * 1e3
+                out[f"routing_overhead_over_direct_{label}_{name}"] = (
+                    pct(times[key], q) / pct(times["direct"], q) - 1)
     finally:
         for proc in procs:
             proc.kill()
@@ -205,7 +207,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     print(f"routing: {args.n} one-token chat requests per path, one at a time", flush=True)
     for name, value in asyncio.run(routing(args.n)).items():
-        print(f"{name}: {value:.2f} ms", flush=True)
+        print(f"{name}: {value:.3f} ratio" if "_over_" in name else f"{name}: {value:.2f} ms",
+              flush=True)
     print(f"accounting: {args.accounting_s:g} s per run", flush=True)
     if args.dsn:
         figures = accounting(args.dsn, args.accounting_s, args.in_flight)
