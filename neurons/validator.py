@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --status: also draw the period as a PNG (needs matplotlib)")
     p.add_argument("--capacity-timeout", type=float, default=12.0,
                    help="seconds to wait for each miner's capacity synapse")
-    p.add_argument("--max-concurrency", type=int, default=256,
-                   help="synthetic requests in flight at once, all miners together")
+    p.add_argument("--max-concurrency", type=int, default=4096,
+                   help="synthetic requests in flight at once, all miners together (a window at "
+                        "stake share 1 with today's caps keeps about 2,200 in flight)")
     p.add_argument("--max-per-miner", type=int, default=16,
                    help="synthetic requests in flight at once to one miner (a slow miner holds "
                         "no more slots than this)")
@@ -209,6 +210,14 @@ def run(args) -> int:
         validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
     except CountingError as e:
         raise CliError(str(e)) from None
+    from core.transport.server import raise_open_files_limit
+
+    files = raise_open_files_limit()  # a connection per request in flight, and the API's
+    if files < 2 * args.max_concurrency:
+        logging.getLogger("validator").warning(
+            "this process may open %d files, under twice --max-concurrency %d: a full window may "
+            "run out of connections (raise the hard limit: ulimit -Hn, or LimitNOFILE= in its "
+            "systemd unit)", files, args.max_concurrency)
     if args.port and not args.no_announce:
         announced_host(args)  # refused before anything is served
     try:
