@@ -30,9 +30,13 @@ from core.tasks import TASKS
 log = logging.getLogger("miner")
 
 
+ACTIONS = ("check-config", "calibrate", "feedback")  # also as a first word: `miner.py feedback`
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = parser("Subnet 19 miner: advertises the capacities declared in --config and serves "
-               "those tasks to validators over hotkey-signed HTTP.")
+               "those tasks to validators over hotkey-signed HTTP. Its one-off actions may be "
+               f"named as a first word, without the dashes: {', '.join(ACTIONS)}.")
     p.add_argument("--config", default="miner_config/default.yml",
                    help="capacity YAML: per task its capacity per period, back end, group, model")
     p.add_argument("--check-config", action="store_true",
@@ -80,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "it answers again")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads per engine for the cpu back end (0: torch's default)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ACTIONS:
+        argv[0] = f"--{argv[0]}"
     return p.parse_args(argv)
 
 

@@ -111,6 +111,15 @@ def test_abbreviated_flags_and_unknown_log_levels_are_refused(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_the_miner_s_actions_may_be_named_as_a_first_word():
+    word = run("neurons/miner.py", "check-config", "--config", "miner_config/default.yml")
+    flag = run("neurons/miner.py", "--check-config", "--config", "miner_config/default.yml")
+    assert word.returncode == flag.returncode == 0 and word.stdout == flag.stdout
+    assert "chat-llama-3" in word.stdout
+    wrong = run("neurons/miner.py", "calibrat")  # a word that is no action is refused, named
+    assert wrong.returncode == 2 and "unrecognized arguments: calibrat" in wrong.stderr
+
+
 def test_a_wildcard_address_is_not_announced(tmp_path):
     from core.chain.local import LocalChain
 
