@@ -88,13 +88,13 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
                           "size": "64x64", "steps": STEPS, "seed": port})
                 return r.status_code
 
-        async def burst():
-            return await asyncio.gather(*(organic(api_ports[i % 2]) for i in range(40)))
+        async def burst(n: int):
+            return await asyncio.gather(*(organic(api_ports[i % 2]) for i in range(n)))
 
-        statuses = asyncio.run(burst())
-        by_replica = {p: [s for i, s in enumerate(statuses) if api_ports[i % 2] == p]
-                      for p in api_ports}
-        assert all(200 in s for s in by_replica.values()), statuses  # both replicas served
+        # one request to each replica while the budget is fresh: both serve from it (in a burst
+        # alone, a replica a loaded machine runs late can find it spent by the other already)
+        assert asyncio.run(burst(2)) == [200, 200]
+        statuses = [200, 200, *asyncio.run(burst(38))]
         assert 503 in statuses  # and the budget ran out: 40 x 4 steps is more than it holds
         budget, used = store.spent(period)[(miner.hotkey.ss58_address, "proteus-text-to-image")]
         records = store.records(period)
