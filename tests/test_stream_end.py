@@ -93,7 +93,9 @@ def send_chats(app: FastAPI, tmp_path, count: int) -> tuple[list, list[float]]:
 def test_an_answer_read_to_its_end_leaves_its_connection_for_the_next(tmp_path):
     app, peers = chat_miner("end")
     send_chats(app, tmp_path, 10)
-    assert len(peers) == 1  # ten requests over one kept-alive connection
+    # ten requests over one kept-alive connection (a machine so loaded that the miner's 20 ms
+    # outlast DRAIN_S may cost another; without the drain each request opens its own)
+    assert len(peers) <= 3
 
 
 def test_a_miner_that_keeps_its_answer_open_after_the_final_line_holds_nothing(tmp_path):
