@@ -318,6 +318,9 @@ def test_api_use_is_counted_per_key_and_minute(store):
     assert [store.count_api_use("alice", 100) for _ in range(3)] == [1, 2, 3]
     assert store.count_api_use("bob", 100) == 1  # each key its own count
     assert store.count_api_use("alice", 101) == 1  # a new minute starts afresh
+    assert store.count_api_use("alice", 103) == 1
+    # past minutes are dropped as a new minute begins: the table stays a minute or two long
+    assert {m for (m,) in store.db.execute("SELECT minute FROM api_use")} == {103}
 
 
 def test_replicas_on_one_database_share_a_keys_rate_limit(tmp_path):
