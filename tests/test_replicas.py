@@ -91,16 +91,28 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
         async def burst(n: int):
             return await asyncio.gather(*(organic(api_ports[i % 2]) for i in range(n)))
 
-        # one request to each replica while the budget is fresh: both serve from it (in a burst
-        # alone, a replica a loaded machine runs late can find it spent by the other already)
-        assert asyncio.run(burst(2)) == [200, 200]
-        statuses = [200, 200, *asyncio.run(burst(38))]
+        # each replica serves from the shared budget (asked until it does: a period's budget
+        # can be spent by the loop's own traffic before a loaded machine gets here; the next
+        # period brings a fresh one)
+        served: set[int] = set()
+
+        def each_replica_serves() -> bool:
+            served.update(p for p in api_ports
+                          if p not in served and asyncio.run(organic(p)) == 200)
+            return len(served) == 2
+
+        until(each_replica_serves, 90, "each replica serves an organic request")
+        statuses = asyncio.run(burst(40))
         assert 503 in statuses  # and the budget ran out: 40 x 4 steps is more than it holds
-        budget, used = store.spent(period)[(miner.hotkey.ss58_address, "proteus-text-to-image")]
-        records = store.records(period)
-        assert used <= budget + 1e-9
-        assert sum(r.units for r in records) <= budget + 1e-9
-        assert sum(r.organic for r in records if r.outcome.value == "ok") >= statuses.count(200)
+        for p in range(period, store.latest_period() + 1):  # neither overspends, in any period
+            budget, used = store.spent(p).get(
+                (miner.hotkey.ss58_address, "proteus-text-to-image"), (0.0, 0.0))
+            records = store.records(p)
+            assert used <= budget + 1e-9
+            assert sum(r.units for r in records) <= budget + 1e-9
+        served_ok = sum(r.organic for p in range(period, store.latest_period() + 1)
+                        for r in store.records(p) if r.outcome.value == "ok")
+        assert served_ok >= statuses.count(200) + 2
 
         leader = leaders[0]
         other = next(p for p in api_ports if p != leader)
