@@ -18,7 +18,8 @@ class SqliteDatabase:
     auto_id = "INTEGER PRIMARY KEY"
     row_lock = ""  # BEGIN IMMEDIATE already serialises every writer
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-    blocking = False  # a local file: its calls run on the event loop (``Store.io``)
+    blocking = False  # a local file: its calls run on the event loop (``Store.io``), batches of
+    #                   records on a thread (``Store.off_loop``)
     pool_size = 1  # one connection, one call at a time
 
     def __init__(self, path: Path):

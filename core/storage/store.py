@@ -97,6 +97,12 @@ class Store:
         A caller cancelled while it waits leaves the call to finish: a record is still written."""
         if not self.db.blocking:
             return fn(*args)
+        return await self.off_loop(fn, *args)
+
+    async def off_loop(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` in one of the store's threads whatever the database: for a batch of
+        writes (``core.validator.recorder``), whose transaction on SQLite is worth the hop: the
+        sqlite3 module lets the event loop run while it writes."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.db.pool_size, thread_name_prefix="store")
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -259,24 +265,42 @@ class Store:
         A request that ends after its period was sealed for scoring (``seal``) is recorded in the
         first period not sealed yet, and its units move there with it, so every record lands in a
         period that is scored and each period's ``used`` stays the sum of its records."""
+        return self.finish_requests([(r, reserved)])[0]
+
+    def finish_requests(self, finished: list[tuple[RequestRecord, float]]
+                        ) -> list[tuple[int, int]]:
+        """``finish_request`` for each (record, reserved), all in one transaction (one commit for
+        requests that ended together: ``core.validator.recorder``)."""
+        out: list[tuple[int, int]] = []
         with self._guard(), self.db.transaction():
-            sealed = self.db.execute(
-                f"SELECT sealed FROM periods WHERE period = ?{self.db.row_lock}", (r.period,))
-            period = r.period
-            if sealed and sealed[0][0]:
-                period = self.db.execute(
-                    "SELECT COALESCE(MIN(p.period), ?) FROM periods p WHERE p.period > ? AND "
-                    "p.sealed = 0", (self._after_sealed(r.period), r.period))[0][0]
-                self.db.execute(_SETTLE, (-reserved, r.period, r.hotkey, r.task))
-                self.db.execute(_SETTLE, (r.units, period, r.hotkey, r.task))
-            elif r.units != reserved:
-                self.db.execute(_SETTLE, (r.units - reserved, period, r.hotkey, r.task))
-            rows = self.db.execute(
-                "INSERT INTO requests (period, hotkey, task, organic, outcome, units, latency_s, "
-                "quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units, r.latency_s,
-                 r.quality, r.at))
-        return rows[0][0], period
+            landing: dict[int, int] = {}  # period asked -> period recorded in
+            for r, reserved in finished:
+                if r.period not in landing:
+                    landing[r.period] = self._landing(r.period)
+                period = landing[r.period]
+                if period != r.period:
+                    self.db.execute(_SETTLE, (-reserved, r.period, r.hotkey, r.task))
+                    self.db.execute(_SETTLE, (r.units, period, r.hotkey, r.task))
+                elif r.units != reserved:
+                    self.db.execute(_SETTLE, (r.units - reserved, period, r.hotkey, r.task))
+                rows = self.db.execute(
+                    "INSERT INTO requests (period, hotkey, task, organic, outcome, units, "
+                    "latency_s, quality, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (period, r.hotkey, r.task, int(r.organic), r.outcome.value, r.units,
+                     r.latency_s, r.quality, r.at))
+                out.append((rows[0][0], period))
+        return out
+
+    def _landing(self, period: int) -> int:
+        """Where a record of ``period`` lands (inside a transaction, which on PostgreSQL holds the
+        period's row against a concurrent ``seal``): ``period`` itself until it is sealed."""
+        sealed = self.db.execute(
+            f"SELECT sealed FROM periods WHERE period = ?{self.db.row_lock}", (period,))
+        if not (sealed and sealed[0][0]):
+            return period
+        return self.db.execute(
+            "SELECT COALESCE(MIN(p.period), ?) FROM periods p WHERE p.period > ? AND "
+            "p.sealed = 0", (self._after_sealed(period), period))[0][0]
 
     def record(self, r: RequestRecord) -> int:
         """Store a record whose units were reserved as they are (nothing to settle)."""

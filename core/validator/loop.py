@@ -149,6 +149,7 @@ class Validator:
         return {key: s.quality for key, s in self.store.states().items()}
 
     async def close(self) -> None:
+        self.traffic.recorder.flush()  # records of requests cut off by the stop
         await self.client.close()
         if self.checker:
             await self.checker.close()

@@ -34,6 +34,7 @@ from core.tasks import TASKS
 from core.transport.client import SignedClient
 from core.validator import dispatch
 from core.validator.counting import PromptCounter
+from core.validator.recorder import Recorder
 from core.validator.watch import StreamWatch
 
 log = logging.getLogger("validator.traffic")
@@ -71,6 +72,7 @@ class Traffic:
     def __init__(self, client: SignedClient, counter: PromptCounter, store: Store,
                  checker: Checker | None):
         self.client, self.counter, self.store, self.checker = client, counter, store, checker
+        self.recorder = Recorder(store)
 
     def cost(self, message: TaskRequest) -> tuple[int, int]:
         """(prompt tokens as counted here, units to reserve): the most the request can cost, and
@@ -172,8 +174,7 @@ class Traffic:
                       "clock, hotkey and registration; not counted against the miner",
                       attempt.neuron.uid, task)
         try:
-            record_id, period = await self.store.io(self.store.finish_request, record,
-                                                    attempt.reserved)
+            record_id, period = await self.recorder.finish(record, attempt.reserved)
         except StorageError as e:  # its reservation stays counted: never an overspend
             log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
             return
