@@ -1,58 +1,30 @@
-"""Chain access behind one small interface (docs/protocol.md §3.1): the metagraph at a block,
-blocks and their hashes, weights and serving. Two implementations: ``subtensor`` (bittensor,
-production) and ``local`` (a subnet kept in a file, for development and tests)."""
+"""Chain access (docs/protocol.md §3.1): bittensor's ``Client`` behind ``SubtensorChain``, the
+one adapter every neuron, the local subnet and every test use. ``connect`` picks the backend: a
+node (finney, test, local, ws(s)://) or a local subnet folder (``local:PATH``), whose chain is a
+``bittensor`` ``Substrate`` kept in files (devtools/localchain)."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import bittensor as bt
-
+from core.chain.errors import ChainError, RateLimited
+from core.chain.subtensor import SubtensorChain, WeightRules, WeightsSent
 from core.metagraph import Metagraph, Neuron
 
-__all__ = ["Chain", "ChainError", "Metagraph", "Neuron", "connect"]
+__all__ = ["ChainError", "Metagraph", "Neuron", "RateLimited", "SubtensorChain", "WeightRules",
+           "WeightsSent", "connect"]
 
 
-class ChainError(Exception):
-    """The chain cannot be reached or used as asked; the message says which and why."""
-
-
-class Chain(Protocol):
-    netuid: int
-
-    async def block(self) -> int: ...
-
-    async def block_hash(self, block: int) -> str: ...
-
-    async def block_time(self) -> float:
-        """Seconds per block."""
-
-    async def tempo(self) -> int:
-        """Blocks per epoch: weights are set at most once per epoch."""
-
-    async def metagraph(self, block: int | None = None) -> Metagraph:
-        """The subnet at ``block`` (default: the head): a period's stakes, permits and
-        registrations are read at its start block, by every validator and miner alike."""
-
-    async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:
-        """Raises on failure; the caller retries."""
-
-    async def serve(self, wallet: bt.Wallet, host: str, port: int) -> None:
-        """Announce the endpoint a miner serves on."""
-
-    async def close(self) -> None: ...
-
-
-def connect(network: str, netuid: int) -> Chain:
-    """A chain client: ``local:PATH`` for a local subnet file, else a bittensor network name or a
-    ws(s):// endpoint."""
+def connect(network: str, netuid: int, *, fallbacks: list[str] | None = None,
+            archives: list[str] | None = None) -> SubtensorChain:
+    """A chain client: ``local:PATH`` for a local subnet folder, else a bittensor network name
+    or a ws(s):// endpoint, with ``fallbacks`` and ``archives`` (None: bittensor's public pools
+    for a named network, none for an endpoint)."""
     if network.startswith("local:"):
-        from core.chain.local import LocalChain
+        from devtools.localchain import FolderSubstrate, LedgerError
 
-        return LocalChain(network.removeprefix("local:"))
-    from core.chain.subtensor import SubtensorChain
-
-    try:
-        return SubtensorChain(network, netuid)
-    except ValueError as e:  # bittensor's word on an unknown network name
-        raise ChainError(str(e)) from None
+        try:
+            substrate = FolderSubstrate(network.removeprefix("local:"))
+        except LedgerError as e:
+            raise ChainError(str(e)) from None
+        return SubtensorChain("local", netuid, substrate=substrate)
+    return SubtensorChain(network, netuid, fallback_endpoints=fallbacks,
+                          archive_endpoints=archives)

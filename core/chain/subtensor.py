@@ -1,81 +1,212 @@
-"""The production chain: bittensor's async client on finney, test, local or a ws(s):// endpoint.
+"""The chain, through bittensor's own ``Client``: finney, test, a ws(s):// endpoint, or a local
+subnet folder (``local:PATH``: the same client over ``devtools.localchain.FolderSubstrate``, so
+every local run and test drives this code).
 
-Weights go through ``bittensor.SetWeights``, which clips to the subnet's max-weight limit,
-quantises to u16 and picks plain or commit-reveal submission itself.
+Everything the SDK raises (its ``ChainError`` and ``RpcConnectionError``, a ``TypeError`` from
+a value it cannot decode, a timeout) leaves here as the project's one ``ChainError``, naming the
+call that failed; callers retry those with backoff. Weights go through ``bittensor.SetWeights``,
+which clips to the subnet's max-weight limit, quantises to u16 and commits (timelocked) when the
+subnet runs commit-reveal.
 """
 
 from __future__ import annotations
 
-import bittensor as bt
+import asyncio
+import ipaddress
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
 
-from core.chain import Metagraph, Neuron
+import bittensor as bt
+from bittensor._generated.storage import SubtensorModule as st
+from bittensor.result import ErrorCode
+
+from core.chain.errors import ChainError, RateLimited
+from core.metagraph import Metagraph, Neuron
+
+T = TypeVar("T")
+
+# one read or one submission, bounded: a node that stops answering is a chain error, not a hang
+READ_TIMEOUT_S = 60.0
+SUBMIT_TIMEOUT_S = 120.0  # inclusion and finality of one extrinsic (finney: ~12 s a block)
+
+
+@dataclass(frozen=True)
+class WeightRules:
+    """The subnet's settings a validator's weights must meet, read at the head."""
+    version_key: int  # the oldest version key the chain accepts
+    min_allowed_weights: int
+    rate_limit: int  # blocks between two weight sets of one hotkey
+    tempo: int
+    activity_cutoff: int  # blocks: a validator whose weights are older earns no dividends
+    commit_reveal: bool
+
+
+@dataclass(frozen=True)
+class WeightsSent:
+    block: int  # the head when sent
+    reveal_round: int | None  # committed under commit-reveal: revealed at this drand round
 
 
 class SubtensorChain:
-    def __init__(self, network: str, netuid: int):
+    def __init__(self, network: str, netuid: int, *, substrate=None,
+                 fallback_endpoints: list[str] | None = None,
+                 archive_endpoints: list[str] | None = None):
         self.network = network
         self.netuid = netuid
-        self._client = bt.Client(network)
+        try:
+            self._client = bt.Client(network, substrate=substrate,
+                                     fallback_endpoints=fallback_endpoints,
+                                     archive_endpoints=archive_endpoints)
+        except (bt.BittensorError, ValueError) as e:
+            raise ChainError(f"{network}: {e}") from None
         self._connected = False
 
-    async def _ready(self) -> bt.Client:
-        if not self._connected:
-            await self._client.connect()
-            self._connected = True
-        return self._client
+    # -- reads --
 
     async def block(self) -> int:
-        return await (await self._ready()).block()
+        return await self._call("the head block", lambda c: c.block())
 
     async def block_hash(self, block: int) -> str:
-        info = await (await self._ready()).block_info(block)
+        """From ``System.BlockHash`` (one storage read; the node keeps recent blocks' hashes),
+        else from the block itself."""
+        value = await self._call(f"the hash of block {block}",
+                                 lambda c: c.query(("System", "BlockHash"), [block]))
+        if isinstance(value, str) and value.strip("0x"):
+            return value
+        info = await self._call(f"block {block}", lambda c: c.block_info(block))
         if info is None or not info.hash:
-            raise RuntimeError(f"block {block} not found on {self.network}")
+            raise ChainError(f"block {block} not found on {self.network}")
         return info.hash
 
     async def block_time(self) -> float:
-        return await (await self._ready()).block_time()
+        return await self._call("the block time", lambda c: c.block_time())
 
     async def tempo(self) -> int:
-        graph = await self._raw_metagraph()
-        return int(graph.tempo)
+        return int(await self._call("the tempo", lambda c: c.query(st.Tempo, [self.netuid])))
 
     async def metagraph(self, block: int | None = None) -> Metagraph:
-        graph = await self._raw_metagraph(block)
-        return Metagraph(
-            block=int(graph.block),
-            neurons=tuple(
-                Neuron(
-                    uid=n.uid,
-                    hotkey=n.hotkey,
-                    coldkey=n.coldkey,
-                    stake=float(n.total_stake.tao),
-                    validator_permit=bool(n.validator_permit),
-                    endpoint=f"http://{n.axon}" if n.axon else None,
-                    registered_at=int(n.block_at_registration),
-                )
-                for n in graph.neurons
-            ),
-        )
+        """The subnet at ``block`` (default: the head). Stakes are the subnet's alpha, in whole
+        units (a subnet's metagraph tags them alpha; reading them as TAO is refused)."""
+        async def read(client: bt.Client):
+            view = await client.at(block)  # one block for every read
+            return await view.subnets.metagraph(self.netuid, commitments=False)
 
-    async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float]) -> None:
-        client = await self._ready()
-        intent = bt.SetWeights(netuid=self.netuid, weights=dict(weights))
-        (await client.execute(intent, wallet)).raise_for_failure()
+        graph = await self._call(f"the metagraph at block {block or 'head'}", read)
+        if graph is None:
+            raise ChainError(f"subnet {self.netuid} does not exist on {self.network}")
+        try:
+            return Metagraph(
+                block=int(graph.block),
+                neurons=tuple(
+                    Neuron(
+                        uid=n.uid,
+                        hotkey=n.hotkey,
+                        coldkey=n.coldkey,
+                        stake=n.total_stake.rao / 1e9,
+                        validator_permit=bool(n.validator_permit),
+                        endpoint=f"http://{n.axon}" if n.axon else None,
+                        registered_at=int(n.block_at_registration),
+                    )
+                    for n in graph.neurons
+                ),
+            )
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ChainError(f"the metagraph of subnet {self.netuid} could not be read "
+                             f"({type(e).__name__}: {e})") from None
 
-    async def serve(self, wallet: bt.Wallet, host: str, port: int) -> None:
-        client = await self._ready()
-        intent = bt.ServeAxon(netuid=self.netuid, ip=host, port=port)
-        (await client.execute(intent, wallet)).raise_for_failure()
+    async def weight_rules(self) -> WeightRules:
+        async def read(client: bt.Client):
+            view = await client.at(None)
+            return await asyncio.gather(*(view.query(item, [self.netuid]) for item in (
+                st.WeightsVersionKey, st.MinAllowedWeights, st.WeightsSetRateLimit, st.Tempo,
+                st.ActivityCutoff, st.CommitRevealWeightsEnabled)))
+
+        key, least, rate, tempo, cutoff, reveal = await self._call("the weight settings", read)
+        return WeightRules(int(key or 0), int(least or 0), int(rate or 0), int(tempo or 0),
+                           int(cutoff or 0), bool(reveal))
+
+    async def last_update(self, uid: int) -> int:
+        """The block this uid last set (or committed) weights at; 0 when never."""
+        last = await self._call("LastUpdate", lambda c: c.query(st.LastUpdate, [self.netuid]))
+        return int(last[uid]) if isinstance(last, list | tuple) and uid < len(last) else 0
+
+    async def endpoint(self, hotkey: str) -> str | None:
+        """What the chain holds for ``hotkey``'s axon now: "http://ip:port", or None."""
+        axon = await self._call("the axon on chain",
+                                lambda c: c.query(st.Axons, [self.netuid, hotkey]))
+        if not isinstance(axon, dict) or not int(axon.get("ip") or 0):
+            return None
+        ip = ipaddress.ip_address(int(axon["ip"])) if int(axon.get("ip_type") or 4) == 4 else \
+            ipaddress.IPv6Address(int(axon["ip"]))
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+        return f"http://{host}:{int(axon['port'])}"
+
+    # -- writes --
+
+    async def set_weights(self, wallet: bt.Wallet, weights: dict[int, float],
+                          version_key: int) -> WeightsSent:
+        """Set (or, under commit-reveal, commit) ``weights``. A refusal by the rate limit is
+        ``RateLimited`` (with the blocks to wait); any other failure a ``ChainError``."""
+        intent = bt.SetWeights(netuid=self.netuid, weights=dict(weights), version_key=version_key)
+        block = await self.block()
+        result = await self._execute("setting weights", intent, wallet)
+        reveal_round = result.data.get("reveal_round")
+        return WeightsSent(block, int(reveal_round) if reveal_round is not None else None)
+
+    async def serve(self, wallet: bt.Wallet, host: str, port: int) -> bool:
+        """Announce host:port unless the chain holds it already (a re-serve inside the chain's
+        serving rate limit is refused whatever its content); True when it was sent."""
+        wanted = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if await self.endpoint(wallet.hotkey.ss58_address) == wanted:
+            return False
+        await self._execute("serving the axon",
+                            bt.ServeAxon(netuid=self.netuid, ip=host, port=port), wallet)
+        return True
 
     async def close(self) -> None:
         if self._connected:
-            await self._client.close()
             self._connected = False
+            try:
+                await self._client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection: nothing to keep
+                pass
 
-    async def _raw_metagraph(self, block: int | None = None):
-        view = await (await self._ready()).at(block)  # one block for every read
-        graph = await view.subnets.metagraph(self.netuid, commitments=False)
-        if graph is None:
-            raise RuntimeError(f"subnet {self.netuid} does not exist on {self.network}")
-        return graph
+    # -- internals --
+
+    async def _execute(self, what: str, intent, wallet) -> bt.ExtrinsicResult:
+        result = await self._call(what, lambda c: c.execute(intent, wallet),
+                                  timeout=SUBMIT_TIMEOUT_S)
+        if not result.success:
+            error = result.error or bt.ChainError(result.message or "refused")
+            raise _translate(what, error)
+        return result
+
+    async def _call(self, what: str, call, timeout: float = READ_TIMEOUT_S):
+        """``call(client)``, bounded by ``timeout``, with every failure as the project's one
+        ``ChainError`` (``RateLimited`` for a rate limit)."""
+        try:
+            if not self._connected:
+                await asyncio.wait_for(self._client.connect(), timeout)
+                self._connected = True
+            return await asyncio.wait_for(_awaitable(call(self._client)), timeout)
+        except ChainError:
+            raise
+        except TimeoutError:
+            raise ChainError(f"{self.network}: {what}: no answer in {timeout:.0f}s") from None
+        except (bt.BittensorError, OSError, TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise _translate(what, e) from None
+
+
+async def _awaitable(value: Awaitable[T]) -> T:
+    return await value
+
+
+def _translate(what: str, error: BaseException) -> ChainError:
+    message = f"{what}: {getattr(error, 'message', None) or error}"
+    if isinstance(error, bt.ChainError):
+        if error.code is ErrorCode.RATE_LIMITED or error.name in (
+                "SettingWeightsTooFast", "ServingRateLimitExceeded"):
+            return RateLimited(message, error.name)
+        return ChainError(message, error.name)
+    return ChainError(f"{message} ({type(error).__name__})")
