@@ -47,6 +47,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
                         "subnet folder (scripts/localnet.py makes one)")
     p.add_argument("--netuid", type=int, default=19, help="subnet uid")
+    p.add_argument("--chain-fallback", "--subtensor.fallback_endpoints", action="append",
+                   metavar="URL", help="a ws(s):// node to turn to when --network's stops "
+                   "answering (repeat for more; default: bittensor's public nodes for finney "
+                   "and test, none for an endpoint)")
+    p.add_argument("--chain-archive", "--subtensor.archive_endpoints", action="append",
+                   metavar="URL", help="a ws(s):// archive node for reads at blocks a pruned "
+                   "node no longer holds (repeat for more; default: bittensor's archive for "
+                   "finney, none for an endpoint)")
     p.add_argument("--wallet-name", "--wallet.name", default="default",
                    help="bittensor wallet (coldkey) name")
     p.add_argument("--wallet-hotkey", "--wallet.hotkey", default="default",
@@ -68,8 +76,9 @@ def add_endpoint_args(p: argparse.ArgumentParser, port: int, serves: str) -> Non
     """The endpoint a neuron listens on and announces on chain (``serves``: what it serves)."""
     p.add_argument("--host", default="0.0.0.0", help=f"address to listen on ({serves})")
     p.add_argument("--port", type=int, default=port, help="port to listen on")
-    p.add_argument("--external-host", default=None,
-                   help="address announced on chain for others to reach (default: --host)")
+    p.add_argument("--external-host", default=None, type=ip_address,
+                   help="IP address (or a host name, resolved now) announced on chain for "
+                        "others to reach (default: --host)")
     p.add_argument("--no-announce", action="store_true",
                    help="do not announce host:port on chain at start-up (already served)")
     p.add_argument("--public-metrics", action="store_true",
@@ -106,15 +115,44 @@ class CliError(Exception):
     """A start-up problem the operator must fix; printed as one line, exit status 1."""
 
 
+def ip_address(text: str) -> str:
+    """An argparse type: an IP address, or a host name resolved to one now (the chain holds
+    only addresses: ``ServeAxon`` refuses a name)."""
+    import ipaddress
+    import socket
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(text, None, proto=socket.IPPROTO_TCP)[0][4][0])
+    except (OSError, UnicodeError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address and does not resolve to one ({e})") from None
+
+
 def announced_host(args) -> str:
-    """The address to announce on chain: ``--external-host``, else ``--host`` when that is one
-    others can reach (a wildcard listens everywhere but names no address)."""
-    host = args.external_host or args.host
-    if host in ("0.0.0.0", "::", ""):
+    """The address to announce on chain: ``--external-host``, else ``--host`` (resolved) when
+    that is one others can reach (a wildcard listens everywhere but names no address)."""
+    if args.external_host:
+        return args.external_host
+    if args.host in ("0.0.0.0", "::", ""):
         raise CliError(f"--host {args.host} listens on every address but cannot be announced on "
                        f"chain: set --external-host to the address others reach this neuron at "
                        f"(or --no-announce if it is already served)")
-    return host
+    try:
+        return ip_address(args.host)
+    except argparse.ArgumentTypeError as e:
+        raise CliError(f"--host: {e}") from None
+
+
+def chain_of(args):
+    """The chain client the flags name (--network, --chain-fallback, --chain-archive)."""
+    from core.chain import connect
+
+    return connect(args.network, args.netuid, fallbacks=args.chain_fallback,
+                   archives=args.chain_archive)
 
 
 def guarded(main, args, *errors: type[BaseException]) -> int:

@@ -18,6 +18,7 @@ from core.cli import (
     add_endpoint_args,
     add_server_args,
     announced_host,
+    chain_of,
     guarded,
     load_wallet,
     parser,
@@ -191,14 +192,13 @@ def feedback(args) -> int:
     """Each validator's feedback for this hotkey; 1 when none answered."""
     import asyncio
 
-    from core.chain import connect
     from core.feedback import FEEDBACK_PATH, MAX_FEEDBACK_BYTES, Feedback, FeedbackRequest
     from core.transport.client import SignedClient
 
     _, hotkey = load_wallet(args)
 
     async def ask() -> list[tuple[int, str, Feedback | str]]:
-        chain = connect(args.network, args.netuid)
+        chain = chain_of(args)
         metagraph = await chain.metagraph()
         client = SignedClient(hotkey)
         validators = [n for n in metagraph.neurons if n.validator_permit and n.endpoint]
@@ -245,7 +245,6 @@ def serve(args) -> int:
     config = load_config(args.config)
     import uvicorn
 
-    from core.chain import connect
     from core.miner.app import MinerSettings, MinerState, build_app
     from core.miner.limits import Slots
     from core.miner.pool import build_pools
@@ -257,7 +256,8 @@ def serve(args) -> int:
 
         torch.set_num_threads(args.torch_threads)
     wallet, hotkey = load_wallet(args)
-    chain = connect(args.network, args.netuid)
+    announce = None if args.no_announce else (wallet, announced_host(args), args.port)
+    chain = chain_of(args)
     pools = build_pools(config)
     slots = Slots({g: e.concurrency for g, e in config.groups.items()},
                   {t: e.group for t, e in config.tasks.items() if e.workers is None},
@@ -268,7 +268,6 @@ def serve(args) -> int:
                                  nonce_store=SqliteNonceStore(Path(args.state_dir) /
                                                               f"nonces-{hotkey.ss58_address}.sqlite3")),
                        period_blocks=args.period_blocks, slots=slots)
-    announce = None if args.no_announce else (wallet, announced_host(args), args.port)
     log.info("serving %s as %s on %s:%d", ", ".join(pools), hotkey.ss58_address,
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}

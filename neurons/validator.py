@@ -22,6 +22,7 @@ from core.cli import (
     add_endpoint_args,
     add_server_args,
     announced_host,
+    chain_of,
     fraction,
     guarded,
     load_wallet,
@@ -153,7 +154,6 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from core.chain import connect
     from core.storage import open_store
     from core.validator.counting import CountingError
     from core.validator.loop import Settings, Validator
@@ -207,7 +207,7 @@ def run(args) -> int:
                         share_reports=not args.no_share_reports,
                         report_timeout_s=args.report_timeout)
     try:
-        validator = Validator(wallet, connect(args.network, args.netuid), store, settings)
+        validator = Validator(wallet, chain_of(args), store, settings)
     except CountingError as e:
         raise CliError(str(e)) from None
     from core.transport.server import raise_open_files_limit
@@ -238,6 +238,7 @@ async def serve(validator, args) -> None:
     their requests."""
     import uvicorn
 
+    from core.chain.announce import keep_announced
     from core.validator.peer import build_peer_app
     from core.validator.replica import lead_or_follow
 
@@ -264,8 +265,9 @@ async def serve(validator, args) -> None:
                                      timeout_graceful_shutdown=30, **server_options(args)))
                for app, host, port in apps]
     serving = [asyncio.create_task(server.serve()) for server in servers]
-    if args.port and not args.no_announce:
-        await validator.chain.serve(validator.wallet, announced_host(args), args.port)
+    if args.port and not args.no_announce:  # in the background: a refusal never stops it
+        announcing = asyncio.create_task(keep_announced(validator.chain, validator.wallet,
+                                                        announced_host(args), args.port))
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -274,6 +276,8 @@ async def serve(validator, args) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await work
     stopping.cancel()
+    if args.port and not args.no_announce:
+        announcing.cancel()
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*serving)

@@ -12,6 +12,7 @@ subnet runs commit-reveal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -131,6 +132,12 @@ class SubtensorChain:
         last = await self._call("LastUpdate", lambda c: c.query(st.LastUpdate, [self.netuid]))
         return int(last[uid]) if isinstance(last, list | tuple) and uid < len(last) else 0
 
+    async def weights_of(self, uid: int) -> dict[int, int]:
+        """The weights the chain holds for validator ``uid`` now: {uid: u16}."""
+        row = await self._call("the weights on chain",
+                               lambda c: c.query(st.Weights, [self.netuid, uid]))
+        return {int(d): int(v) for d, v in row or []}
+
     async def endpoint(self, hotkey: str) -> str | None:
         """What the chain holds for ``hotkey``'s axon now: "http://ip:port", or None."""
         axon = await self._call("the axon on chain",
@@ -169,7 +176,7 @@ class SubtensorChain:
             self._connected = False
             try:
                 await self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection: nothing to keep
+            except Exception:
                 pass
 
     # -- internals --

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,8 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.chain import ChainError
+from core.chain.announce import keep_announced
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
 from core.miner.serving import Refusal, Serving
@@ -87,22 +90,34 @@ def lifespan_of(state: MinerState, settings: MinerSettings, announce):
             except Exception as e:  # the chain or a probe briefly failing: keep serving
                 log.warning("%s failed: %s: %s", what, type(e).__name__, e)
 
+    async def first_sync():
+        """The metagraph before anything is served (callers are screened by it), through a
+        chain outage: retried with backoff, a line each time."""
+        for attempt in itertools.count():
+            try:
+                return await state.sync()
+            except ChainError as e:
+                delay = min(2 ** attempt, 60)
+                log.warning("reading the metagraph failed (%s); retrying in %ds", e, delay)
+                await asyncio.sleep(delay)
+
     async def check_all():
         await asyncio.gather(*(pool.check() for pool in state.pools.values()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if announce is not None:
-            await state.chain.serve(*announce)
-        await state.sync()
+        await first_sync()
         await check_all()
         loops = [asyncio.create_task(every(settings.sync_interval_s, state.sync,
                                            "metagraph sync")),
                  asyncio.create_task(every(settings.health_interval_s, check_all,
                                            "worker health check"))]
+        if announce is not None:  # in the background: a refusal never stops the miner
+            loops.append(asyncio.create_task(keep_announced(state.chain, *announce)))
         yield
         for loop in loops:
             loop.cancel()
+        await state.chain.close()
         await asyncio.gather(*(pool.close() for pool in state.pools.values()))
 
     return lifespan

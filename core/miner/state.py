@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.capacity import clamp_declaration
-from core.chain import Chain, Metagraph
+from core.chain import Metagraph, SubtensorChain
 from core.miner.limits import Ledger, Slots
 from core.miner.pool import Pool
 from core.transport.auth import Gate
@@ -19,7 +19,7 @@ class MinerState:
 
     hotkey: str
     pools: dict[str, Pool]
-    chain: Chain
+    chain: SubtensorChain
     gate: Gate
     period_blocks: int
     slots: Slots

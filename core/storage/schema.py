@@ -72,4 +72,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # feedback says what failed, not only that something did
         "ALTER TABLE requests ADD COLUMN why TEXT",
     ),
+    (
+        # weights under commit-reveal are committed first and revealed at a drand round: the
+        # vector's state (set, committed, revealed) and its round (NULL: set in the clear)
+        "ALTER TABLE weights_set ADD COLUMN status TEXT NOT NULL DEFAULT 'set'",
+        "ALTER TABLE weights_set ADD COLUMN reveal_round BIGINT",
+    ),
 )

@@ -365,8 +365,23 @@ class Store:
 
     # -- weights --
 
-    def note_weights(self, block: int, at: float, weights: dict[int, float]) -> None:
-        self._run("INSERT INTO weights_set VALUES (?, ?, ?)", (block, at, json.dumps(weights)))
+    def note_weights(self, block: int, at: float, weights: dict[int, float],
+                     reveal_round: int | None = None) -> None:
+        """A vector sent at ``block``: set, or committed (to be revealed at ``reveal_round``)."""
+        self._run("INSERT INTO weights_set VALUES (?, ?, ?, ?, ?)",
+                  (block, at, json.dumps(weights), "set" if reveal_round is None else "committed",
+                   reveal_round))
+
+    def pending_commit(self) -> tuple[int, dict[int, float], int] | None:
+        """The latest vector committed and not yet seen revealed: its block, weights, round."""
+        rows = self._run("SELECT block, weights, status, reveal_round FROM weights_set "
+                         "ORDER BY block DESC LIMIT 1")
+        if not rows or rows[0][2] != "committed":
+            return None
+        return rows[0][0], {int(k): v for k, v in json.loads(rows[0][1]).items()}, rows[0][3]
+
+    def note_revealed(self, block: int) -> None:
+        self._run("UPDATE weights_set SET status = 'revealed' WHERE block = ?", (block,))
 
     def last_weights(self) -> tuple[int, dict[int, float]] | None:
         """The block and weights of the latest vector set."""

@@ -22,7 +22,7 @@ import bittensor as bt
 
 from core import plan
 from core.budget import Contender
-from core.chain import Chain, ChainError, Metagraph
+from core.chain import ChainError, Metagraph, SubtensorChain
 from core.checking.service import Checker
 from core.period import close_period, open_period
 from core.storage import StorageError, Store
@@ -37,6 +37,7 @@ from core.validator.report import period_table
 from core.validator.sharing import Sharing
 from core.validator.synthetic import synthetic_request
 from core.validator.traffic import Attempt, Traffic, log_failures
+from core.validator.weights import WeightSetter
 
 log = logging.getLogger("validator")
 # the chain or the database away: logged in a line; anything else also with its traceback
@@ -77,7 +78,7 @@ POOL_CONNECTIONS = 1024
 
 
 class Validator:
-    def __init__(self, wallet: bt.Wallet, chain: Chain, store: Store, settings: Settings):
+    def __init__(self, wallet: bt.Wallet, chain: SubtensorChain, store: Store, settings: Settings):
         self.wallet = wallet
         self.keypair = wallet.hotkey  # loaded once; signing with it is ~30x cheaper
         self.chain = chain
@@ -96,6 +97,7 @@ class Validator:
         self.metrics = ValidatorMetrics(lambda: self.checker)
         self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
+        self.weights = WeightSetter(chain, wallet, store, self.metrics, settings.weight_retries)
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
         self._hashes: dict[int, str] = {}  # recent block hashes: window draws look back
@@ -150,7 +152,9 @@ class Validator:
 
     async def close(self) -> None:
         self.traffic.recorder.flush()  # records of requests cut off by the stop
+        await self.weights.close()
         await self.client.close()
+        await self.chain.close()
         if self.checker:
             await self.checker.close()
 
@@ -420,33 +424,6 @@ class Validator:
         self.metrics.closed(period, closing.rows)
         print(period_table(period, self.store.windows(period), closing,
                            poolings={p.block: p for p in poolings}), flush=True)
-        await self._set_weights(closing.weights)
+        await self.weights.send(closing.weights, metagraph)
+        await self.weights.watch(await self.chain.metagraph())
         self.store.prune(period - self.settings.retention_periods)
-
-    async def _set_weights(self, vector) -> None:
-        """Once per epoch, never from an all-zero table, retried with backoff."""
-        if vector.sum() <= 0:
-            log.warning("no contender has effective capacity yet (no window measured, or nothing "
-                        "served): weights not set")
-            self.metrics.weights.labels("skipped").inc()
-            return
-        block = await self.chain.block()
-        last = self.store.last_weights()
-        if last is not None and block - last[0] < await self.chain.tempo():
-            log.info("weights were set at block %d; next after one epoch", last[0])
-            self.metrics.weights.labels("skipped").inc()
-            return
-        weights_by_uid = {uid: float(w) for uid, w in enumerate(vector) if w > 0}
-        for attempt in range(self.settings.weight_retries):
-            try:
-                await self.chain.set_weights(self.wallet, weights_by_uid)
-                self.store.note_weights(block, time.time(), weights_by_uid)
-                self.metrics.weights.labels("set").inc()
-                log.info("weights set at block %d for %d uids", block, len(weights_by_uid))
-                return
-            except Exception as e:
-                delay = 2 ** attempt
-                log.warning("setting weights failed (%s); retrying in %ds", e, delay)
-                await asyncio.sleep(delay)
-        log.error("weights not set after %d attempts", self.settings.weight_retries)
-        self.metrics.weights.labels("failed").inc()

@@ -54,9 +54,15 @@ class ValidatorMetrics:
                               registry=r)
         self.windows = Counter("sn19_validator_windows_scored", "Windows scored, pooled or from "
                                "this validator's own view", ["view"], registry=r)
-        self.weights = Counter("sn19_validator_weights", "Attempts to set weights, by result "
-                               "(set, failed, skipped: nothing scored or set this epoch)",
-                               ["result"], registry=r)
+        self.weights = Counter("sn19_validator_weights", "Weight vectors by result (set, "
+                               "committed, revealed, deferred: rate-limited until a later "
+                               "block, failed, skipped: nothing to set)", ["result"], registry=r)
+        self.weights_age = Gauge("sn19_validator_weights_age_blocks", "Blocks since the chain "
+                                 "last recorded this validator's weights (LastUpdate)",
+                                 registry=r)
+        self.activity_cutoff = Gauge("sn19_validator_activity_cutoff_blocks", "The subnet's "
+                                     "activity cutoff: weights older than this earn no "
+                                     "dividends", registry=r)
         self.period = Gauge("sn19_validator_period", "The last period closed", registry=r)
         self.scored = Gauge("sn19_validator_contender", "Each contender as the last close scored "
                             "it (declared, demonstrated and credited in units a period)",

@@ -26,7 +26,7 @@ from bittensor import http_auth
 from pydantic import ValidationError
 
 from core.budget import Contender
-from core.chain import Chain, Metagraph, Neuron
+from core.chain import Metagraph, Neuron, SubtensorChain
 from core.plan import Window
 from core.records import period_outcomes
 from core.storage import Store
@@ -55,7 +55,7 @@ class Rejected(Exception):
 
 
 class Sharing:
-    def __init__(self, client: SignedClient, keypair, store: Store, chain: Chain,
+    def __init__(self, client: SignedClient, keypair, store: Store, chain: SubtensorChain,
                  metrics: ValidatorMetrics, *, timeout_s: float = 5.0):
         self.client = client
         self.keypair = keypair

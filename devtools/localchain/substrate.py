@@ -145,6 +145,11 @@ class FolderSubstrate:
             return None if n is None else n.uid
         if storage_function == "LastUpdate":
             return [n.last_update for n in state.neurons]
+        if storage_function == "Weights":
+            uid = int(params[1])
+            if uid >= len(state.neurons):
+                return []
+            return sorted(state.neurons[uid].weights.items())
         if storage_function == "ValidatorPermit":
             return [n.validator_permit for n in state.neurons]
         if storage_function == "SubnetEpochConsensus":
