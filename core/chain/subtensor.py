@@ -174,10 +174,8 @@ class SubtensorChain:
     async def close(self) -> None:
         if self._connected:
             self._connected = False
-            try:
+            with contextlib.suppress(Exception):
                 await self._client.close()
-            except Exception:
-                pass
 
     # -- internals --
 
