@@ -95,7 +95,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from pydantic import BaseModel
 
     from core.backends import load_engine
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.protocol import (
         CAPACITY_PATH,
         MAX_CAPACITY_BYTES,
@@ -110,7 +110,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     chat_engine = load_engine("chat-llama-3")
     image_engine = load_engine("proteus-text-to-image")
     tmp = Path(tempfile.mkdtemp(prefix="bench-miner-"))
-    chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=10_000)
     miner = make_wallet(tmp / "wallets", "miner")
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
     validator = Keypair.create_from_uri("//BenchValidator")

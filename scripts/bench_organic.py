@@ -87,7 +87,7 @@ async def run(concurrency: int, n: int, call) -> list[float]:
 async def measure(requests: int, rounds: int, db: str) -> None:
     import aiohttp
 
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.protocol import ChatRequest
     from core.storage import open_store
     from core.transport.client import SignedClient
@@ -95,7 +95,7 @@ async def measure(requests: int, rounds: int, db: str) -> None:
     from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-organic-"))
-    chain = LocalChain.create(tmp / "chain", tempo=PERIOD_BLOCKS, age_blocks=10 * PERIOD_BLOCKS)
+    chain = LocalSubnet.create(tmp / "chain", tempo=PERIOD_BLOCKS, age_blocks=10 * PERIOD_BLOCKS)
     validator, miner = make_wallet(tmp / "w", "validator"), make_wallet(tmp / "w", "miner")
     chain.register(
         validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0

@@ -37,13 +37,13 @@ def pct(xs: list[float], q: float) -> float:
 
 async def routing(n: int) -> dict[str, float]:
     from core.backends.remote import OpenAIChat
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.protocol import MAX_CHAT_LINE_BYTES, ChatChunk, ChatRequest
     from core.transport.client import SignedClient
     from devtools.localproc import free_ports, make_wallet, neuron, wait_healthy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
-    chain = LocalChain.create(tmp / "chain", age_blocks=1000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=1000)
     validator = make_wallet(tmp / "w", "validator")
     chain.register(
         validator.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0

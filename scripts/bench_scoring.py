@@ -139,13 +139,13 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
 
     from core import plan
     from core.budget import Contender
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.storage import open_store
     from core.validator.loop import Settings, Validator
     from devtools.localproc import free_ports, make_wallet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
-    chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=10_000)
     wallet: bt.Wallet = make_wallet(tmp / "wallets", "validator")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     ports = free_ports(N_MINERS)
@@ -159,10 +159,10 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
         s.start()
     await asyncio.sleep(3.0)
     store = open_store(str(tmp / "v.sqlite3"))
-    validator = Validator(wallet, chain, store, Settings(
+    validator = Validator(wallet, chain.chain(), store, Settings(
         max_concurrency=concurrency, max_per_miner=concurrency, image_size=64, check="off",
         tokenizers="tiny"))
-    metagraph = await chain.metagraph()
+    metagraph = await validator.chain.metagraph()
     per_miner = requests // N_MINERS
     units = 20 * per_miner
     contenders = [Contender(n.uid, n.hotkey, "inpaint", units, units, 0)

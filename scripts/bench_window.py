@@ -130,14 +130,14 @@ async def run(a) -> None:
 
     from core import plan
     from core.budget import Contender
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.storage import open_store
     from core.tasks import TASKS
     from core.validator.loop import Settings, Validator
     from devtools.localproc import free_ports, make_wallet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-window-"))
-    chain = LocalChain.create(tmp / "chain", age_blocks=10_000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=10_000)
     wallet: bt.Wallet = make_wallet(tmp / "wallets", "validator")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     ports = free_ports(a.miners)
@@ -154,10 +154,10 @@ async def run(a) -> None:
         s.start()
     await asyncio.sleep(5.0 + a.miners / 100)  # imports, tokenizer, sockets
     store = open_store(str(tmp / "v.sqlite3"))
-    validator = Validator(wallet, chain, store, Settings(
+    validator = Validator(wallet, chain.chain(), store, Settings(
         max_concurrency=a.max_concurrency, max_per_miner=a.max_per_miner, check="off",
         tokenizers="tiny", period_blocks=PERIOD_BLOCKS))
-    metagraph = await chain.metagraph()
+    metagraph = await validator.chain.metagraph()
     window = plan.window_blocks(PERIOD_BLOCKS)
     print(f"miners: {a.miners} count")
     print(f"window_seconds: {a.seconds:.0f} s")

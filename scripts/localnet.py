@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.cli import add_log_level, parser
 from core.plan import window_blocks
 from core.storage import open_store
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     wallets_dir, chain_dir, logs = base / "wallets", base / "chain", base / "logs"
     logs.mkdir(parents=True)
     (base / MARKER).write_text("made by scripts/localnet.py: recreated on its next run\n")
-    chain = LocalChain.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
+    chain = LocalSubnet.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
                               age_blocks=25 * args.period_blocks)
     first, *others = VALIDATORS  # uids: the first validator 0, the miners 1-3, the others after
     common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
@@ -156,13 +156,13 @@ def main(argv=None) -> int:
         stop()
 
 
-def register_validator(chain: LocalChain, wallets: Path, name: str, stake: float) -> None:
+def register_validator(chain: LocalSubnet, wallets: Path, name: str, stake: float) -> None:
     wallet = make_wallet(wallets, name)
     chain.register(wallet.hotkey.ss58_address, wallet.coldkeypub.ss58_address, stake=stake,
                    validator_permit=True, registered_at=0)
 
 
-def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
+def show_windows(chain: LocalSubnet, period_blocks: int, periods: int) -> None:
     """Choose the local chain's seed so that every period the validator can run has an audit
     window: a short run always shows one. Only a local subnet can choose; the draws themselves
     are the protocol's."""
@@ -172,7 +172,7 @@ def show_windows(chain: LocalChain, period_blocks: int, periods: int) -> None:
           f"period before it", flush=True)
 
 
-def report(chain: LocalChain) -> int:
+def report(chain: LocalSubnet) -> int:
     """Print the weights each validator set on the local subnet; non-zero when none were."""
     log = chain.weights_log()
     if not log:

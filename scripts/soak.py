@@ -28,7 +28,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.cli import parser
 from core.storage import open_store
 from core.validator import keys
@@ -47,7 +47,7 @@ def rss_mb(pid: int) -> float:
 class Net:
     def __init__(self, base: Path, period_blocks: int):
         self.base = base
-        self.chain = LocalChain.create(base / "chain", block_time=1.0, tempo=period_blocks,
+        self.chain = LocalSubnet.create(base / "chain", block_time=1.0, tempo=period_blocks,
                                        age_blocks=25 * period_blocks)
         self.common = ["--network", f"local:{self.chain.folder}", "--wallet-path",
                        str(base / "w"), "--period-blocks", str(period_blocks),

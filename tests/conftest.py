@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 import bittensor as bt
@@ -10,7 +11,8 @@ import pytest
 from bittensor.sp_core import Keypair
 from hypothesis import settings
 
-from core.chain.local import LocalChain
+from core.chain import SubtensorChain
+from devtools.localchain import LocalSubnet
 from devtools.localproc import make_wallet
 
 # CI runs the property and fuzz tests on fixed examples, so a submission lands or fails on its code
@@ -19,10 +21,16 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# bittensor's Client caches the chain's token symbols under ~/.bittensor: tests (and the neurons
+# they start, which inherit this) keep it in a temporary folder of their own
+os.environ.setdefault("BTCLI_TOKEN_SYMBOLS_CACHE", os.path.join(
+    tempfile.mkdtemp(prefix="sn19-tests-"), "token-symbols.json"))
+
 
 @dataclass
 class Subnet:
-    chain: LocalChain
+    local: LocalSubnet  # the admin side: register, stake, hyperparameters, what was recorded
+    chain: SubtensorChain  # the production adapter over it, as a neuron has it
     miner: bt.Wallet
     validator: Keypair  # permit, big stake
     weak: Keypair  # permit, stake below the miners' minimum
@@ -33,25 +41,26 @@ class Subnet:
 
 @pytest.fixture
 def subnet(tmp_path) -> Subnet:
-    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=10, age_blocks=1000)
+    local = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=10, age_blocks=1000)
     miner = make_wallet(tmp_path / "wallets", "miner")
-    chain.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
+    local.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
     keys = {name: Keypair.create_from_uri(f"//{name}")
             for name in ("Alice", "Bob", "Carol", "Dave", "Eve")}
-    chain.register(
+    local.register(
         keys["Alice"].ss58_address, "cold-a", stake=9000, validator_permit=True, registered_at=0
     )
-    chain.register(
+    local.register(
         keys["Bob"].ss58_address, "cold-b", stake=10, validator_permit=True, registered_at=0
     )
-    chain.register(
+    local.register(
         keys["Carol"].ss58_address, "cold-c", stake=5000, validator_permit=False, registered_at=0
     )
-    chain.register(
+    local.register(
         keys["Dave"].ss58_address, "cold-d", stake=3000, validator_permit=True, registered_at=0
     )
     return Subnet(
-        chain, miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"], keys["Dave"]
+        local, local.chain(), miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"],
+        keys["Dave"]
     )
 
 

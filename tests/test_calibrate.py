@@ -36,7 +36,7 @@ def test_the_proposed_capacity_served_at_its_full_rate_keeps_the_speed_factor_at
     assert yaml.safe_load(proposal.read_text())["tasks"]["chat-llama-3"]["capacity"] == proposed
 
     port = free_port()
-    miner = neuron("miner", ["--network", f"local:{subnet.chain.folder}", "--wallet-path",
+    miner = neuron("miner", ["--network", f"local:{subnet.local.folder}", "--wallet-path",
                              str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                              str(proposal), "--host", "127.0.0.1", "--port", str(port),
                              "--min-stake", "0", "--torch-threads", "1", "--period-blocks",

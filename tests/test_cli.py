@@ -121,10 +121,10 @@ def test_the_miner_s_actions_may_be_named_as_a_first_word():
 
 
 def test_a_wildcard_address_is_not_announced(tmp_path):
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
 
     wallet = make_wallet(tmp_path / "w", "v")
-    chain = LocalChain.create(tmp_path / "chain")
+    chain = LocalSubnet.create(tmp_path / "chain")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
                    registered_at=0)
     out = run("neurons/validator.py", "--network", f"local:{chain.folder}", "--wallet-path",

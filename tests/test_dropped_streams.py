@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
 from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
@@ -24,7 +24,7 @@ CLIENTS = 100
 
 
 def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")

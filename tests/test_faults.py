@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from core.chain import ChainError, Neuron
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.protocol import ChatRequest, TextToImageRequest
 from core.records import Outcome
 from core.storage import StorageError, open_store
@@ -24,7 +24,7 @@ from devtools.localproc import free_port, lone_validator, make_wallet
 from tests.servers import serving
 
 
-class DownChain(LocalChain):
+class DownChain(LocalSubnet):
     """The local subnet, unreachable for its first ``outages`` metagraph reads."""
 
     def __init__(self, folder, outages):
@@ -39,9 +39,9 @@ class DownChain(LocalChain):
 
 
 def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
-    LocalChain.create(tmp_path / "chain", block_time=0.2, tempo=5, age_blocks=1000)
+    LocalSubnet.create(tmp_path / "chain", block_time=0.2, tempo=5, age_blocks=1000)
     wallet = make_wallet(tmp_path / "w", "v")
-    LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
+    LocalSubnet(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
                                             validator_permit=True, registered_at=0)
     chain = DownChain(tmp_path / "chain", outages=2)
     store = open_store(str(tmp_path / "v.sqlite3"))
@@ -125,7 +125,7 @@ def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner, tmp_p
 
 @pytest.mark.process
 def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
     wallet = make_wallet(tmp_path / "w", "v")
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     db = str(tmp_path / "v.sqlite3")

@@ -83,7 +83,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
     import subprocess
     import sys
 
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from devtools.localproc import ROOT, free_port
     from tests.servers import serving
 
@@ -91,7 +91,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
     me, mine = validator.hotkey.ss58_address, miner.hotkey.ss58_address
     port = free_port()
-    chain = LocalChain.create(tmp_path / "chain", age_blocks=100)
+    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=100)
     chain.register(me, "c", stake=10, validator_permit=True, registered_at=0,
                    endpoint=f"http://127.0.0.1:{port}")
     chain.register(mine, "c", registered_at=0)

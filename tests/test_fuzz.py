@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
@@ -58,7 +58,7 @@ def miner(tmp_path_factory):
     from core.backends import load_engine
 
     tmp = tmp_path_factory.mktemp("fuzz-miner")
-    chain = LocalChain.create(tmp / "chain", age_blocks=1000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=1000)
     wallet = make_wallet(tmp / "w", "miner")
     chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)
     validator = make_wallet(tmp / "w", "validator").hotkey
@@ -150,7 +150,7 @@ def _api():
     """The organic API of a validator in a period with no capacity (valid requests: 503), and a
     key; built at import because schemathesis' from_fixture does not work with pytest 9."""
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-api-"))
-    chain = LocalChain.create(tmp / "chain", age_blocks=1000)
+    chain = LocalSubnet.create(tmp / "chain", age_blocks=1000)
     wallet = make_wallet(tmp / "w", "validator")
     chain.register(
         wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0

@@ -30,7 +30,7 @@ def miner(subnet, tmp_path):
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 3000}\n")
     port = free_port()
-    proc = neuron("miner", ["--network", f"local:{subnet.chain.folder}", "--wallet-path",
+    proc = neuron("miner", ["--network", f"local:{subnet.local.folder}", "--wallet-path",
                             str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                             str(tmp_path / "miner.yml"), "--host", "127.0.0.1", "--port",
                             str(port), "--min-stake", "0", "--no-announce", "--torch-threads", "1",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.plan import window_blocks
 from core.scoring import effective
 from core.storage import open_store
@@ -72,7 +72,7 @@ def peak_rss_kib(pid: int, stop: threading.Event, out: list[int]) -> None:
 
 @pytest.mark.timeout(900)
 def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validator(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
                               age_blocks=25 * PERIOD_BLOCKS)
     wallets = tmp_path / "wallets"
     validator = make_wallet(wallets, "validator")
@@ -135,7 +135,7 @@ def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validato
     assert len(closed_at) == 2 and "Traceback" not in text, text[-4000:]
 
     # every period closed by its end plus the bounded wait for checks
-    genesis = LocalChain(chain.folder)._read()["genesis"]
+    genesis = LocalSubnet(chain.folder).ledger.genesis
     for period, at in closed_at.items():
         end = genesis + (period + 1) * PERIOD_BLOCKS * BLOCK_S
         assert at <= end + OVERRUN_S + CHECK_WAIT_S + CLOSE_SLACK_S, (period, at - end)
@@ -169,7 +169,7 @@ def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validato
             assert states.get((name, task), 0.0) == 0.0 <= states[("honest", task)], (name, task)
 
     # on chain: a miner whose every task is attacked gets at most the honest twin's weight
-    weights = LocalChain(chain.folder).weights_log()
+    weights = LocalSubnet(chain.folder).weights_log()
     assert weights
     last = {int(u): w for u, w in weights[-1]["weights"].items()}
     for name, tasks in ATTACKS.items():

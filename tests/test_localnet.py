@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.scoring import effective, weights
 from core.storage import open_store
 
@@ -45,7 +45,7 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     # when the largest closed the period is the machine's business)
     assert all(p.used and p.coverage >= 2 / 3 for p in store.poolings(period).values())
     assert "pooled: " in run.stdout
-    log = LocalChain(tmp_path / "net/chain").weights_log()
+    log = LocalSubnet(tmp_path / "net/chain").weights_log()
     assert {entry["uid"] for entry in log} == {0, 4, 5}  # each validator set weights
     # the largest validator's weights are its stored states' effective capacity, by the task
     # weights (how much each miner served on two shared cores is the machine's business; that

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.process]
 def test_sigterm_finishes_in_flight_requests(subnet, tmp_path):
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 100000}\n")
     port = free_port()
-    miner = neuron("miner", ["--network", f"local:{subnet.chain.folder}", "--wallet-path",
+    miner = neuron("miner", ["--network", f"local:{subnet.local.folder}", "--wallet-path",
                              str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                              str(tmp_path / "miner.yml"), "--host", "127.0.0.1", "--port",
                              str(port), "--min-stake", "0", "--torch-threads", "1",

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
 from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
@@ -21,7 +21,7 @@ PERIOD = 30
 
 
 def test_openai_client_streams_chat_and_generates_images(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
     wallets = tmp_path / "wallets"
     validator = make_wallet(wallets, "validator")

@@ -13,7 +13,7 @@ from core import plan
 from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
 from core.budget import contenders
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
@@ -66,7 +66,7 @@ def engines():
 def net(tmp_path, engines, request):
     """A good miner and a bad one ("broken" unless the test names another kind of engines)."""
     engines = {**engines, "broken": engines[getattr(request, "param", "broken")]}
-    chain = LocalChain.create(tmp_path / "chain", age_blocks=10_000)
+    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=10_000)
     wallet = make_wallet(tmp_path / "w", "validator")
     chain.register(
         wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True, registered_at=0

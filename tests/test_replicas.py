@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
 from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
@@ -43,7 +43,7 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     dsn = f"{postgres_dsn}?options=-csearch_path%3D{schema}"
-    chain = LocalChain.create(tmp_path / "chain", block_time=0.5, tempo=40, age_blocks=100_000)
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=0.5, tempo=40, age_blocks=100_000)
     validator = make_wallet(tmp_path / "wallets", "validator")
     chain.register(validator.hotkey.ss58_address, "cv", stake=10_000.0, validator_permit=True,
                    registered_at=0)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.storage import open_store
 from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
 
@@ -26,7 +26,7 @@ def wait_for(condition, timeout, what):
 
 
 def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
     chain.open_windows(PERIOD, 1)  # an audit window in each period the validator may run
     wallets = tmp_path / "wallets"

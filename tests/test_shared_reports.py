@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from core.chain.local import LocalChain
+from devtools.localchain import LocalSubnet
 from core.storage import open_store
 from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 
@@ -34,7 +34,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def run_validators(chain: LocalChain, common: list[str], tmp_path, label: str,
+def run_validators(chain: LocalSubnet, common: list[str], tmp_path, label: str,
                    extra: list[str]) -> dict[str, str]:
     """One period of the three validators; their databases by name."""
     ports = free_ports(len(VALIDATORS))
@@ -56,7 +56,7 @@ def run_validators(chain: LocalChain, common: list[str], tmp_path, label: str,
     return dbs
 
 
-def vectors(chain: LocalChain, hotkeys: dict[str, str], uids: dict[str, int],
+def vectors(chain: LocalSubnet, hotkeys: dict[str, str], uids: dict[str, int],
             since: int) -> dict[str, np.ndarray]:
     """Each validator's last weights over the miners' uids, set after weights_log entry
     ``since``."""
@@ -70,7 +70,7 @@ def vectors(chain: LocalChain, hotkeys: dict[str, str], uids: dict[str, int],
 
 @pytest.mark.timeout(900)
 def test_shared_reports_make_validators_agree_on_a_stake_first_miner(tmp_path):
-    chain = LocalChain.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PB,
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PB,
                               age_blocks=25 * PB)
     wallets = tmp_path / "wallets"
     hotkeys, uids = {}, {}

@@ -1,75 +1,176 @@
-"""Weights leave the validator once per epoch, never all-zero, retried with backoff; --status
-shows what the database holds."""
+"""Weights as the chain accepts them (core/validator/weights.py), through the production adapter
+on the local subnet's chain: retried with backoff when the connection fails, never all-zero,
+deferred (not retried) under the rate limit, padded to MinAllowedWeights, refused under a newer
+version key, nothing for a re-registered uid, commit-reveal recorded as committed then revealed,
+the activity cutoff watched; --status shows what the database holds."""
 
 import asyncio
 import json
+import logging
 
 import numpy as np
 import pytest
 
-from core.chain.local import LocalChain
 from core.storage import open_store
 from core.validator.loop import Settings, Validator
 from core.validator.status import status
+from core.validator.weights import WEIGHTS_VERSION_KEY
+from devtools.localchain import LocalSubnet
 from devtools.localproc import make_wallet
 
 
-class FlakyChain(LocalChain):
-    """The local subnet, refusing the first ``failures`` weight submissions."""
-
-    def __init__(self, folder, failures):
-        super().__init__(folder)
-        self.failures, self.attempts = failures, 0
-
-    async def set_weights(self, wallet, weights):
-        self.attempts += 1
-        if self.attempts <= self.failures:
-            raise ConnectionError("chain unreachable")
-        await super().set_weights(wallet, weights)
-
-
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
-    LocalChain.create(tmp_path / "chain", tempo=50, age_blocks=1000)
+def setup(tmp_path):
+    local = LocalSubnet.create(tmp_path / "chain", tempo=50, age_blocks=1000, block_time=0.1)
     wallet = make_wallet(tmp_path / "w", "v")
-    LocalChain(tmp_path / "chain").register(wallet.hotkey.ss58_address, "c", stake=1,
-                                            validator_permit=True, registered_at=0)
+    local.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
+                   registered_at=0)
+    for i in range(3):
+        local.register(make_wallet(tmp_path / "w", f"m{i}").hotkey.ss58_address, registered_at=0)
     return tmp_path, wallet
 
 
-async def _no_sleep(_):
-    return None
+def validator(tmp_path, wallet, retries=3):
+    v = Validator(wallet, LocalSubnet(tmp_path / "chain").chain(),
+                  open_store(str(tmp_path / "v.sqlite3")),
+                  Settings(weight_retries=retries, check="off", tokenizers="tiny"))
+    return v, LocalSubnet(tmp_path / "chain")
 
 
-def validator(tmp_path, wallet, failures, retries=3):
-    chain = FlakyChain(tmp_path / "chain", failures)
-    return Validator(wallet, chain, open_store(str(tmp_path / "v.sqlite3")),
-                     Settings(weight_retries=retries, check="off", tokenizers="tiny")), chain
+def send(v, vector):
+    async def go():
+        await v.weights.send(np.array(vector), await v.chain.metagraph())
+        if v.weights._deferred is not None:
+            await v.weights._deferred
+    asyncio.run(go())
 
 
-def test_weights_are_retried_then_set_once_per_epoch(setup):
+def submits(v) -> int:
+    return v.chain._client._substrate.calls.get("submit", 0)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    from core.validator.weights import WeightSetter
+
+    monkeypatch.setattr(WeightSetter, "backoff_s", 0.01)
+
+
+def test_weights_are_retried_through_a_lost_connection_then_set(setup, no_backoff):
     tmp_path, wallet = setup
-    v, chain = validator(tmp_path, wallet, failures=2)
-    asyncio.run(v._set_weights(np.array([0.0, 0.25, 0.75])))
-    assert chain.attempts == 3 and len(chain.weights_log()) == 1
+    v, local = validator(tmp_path, wallet)
+    local.fail("submit", "connection", 2)
+    send(v, [0.0, 0.25, 0.75])
+    assert submits(v) == 3 and len(local.weights_log()) == 1
     assert v.store.last_weights()[1] == {1: 0.25, 2: 0.75}
-    asyncio.run(v._set_weights(np.array([0.0, 0.5, 0.5])))  # same epoch: not again
-    assert chain.attempts == 3
 
 
-def test_weights_give_up_after_the_retries(setup):
+def test_weights_give_up_after_the_retries(setup, no_backoff):
     tmp_path, wallet = setup
-    v, chain = validator(tmp_path, wallet, failures=5, retries=3)
-    asyncio.run(v._set_weights(np.array([1.0])))
-    assert chain.attempts == 3 and chain.weights_log() == [] and v.store.last_weights() is None
+    v, local = validator(tmp_path, wallet, retries=3)
+    local.fail("submit", "connection", 5)
+    send(v, [0.0, 1.0])
+    assert submits(v) == 3 and local.weights_log() == [] and v.store.last_weights() is None
 
 
 def test_an_all_zero_table_is_never_set(setup):
     tmp_path, wallet = setup
-    v, chain = validator(tmp_path, wallet, failures=0)
-    asyncio.run(v._set_weights(np.zeros(4)))
-    assert chain.attempts == 0
+    v, _ = validator(tmp_path, wallet)
+    send(v, np.zeros(4))
+    assert submits(v) == 0
+
+
+def test_a_chain_refusal_is_not_retried(setup, caplog):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.stake(wallet.hotkey.ss58_address, 1, validator_permit=False)
+    asyncio.run(asyncio.sleep(0.3))  # its block
+    with caplog.at_level(logging.ERROR):
+        send(v, [0.0, 1.0])
+    assert submits(v) == 1 and "refused by the chain" in caplog.text
+
+
+def test_the_rate_limit_defers_the_vector_to_the_block_it_allows(setup):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(weights_rate_limit=20)
+    send(v, [0.0, 1.0])
+    first = local.weights_log()[-1]["block"]
+    send(v, [0.0, 0.0, 1.0])  # refused now: sent once 20 blocks have passed, never before
+    log = local.weights_log()
+    assert submits(v) == 2 and len(log) == 2
+    assert log[1]["block"] - first >= 20 and log[1]["weights"] == {"2": 65535}
+
+
+def test_fewer_weights_than_the_minimum_are_padded_with_dust(setup):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(min_allowed_weights=3)
+    send(v, [0.0, 0.0, 1.0])
+    [entry] = local.weights_log()
+    assert entry["weights"] == {"0": 1, "1": 1, "2": 65535}  # own uid, then the lowest
+
+
+def test_a_newer_version_key_on_chain_sends_nothing_and_says_upgrade(setup, caplog):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(weights_version_key=WEIGHTS_VERSION_KEY + 1)
+    with caplog.at_level(logging.ERROR):
+        send(v, [0.0, 1.0])
+    assert submits(v) == 0 and "upgrade" in caplog.text
+    local.set_hyperparameters(weights_version_key=WEIGHTS_VERSION_KEY)
+    send(v, [0.0, 1.0])
+    assert local.weights_log()[0]["version_key"] == WEIGHTS_VERSION_KEY
+
+
+def test_a_uid_reregistered_since_the_period_began_gets_no_weight(setup, tmp_path):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+
+    async def go():
+        period_start = await v.chain.metagraph()
+        newcomer = make_wallet(tmp_path / "w", "newcomer")
+        local.register(newcomer.hotkey.ss58_address, uid=1)
+        while len({n.hotkey for n in (await v.chain.metagraph()).neurons} -
+                   {n.hotkey for n in period_start.neurons}) == 0:
+            await asyncio.sleep(0.05)
+        await v.weights.send(np.array([0.0, 0.5, 0.5]), period_start)
+    asyncio.run(go())
+    [entry] = local.weights_log()
+    assert entry["weights"] == {"2": 65535}
+
+
+def test_commit_reveal_is_recorded_as_committed_then_revealed(setup):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(commit_reveal=True, tempo=5)
+    send(v, [0.0, 0.25, 0.75])
+    block, weights, reveal_round = v.store.pending_commit()
+    assert weights == {1: 0.25, 2: 0.75} and reveal_round > 0 and local.weights_log() == []
+
+    async def until_revealed():
+        while v.store.pending_commit() is not None:
+            await v.weights.watch(await v.chain.metagraph())
+            await asyncio.sleep(0.1)
+    asyncio.run(asyncio.wait_for(until_revealed(), 30))
+    assert local.weights_log()[0]["committed_at"] == block
+    assert v.metrics.weights.labels("revealed")._value.get() == 1
+
+
+def test_weights_near_the_activity_cutoff_are_a_metric_and_a_loud_line(setup, caplog):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(activity_cutoff=100)
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(v.weights.watch(asyncio.run(v.chain.metagraph())))
+    assert v.metrics.weights_age._value.get() >= 1000  # never set: registered at block 0
+    assert v.metrics.activity_cutoff._value.get() == 100
+    assert "activity cutoff" in caplog.text
+    caplog.clear()
+    send(v, [0.0, 1.0])
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(v.weights.watch(asyncio.run(v.chain.metagraph())))
+    assert v.metrics.weights_age._value.get() < 80 and "activity cutoff" not in caplog.text
 
 
 def test_status_shows_the_latest_period(setup):

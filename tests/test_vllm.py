@@ -195,7 +195,7 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
         model, reference, tmp_path):
     from bittensor.sp_core import Keypair
 
-    from core.chain.local import LocalChain
+    from devtools.localchain import LocalSubnet
     from core.storage import open_store
     from core.transport.client import SignedClient
     from core.validator.traffic import Attempt, Traffic
@@ -206,7 +206,7 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
          *ENGINE_ARGS, "--host", "127.0.0.1", "--port", str(serve_port), "--api-key", TOKEN,
          "--served-model-name", "tiny", "--generation-config", "vllm"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    chain = LocalChain.create(tmp_path / "chain", age_blocks=1000)
+    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=1000)
     validator = Keypair.create_from_uri("//Alice")
     chain.register(validator.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0)
     wallet = make_wallet(tmp_path / "wallets", "miner")

@@ -138,7 +138,7 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
         f"      - {{capacity: 30000, url: 'http://127.0.0.1:{a}', token_env: WTOKEN}}\n"
         f"      - {{capacity: 20000, url: 'http://127.0.0.1:{b}', token_env: WTOKEN}}\n")
     workers = {a: start_worker(a), b: start_worker(b)}
-    miner = neuron("miner", ["--network", f"local:{subnet.chain.folder}", "--wallet-path",
+    miner = neuron("miner", ["--network", f"local:{subnet.local.folder}", "--wallet-path",
                              str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                              str(tmp_path / "miner.yml"), "--host", "127.0.0.1", "--port",
                              str(front), "--min-stake", "0", "--health-interval", str(HEALTH_S),

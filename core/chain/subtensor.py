@@ -45,7 +45,7 @@ class WeightRules:
 
 @dataclass(frozen=True)
 class WeightsSent:
-    block: int  # the head when sent
+    block: int  # the block that included it (the head when sent, if the chain did not say)
     reveal_round: int | None  # committed under commit-reveal: revealed at this drand round
 
 
@@ -156,10 +156,12 @@ class SubtensorChain:
         """Set (or, under commit-reveal, commit) ``weights``. A refusal by the rate limit is
         ``RateLimited`` (with the blocks to wait); any other failure a ``ChainError``."""
         intent = bt.SetWeights(netuid=self.netuid, weights=dict(weights), version_key=version_key)
-        block = await self.block()
+        head = await self.block()
         result = await self._execute("setting weights", intent, wallet)
         reveal_round = result.data.get("reveal_round")
-        return WeightsSent(block, int(reveal_round) if reveal_round is not None else None)
+        included = (result.extrinsic_id or "").split("-")[0]
+        return WeightsSent(int(included) if included.isdigit() else head,
+                           int(reveal_round) if reveal_round is not None else None)
 
     async def serve(self, wallet: bt.Wallet, host: str, port: int) -> bool:
         """Announce host:port unless the chain holds it already (a re-serve inside the chain's

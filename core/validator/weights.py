@@ -62,6 +62,8 @@ def pad(weights: dict[int, float], least: int, uids: list[int], own: int) -> dic
 
 
 class WeightSetter:
+    backoff_s = 1.0  # the first retry after a lost connection; doubled each time
+
     def __init__(self, chain: SubtensorChain, wallet: bt.Wallet, store: Store,
                  metrics: ValidatorMetrics, retries: int = 3):
         self.chain = chain
@@ -149,8 +151,8 @@ class WeightSetter:
                     log.error("weights refused by the chain: %s", e)
                     self.metrics.weights.labels("failed").inc()
                     return
-                delay = 2 ** attempt
-                log.warning("setting weights failed (%s); retrying in %ds", e, delay)
+                delay = self.backoff_s * 2 ** attempt
+                log.warning("setting weights failed (%s); retrying in %.0fs", e, delay)
                 await asyncio.sleep(delay)
                 continue
             self.store.note_weights(sent.block, time.time(), weights, sent.reveal_round)

@@ -7,8 +7,10 @@ this: they run ``core.chain.connect("local:FOLDER")``, bittensor's ``Client`` ov
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bittensor.sp_core import Keypair
 
@@ -41,9 +43,11 @@ class LocalSubnet:
 
     def register(self, hotkey: str, coldkey: str | None = None, *, stake: float = 0.0,
                  validator_permit: bool = False, registered_at: int | None = None,
-                 uid: int | None = None) -> int:
+                 uid: int | None = None, endpoint: str | None = None) -> int:
         """Register ``hotkey`` (the next free uid, or ``uid``: that neuron is deregistered and
-        replaced, as the chain prunes one); its uid. Registering a hotkey again is a no-op."""
+        replaced, as the chain prunes one); its uid. Registering a hotkey again is a no-op.
+        ``endpoint`` ("http://ip:port"): served at registration, for neurons that never serve
+        themselves (a benchmark's simulated miners)."""
         coldkey = coldkey or _placeholder_coldkey(hotkey)
         with self.ledger.locked():
             block = self.ledger.head() if registered_at is None else registered_at
@@ -58,6 +62,11 @@ class LocalSubnet:
             self.ledger.append({"block": block, "op": "register", "uid": uid, "hotkey": hotkey,
                                 "coldkey": coldkey, "stake": float(stake),
                                 "permit": bool(validator_permit)})
+            if endpoint is not None:
+                address = urlsplit(endpoint)
+                ip = ipaddress.ip_address(address.hostname or "")
+                self.ledger.append({"block": block, "op": "serve", "uid": uid, "hotkey": hotkey,
+                                    "ip": int(ip), "port": address.port, "ip_type": ip.version})
             return uid
 
     def stake(self, hotkey: str, stake: float, validator_permit: bool | None = None) -> None:

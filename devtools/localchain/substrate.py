@@ -286,7 +286,11 @@ class FolderSubstrate:
         if refusal is not None:
             return refusal
         reveal_round = int(p["reveal_round"])
-        reveal_block = max(self.ledger.block_at(reveal_time(reveal_round).timestamp()), block)
+        # subtensor reveals a commit at the epoch reveal_period_epochs after its own, once
+        # drand's pulse for its round is there
+        epochs = int(self.ledger.hyper("reveal_period_epochs"))
+        due = self.ledger.last_epoch(block) + epochs * (int(self.ledger.hyper("tempo")) + 1)
+        reveal_block = max(self.ledger.block_at(reveal_time(reveal_round).timestamp()), due)
         self.ledger.append({"block": block, "op": "commit", "uid": uid, "hotkey": hotkey,
                             "reveal_round": reveal_round, "reveal_block": reveal_block,
                             "weights": dict(zip(map(str, dests), values)),
