@@ -199,7 +199,10 @@ def feedback(args) -> int:
 
     async def ask() -> list[tuple[int, str, Feedback | str]]:
         chain = chain_of(args)
-        metagraph = await chain.metagraph()
+        try:
+            metagraph = await chain.metagraph()
+        finally:
+            await chain.close()
         client = SignedClient(hotkey)
         validators = [n for n in metagraph.neurons if n.validator_permit and n.endpoint]
 

@@ -95,7 +95,7 @@ async def measure(n: int, threads: int) -> dict[str, float]:
     from pydantic import BaseModel
 
     from core.backends import load_engine
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.protocol import (
         CAPACITY_PATH,
         MAX_CAPACITY_BYTES,

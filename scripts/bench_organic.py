@@ -87,7 +87,7 @@ async def run(concurrency: int, n: int, call) -> list[float]:
 async def measure(requests: int, rounds: int, db: str) -> None:
     import aiohttp
 
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.protocol import ChatRequest
     from core.storage import open_store
     from core.transport.client import SignedClient

@@ -37,7 +37,7 @@ def pct(xs: list[float], q: float) -> float:
 
 async def routing(n: int) -> dict[str, float]:
     from core.backends.remote import OpenAIChat
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.protocol import MAX_CHAT_LINE_BYTES, ChatChunk, ChatRequest
     from core.transport.client import SignedClient
     from devtools.localproc import free_ports, make_wallet, neuron, wait_healthy

@@ -139,7 +139,7 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
 
     from core import plan
     from core.budget import Contender
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.storage import open_store
     from core.validator.loop import Settings, Validator
     from devtools.localproc import free_ports, make_wallet

@@ -130,7 +130,7 @@ async def run(a) -> None:
 
     from core import plan
     from core.budget import Contender
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.storage import open_store
     from core.tasks import TASKS
     from core.validator.loop import Settings, Validator

@@ -1,10 +1,12 @@
 """Run the whole mission on one machine: a local subnet with 3 miners and 3 validators.
 
 Creates real bittensor wallets and a local subnet folder, starts each neuron as its own process on
-127.0.0.1 (the same neurons, synapses and HTTP stack as on the network), runs --periods short
-periods, prints the largest validator's table for each period and the weights every validator
-set, stops every process it started, and exits non-zero if anything failed. The validators hold
-45%, 35% and 20% of the stake and share their window reports (docs/protocol.md §9).
+127.0.0.1 (the same neurons, synapses and HTTP stack as on the network, reading and writing the
+chain through bittensor's own client), runs --periods short periods, prints the largest
+validator's table for each period, the weights every validator set as the chain recorded them
+and each neuron's incentive after Yuma, stops every process it started, and exits non-zero if
+anything failed. The validators hold 45%, 35% and 20% of the stake and share their window
+reports (docs/protocol.md §9).
 
     python scripts/localnet.py --periods 2
 """
@@ -12,6 +14,7 @@ set, stops every process it started, and exits non-zero if anything failed. The 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -21,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
-from devtools.localchain import LocalSubnet
 from core.cli import add_log_level, parser
+from core.localchain import LocalSubnet
 from core.plan import window_blocks
 from core.storage import open_store
 from core.validator import keys
@@ -32,6 +35,7 @@ MARKER = ".sn19-localnet"  # in a folder this script made: the only kind it dele
 MINERS = ("small", "medium", "large")
 # name, stake: the first prints its tables, keeps validator.sqlite3 and serves the API
 VALIDATORS = (("validator", 4500.0), ("validator-2", 3500.0), ("validator-3", 2000.0))
+TEMPO = 10  # blocks between epochs: Yuma runs soon after the last weights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--period-blocks", type=int, default=60,
                    help="blocks per period (60 of 1 s: audit windows of 5 s)")
     p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
+    p.add_argument("--commit-reveal", action="store_true",
+                   help="the chain takes weights as timelocked commits, revealed an epoch later")
     p.add_argument("--startup-timeout", type=float, default=180.0,
                    help="seconds to wait for the miners to answer")
     p.add_argument("--api-port", type=int, default=0,
@@ -64,8 +70,13 @@ def main(argv=None) -> int:
     wallets_dir, chain_dir, logs = base / "wallets", base / "chain", base / "logs"
     logs.mkdir(parents=True)
     (base / MARKER).write_text("made by scripts/localnet.py: recreated on its next run\n")
-    chain = LocalSubnet.create(chain_dir, block_time=args.block_time, tempo=args.period_blocks,
-                              age_blocks=25 * args.period_blocks)
+    # a chain with the rules a validator meets on finney, at local scale: epochs (Yuma) every
+    # tempo blocks, independent of the period; rate limits on serving and on weights; commits
+    # revealed an epoch later with --commit-reveal
+    chain = LocalSubnet.create(chain_dir, block_time=args.block_time, tempo=TEMPO,
+                               age_blocks=25 * args.period_blocks, serving_rate_limit=50,
+                               weights_rate_limit=args.period_blocks // 2, min_allowed_weights=1,
+                               max_weights_limit=65535, commit_reveal=args.commit_reveal)
     first, *others = VALIDATORS  # uids: the first validator 0, the miners 1-3, the others after
     common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
               "--period-blocks", str(args.period_blocks), "--log-level", args.log_level]
@@ -173,7 +184,10 @@ def show_windows(chain: LocalSubnet, period_blocks: int, periods: int) -> None:
 
 
 def report(chain: LocalSubnet) -> int:
-    """Print the weights each validator set on the local subnet; non-zero when none were."""
+    """Print the weights each validator set, as the chain recorded them (clipped to the
+    subnet's limit, quantised to u16), then each neuron's incentive and dividends after the
+    next epoch's Yuma, read through bittensor as from a node; non-zero when no weights were
+    set."""
     log = chain.weights_log()
     if not log:
         print("localnet: no weights were set", file=sys.stderr)
@@ -181,10 +195,29 @@ def report(chain: LocalSubnet) -> int:
     names = [VALIDATORS[0][0]] + [f"miner-{m}" for m in MINERS] + [v for v, _ in VALIDATORS[1:]]
     for entry in log:
         total = sum(entry["weights"].values())
-        shown = ", ".join(f"{names[int(u)]} (uid {u}) {v / total:.3f}"
+        shown = ", ".join(f"{names[int(u)]} (uid {u}) {v} ({v / total:.3f})"
                           for u, v in sorted(entry["weights"].items(), key=lambda kv: int(kv[0])))
-        print(f"weights set by {names[entry['uid']]} at block {entry['block']}: {shown}")
+        print(f"weights of {names[entry['uid']]} recorded at block {entry['block']}: {shown}")
+    ledger = chain.ledger
+    epoch = ledger.last_epoch(ledger.head()) + ledger.hyper("tempo") + 1
+    time.sleep(max(ledger.timestamp(epoch) - time.time(), 0))  # the next epoch runs Yuma
+    graph = asyncio.run(_metagraph(chain))
+    print(f"after Yuma at block {graph.last_step} (tempo {graph.tempo}): "
+          + ", ".join(f"{names[n.uid]} incentive {n.incentive:.3f}" for n in graph.neurons
+                      if not n.validator_permit) + "; "
+          + ", ".join(f"{names[n.uid]} dividends {n.dividends:.3f}" for n in graph.neurons
+                      if n.validator_permit), flush=True)
     return 0
+
+
+async def _metagraph(chain: LocalSubnet):
+    """The subnet's metagraph as bittensor decodes it from the chain (incentive, dividends)."""
+    import bittensor as bt
+
+    from core.localchain import FolderSubstrate
+
+    async with bt.Client("local", substrate=FolderSubstrate(chain.folder)) as client:
+        return await client.subnets.metagraph(chain.netuid, commitments=False)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
-from devtools.localchain import LocalSubnet
 from core.cli import parser
+from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
 from devtools.localproc import ROOT, free_ports, lone_validator, make_wallet, neuron, wait_healthy

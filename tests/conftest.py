@@ -12,7 +12,7 @@ from bittensor.sp_core import Keypair
 from hypothesis import settings
 
 from core.chain import SubtensorChain
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from devtools.localproc import make_wallet
 
 # CI runs the property and fuzz tests on fixed examples, so a submission lands or fails on its code

@@ -1,5 +1,5 @@
 """The contract of ``SubtensorChain``, the one chain adapter, driven through bittensor's own
-``Client`` over the local subnet's ``Substrate`` (devtools/localchain): every call the neurons
+``Client`` over the local subnet's ``Substrate`` (core/localchain): every call the neurons
 make, each chain rule refusing what the chain refuses, and failures injected at the Substrate
 level surfacing as the project's one ``ChainError``."""
 
@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from core.chain import ChainError, RateLimited, connect
-from devtools.localchain import FolderSubstrate, LedgerError, LocalSubnet
+from core.localchain import FolderSubstrate, LedgerError, LocalSubnet
 from devtools.localproc import make_wallet
 
 
@@ -34,7 +34,7 @@ def test_metagraph_reads_the_subnets_alpha_stake_permits_and_registrations(subne
     assert graph.by_hotkey(subnet.validator.ss58_address).stake == 9000  # alpha, not refused
     assert [n.uid for n in graph.validators(min_stake=100)] == [1, 4]
     assert graph.block >= 1000 and all(n.registered_at == 0 for n in graph.neurons)
-    assert run(subnet.chain.block_time()) == 1.0 and run(subnet.chain.tempo()) == 10
+    assert run(subnet.chain.block_time()) == 1.0 and run(subnet.chain.weight_rules()).tempo == 10
 
 
 def test_a_read_at_a_block_sees_the_subnet_as_it_was_then(net):

@@ -121,7 +121,7 @@ def test_the_miner_s_actions_may_be_named_as_a_first_word():
 
 
 def test_a_wildcard_address_is_not_announced(tmp_path):
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
 
     wallet = make_wallet(tmp_path / "w", "v")
     chain = LocalSubnet.create(tmp_path / "chain")

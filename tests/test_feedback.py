@@ -83,7 +83,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
     import subprocess
     import sys
 
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from devtools.localproc import ROOT, free_port
     from tests.servers import serving
 

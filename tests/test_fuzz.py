@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
@@ -70,7 +70,7 @@ def miner(tmp_path_factory):
     state = MinerState(
         hotkey=me,
         pools=build_pools(config, engines),
-        chain=chain,
+        chain=chain.chain(),
         gate=Gate(me),
         period_blocks=10**6,
         slots=Slots({}, {t: None for t in config.tasks}, 5),
@@ -156,7 +156,7 @@ def _api():
         wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0
     )
     store = open_store(str(tmp / "v.sqlite3"))
-    validator = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
+    validator = Validator(wallet, chain.chain(), store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})
     api = build_api(validator.api_services(), max_body=64_000)
     return api, keys.create(store, "fuzz", per_minute=10**9)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.plan import window_blocks
 from core.scoring import effective
 from core.storage import open_store

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.scoring import effective, weights
 from core.storage import open_store
 

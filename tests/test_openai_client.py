@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
 from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy

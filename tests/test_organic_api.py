@@ -13,7 +13,7 @@ from core import plan
 from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
 from core.budget import contenders
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.limits import Slots
@@ -79,7 +79,7 @@ def net(tmp_path, engines, request):
         state = MinerState(
             hotkey=miner.ss58_address,
             pools=build_pools(CONFIG, engines[name]),
-            chain=chain,
+            chain=chain.chain(),
             gate=Gate(miner.ss58_address),
             period_blocks=10**6,
             slots=Slots({}, {t: None for t in CONFIG.tasks}, 30),
@@ -93,8 +93,8 @@ def net(tmp_path, engines, request):
 
 async def open_period(chain, wallet, store, quality):
     """A validator whose book holds the period's contenders (as its loop would plan them)."""
-    v = Validator(wallet, chain, store, Settings(check="off", tokenizers="tiny"))
-    graph = await chain.metagraph()
+    v = Validator(wallet, chain.chain(), store, Settings(check="off", tokenizers="tiny"))
+    graph = await v.chain.metagraph()
     declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
     cs = contenders(graph, declared, 1.0)
     store.begin_period(7, 7 * 300, "0x0", 1.0, 0.0, cs)

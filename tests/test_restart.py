@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.storage import open_store
 from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
 

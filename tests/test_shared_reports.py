@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from devtools.localchain import LocalSubnet
+from core.localchain import LocalSubnet
 from core.storage import open_store
 from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
 

@@ -195,7 +195,7 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
         model, reference, tmp_path):
     from bittensor.sp_core import Keypair
 
-    from devtools.localchain import LocalSubnet
+    from core.localchain import LocalSubnet
     from core.storage import open_store
     from core.transport.client import SignedClient
     from core.validator.traffic import Attempt, Traffic

@@ -1,7 +1,7 @@
-"""Chain access (docs/protocol.md §3.1): bittensor's ``Client`` behind ``SubtensorChain``, the
+"""Chain access (docs/protocol.md §10): bittensor's ``Client`` behind ``SubtensorChain``, the
 one adapter every neuron, the local subnet and every test use. ``connect`` picks the backend: a
 node (finney, test, local, ws(s)://) or a local subnet folder (``local:PATH``), whose chain is a
-``bittensor`` ``Substrate`` kept in files (devtools/localchain)."""
+``bittensor`` ``Substrate`` kept in files (core/localchain)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def connect(network: str, netuid: int, *, fallbacks: list[str] | None = None,
     or a ws(s):// endpoint, with ``fallbacks`` and ``archives`` (None: bittensor's public pools
     for a named network, none for an endpoint)."""
     if network.startswith("local:"):
-        from devtools.localchain import FolderSubstrate, LedgerError
+        from core.localchain import FolderSubstrate, LedgerError
 
         try:
             substrate = FolderSubstrate(network.removeprefix("local:"))

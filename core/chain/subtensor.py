@@ -1,5 +1,5 @@
 """The chain, through bittensor's own ``Client``: finney, test, a ws(s):// endpoint, or a local
-subnet folder (``local:PATH``: the same client over ``devtools.localchain.FolderSubstrate``, so
+subnet folder (``local:PATH``: the same client over ``core.localchain.FolderSubstrate``, so
 every local run and test drives this code).
 
 Everything the SDK raises (its ``ChainError`` and ``RpcConnectionError``, a ``TypeError`` from
@@ -82,9 +82,6 @@ class SubtensorChain:
 
     async def block_time(self) -> float:
         return await self._call("the block time", lambda c: c.block_time())
-
-    async def tempo(self) -> int:
-        return int(await self._call("the tempo", lambda c: c.query(st.Tempo, [self.netuid])))
 
     async def metagraph(self, block: int | None = None) -> Metagraph:
         """The subnet at ``block`` (default: the head). Stakes are the subnet's alpha, in whole

@@ -1,4 +1,4 @@
-"""Weights as the chain accepts them (docs/protocol.md §3.5): the vector a period's close
+"""Weights as the chain accepts them (docs/protocol.md §10): the vector a period's close
 computed, sent once the subnet's settings, read from the chain at the head, allow it.
 
 - **Re-registered uids get nothing**: a period's vector is indexed by the uids of the period's

@@ -3,8 +3,8 @@ bittensor's own ``Client`` as a ``Substrate`` (``substrate``), set up through an
 (``subnet``). Every neuron reads and writes it through ``core.chain.SubtensorChain``, the
 production adapter."""
 
-from devtools.localchain.ledger import LedgerError
-from devtools.localchain.subnet import LocalSubnet
-from devtools.localchain.substrate import FolderSubstrate
+from core.localchain.ledger import LedgerError
+from core.localchain.subnet import LocalSubnet
+from core.localchain.substrate import FolderSubstrate
 
 __all__ = ["FolderSubstrate", "LedgerError", "LocalSubnet"]

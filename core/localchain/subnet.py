@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from bittensor.sp_core import Keypair
 
+from core.localchain.ledger import EpochResult, Ledger, LedgerError
 from core.plan import openings, window_blocks
-from devtools.localchain.ledger import EpochResult, Ledger, LedgerError
 
 
 class LocalSubnet:

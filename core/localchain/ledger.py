@@ -9,7 +9,7 @@ Writes append a line under a file lock; reads take no lock (a line is appended w
 
 This is the local chain's model and its admin side (what btcli and the subnet owner do on a real
 chain: create, register, stake, set hyperparameters). Neurons never use it directly: they read
-and write through bittensor's ``Client`` over ``devtools.localchain.substrate.FolderSubstrate``.
+and write through bittensor's ``Client`` over ``core.localchain.substrate.FolderSubstrate``.
 """
 
 from __future__ import annotations

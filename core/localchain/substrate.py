@@ -32,7 +32,7 @@ import bittensor as bt
 import bittensor_core
 from bittensor.timelock import reveal_time
 
-from devtools.localchain.ledger import U16_MAX, Ledger, State
+from core.localchain.ledger import U16_MAX, Ledger, State
 
 FAULTS = {
     "connection": lambda method: bt.RpcConnectionError(
