@@ -87,7 +87,7 @@ def test_a_chain_refusal_is_not_retried(setup, caplog):
     asyncio.run(asyncio.sleep(0.3))  # its block
     with caplog.at_level(logging.ERROR):
         send(v, [0.0, 1.0])
-    assert submits(v) == 1 and "refused by the chain" in caplog.text
+    assert submits(v) == 1 and "no validator permit" in caplog.text
 
 
 def test_the_rate_limit_defers_the_vector_to_the_block_it_allows(setup):
@@ -106,9 +106,43 @@ def test_fewer_weights_than_the_minimum_are_padded_with_dust(setup):
     tmp_path, wallet = setup
     v, local = validator(tmp_path, wallet)
     local.set_hyperparameters(min_allowed_weights=3)
-    send(v, [0.0, 0.0, 1.0])
+    send(v, [0.0, 0.0, 1.0, 1e-7])  # 1e-7 rounds to 0 in u16: it does not count
     [entry] = local.weights_log()
-    assert entry["weights"] == {"0": 1, "1": 1, "2": 65535}  # own uid, then the lowest
+    weights = entry["weights"]
+    assert len(weights) == 3 and weights["2"] == 65535 and weights["0"] == 1  # own uid first
+    assert sorted(weights.values()) == [1, 1, 65535]
+
+
+def test_padding_goes_to_uids_of_each_validators_own_order():
+    from core.validator.weights import pad
+
+    orders = {tuple(sorted(pad({5: 1.0}, 4, list(range(64)), own=0, hotkey=f"v{i}")))
+              for i in range(8)}
+    assert len(orders) > 1  # no two validators of eight pad alike, so no majority does
+
+
+def test_a_max_weight_that_would_lift_the_padding_sends_nothing(setup, caplog):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(min_allowed_weights=3, max_weights_limit=int(0.4 * 65535))
+    with caplog.at_level(logging.ERROR):
+        send(v, [0.0, 0.0, 1.0])  # one scored uid can hold at most 0.4: padding would get 0.6
+    assert submits(v) == 0 and "would pay the padded ones" in caplog.text
+
+
+def test_a_deferred_vector_is_checked_against_the_head_when_it_goes(setup):
+    tmp_path, wallet = setup
+    v, local = validator(tmp_path, wallet)
+    local.set_hyperparameters(weights_rate_limit=20)
+    send(v, [0.0, 1.0])
+
+    async def go():
+        await v.weights.send(np.array([0.0, 0.5, 0.5]), await v.chain.metagraph())
+        assert v.weights._deferred is not None  # waiting for the rate limit
+        local.register(make_wallet(tmp_path / "w", "newcomer").hotkey.ss58_address, uid=1)
+        await v.weights._deferred
+    asyncio.run(go())
+    assert local.weights_log()[-1]["weights"] == {"2": 65535}
 
 
 def test_a_newer_version_key_on_chain_sends_nothing_and_says_upgrade(setup, caplog):
@@ -141,29 +175,41 @@ def test_commit_reveal_is_recorded_as_committed_then_revealed(setup):
     tmp_path, wallet = setup
     v, local = validator(tmp_path, wallet)
     local.set_hyperparameters(commit_reveal=True, tempo=5)
-    send(v, [0.0, 0.25, 0.75])
-    block, weights, reveal_round = v.store.pending_commit()
-    assert weights == {1: 0.25, 2: 0.75} and reveal_round > 0 and local.weights_log() == []
+    local.set_hyperparameters(weights_rate_limit=0)
 
     async def until_revealed():
         while v.store.pending_commit() is not None:
             await v.weights.watch(await v.chain.metagraph())
             await asyncio.sleep(0.1)
+
+    send(v, [0.0, 0.25, 0.75])
+    block, weights, reveal_round = v.store.pending_commit()
+    assert weights == {1: 0.25, 2: 0.75} and reveal_round > 0 and local.weights_log() == []
     asyncio.run(asyncio.wait_for(until_revealed(), 30))
     assert local.weights_log()[0]["committed_at"] == block
-    assert v.metrics.weights.labels("revealed")._value.get() == 1
+    # the same uids with other values: not revealed until the chain holds those values
+    send(v, [0.0, 0.75, 0.25])
+    asyncio.run(v.weights.watch(asyncio.run(v.chain.metagraph())))
+    assert v.store.pending_commit() is not None
+    asyncio.run(asyncio.wait_for(until_revealed(), 30))
+    assert local.weights_log()[-1]["weights"] == {"1": 65535, "2": 21845}
+    assert v.metrics.weights.labels("revealed")._value.get() == 2
 
 
 def test_weights_near_the_activity_cutoff_are_a_metric_and_a_loud_line(setup, caplog):
     tmp_path, wallet = setup
     v, local = validator(tmp_path, wallet)
     local.set_hyperparameters(activity_cutoff=100)
+    send(v, [0.0, 1.0])
+    asyncio.run(asyncio.sleep(11 * 0.1))  # 90% of the cutoff passes (blocks of 0.1 s)
+    local.set_hyperparameters(activity_cutoff=10)
     with caplog.at_level(logging.ERROR):
         asyncio.run(v.weights.watch(asyncio.run(v.chain.metagraph())))
-    assert v.metrics.weights_age._value.get() >= 1000  # never set: registered at block 0
-    assert v.metrics.activity_cutoff._value.get() == 100
+    assert v.metrics.weights_age._value.get() >= 10
+    assert v.metrics.activity_cutoff._value.get() == 10
     assert "activity cutoff" in caplog.text
     caplog.clear()
+    local.set_hyperparameters(activity_cutoff=100)
     send(v, [0.0, 1.0])
     with caplog.at_level(logging.ERROR):
         asyncio.run(v.weights.watch(asyncio.run(v.chain.metagraph())))

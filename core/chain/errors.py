@@ -7,11 +7,14 @@ from __future__ import annotations
 
 class ChainError(Exception):
     """The chain cannot be reached or used as asked; the message says which call and why.
-    ``name``: the chain's own name for a refusal (``SettingWeightsTooFast``, ...), if any."""
+    ``name``: the chain's own name for a refusal (``SettingWeightsTooFast``, ...), if any;
+    ``final``: the same call would fail again (a refusal by the chain's rules, or a submission
+    whose fate is unknown), unlike a lost connection or a transaction the pool dropped."""
 
-    def __init__(self, message: str, name: str | None = None):
+    def __init__(self, message: str, name: str | None = None, final: bool = False):
         super().__init__(message)
         self.name = name
+        self.final = final
 
 
 class RateLimited(ChainError):

@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 # one read or one submission, bounded: a node that stops answering is a chain error, not a hang
 READ_TIMEOUT_S = 60.0
+U16_MAX = 65535
 SUBMIT_TIMEOUT_S = 120.0  # inclusion and finality of one extrinsic (finney: ~12 s a block)
 
 
@@ -37,6 +38,7 @@ class WeightRules:
     """The subnet's settings a validator's weights must meet, read at the head."""
     version_key: int  # the oldest version key the chain accepts
     min_allowed_weights: int
+    max_weight: float  # the largest share of a vector one uid may hold (MaxWeightsLimit / 65535)
     rate_limit: int  # blocks between two weight sets of one hotkey
     tempo: int
     activity_cutoff: int  # blocks: a validator whose weights are older earns no dividends
@@ -62,6 +64,7 @@ class SubtensorChain:
         except (bt.BittensorError, ValueError) as e:
             raise ChainError(f"{network}: {e}") from None
         self._connected = False
+        self._connecting = asyncio.Lock()  # one connection, however many calls come first
 
     # -- reads --
 
@@ -117,12 +120,15 @@ class SubtensorChain:
         async def read(client: bt.Client):
             view = await client.at(None)
             return await asyncio.gather(*(view.query(item, [self.netuid]) for item in (
-                st.WeightsVersionKey, st.MinAllowedWeights, st.WeightsSetRateLimit, st.Tempo,
-                st.ActivityCutoff, st.CommitRevealWeightsEnabled)))
+                st.WeightsVersionKey, st.MinAllowedWeights, st.MaxWeightsLimit,
+                st.WeightsSetRateLimit, st.Tempo, st.ActivityCutoff,
+                st.CommitRevealWeightsEnabled)))
 
-        key, least, rate, tempo, cutoff, reveal = await self._call("the weight settings", read)
-        return WeightRules(int(key or 0), int(least or 0), int(rate or 0), int(tempo or 0),
-                           int(cutoff or 0), bool(reveal))
+        key, least, most, rate, tempo, cutoff, reveal = await self._call("the weight settings",
+                                                                         read)
+        return WeightRules(int(key or 0), int(least or 0),
+                           (int(most) if most is not None else U16_MAX) / U16_MAX, int(rate or 0),
+                           int(tempo or 0), int(cutoff or 0), bool(reveal))
 
     async def last_update(self, uid: int) -> int:
         """The block this uid last set (or committed) weights at; 0 when never."""
@@ -179,26 +185,30 @@ class SubtensorChain:
     # -- internals --
 
     async def _execute(self, what: str, intent, wallet) -> bt.ExtrinsicResult:
-        result = await self._call(what, lambda c: c.execute(intent, wallet),
-                                  timeout=SUBMIT_TIMEOUT_S)
+        # the SDK resubmits what the pool refused for a while (a nonce race, a low priority)
+        result = await self._call(what, lambda c: c.execute(intent, wallet, retries=2),
+                                  timeout=SUBMIT_TIMEOUT_S, submitting=True)
         if not result.success:
             error = result.error or bt.ChainError(result.message or "refused")
             raise _translate(what, error)
         return result
 
-    async def _call(self, what: str, call, timeout: float = READ_TIMEOUT_S):
+    async def _call(self, what: str, call, timeout: float = READ_TIMEOUT_S,
+                    submitting: bool = False):
         """``call(client)``, bounded by ``timeout``, with every failure as the project's one
         ``ChainError`` (``RateLimited`` for a rate limit)."""
         try:
-            if not self._connected:
-                await asyncio.wait_for(self._client.connect(), timeout)
-                self._connected = True
+            async with self._connecting:
+                if not self._connected:
+                    await asyncio.wait_for(self._client.connect(), timeout)
+                    self._connected = True
             return await asyncio.wait_for(_awaitable(call(self._client)), timeout)
         except ChainError:
             raise
         except TimeoutError:
-            raise ChainError(f"{self.network}: {what}: no answer in {timeout:.0f}s") from None
-        except (bt.BittensorError, OSError, TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise ChainError(f"{self.network}: {what}: no answer in {timeout:.0f}s",
+                             final=submitting) from None  # a submission's fate is unknown
+        except Exception as e:  # whatever the SDK raised: the one chain error
             raise _translate(what, e) from None
 
 
@@ -206,11 +216,18 @@ async def _awaitable(value: Awaitable[T]) -> T:
     return await value
 
 
+# what the transaction pool says of a transaction it did not take (bittensor's names): temporary,
+# unlike a refusal by the chain's rules
+TRANSIENT = {"Stale", "Future", "Dropped", "FinalityTimeout", "ExhaustsResources",
+             "PriorityTooLow", "Usurped", "TemporarilyBanned", "Retracted", "Invalid"}
+RATE_LIMITS = {"SettingWeightsTooFast", "ServingRateLimitExceeded"}
+
+
 def _translate(what: str, error: BaseException) -> ChainError:
     message = f"{what}: {getattr(error, 'message', None) or error}"
     if isinstance(error, bt.ChainError):
-        if error.code is ErrorCode.RATE_LIMITED or error.name in (
-                "SettingWeightsTooFast", "ServingRateLimitExceeded"):
-            return RateLimited(message, error.name)
-        return ChainError(message, error.name)
+        if error.name in RATE_LIMITS or (error.code is ErrorCode.RATE_LIMITED and not error.name):
+            return RateLimited(message, error.name, final=True)
+        return ChainError(message, error.name,
+                          final=bool(error.name) and error.name not in TRANSIENT)
     return ChainError(f"{message} ({type(error).__name__})")

@@ -270,8 +270,9 @@ class Ledger:
         w = np.zeros((len(validators), n))
         for i, v in enumerate(validators):
             for uid, value in v.weights.items():
-                # subtensor masks a weight set at or before its target's registration
-                if uid < n and v.weights_block > state.neurons[uid].registered_at:
+                # subtensor masks self-weights, and a weight set at or before its target's
+                # registration
+                if uid < n and uid != v.uid and v.weights_block > state.neurons[uid].registered_at:
                     w[i, uid] = value
         zero = [0.0] * n
         if not validators or w.sum() == 0:

@@ -247,7 +247,8 @@ class FolderSubstrate:
             return _refused(f"version key {version_key} is older than the subnet's "
                             f"{h['weights_version_key']}", "IncorrectWeightVersionKey")
         limit = int(h["weights_rate_limit"])
-        if limit and me.last_update > me.registered_at and block - me.last_update < limit:
+        if limit and me.last_update and block - me.last_update < limit:  # as subtensor: from
+            # the last weights, or the registration (LastUpdate is set then)
             return _refused(f"weights set at block {me.last_update}; the rate limit is {limit} "
                             f"blocks", "SettingWeightsTooFast")
         if len(set(dests)) != len(dests) or any(d >= len(state.neurons) for d in dests):
