@@ -173,3 +173,36 @@ def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner
     )
     outcome = summarize(store.records(1), declared=100)
     assert outcome.asked == outcome.other.failed == 0  # nothing scored against the miner
+
+
+def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, caplog):
+    """A replica that does not hold the loop's lease reads the period's metagraph to serve its
+    plan: bittensor's errors on those reads are logged and retried, never the follower's end."""
+    from core.budget import Contender
+    from core.validator.replica import lead_or_follow
+
+    local = LocalSubnet.create(tmp_path / "chain", block_time=0.2, age_blocks=1000)
+    wallet = make_wallet(tmp_path / "w", "v")
+    local.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
+                   registered_at=0)
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    store.begin_period(3, 900, "0x0", 1.0, 0.0, [Contender(0, "hk", "inpaint", 10, 10, 0)])
+    v = Validator(wallet, local.chain(), store,
+                  Settings(period_blocks=300, check="off", tokenizers="tiny"))
+
+    class Held:  # the lease is another process's
+        def acquire(self):
+            return False
+
+    store.lease = lambda name: Held()
+    local.fail("runtime_call", "connection", 3)
+
+    async def follow_until_served():
+        task = asyncio.create_task(lead_or_follow(v, None, poll_s=0.05))
+        while v.book.period != 3:
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(follow_until_served(), 30))
+    assert caplog.text.count("cannot follow the period loop's plan") == 3
