@@ -70,3 +70,14 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"the neuron on port {port} did not answer in time")
+
+
+def wait_for(condition, timeout: float, what: str):
+    """``condition()``'s first true value, asked every 0.2 s; AssertionError naming ``what``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := condition()):
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,18 +13,9 @@ import pytest
 
 from core.localchain import FolderSubstrate, LocalSubnet
 from core.storage import open_store
-from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
+from devtools.localproc import free_port, make_wallet, neuron, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := condition()):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def served_port(local: LocalSubnet, hotkey: str) -> int | None:

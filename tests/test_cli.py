@@ -1,5 +1,6 @@
 """The entry points: --help explains every flag; start-up problems are one clear line, status 1."""
 
+import signal
 import subprocess
 import sys
 
@@ -19,8 +20,9 @@ def run(*args):
                           "--wallet-hotkey", "--wallet-path", "--host", "--port",
                           "--external-host", "--no-announce", "--period-blocks", "--min-stake",
                           "--queue-wait", "--max-waiting", "--sync-interval", "--torch-threads",
-                          "--log-level"]),
-    ("neurons/validator.py", ["--network", "--netuid", "--wallet-name", "--wallet-hotkey",
+                          "--log-level", "--chain-fallback", "--chain-archive"]),
+    ("neurons/validator.py", ["--network", "--netuid", "--chain-fallback", "--chain-archive",
+                              "--wallet-name", "--wallet-hotkey",
                               "--wallet-path", "--db", "--status", "--period-blocks",
                               "--capacity-timeout", "--max-concurrency", "--image-size",
                               "--retention-periods", "--periods", "--log-level", "--check",
@@ -28,7 +30,8 @@ def run(*args):
                               "--api-max-body", "--host", "--port", "--external-host",
                               "--no-announce", "--no-share-reports", "--report-timeout"]),
     ("scripts/localnet.py", ["--periods", "--dir", "--period-blocks", "--block-time",
-                             "--startup-timeout", "--api-port", "--log-level"]),
+                             "--startup-timeout", "--api-port", "--log-level",
+                             "--commit-reveal"]),
 ])
 def test_help_explains_every_flag(script, flags):
     out = run(script, "--help")
@@ -140,3 +143,39 @@ def test_localnet_deletes_only_a_folder_it_made(tmp_path):
     out = run("scripts/localnet.py", "--dir", str(tmp_path / "mine"))
     assert out.returncode == 1 and "was not made by localnet" in out.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_an_announced_host_name_is_resolved_or_refused_at_parse_time(tmp_path):
+    from core.cli import ip_address
+
+    assert ip_address("localhost") in ("127.0.0.1", "::1")
+    assert ip_address("10.0.0.7") == "10.0.0.7"
+    make_wallet(tmp_path / "w", "v")
+    out = run("neurons/miner.py", "--external-host", "miner.invalid", "--wallet-path",
+              str(tmp_path / "w"), "--wallet-name", "v")
+    assert out.returncode == 2 and "--external-host" in out.stderr
+    assert "does not resolve" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_unreachable_chain_is_a_line_a_retry_and_never_the_end(tmp_path):
+    """No node at the endpoint: the validator serves on, its loop logs one line per attempt
+    (bittensor's connection error as the project's ChainError) and backs off."""
+    make_wallet(tmp_path / "w", "v")
+    proc = subprocess.Popen(
+        [sys.executable, "neurons/validator.py", "--network", "ws://127.0.0.1:9",
+         "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off",
+         "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3"), "--port", "0"],
+        stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if sum("retrying in" in seen for seen in lines) == 2:
+                break
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0 and "ChainError" in text and "could not connect" in text
+    assert "Traceback" not in text

@@ -9,20 +9,11 @@ import pytest
 
 from core.localchain import LocalSubnet
 from core.storage import open_store
-from devtools.localproc import free_port, make_wallet, neuron, wait_healthy
+from devtools.localproc import free_port, make_wallet, neuron, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 PERIOD = 60  # blocks of 1 s: windows of 5 blocks
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := condition()):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
