@@ -105,7 +105,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
 
     class Validator:
         hotkey = me
-        metagraph = asyncio.run(chain.metagraph())
+        metagraph = asyncio.run(chain.chain().metagraph())
         metrics = ValidatorMetrics()
         sharing = None
 

@@ -241,7 +241,7 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
         store = open_store(str(tmp_path / "v.sqlite3"))
 
         async def run():
-            graph = await chain.metagraph()
+            graph = await chain.chain().metagraph()
             neuron_ = graph.by_hotkey(wallet.hotkey.ss58_address)
             client = SignedClient(validator)
             traffic = Traffic(client, PromptCounter("tiny"), store, None)
