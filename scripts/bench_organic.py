@@ -100,7 +100,9 @@ async def measure(requests: int, rounds: int, db: str) -> None:
     chain.register(
         validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
     )
-    chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
+    miner_port, api_port = free_ports(2)
+    chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
+                   endpoint=f"http://127.0.0.1:{miner_port}")
     (tmp / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 576000, group: g}\n"
                                    "groups:\n  g: {concurrency: 64}\n")
     if db == "sqlite":
@@ -108,7 +110,6 @@ async def measure(requests: int, rounds: int, db: str) -> None:
     store = open_store(db)
     key = keys.create(store, "bench", per_minute=10**6)
     store.close()
-    miner_port, api_port = free_ports(2)
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(tmp / "w"),
               "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
     procs = [neuron("miner", [*common, "--config", str(tmp / "miner.yml"), "--wallet-name",

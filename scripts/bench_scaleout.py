@@ -52,7 +52,8 @@ async def routing(n: int) -> dict[str, float]:
     fronts = {}
     for port, urls in ((one, [a]), (two, [a, b])):
         wallet = make_wallet(tmp / "w", f"miner{port}")
-        chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)
+        chain.register(wallet.hotkey.ss58_address, "c", registered_at=0,
+                       endpoint=f"http://127.0.0.1:{port}")
         workers = "".join(f"      - {{capacity: 1000000, concurrency: 4, "
                           f"url: 'http://127.0.0.1:{u}', token_env: WTOKEN}}\n" for u in urls)
         (tmp / f"{port}.yml").write_text(f"tasks:\n  chat-llama-3:\n    workers:\n{workers}")

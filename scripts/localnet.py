@@ -98,9 +98,11 @@ def main(argv=None) -> int:
         ports = {}
         for name in MINERS:
             wallet = make_wallet(wallets_dir, f"miner-{name}")
-            chain.register(wallet.hotkey.ss58_address, wallet.coldkeypub.ss58_address,
-                           registered_at=0)
             ports[name] = free_port()
+            # registered and served long ago, as on a chain it has run on: its endpoint is in
+            # the metagraph at any period's start (it announces nothing when it starts)
+            chain.register(wallet.hotkey.ss58_address, wallet.coldkeypub.ss58_address,
+                           registered_at=0, endpoint=f"http://127.0.0.1:{ports[name]}")
             log = open(logs / f"miner-{name}.log", "w")
             procs.append(neuron("miner", [
                 *common, "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),

@@ -110,7 +110,8 @@ async def main(args) -> None:
                        registered_at=0)
     for name, port in zip(MINERS, net.ports):
         wallet = make_wallet(base / "w", f"miner-{name}")
-        net.chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)
+        net.chain.register(wallet.hotkey.ss58_address, "c", registered_at=0,
+                           endpoint=f"http://127.0.0.1:{port}")
         net.start_miner(name, port)
     for name, port in zip(MINERS, net.ports):
         wait_healthy(port, net.miners[name], time.monotonic() + 180)

@@ -31,7 +31,9 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     chain.register(
         validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
     )
-    chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
+    miner_port, api_port = free_ports(2)
+    chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
+                   endpoint=f"http://127.0.0.1:{miner_port}")
     (tmp_path / "miner.yml").write_text(
         "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n"
     )
@@ -41,7 +43,6 @@ def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_pa
     store = open_store(db)
     key = keys.create(store, "dropper", per_minute=1000)
     store.close()
-    miner_port, api_port = free_ports(2)
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
                               "miner", "--host", "127.0.0.1", "--port", str(miner_port),
                               "--min-stake", "0", "--torch-threads", "1", "--sync-interval", "2",

@@ -88,7 +88,8 @@ def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validato
             wallet = make_wallet(wallets, name)
             hotkeys[wallet.hotkey.ss58_address] = name
             uids[name] = chain.register(wallet.hotkey.ss58_address,
-                                        wallet.coldkeypub.ss58_address, registered_at=0)
+                                        wallet.coldkeypub.ss58_address, registered_at=0,
+                                        endpoint=f"http://127.0.0.1:{ports[name]}")
             config = tmp_path / f"{name}.yml"
             # the slow miner declares the task's maximum: the plan sends it far more than it serves
             config.write_text(declaration(TASKS[CHAT].max_capacity if name == "slow" else 1200))

@@ -43,8 +43,9 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
         for i, port in enumerate(miner_ports):
             wallet = make_wallet(wallets, f"miner{i}")
             chain.register(
-                wallet.hotkey.ss58_address, "c", registered_at=0
-            )  # young UIDs: small tests, mostly
+                wallet.hotkey.ss58_address, "c", registered_at=0,
+                endpoint=f"http://127.0.0.1:{port}",
+            )
             procs.append(neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"),
                                           "--wallet-name", f"miner{i}", "--host", "127.0.0.1",
                                           "--port", str(port), "--min-stake", "0",

@@ -24,11 +24,12 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
     chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True,
                    registered_at=0)
-    chain.register(miner.hotkey.ss58_address, "c", registered_at=0)
+    port = free_port()
+    chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
+                   endpoint=f"http://127.0.0.1:{port}")
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 7200}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]
-    port = free_port()
     db = str(tmp_path / "v.sqlite3")
     # a window asks 7200 x 5/60 = 600 tokens (2 requests); the background 25% (6 requests)
     vargs = [*common, "--wallet-name", "validator", "--db", db, "--port", "0", "--periods", "1",

@@ -88,7 +88,8 @@ def test_shared_reports_make_validators_agree_on_a_stake_first_miner(tmp_path):
         for name in MINERS:
             w = make_wallet(wallets, name)
             uids[name] = chain.register(w.hotkey.ss58_address, w.coldkeypub.ss58_address,
-                                        registered_at=0)
+                                        registered_at=0,
+                                        endpoint=f"http://127.0.0.1:{ports[name]}")
             config = tmp_path / f"{name}.yml"
             declared = 2 * DECLARED if name == "stake-first" else DECLARED
             config.write_text(f"tasks:\n  {CHAT}: {{capacity: {declared}}}\n")
