@@ -17,14 +17,16 @@ class Outcome(str, Enum):
     SERVER_ERROR = "5xx"
     TIMEOUT = "timeout"
     INVALID = "invalid"
-    # Not the miner's doing, so never scored: the validator (period end) or its client gave up on
-    # a request still within its expected time; or the miner refused our signature or permit
-    # (401/403: the validator's clock, key or metagraph is at fault, and it says so loudly).
-    ABANDONED = "abandoned"
+    # The miner refused our signature or permit. It admitted this validator's signed /capacity
+    # call this period (a contender that did not declares 0 and is sent nothing), so this is a
+    # refusal like any other failure, never a way to step out of the count (docs/protocol.md §6)
     UNAUTHORIZED = "401/403"
+    # Not the miner's doing, so never scored: the validator (period end) or its client gave up on
+    # a request still within its expected time.
+    ABANDONED = "abandoned"
 
 
-NOT_SCORED = frozenset({Outcome.ABANDONED, Outcome.UNAUTHORIZED})
+NOT_SCORED = frozenset({Outcome.ABANDONED})
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,7 @@ class RequestRecord:
     task: str
     organic: bool
     outcome: Outcome
-    units: float  # counted by the validator: served when ok or abandoned, 0 when unauthorized,
-    #               else the units asked for
+    units: float  # counted by the validator: served when ok or abandoned, else the units asked
     latency_s: float
     quality: float | None = None  # set for checked results
     at: float = 0.0  # unix time sent: places it in a window's slice

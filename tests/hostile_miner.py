@@ -14,6 +14,8 @@ behaviour wrapped around its app, chosen by the environment variable SN19_HOSTIL
 - ``stake-first``: serves only the validator whose hotkey SN19_FAVOURITE names (the most-staked),
   and answers every other validator's task request 429, as a miner that declares more than it has
   and gives what it has to the largest stake.
+- ``dodger``: the same, answering 403 instead: a refusal of the validator's signature, after
+  admitting its signed /capacity call.
 
 Everything else is the honest miner: the same engines, signatures and limits.
 """
@@ -66,11 +68,12 @@ class Hostile:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if MODE == "stake-first" and path not in ("/health", "/capacity", "/metrics"):
+        if MODE in ("stake-first", "dodger") and path not in ("/health", "/capacity", "/metrics"):
             caller = dict(scope["headers"]).get(b"x-bittensor-hotkey", b"").decode()
             if caller != FAVOURITE:
                 body = json.dumps({"version": "5.0.0", "error": "busy"}).encode()
-                await send({"type": "http.response.start", "status": 429,
+                await send({"type": "http.response.start",
+                            "status": 429 if MODE == "stake-first" else 403,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"retry-after", b"1")]})
                 return await send({"type": "http.response.body", "body": body})

@@ -148,7 +148,7 @@ def test_a_full_disk_is_a_clear_error_and_what_was_written_stays(tmp_path):
         "PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner, tmp_path, caplog):
+def test_a_refused_signature_after_an_admitted_capacity_call_fails(bad_miner, tmp_path, caplog):
     from bittensor.sp_core import Keypair
 
     from core.protocol import InpaintRequest
@@ -166,13 +166,10 @@ def test_a_miner_refusing_our_signature_is_our_problem_not_its_failure(bad_miner
         return result.record
 
     record = asyncio.run(main())
-    assert record.outcome is Outcome.UNAUTHORIZED and record.units == 0
-    assert (
-        "refused our signed request" in caplog.text
-        and "not counted against the miner" in caplog.text
-    )
+    assert record.outcome is Outcome.UNAUTHORIZED and record.units == 4
+    assert "refused our signed request" in caplog.text and "counted as failed" in caplog.text
     outcome = summarize(store.records(1), declared=100)
-    assert outcome.asked == outcome.other.failed == 0  # nothing scored against the miner
+    assert outcome.asked == outcome.other.failed == 4  # a refusal: failed, never unscored
 
 
 def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, caplog):

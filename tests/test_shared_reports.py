@@ -1,10 +1,12 @@
-"""Three validators of 45%, 35% and 20% of the stake, two honest miners and a stake-first miner
-(it declares twice what its honest twin does and serves only the largest validator), all real
-processes on a local subnet (docs/protocol.md §9).
+"""Three validators of 45%, 35% and 20% of the stake, two honest miners, a stake-first miner (it
+declares twice what its honest twin does and serves only the largest validator, refusing the
+others 429) and a dodger (the same, refusing the others 403 after admitting their capacity
+calls), all real processes on a local subnet (docs/protocol.md §6, §9).
 
-With window reports shared, the three weight vectors agree and the stake-first miner earns no
-more than its twin; with sharing switched off (--no-share-reports) the largest validator pays it
-for capacity the others were refused, and the vectors disagree: shown, not hidden.
+With window reports shared, the three weight vectors agree and neither the stake-first miner nor
+the dodger earns more than its twin; with sharing switched off (--no-share-reports) the largest
+validator pays the stake-first miner for capacity the others were refused, and the vectors
+disagree: shown, not hidden.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ PB, BLOCK_S = 60, 1.0
 CHAT = "chat-llama-3"
 DECLARED = 2400.0  # tokens a period: the honest miners'; the stake-first one declares twice it
 VALIDATORS = {"v45": 4500.0, "v35": 3500.0, "v20": 2000.0}
-MINERS = ("honest", "twin", "stake-first")
+MINERS = ("honest", "twin", "stake-first", "dodger")
+HOSTILE = ("stake-first", "dodger")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,14 +94,14 @@ def test_shared_reports_make_validators_agree_on_a_stake_first_miner(tmp_path):
                                         registered_at=0,
                                         endpoint=f"http://127.0.0.1:{ports[name]}")
             config = tmp_path / f"{name}.yml"
-            declared = 2 * DECLARED if name == "stake-first" else DECLARED
+            declared = 2 * DECLARED if name in HOSTILE else DECLARED
             config.write_text(f"tasks:\n  {CHAT}: {{capacity: {declared}}}\n")
             argv = [*common, "--config", str(config), "--wallet-name", name, "--host",
                     "127.0.0.1", "--port", str(ports[name]), "--min-stake", "0",
                     "--torch-threads", "1", "--sync-interval", "2", "--state-dir",
                     str(tmp_path / "state")]
             log = open(tmp_path / f"{name}.log", "w")
-            if name == "stake-first":
+            if name in HOSTILE:
                 procs[name] = subprocess.Popen(
                     [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
                     env={**os.environ, "SN19_HOSTILE": name, "SN19_FAVOURITE": largest,
@@ -138,12 +141,15 @@ def test_shared_reports_make_validators_agree_on_a_stake_first_miner(tmp_path):
         store.close()
     assert min(agree.values()) > 0.99, agree
     stake_first, twin = MINERS.index("stake-first"), MINERS.index("twin")
+    dodger = MINERS.index("dodger")
     for name, v in with_sharing.items():
         assert v[MINERS.index("honest")] > 0 and v[twin] > 0, (name, v)
         assert v[stake_first] <= v[twin], (name, v)
+        assert v[dodger] <= v[twin], (name, v)  # a 403 is a failure, never out of the count
 
     # alone: the largest validator pays the stake-first miner more than its twin; the others
     # do not, and the vectors disagree
     assert alone["v45"][stake_first] > alone["v45"][twin], alone
     assert alone["v20"][stake_first] <= alone["v20"][twin], alone
+    assert alone["v20"][dodger] <= alone["v20"][twin], alone  # its own view: refused, failed
     assert min(apart.values()) < 0.99, apart

@@ -53,7 +53,10 @@ def shown(text: str, limit: int = 40) -> str:
 async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
                            timeout: float) -> dict[str, dict[str, float]]:
     """Every serving neuron's clamped declaration, asked concurrently, each answer read up to
-    MAX_CAPACITY_BYTES; silent, oversized or mismatched miners are left out."""
+    MAX_CAPACITY_BYTES; silent, oversized or mismatched miners are left out. Refusals of this
+    validator's signature are where a broken clock, hotkey or registration shows: their miners
+    declare 0 to it (and are sent nothing), and when most miners refuse it the log says so."""
+    refused: list[int] = []
 
     async def one(n: Neuron) -> tuple[str, dict[str, float]] | None:
         try:
@@ -61,6 +64,8 @@ async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
                                       timeout, MAX_CAPACITY_BYTES)
             if reply.status != 200:
                 log.info("uid %d: capacity answered %d", n.uid, reply.status)
+                if reply.status in (401, 403):
+                    refused.append(n.uid)
                 return None
             answer = CapacityResponse.model_validate_json(reply.body)
         except Exception as e:  # a miner's answer can fail in any way: it only leaves it out
@@ -72,7 +77,12 @@ async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
         return n.hotkey, clamp_declaration(answer.capacities)
 
     results = await asyncio.gather(*(one(n) for n in neurons if n.endpoint))
-    return dict(r for r in results if r)
+    declared = dict(r for r in results if r)
+    if refused and len(refused) >= len(declared):
+        log.error("%d miners refused this validator's signed capacity call (401/403), %d "
+                  "answered: check its clock, hotkey, registration and permit", len(refused),
+                  len(declared))
+    return declared
 
 
 def timeout_for(task_id: str, units: float) -> float:

@@ -154,13 +154,13 @@ class Traffic:
 
     async def _finish(self, attempt: Attempt, outcome: Outcome, served: int, started: float,
                       at: float, result: Result) -> None:
-        """Record and settle: served units for a success or an abandoned request, none for a
-        miner that refused our signature, the units asked for any other failure."""
+        """Record and settle: served units for a success or an abandoned request, the units
+        asked for any failure, a refused signature included."""
         latency = time.perf_counter() - started
         if outcome in (Outcome.OK, Outcome.ABANDONED):
             units = min(served, attempt.reserved)
         else:
-            units = 0 if outcome is Outcome.UNAUTHORIZED else attempt.reserved
+            units = attempt.reserved
         if outcome is not Outcome.OK:
             result.answer = None
         task = attempt.message.task
@@ -170,9 +170,8 @@ class Traffic:
                                organic=attempt.organic, outcome=outcome, units=units,
                                latency_s=latency, quality=quality, at=at)
         if outcome is Outcome.UNAUTHORIZED:
-            log.error("uid %d refused our signed request to %s (401/403): check this validator's "
-                      "clock, hotkey and registration; not counted against the miner",
-                      attempt.neuron.uid, task)
+            log.warning("uid %d refused our signed request to %s (401/403) after admitting our "
+                        "capacity call this period: counted as failed", attempt.neuron.uid, task)
         try:
             record_id, period = await self.recorder.finish(record, attempt.reserved)
         except StorageError as e:  # its reservation stays counted: never an overspend
