@@ -265,7 +265,8 @@ async def serve(validator, args) -> None:
                                      timeout_graceful_shutdown=30, **server_options(args)))
                for app, host, port in apps]
     serving = [asyncio.create_task(server.serve()) for server in servers]
-    if args.port and not args.no_announce:  # in the background: a refusal never stops it
+    announcing = None  # in the background: a refusal never stops the validator
+    if args.port and not args.no_announce:
         announcing = asyncio.create_task(keep_announced(validator.chain, validator.wallet,
                                                         announced_host(args), args.port))
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
@@ -276,7 +277,7 @@ async def serve(validator, args) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await work
     stopping.cancel()
-    if args.port and not args.no_announce:
+    if announcing is not None:
         announcing.cancel()
     for server in servers:
         server.should_exit = True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,6 +20,7 @@ from typing import TypeVar
 import bittensor as bt
 from bittensor._generated.storage import SubtensorModule as st
 from bittensor.result import ErrorCode
+from bittensor.settings import U16_MAX
 
 from core.chain.errors import ChainError, RateLimited
 from core.metagraph import Metagraph, Neuron
@@ -29,7 +29,6 @@ T = TypeVar("T")
 
 # one read or one submission, bounded: a node that stops answering is a chain error, not a hang
 READ_TIMEOUT_S = 60.0
-U16_MAX = 65535
 SUBMIT_TIMEOUT_S = 120.0  # inclusion and finality of one extrinsic (finney: ~12 s a block)
 
 
@@ -40,9 +39,7 @@ class WeightRules:
     min_allowed_weights: int
     max_weight: float  # the largest share of a vector one uid may hold (MaxWeightsLimit / 65535)
     rate_limit: int  # blocks between two weight sets of one hotkey
-    tempo: int
     activity_cutoff: int  # blocks: a validator whose weights are older earns no dividends
-    commit_reveal: bool
 
 
 @dataclass(frozen=True)
@@ -121,14 +118,12 @@ class SubtensorChain:
             view = await client.at(None)
             return await asyncio.gather(*(view.query(item, [self.netuid]) for item in (
                 st.WeightsVersionKey, st.MinAllowedWeights, st.MaxWeightsLimit,
-                st.WeightsSetRateLimit, st.Tempo, st.ActivityCutoff,
-                st.CommitRevealWeightsEnabled)))
+                st.WeightsSetRateLimit, st.ActivityCutoff)))
 
-        key, least, most, rate, tempo, cutoff, reveal = await self._call("the weight settings",
-                                                                         read)
+        key, least, most, rate, cutoff = await self._call("the weight settings", read)
         return WeightRules(int(key or 0), int(least or 0),
                            (int(most) if most is not None else U16_MAX) / U16_MAX, int(rate or 0),
-                           int(tempo or 0), int(cutoff or 0), bool(reveal))
+                           int(cutoff or 0))
 
     async def last_update(self, uid: int) -> int:
         """The block this uid last set (or committed) weights at; 0 when never."""
@@ -140,17 +135,6 @@ class SubtensorChain:
         row = await self._call("the weights on chain",
                                lambda c: c.query(st.Weights, [self.netuid, uid]))
         return {int(d): int(v) for d, v in row or []}
-
-    async def endpoint(self, hotkey: str) -> str | None:
-        """What the chain holds for ``hotkey``'s axon now: "http://ip:port", or None."""
-        axon = await self._call("the axon on chain",
-                                lambda c: c.query(st.Axons, [self.netuid, hotkey]))
-        if not isinstance(axon, dict) or not int(axon.get("ip") or 0):
-            return None
-        ip = ipaddress.ip_address(int(axon["ip"])) if int(axon.get("ip_type") or 4) == 4 else \
-            ipaddress.IPv6Address(int(axon["ip"]))
-        host = f"[{ip}]" if ip.version == 6 else str(ip)
-        return f"http://{host}:{int(axon['port'])}"
 
     # -- writes --
 
@@ -170,7 +154,8 @@ class SubtensorChain:
         """Announce host:port unless the chain holds it already (a re-serve inside the chain's
         serving rate limit is refused whatever its content); True when it was sent."""
         wanted = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        if await self.endpoint(wallet.hotkey.ss58_address) == wanted:
+        held = (await self.metagraph()).by_hotkey(wallet.hotkey.ss58_address)
+        if held is not None and held.endpoint == wanted:
             return False
         await self._execute("serving the axon",
                             bt.ServeAxon(netuid=self.netuid, ip=host, port=port), wallet)

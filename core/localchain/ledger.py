@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from bittensor.settings import U16_MAX
 
 from core import yuma
-
-U16_MAX = 65535
 
 # What a new local subnet's chain enforces (subtensor's names, this project's localnet values):
 # rate limits in blocks, the weight limit in u16, the cutoff in blocks.
@@ -160,7 +159,7 @@ class Ledger:
         return self.genesis + block * self.block_time
 
     def block_hash(self, block: int) -> str:
-        return "0x" + hashlib.sha256(f"{self.config()['seed']}:{block}".encode()).hexdigest()
+        return block_hash(self.config()["seed"], block)
 
     def hyper(self, name: str):
         return self.config()["hyperparameters"][name]
@@ -286,6 +285,11 @@ class Ledger:
             dividends[v.uid] = float(share[i] / share.sum()) if share.sum() > 0 else 0.0
         return EpochResult(at, [float(x) for x in result.incentive],
                            [float(x) for x in result.consensus], trust, dividends)
+
+
+def block_hash(seed: str, block: int) -> str:
+    """A block's hash on a local subnet: unpredictable without its seed, the same everywhere."""
+    return "0x" + hashlib.sha256(f"{seed}:{block}".encode()).hexdigest()
 
 
 def _atomic_write(path: Path, data: dict) -> None:

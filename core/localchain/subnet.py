@@ -6,7 +6,6 @@ this: they run ``core.chain.connect("local:FOLDER")``, bittensor's ``Client`` ov
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from pathlib import Path
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 
 from bittensor.sp_core import Keypair
 
-from core.localchain.ledger import EpochResult, Ledger, LedgerError
+from core.localchain.ledger import EpochResult, Ledger, LedgerError, block_hash
 from core.plan import openings, window_blocks
 
 
@@ -113,8 +112,7 @@ class LocalSubnet:
         for attempt in range(1_000_000):
             seed = f"windows-{attempt}"
             first = periods.start * period_blocks - 4 * window_blocks(period_blocks)
-            hashes = ["0x" + hashlib.sha256(f"{seed}:{b}".encode()).hexdigest()
-                      for b in range(first, periods.stop * period_blocks)]
+            hashes = [block_hash(seed, b) for b in range(first, periods.stop * period_blocks)]
             _, opened = openings(first, hashes, period_blocks)
             late = strict and any(b % period_blocks >= offsets.stop for b in opened
                                   if b >= periods.start * period_blocks)

@@ -30,9 +30,10 @@ from typing import Any
 
 import bittensor as bt
 import bittensor_core
+from bittensor.settings import U16_MAX
 from bittensor.timelock import reveal_time
 
-from core.localchain.ledger import U16_MAX, Ledger, State
+from core.localchain.ledger import Ledger, State
 
 FAULTS = {
     "connection": lambda method: bt.RpcConnectionError(
@@ -150,8 +151,6 @@ class FolderSubstrate:
             if uid >= len(state.neurons):
                 return []
             return sorted(state.neurons[uid].weights.items())
-        if storage_function == "ValidatorPermit":
-            return [n.validator_permit for n in state.neurons]
         if storage_function == "SubnetEpochConsensus":
             return "Yuma"
         if storage_function == "LastEpochBlock":
@@ -160,13 +159,6 @@ class FolderSubstrate:
             return block - self.ledger.last_epoch(block)
         if storage_function in ("PendingEpochAt", "SubnetEpochIndex"):
             return 0
-        if storage_function == "Axons":
-            n = state.by_hotkey(params[1])
-            if n is None or n.axon is None:
-                return None
-            return {"block": n.axon.block, "version": 1, "ip": n.axon.ip, "port": n.axon.port,
-                    "ip_type": n.axon.ip_type, "protocol": 4, "placeholder1": 0,
-                    "placeholder2": 0}
         raise bt.ChainError(f"the local chain has no storage {module}.{storage_function}")
 
     async def query_map(self, module: str, storage_function: str, params: list | None = None,

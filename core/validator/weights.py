@@ -33,6 +33,7 @@ import time
 import bittensor as bt
 import numpy as np
 from bittensor.intents.weights import clip_to_max_weight, normalize
+from bittensor.settings import U16_MAX
 
 from core.chain import ChainError, Metagraph, RateLimited, SubtensorChain
 from core.protocol import PROTOCOL_VERSION
@@ -45,7 +46,6 @@ _major, _minor, _patch = (int(x) for x in PROTOCOL_VERSION.split("."))
 # what this validator's weights carry: the subnet owner raises the chain's WeightsVersionKey to
 # the release every validator must run
 WEIGHTS_VERSION_KEY = 1000 * _major + 10 * _minor + _patch
-U16_MAX = 65535
 CUTOFF_WARNING = 0.8  # of the activity cutoff: warn from this age on
 
 
@@ -208,15 +208,14 @@ class WeightSetter:
         me = metagraph.by_hotkey(self.hotkey)
         if me is None:
             return
+        rules = await self.chain.weight_rules()
         pending = self.store.pending_commit()
         if pending is not None:
             block, weights, _ = pending
-            rules = await self.chain.weight_rules()
             if await self.chain.weights_of(me.uid) == quantised(weights, rules.max_weight):
                 self.store.note_revealed(block)
                 self.metrics.weights.labels("revealed").inc()
                 log.info("weights committed at block %d are revealed", block)
-        rules = await self.chain.weight_rules()
         last = await self.chain.last_update(me.uid)
         if not last:
             log.warning("this validator has no weights on chain yet")
