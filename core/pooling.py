@@ -2,20 +2,29 @@
 
 One validator's view of a window covers only its share of it: a small validator sends a small
 contender a request or two, too few to judge a slice, and a miner that serves some validators and
-refuses others splits their weights. Pooled, every validator scores a window from the same sums
-over all the reports it holds: Σ good / Σ asked per slice, and over the window.
+refuses others splits their weights. Pooled, every validator scores a window from the same
+reports, each one a claim its validator may have made up, so the rule bounds what any one can do:
 
-``robust``: the window's served fraction is the stake-weighted median of each report's own
-fraction, and the slice sums only say how far the worst slice falls below the window's average
-(capacity that arrives late); a validator reporting good = 0 for a victim then moves it only
-if it holds half the stake. The reports themselves travel signed between validators
-(``core.window_report``, ``core.validator.sharing``); this module is the rule they feed, and the
-simulator runs the same rule.
+- each report weighs its ``asked``, capped at its validator's stake share of the window and of
+  each slice (``Cap``): no validator weighs more than its stake, however much it claims to have
+  sent, so a small one cannot round its one request up into a large share of a small miner's;
+- the window's **level** is an L-estimator of the reports' served fractions ``f_v`` sorted from
+  the lowest: the lowest 30% of the weight counts once, the next 40% counts 1.75 times, the top
+  30% not at all (``LEVEL_WEIGHTS``). A report that claims more than the others lands in the
+  ignored top, so a validator fabricating service for its own miner lifts nothing; one that claims
+  less (good = 0 about a victim) lowers the level by about its stake; and a miner that serves
+  only the validators holding most of the stake is judged by the ones it failed;
+- served is the lower of the level and the worst slice the pooled sums can judge (capacity that
+  arrives after the window opened earns nothing), and the window's score is
+  ``Σ A_v f_v³ / Σ A_v f_v``: ``f²`` when every report agrees, less when the miner served some
+  validators and failed others.
+
+The reports travel signed between validators (``core.window_report``, ``core.validator.sharing``);
+this module is the rule they feed, and the simulator runs the same rule.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -26,28 +35,67 @@ from core.scoring import Tally, WindowOutcome
 Key = tuple[str, str]  # (hotkey, task)
 
 COVERAGE = 2 / 3  # of permitted stake the reports must cover to be pooled
-# robust pooling: a slice is judged when reports holding this share of permitted stake sent
-# requests in it (measured in the simulator: 0.5 let a stake-first over-claimer earn x1.03; 0.3
-# keeps a lying 5%-stake validator's effect on its victim to x0.994 and stake-first to x0.75)
-SLICE_COVERAGE = 0.3
+# a minute of a window is judged on this many pooled requests at least (``minutes``)
+MIN_GROUP_REQUESTS = 3
+# (share of the reports' weight from the lowest fraction up, multiplier): the level's weights,
+# summing to 1 so that reports that agree give their common fraction. Measured in the simulator
+# (scripts/search_strategies.py, docs/protocol.md §9): a lower top cut lets a stake-first miner
+# serving 70% of the weight tie its twin; a higher one lets a liar's weight count for more.
+LEVEL_WEIGHTS = ((0.3, 1.0), (0.4, 1.75), (0.3, 0.0))
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The most units a report of a validator weighs for one contender: its stake share of the
+    window's full rate in the level, and that share of each slice in the slice sums. Sending
+    more than its share (a validator that rounds a fraction of a request up to one, or organic
+    traffic in the window) changes no fraction, only what it weighs: never more than its
+    stake."""
+
+    slice: float
+    window: float
 
 
 def capped(t: Tally, cap: float) -> Tally:
-    """A report's slice with ``asked`` at most ``cap`` (its validator's share of the window,
-    rounded up to whole requests), its outcomes scaled with it: no validator weighs more than
-    its share."""
+    """``t`` with ``asked`` at most ``cap``, its outcomes scaled with it."""
     if t.asked <= cap or t.asked <= 0:
         return t
     f = cap / t.asked
     return Tally(cap, t.good * f, t.refused * f, t.failed * f, t.requests)
 
 
-def report_cap(c: Contender, share: float, period_blocks: int) -> float:
-    """The most units a validator of stake ``share`` asks ``c`` in one slice of a window (its
-    plan's requests, rounded up to whole ones): what pooling caps its report's ``asked`` at."""
-    theirs = replace(c, budget=c.declared * share)
-    n, size = plan.requests_for(theirs, plan.window_units(theirs, period_blocks), 0.0)
-    return math.ceil(max(n, 1) / plan.SLICES) * size
+def report_cap(c: Contender, share: float, period_blocks: int) -> Cap:
+    """What pooling counts of a report by a validator of stake ``share`` about ``c``."""
+    window = plan.window_units(replace(c, budget=c.declared * share), period_blocks)
+    return Cap(window / plan.SLICES, window)
+
+
+def level(fractions: Sequence[float], weights: Sequence[float]) -> float:
+    """The L-estimator of ``LEVEL_WEIGHTS`` over fractions weighted by ``weights``."""
+    total = sum(weights)
+    if total <= 0:
+        return 0.0
+    bands, at, out = [], 0.0, 0.0
+    for width, multiplier in LEVEL_WEIGHTS:
+        bands.append((at, at + width, multiplier))
+        at += width
+    below = 0.0
+    for f, w in sorted(zip(fractions, weights)):
+        lo, hi = below / total, (below + w) / total
+        below += w
+        out += f * sum(m * max(0.0, min(hi, b) - max(lo, a)) for a, b, m in bands)
+    return out
+
+
+def most_lowered(share: float) -> float:
+    """The most a report weighing ``share`` of the weight lowers the level, as a share of the
+    level the others agree on: the level's weights over the lowest ``share`` (``share`` while it
+    is at most 30%)."""
+    out, at = 0.0, 0.0
+    for width, multiplier in LEVEL_WEIGHTS:
+        out += multiplier * max(0.0, min(share, at + width) - at)
+        at += width
+    return min(out, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,45 +109,40 @@ class Pooling:
 
 
 def pool_window(block: int, reports: Mapping[str, Mapping[Key, WindowOutcome]],
-                contenders: Sequence[Contender], stake: Mapping[str, float], period_blocks: int,
-                robust: bool = True) -> tuple[dict[Key, WindowOutcome], Pooling]:
+                contenders: Sequence[Contender], stake: Mapping[str, float], period_blocks: int
+                ) -> tuple[dict[Key, WindowOutcome], Pooling]:
     """Every contender's pooled window from the reports held (by validator hotkey, this
     validator's own among them), or nothing when they cover less than ``COVERAGE`` of the
-    permitted stake (``stake``). A report without a row for a contender sent it nothing."""
+    permitted stake (``stake``). A report without a row for a contender counts as
+    ``refused``."""
     total = sum(stake.values())
     held = [v for v in reports if stake.get(v, 0.0) > 0]
     coverage = sum(stake[v] for v in held) / total if total > 0 else 0.0
     if coverage < COVERAGE:
         return {}, Pooling(block, coverage)
-    empty = WindowOutcome(block, (Tally(),) * plan.SLICES)
     out = {}
     for c in contenders:
         key = (c.hotkey, c.task)
-        views = {v: reports[v].get(key, empty) for v in held}
         caps = {v: report_cap(c, stake[v] / total, period_blocks) for v in held}
-        pooled = pool(views, stake, caps, robust)
+        views = {v: reports[v].get(key) or refused(block, caps[v]) for v in held}
+        pooled = pool(views, stake, caps)
         if pooled is not None and pooled.tally.asked > 0:
             out[key] = pooled
     return out, Pooling(block, coverage, tuple(sorted(held)))
 
 
-def weighted_median(values: list[float], weights: list[float]) -> float:
-    """The value at which half the weight lies at or below (the lower weighted median)."""
-    pairs = sorted(zip(values, weights))
-    half, held = sum(weights) / 2, 0.0
-    for value, weight in pairs:
-        held += weight
-        if held >= half:
-            return value
-    return pairs[-1][0]
+def refused(block: int, cap: Cap) -> WindowOutcome:
+    """A report's window of a declared contender it has no row for: the contender left its
+    capacity call unanswered, or refused it, so the validator's share of the window counts as
+    refused. Silence towards one validator is no lower declaration (docs/protocol.md §9)."""
+    return WindowOutcome(block, (Tally(cap.slice, failed=cap.slice),) * plan.SLICES)
 
 
 def pool(reports: Mapping[str, WindowOutcome], stake: Mapping[str, float],
-         caps: Mapping[str, float], robust: bool = False) -> WindowOutcome | None:
+         caps: Mapping[str, Cap]) -> WindowOutcome | None:
     """One window of one contender from every report held (``reports`` by validator hotkey, its
     own included), or None when they cover less than ``COVERAGE`` of the permitted stake
-    (``stake``: every permitted validator's; ``caps``: each one's share of the window in units
-    a slice)."""
+    (``stake``: every permitted validator's; ``caps``: what each one's report counts for)."""
     total = sum(stake.values())
     covered = sum(stake.get(v, 0.0) for v in reports)
     if total <= 0 or covered < COVERAGE * total or not reports:
@@ -107,18 +150,45 @@ def pool(reports: Mapping[str, WindowOutcome], stake: Mapping[str, float],
     block = next(iter(reports.values())).block
     n = len(next(iter(reports.values())).slices)
     slices = [Tally()] * n
+    weights, fractions = [], []
     for v, w in reports.items():
+        cap = caps.get(v, Cap(0.0, 0.0))
         for j, t in enumerate(w.slices):
-            slices[j] = slices[j] + capped(t, caps.get(v, 0.0))
-    if not robust:
-        return WindowOutcome(block, tuple(slices), pooled=True)
-    # the window's fraction: the stake-weighted median of each report's own; a slice is judged
-    # when reports holding SLICE_COVERAGE of the stake sent requests in it
-    asked = [v for v, w in reports.items() if w.tally.asked > 0]
-    if not asked:
-        return WindowOutcome(block, tuple(slices), pooled=True)
-    fraction = weighted_median([reports[v].tally.fraction for v in asked],
-                               [stake.get(v, 0.0) for v in asked])
-    judged = tuple(sum(stake.get(v, 0.0) for v in asked if reports[v].slices[j].requests)
-                   >= SLICE_COVERAGE * total for j in range(n))
-    return WindowOutcome(block, tuple(slices), pooled=True, fraction=fraction, judged=judged)
+            slices[j] = slices[j] + capped(t, cap.slice)
+        if w.tally.asked > 0:
+            weights.append(min(w.tally.asked, cap.window))
+            fractions.append(w.tally.fraction)
+    at = level(fractions, weights)
+    full = sum(caps.get(v, Cap(0.0, 0.0)).slice for v in reports)
+    served = sum(a * f for a, f in zip(weights, fractions))
+    score = sum(a * f ** 3 for a, f in zip(weights, fractions)) / served if served > 0 else 0.0
+    return WindowOutcome(block, tuple(slices), pooled=True,
+                         pooled_served=min([at, *(g.fraction for g in minutes(slices, full, at))]),
+                         pooled_score=score)
+
+
+def minutes(slices: Sequence[Tally], full: float, at: float) -> list[Tally]:
+    """The window's slices as it is judged minute by minute: consecutive slices merged until
+    each group holds ``MIN_GROUP_REQUESTS`` requests (a short tail joins the group before it),
+    and in each group the share of the full rate (``full`` a slice) that no report holds taken
+    to be served at the level ``at``. A lone request says little of a minute, and a report's
+    requests falling where few others did must weigh no more there than its stake: so a lying
+    validator moves a group about as far as it moves the level, while capacity that arrives
+    after the window opened still shows in its first minutes."""
+    groups: list[tuple[Tally, int]] = []  # (the slices' sum, how many)
+    held, width = Tally(), 0
+    for s in slices:
+        held, width = held + s, width + 1
+        if held.requests >= MIN_GROUP_REQUESTS:
+            groups.append((held, width))
+            held, width = Tally(), 0
+    if held.requests and groups:
+        groups[-1] = (groups[-1][0] + held, groups[-1][1] + width)
+    elif held.requests:
+        groups.append((held, width))
+    out = []
+    for g, k in groups:
+        missing = max(0.0, full * k - g.asked)
+        out.append(Tally(g.asked + missing, g.good + at * missing, g.refused, g.failed,
+                         g.requests))
+    return out

@@ -19,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.simulation import Result, Setup, Validator, simulate
 from core.tasks import TASK_IDS, TASKS
 
-VALIDATORS = {"v30": Validator(0.30), "v25-organic": Validator(0.25, 0.6), "v20": Validator(0.20),
-              "v14-organic": Validator(0.14, 0.3), "v10": Validator(0.10), "v1": Validator(0.01)}
+# ten validators of 30% down to 1% of the stake, two of them organic-heavy
+STAKES = (0.30, 0.20, 0.15, 0.10, 0.08, 0.06, 0.05, 0.03, 0.02, 0.01)
+ORGANIC = {0.20: 0.6, 0.08: 0.3}
+VALIDATORS = {f"v{round(s * 100):02d}{'-organic' if s in ORGANIC else ''}":
+              Validator(s, ORGANIC.get(s, 0.0)) for s in STAKES}
 POOL = tuple(Setup(f"honest-{c}", c, (c,)) for c in (250, 500, 2000))
 C = 1000.0  # the strategic miner's own capacity (inpaint steps a period)
 CAP = TASKS["inpaint"].max_capacity

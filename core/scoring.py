@@ -21,7 +21,7 @@ from core.tasks import TASKS
 
 K = 16  # windows (and periods) remembered
 QUALITY_POWER = 3
-MIN_SLICE_REQUESTS = 3  # fewer in some slice: a window is credited by its average, not its worst
+
 
 
 def speed_factor(seconds: float, expected: float) -> float:
@@ -77,10 +77,10 @@ class WindowOutcome:
     block: int
     slices: tuple[Tally, ...]
     pooled: bool = False
-    # pooled robustly: the window's served fraction, agreed apart from the slice sums
-    # (``core.pooling``), which then only shape it
-    fraction: float | None = None
-    judged: tuple[bool, ...] = ()  # ... and the slices whose sums are judged
+    # pooled (``core.pooling``): the served fraction and the score every validator agrees on,
+    # from the reports rather than from the slice sums alone
+    pooled_served: float | None = None
+    pooled_score: float | None = None
 
     @property
     def tally(self) -> Tally:
@@ -88,23 +88,16 @@ class WindowOutcome:
 
     @property
     def score(self) -> float:
-        return self.tally.score if self.fraction is None else self.fraction ** 2
+        return self.tally.score if self.pooled_score is None else self.pooled_score
 
     @property
     def served(self) -> float:
-        """The worst slice's served fraction over the slices that had requests, so capacity that
-        arrives after the window opened earns nothing. A validator's own view with a slice of
-        fewer than ``MIN_SLICE_REQUESTS`` requests (too few to judge a slice) takes the window's
-        average instead."""
-        if not self.pooled and any(s.requests < MIN_SLICE_REQUESTS for s in self.slices):
-            return self.tally.fraction
-        if self.fraction is None:
-            return min(s.fraction for s in self.slices if s.asked > 0)
-        # robust pooling: only slices that enough of the stake sent requests in shape the window
-        judged = [s.fraction for s, ok in zip(self.slices, self.judged) if ok and s.asked > 0]
-        worst = min(judged, default=self.tally.fraction)
-        average = self.tally.fraction
-        return self.fraction * (worst / average if average > 0 else 0.0)
+        """The worst served fraction over the window's slices that had requests, so capacity
+        that arrives after the window opened earns nothing; pooled, what the reports agree on
+        (``core.pooling``)."""
+        if self.pooled_served is not None:
+            return self.pooled_served
+        return min((s.fraction for s in self.slices if s.asked > 0), default=0.0)
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,20 @@ depend on a window, since no block says when the next one opens.
 from __future__ import annotations
 
 import hashlib
+import random
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from core import plan
+from core.budget import Contender
 from core.metagraph import Metagraph, Neuron
-from core.period import close_period, open_period
+from core.period import Opening, close_period, open_period
 from core.pooling import pool, report_cap
+from core.records import NOT_SCORED, Outcome, RequestRecord, tally
 from core.scoring import PeriodOutcome, Tally, WindowOutcome
 from core.tasks import TASKS
 from core.yuma import epoch
@@ -54,6 +57,15 @@ class Setup:
     raise_by: float = 1.0
     abandon_every: int = 0  # registers its UIDs anew every this many periods (0: never)
     quality: float = 1.0  # what the validators' checks find (0: a cheater)
+    # which requests it attempts (the rest it refuses with ``refusal``): per validator, per slice
+    # of each window, and outside windows, where organic and synthetic requests cannot be told
+    # apart (docs/protocol.md §8), so one share covers both
+    serve_to: tuple[tuple[str, float], ...] = ()  # (validator, share); 1 for any not named
+    serve_slices: tuple[float, ...] = ()  # share per slice; 1 for any not given
+    outside_served: float = 1.0
+    refusal: Outcome = Outcome.UNAUTHORIZED
+    declare_to: tuple[tuple[str, float], ...] = ()  # (validator, x its declaration told it)
+    silent_to: tuple[str, ...] = ()  # validators whose capacity call it leaves unanswered
     honest: bool = True  # declares what it serves and behaves (for reports)
     twin: str | None = None  # the honest setup of the same cost it is compared with
 
@@ -62,12 +74,32 @@ class Setup:
         """What it serves on average: its cost, for comparing with an honest twin."""
         return self.capacity * (1 + self.rent * self.rent_share - self.vary / 2)
 
+    def attempts(self, validator: str, slice_: int | None) -> float:
+        """The share of ``validator``'s requests it attempts in a window's slice (None: outside
+        windows)."""
+        if validator in self.silent_to:
+            return 0.0  # unanswered, its requests are refusals (docs/protocol.md §9)
+        if slice_ is None:
+            return self.outside_served
+        by_slice = self.serve_slices[slice_] if slice_ < len(self.serve_slices) else 1.0
+        return dict(self.serve_to).get(validator, 1.0) * by_slice
+
+    def told(self, validator: str) -> float | None:
+        """x its declaration it tells ``validator``; None: it does not answer it."""
+        if validator in self.silent_to:
+            return None
+        return dict(self.declare_to).get(validator, 1.0)
+
 
 @dataclass(frozen=True)
 class Validator:
     stake: float
     organic: float = 0.0  # share of its budget its users' (organic) traffic uses each period
-    lies_about: tuple[str, ...] = ()  # setups whose window reports it publishes with good = 0
+    # what it publishes in its window reports, per setup named: good = 0; the first slice
+    # failed and the rest as measured; every request it planned served
+    lies_about: tuple[str, ...] = ()
+    fakes_slice_about: tuple[str, ...] = ()
+    fabricates_for: tuple[str, ...] = ()
 
 
 @dataclass
@@ -100,22 +132,21 @@ def _windows(seed: int, periods: int) -> dict[int, list[int]]:
     return out
 
 
-def _slice_requests(n: int, rng: np.random.Generator) -> list[int]:
-    """How the real plan's ``n`` requests, evenly spread with jitter (``plan.window_plan``),
-    fall into the window's slices."""
+def _slice_requests(n: int, rng: random.Random) -> list[int]:
+    """How the real plan's ``n`` requests (``plan.spread``) fall into the window's slices."""
     counts = [0] * plan.SLICES
-    for i in range(n):
-        at = (i + rng.uniform(0.1, 0.9)) / n
+    for at in plan.spread(n, rng):
         counts[min(int(at * plan.SLICES), plan.SLICES - 1)] += 1
     return counts
 
 
 def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validator] | None = None,
-             seed: int = 0, pooled: bool = True, robust: bool = True,
+             seed: int = 0, pooled: bool = True,
              progress: Callable[[int], None] | None = None) -> Result:
     """Run ``periods`` periods. ``pooled``: validators score windows from the pooled reports of
-    docs/protocol.md §9 (else each from its own view); ``robust``: pooled by the stake-weighted
-    median of each report's fraction, as validators do (``core.pooling.pool``; else summed)."""
+    docs/protocol.md §9, as validators do (``core.pooling.pool``), and the signed declarations
+    those reports carry expose a miner that told validators different ones (§3): its period is
+    zeroed everywhere. Else each validator scores from its own view."""
     validators = validators or {"validator": Validator(1.0)}
     vnames = list(validators)
     stakes = np.array([validators[v].stake for v in vnames], float)
@@ -137,12 +168,14 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
         result.uids[s.name] = list(range(offset, offset + len(s.declared)))
         offset += len(s.declared)
     window_count = 0
-    jitter = np.random.default_rng([seed, 1])  # the validators' private timing jitter
+    jitter = random.Random(seed)  # the validators' private timing jitter
     for step in range(periods):
         period = START_PERIOD + step
         block = period * PERIOD_BLOCKS
         # each operator decides before the period: what it answers, declares, rents
         capacity, rented, declarations = {}, {}, {}
+        told: dict[str, dict[str, dict[str, float]]] = {v: {} for v in vnames}
+        equivocated: set[str] = set()
         for n, (s, i) in enumerate(uids):
             rng = rngs[s.name]
             if i == 0:
@@ -156,12 +189,21 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
             if not silent:
                 d = s.declared[i] * (s.raise_by if raised else 1.0)
                 declarations[hotkey[n]] = {t: d for t in s.tasks}
+                said = {v: s.told(v) for v in vnames}
+                for v, x in said.items():
+                    if x is not None:
+                        told[v][hotkey[n]] = {t: d * x for t in s.tasks}
+                if pooled and d > 0 and len({x for x in said.values() if x is not None}) > 1:
+                    equivocated.add(hotkey[n])
         neurons = [Neuron(k, me[v], "cold", float(validators[v].stake), True, None, 0)
                    for k, v in enumerate(vnames)]
         neurons += [Neuron(first_uid + n, hotkey[n], "cold", 0.0, False, None, registered[n])
                     for n in range(len(uids))]
         metagraph = Metagraph(block, tuple(neurons))
-        opened = {v: open_period(metagraph, declarations, previous[v], me[v]) for v in vnames}
+        opened = {v: _adopt(open_period(metagraph, told[v], previous[v], me[v]),
+                            {hk: d for hk, d in declarations.items() if hk not in told[v]},
+                            metagraph)
+                  for v in vnames}
         for v in vnames:
             previous[v] = [(c.hotkey, c.task) for c in opened[v].contenders]
         owner = {hotkey[n]: uids[n][0] for n in range(len(uids))}
@@ -171,7 +213,7 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
             _run_window(b, window_count, opened, owner, capacity, share, w_blocks, slices, jitter)
             window_count += 1
         if pooled:
-            _pool(slices, opened, share, owner, validators, robust)
+            _pool(slices, opened, share, owner, validators)
         share_in_windows = len(windows_at.get(period, [])) * w_blocks / PERIOD_BLOCKS
         other = _other_traffic(opened, owner, capacity, validators, share_in_windows)
         vectors = []
@@ -184,8 +226,10 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
                            for b in windows_at.get(period, []) if (*key, b) in slices)
                 o = other[key]
                 checked = bool(o.asked or ws)  # one check a period where it served anything
-                outcomes[(c.hotkey, c.task)] = PeriodOutcome(
-                    c.declared, ws, o, s.quality if checked else 0.0, int(checked))
+                outcome = PeriodOutcome(c.declared, ws, o, s.quality if checked else 0.0,
+                                        int(checked))
+                outcomes[(c.hotkey, c.task)] = (_zeroed(outcome) if c.hotkey in equivocated
+                                                else outcome)
             closing = close_period(opened[v].contenders, outcomes, states[v], metagraph.n_uids)
             states[v] = {**states[v], **closing.states}
             vectors.append(closing.weights)
@@ -207,13 +251,47 @@ def _window(block: int, seen: list[Tally] | WindowOutcome) -> WindowOutcome:
     return seen if isinstance(seen, WindowOutcome) else WindowOutcome(block, tuple(seen))
 
 
+def _adopt(opening: Opening, carried: dict[str, dict[str, float]], metagraph: Metagraph
+           ) -> Opening:
+    """A validator's opening with the declarations it got no answer for taken from the signed
+    ones its peers carry (docs/protocol.md §3): scored against them, its share of them counted
+    as refused (``Setup.attempts``)."""
+    if not carried:
+        return opening
+    kept = [c for c in opening.contenders if c.hotkey not in carried]
+    for hk, tasks in carried.items():
+        n = metagraph.by_hotkey(hk)
+        if n is not None:
+            kept += [Contender(n.uid, hk, t, d, d * opening.share, n.registered_at)
+                     for t, d in tasks.items()]
+    return Opening(opening.share, kept)
+
+
+def _zeroed(o: PeriodOutcome) -> PeriodOutcome:
+    """A period whose every request counts as failed: an equivocating miner's."""
+    def fail(t: Tally) -> Tally:
+        return Tally(t.asked, 0.0, 0.0, t.asked, t.requests)
+
+    return replace(o, windows=tuple(WindowOutcome(w.block, tuple(fail(t) for t in w.slices))
+                                    for w in o.windows), other=fail(o.other))
+
+
+def _ended(outcome: Outcome, units: float, requests: int) -> Tally:
+    """Requests a miner refused as ``outcome``, tallied as the validator's records are."""
+    if outcome in NOT_SCORED or units <= 0:
+        return Tally()
+    t = tally(RequestRecord(0, "", "", False, outcome, units, 0.0))
+    return Tally(t.asked, t.good, t.refused, t.failed, requests)
+
+
 def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float],
                 share: dict[str, float], w_blocks: int,
                 slices: dict[tuple[str, str, str, int], list[Tally]],
-                rng: np.random.Generator) -> None:
+                rng: random.Random) -> None:
     """Every validator sends every contender its window's rate, in the real plan's requests;
-    each setup serves what its capacity allows in each slice (``rent_late_slices``: its rented
-    capacity arrives that many slices after the window opened)."""
+    each setup attempts the share of them its strategy picks and serves what its capacity
+    allows in each slice (``rent_late_slices``: its rented capacity arrives that many slices
+    after the window opened)."""
     demand: dict[tuple[str, str, str], float] = {}
     counts: dict[tuple[str, str, str], tuple[list[int], int]] = {}
     for v, op in opened.items():
@@ -232,31 +310,50 @@ def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float
                 cap += s.capacity * s.rent * slice_share
             if index in s.outage_windows:
                 cap = 0.0
-            served = _serve(s, mine, demand, cap, share)
+            tried = {k: s.attempts(k[0], j) for k in mine}
+            served = _serve(s, mine, {k: demand[k] * tried[k] for k in mine}, cap, share)
             for k in mine:
                 per_slice, size = counts[k]
                 asked = per_slice[j] * size
-                good = asked * served[k] * (1 - s.fail)
+                attempted = asked * tried[k]
+                good = attempted * served[k] * (1 - s.fail)
+                refused = _ended(s.refusal, asked - attempted,
+                                 round(per_slice[j] * (1 - tried[k])))
                 tallies = slices.setdefault((*k, block), [Tally()] * plan.SLICES)
-                tallies[j] = Tally(asked, good, 0.0, asked - good, per_slice[j])
+                tallies[j] = refused + Tally(attempted, good, 0.0, attempted - good,
+                                             per_slice[j] - refused.requests)
 
 
-def _pool(slices: dict, opened, share: dict[str, float], owner, validators: dict[str, Validator],
-          robust: bool) -> None:
-    """Replace each validator's view of each window by the pooled reports (``core.pooling``); a
-    validator that lies about a setup reports good = 0 for it."""
+def _pool(slices: dict, opened, share: dict[str, float], owner,
+          validators: dict[str, Validator]) -> None:
+    """Replace each validator's view of each window by the pooled reports (``core.pooling``),
+    each validator publishing what it chooses to (``Validator``: lies and fabrications)."""
     groups: dict[tuple[str, str, int], dict[str, WindowOutcome]] = {}
     for (v, hk, task, block), tallies in slices.items():
-        if owner[hk].name in validators[v].lies_about:
-            tallies = [Tally(t.asked, 0.0, 0.0, t.asked, t.requests) for t in tallies]
-        groups.setdefault((hk, task, block), {})[v] = WindowOutcome(block, tuple(tallies))
+        groups.setdefault((hk, task, block), {})[v] = WindowOutcome(
+            block, tuple(_published(validators[v], owner[hk].name, tallies)))
     budgets = {(v, c.hotkey, c.task): c for v, op in opened.items() for c in op.contenders}
     for (hk, task, block), reports in groups.items():
         caps = {v: report_cap(budgets[(v, hk, task)], share[v], PERIOD_BLOCKS) for v in reports}
-        pooled = pool(reports, share, caps, robust)
+        pooled = pool(reports, share, caps)
         if pooled is not None:
-            for v in reports:
-                slices[(v, hk, task, block)] = pooled
+            for v in opened:
+                if (v, hk, task) in budgets:
+                    slices[(v, hk, task, block)] = pooled
+
+
+def _published(v: Validator, setup: str, tallies: list[Tally]) -> list[Tally]:
+    """What validator ``v`` reports of a setup's window it measured as ``tallies``."""
+    def failed(t: Tally) -> Tally:
+        return Tally(t.asked, 0.0, 0.0, t.asked, t.requests)
+
+    if setup in v.lies_about:
+        return [failed(t) for t in tallies]
+    if setup in v.fakes_slice_about:
+        return [failed(tallies[0]), *tallies[1:]]
+    if setup in v.fabricates_for:
+        return [Tally(t.asked, t.asked, 0.0, 0.0, t.requests) for t in tallies]
+    return tallies
 
 
 def _serve(s: Setup, keys: list, demand: dict, cap: float, share: dict[str, float]) -> dict:
@@ -276,8 +373,8 @@ def _serve(s: Setup, keys: list, demand: dict, cap: float, share: dict[str, floa
 
 def _other_traffic(opened, owner, capacity: dict[str, float], validators: dict[str, Validator],
                    in_windows: float) -> dict[tuple[str, str, str], Tally]:
-    """Background and organic requests outside windows, served in proportion when they ask more
-    than the setup's capacity outside windows."""
+    """Background and organic requests outside windows: the share a setup attempts, served in
+    proportion when they ask more than its capacity outside windows."""
     asked: dict[tuple[str, str, str], tuple[float, int]] = {}
     for v, op in opened.items():
         for c in op.contenders:
@@ -289,11 +386,13 @@ def _other_traffic(opened, owner, capacity: dict[str, float], validators: dict[s
     out = {}
     for s in {owner[k[1]] for k in asked}:
         mine = [k for k in asked if owner[k[1]] is s]
-        total = sum(asked[k][0] for k in mine)
+        total = sum(asked[k][0] for k in mine) * s.outside_served
         room = capacity[s.name] * (1 - in_windows)
         fraction = min(1.0, room / total) if total > 0 else 1.0
         for k in mine:
             units, n = asked[k]
-            good = units * fraction * (1 - s.fail)
-            out[k] = Tally(units, good, 0.0, units - good, n)
+            attempted = units * s.outside_served
+            good = attempted * fraction * (1 - s.fail)
+            refused = _ended(s.refusal, units - attempted, round(n * (1 - s.outside_served)))
+            out[k] = refused + Tally(attempted, good, 0.0, attempted - good, n - refused.requests)
     return out

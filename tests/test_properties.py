@@ -57,13 +57,12 @@ def test_declaring_more_than_one_serves_earns_less_than_the_truth(k, seed):
 
 def test_measured_limits_are_what_the_docs_report():
     """Reported, not hidden (docs/protocol.md §4): above a task's cap, splitting into UIDs pays
-    (the caps bound what validators must test); on each validator's own view (reports not
-    shared, §9), a stake-first over-claimer costs small validators their vtrust."""
+    (the caps bound what validators must test). A stake-first over-claimer loses pooled and on
+    each validator's own view (reports not shared, §9)."""
     split = judge(STRATEGIES["split above the cap"], 80, seed=1)
     assert split.ratio == pytest.approx(2.0, rel=0.02)
-    stake_first = judge(STRATEGIES["stake-first"], 80, seed=1, pooled=False)
-    assert min(stake_first.vtrust.values()) < 0.9
-    assert judge(STRATEGIES["stake-first"], 80, seed=1).ratio < 1  # x0.725 over 400 periods
+    assert judge(STRATEGIES["stake-first"], 80, seed=1, pooled=False).ratio < 1
+    assert judge(STRATEGIES["stake-first"], 80, seed=1).ratio < 1
 
 
 @FAST

@@ -39,10 +39,16 @@ def test_window_score_is_the_square_and_served_the_worst_slice():
     w = window([1.0, 1.0, 0.5, 1.0, 1.0])
     assert w.score == pytest.approx(0.9 ** 2)
     assert w.served == 0.5  # capacity that arrived late earns the worst slice
-    few = window([1.0, 1.0, 0.5, 1.0, 1.0], requests=2)
-    assert few.served == pytest.approx(0.9)  # too few requests a slice: the window's average
+    few = window([0.5, 1.0, 1.0, 1.0, 1.0], requests=1)
+    assert few.served == 0.5  # its own view judges every slice, however few its requests
     holes = WindowOutcome(0, (Tally(),) + window([0.8] * 4).slices)
-    assert holes.served == pytest.approx(0.8)  # a slice without requests: the average
+    assert holes.served == pytest.approx(0.8)  # a slice without requests is not judged
+
+
+def test_a_pooled_window_is_served_and_scored_as_the_reports_agree():
+    pooled = WindowOutcome(0, window([0.0] * 5).slices, pooled=True, pooled_served=0.9,
+                           pooled_score=0.7)
+    assert pooled.served == 0.9 and pooled.score == 0.7
 
 
 def test_summarize_places_records_in_slices_and_counts_failures_alike():
