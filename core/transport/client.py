@@ -2,12 +2,19 @@
 
 aiohttp, not httpx, because the validator fans out to every miner at once: with 64 signed
 requests in flight aiohttp kept ~2,800 req/s here where httpx fell to ~90 (httpx #3215).
+
+A request is signed only once it holds one of the pool's connections (``_gate``): signed first,
+it could wait for one in aiohttp's queue past the signature's freshness and reach the miner
+stale, a 401 that counts against the miner (docs/protocol.md §6) for the validator's own delay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 from bittensor import http_auth
@@ -26,6 +33,7 @@ class Reply:
 
 
 KEEPALIVE_S = 4.0
+PER_HOST = 64  # connections to one neuron at once
 
 
 def _reachable(endpoint: str | None) -> str:
@@ -39,6 +47,8 @@ class SignedClient:
         self._keypair = keypair  # the loaded hotkey: signing with it costs ~36 µs, a Wallet ~1 ms
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._all = asyncio.Semaphore(max_connections)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
 
     @property
     def hotkey(self) -> str:
@@ -47,11 +57,20 @@ class SignedClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=64,
+                limit=self._limit, limit_per_host=PER_HOST,
                 # idle connections go before the server's keep-alive (uvicorn: 5 s) closes them:
                 # reusing one it closed fails as "Server disconnected", a 5xx the miner never sent
                 keepalive_timeout=KEEPALIVE_S))
         return self._session
+
+    @contextlib.asynccontextmanager
+    async def _gate(self, endpoint: str):
+        """A place in the pool, per host and in all, held for one exchange: what aiohttp's
+        connector would otherwise make a request wait for after it was signed."""
+        host = urlsplit(endpoint).netloc
+        per_host = self._hosts.setdefault(host, asyncio.Semaphore(PER_HOST))
+        async with self._all, per_host:
+            yield
 
     def _sign(self, path: str, body: bytes, receiver: str) -> dict[str, str]:
         headers = http_auth.sign(self._keypair, method="POST", path=path, body=body,
@@ -66,7 +85,7 @@ class SignedClient:
         ``endpoint`` cannot be reached)."""
         endpoint = _reachable(endpoint)
         body = message.model_dump_json().encode()
-        async with self._http().post(
+        async with self._gate(endpoint), self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
@@ -85,7 +104,7 @@ class SignedClient:
         line longer than ``max_line`` bytes raises TooLarge (nothing longer is ever buffered)."""
         endpoint = _reachable(endpoint)
         body = message.model_dump_json().encode()
-        async with self._http().post(
+        async with self._gate(endpoint), self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
