@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ def mutate(g: Genome, rng: np.random.Generator, colluders: bool) -> Genome:
     other = random_genome(rng, colluders)
     fields = ["declare", "serve_to", "slices", "outside", "priority", "refusal", "rent",
               "declare_to", "silent_to", "colluder"]
-    changes = {}
+    changes: dict[str, Any] = {}
     for name in rng.choice(fields, size=int(rng.integers(1, 4)), replace=False):
         if name == "declare":
             changes["declare"] = float(np.clip(g.declare * rng.lognormal(0, 0.15), 0.3, 4.0))
@@ -249,9 +250,10 @@ def liar_cases(periods: int, seeds: tuple[int, ...]) -> list[tuple[str, float, f
     its first slice failed."""
     out = []
     for s in (0.05, 0.10, 0.20, 0.30):
-        for kind, how in (("lies_about", "good = 0"), ("fakes_slice_about", "fake slices")):
+        for how, liar in (("good = 0", Validator(s, lies_about=("victim",))),
+                          ("fake slices", Validator(s, fakes_slice_about=("victim",)))):
             validators = {k: replace(v, stake=v.stake * (1 - s)) for k, v in VALIDATORS.items()}
-            validators["liar"] = Validator(s, **{kind: ("victim",)})
+            validators["liar"] = liar
             ratios = []
             for seed in seeds:
                 r = simulate([*POOL, Setup("twin", C, (C,)), Setup("victim", C, (C,))], periods,
