@@ -4,7 +4,10 @@ Runs the real plan (``core.plan``: window draws from block hashes, the window an
 requests, whole requests of each task's synthetic size) over many periods of simulated hashes,
 for contenders of every task at budgets from a small miner's to a task's cap, and prints each
 figure as ``name: value unit``. The reference in the same run is the rule's own expectation:
-windows a period x W / period + the background share.
+windows a period x W / period + the background share. Then the time one synthetic request
+takes to make (``core.validator.synthetic``: a chat request sized with the local subnet's
+tokenizer, and an inpaint request with its image and mask made and encoded), on the validator's
+event loop.
 
     python scripts/bench_synthetic.py            # 5,000 periods
     python scripts/bench_synthetic.py --quick    # 300 periods: that it runs (tests)
@@ -13,7 +16,9 @@ windows a period x W / period + the background share.
 from __future__ import annotations
 
 import hashlib
+import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,20 @@ def contenders(share: float) -> list[Contender]:
             declared = task.max_capacity * fraction
             out.append(Contender(i, f"hk{i}", task.id, declared, declared * share, 0))
     return out
+
+
+def request_ms(task: str, units: int, image_size: int, repeats: int) -> float:
+    """Milliseconds to make one synthetic request of ``task``, the mean of ``repeats``."""
+    from core.validator.counting import PromptCounter
+    from core.validator.sampling_mix import SamplingMix
+    from core.validator.synthetic import synthetic_request
+
+    rng, counter, mix = random.SystemRandom(), PromptCounter("tiny"), SamplingMix()
+    synthetic_request(task, units, rng, image_size, counter, mix)  # the corpus loaded once
+    began = time.perf_counter()
+    for _ in range(repeats):
+        synthetic_request(task, units, rng, image_size, counter, mix)
+    return (time.perf_counter() - began) / repeats * 1000
 
 
 def main() -> None:
@@ -65,6 +84,10 @@ def main() -> None:
     print(f"synthetic_share_p95: {np.percentile(shares, 95) * 100:.2f} %")
     print(f"synthetic_share_expected: {expected * 100:.2f} %")
     print(f"synthetic_share_vs_expected: {shares.mean() / expected:.3f} ratio")
+    repeats = 5 if a.quick else 50
+    print(f"make_chat_request: {request_ms('chat-llama-3', 300, 64, repeats):.2f} ms")
+    for size in (512, 1024):
+        print(f"make_inpaint_request_{size}px: {request_ms('inpaint', 20, size, repeats):.1f} ms")
 
 
 if __name__ == "__main__":

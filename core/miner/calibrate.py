@@ -24,14 +24,19 @@ import yaml
 from core.miner.config import MinerConfig
 from core.miner.pool import Pool
 from core.protocol import (
-    ChatMessage,
     ChatRequest,
     ImageToImageRequest,
     InpaintRequest,
     TaskRequest,
     TextToImageRequest,
 )
-from core.request_shapes import noise_and_mask, prompt
+from core.request_shapes import (
+    chars_within,
+    conversation,
+    image_prompt,
+    noise_and_mask,
+    prompt_budget,
+)
 from core.tasks import TASKS, Kind
 
 
@@ -66,19 +71,21 @@ def best_step(steps: list[Step]) -> Step | None:
 
 
 def request_for(task_id: str, rng: random.Random, image_size: int) -> TaskRequest:
-    """A request of the task's synthetic size (docs/protocol.md §3): a chat prompt of a few
-    words and the rest of the units as completion; an image of ``image_size`` pixels."""
+    """A request of the task's synthetic size and shape (docs/protocol.md §3): a chat prompt of
+    the corpus within the prompt's budget and the rest of the units as completion; an image of
+    ``image_size`` pixels."""
     task = TASKS[task_id]
-    text = prompt(rng)
     if task.kind is Kind.CHAT:
-        request = ChatRequest(task=task_id, messages=[ChatMessage(role="user", content=text)],
-                              temperature=1.0, seed=rng.getrandbits(62))
+        messages = conversation(rng, chars_within(prompt_budget(task.units_per_synthetic)))
+        request = ChatRequest(task=task_id, messages=messages, temperature=1.0,
+                              seed=rng.getrandbits(62))
         request.max_tokens = max(1, task.units_per_synthetic - request.prompt_allowance())
         return request
+    text = image_prompt(rng)
     if task.kind is Kind.TEXT_TO_IMAGE:
         return TextToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
                                   seed=rng.getrandbits(62), height=image_size, width=image_size)
-    image, mask = noise_and_mask(image_size, rng.randrange(8))
+    image, mask = noise_and_mask(image_size, rng.getrandbits(64))
     if task.kind is Kind.IMAGE_TO_IMAGE:
         return ImageToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
                                    seed=rng.getrandbits(62), height=image_size,

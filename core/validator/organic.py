@@ -26,6 +26,7 @@ from core.protocol import (
     TaskRequest,
 )
 from core.validator.book import PeriodBook
+from core.validator.sampling_mix import ORGANIC, SamplingMix
 from core.validator.traffic import Attempt, Result, Traffic
 
 MAX_ATTEMPTS = 3
@@ -41,10 +42,11 @@ class AllFailed(Exception):
 
 class Organic:
     def __init__(self, book: PeriodBook, traffic: Traffic, max_attempts: int = MAX_ATTEMPTS,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, mix: SamplingMix = ORGANIC):
         self.book, self.traffic = book, traffic
         self.max_attempts = max_attempts
         self.rng = rng or random.Random()
+        self.mix = mix  # what users ask for, for synthetic requests to ask the same
 
     def _pick(self, task: str, units: float, tried: set[str]) -> Contender | None:
         if self.book.period is None:
@@ -93,6 +95,7 @@ class Organic:
         """Token chunks as they arrive, then a final chunk with the units (the prompt as counted
         here). Raises NoCapacity or AllFailed (before or during the stream) when no miner can
         finish it."""
+        self.mix.record(request)
         sent: list[ChatToken] = []
         tried: set[str] = set()
         async for attempt in self._attempts(request, tried):
