@@ -39,7 +39,7 @@ class TaskFeedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: Annotated[str, Field(max_length=64)]
     declared: Figure
-    demonstrated: Figure  # the median of the last windows' declared x served
+    demonstrated: Figure  # the mean of the last windows' declared x served
     credited: Figure  # min(declared, demonstrated)
     reliability: Figure
     quality: Figure

@@ -38,12 +38,12 @@ COVERAGE = 2 / 3  # of permitted stake the reports must cover to be pooled
 # a minute of a window is judged on this many pooled requests at least (``minutes``)
 MIN_GROUP_REQUESTS = 3
 # (share of the reports' weight from the lowest fraction up, multiplier): the level's weights,
-# summing to 1 so that reports that agree give their common fraction. Measured in the simulator
-# (scripts/search_strategies.py, docs/protocol.md §9): a lower top cut lets a stake-first miner
-# serving 70% of the weight tie its twin; a higher one lets a liar's weight count for more.
-LEVEL_WEIGHTS = ((0.3, 1.0), (0.4, 1.75), (0.3, 0.0))
-
-
+# summing to 1 so that reports that agree give their common fraction. The top 30% is ignored, so
+# a validator fabricating service for its own miner gains it at most what the 1 / (1 - s) of a
+# fake of its own share gives; the rest is a plain mean, so a liar lowers a victim by s / 0.7
+# (docs/protocol.md §9; with 1 and 1.75 on the lowest 30% and the next 40%, a liar lowered a
+# victim by s but a colluder whose miner served 40% of the stake earned 0.7 / (0.7 - s))
+LEVEL_WEIGHTS = ((0.7, 1 / 0.7), (0.3, 0.0))
 @dataclass(frozen=True)
 class Cap:
     """The most units a report of a validator weighs for one contender: its stake share of the
@@ -89,8 +89,8 @@ def level(fractions: Sequence[float], weights: Sequence[float]) -> float:
 
 def most_lowered(share: float) -> float:
     """The most a report weighing ``share`` of the weight lowers the level, as a share of the
-    level the others agree on: the level's weights over the lowest ``share`` (``share`` while it
-    is at most 30%)."""
+    level the others agree on: the level's weights over the lowest ``share`` (``share / 0.7``
+    up to 70%)."""
     out, at = 0.0, 0.0
     for width, multiplier in LEVEL_WEIGHTS:
         out += multiplier * max(0.0, min(share, at + width) - at)
@@ -173,7 +173,7 @@ def minutes(slices: Sequence[Tally], full: float, at: float) -> list[Tally]:
     and in each group the share of the full rate (``full`` a slice) that no report holds taken
     to be served at the level ``at``. A lone request says little of a minute, and a report's
     requests falling where few others did must weigh no more there than its stake: so a lying
-    validator moves a group about as far as it moves the level, while capacity that arrives
+    validator moves a minute about as far as it moves the level, while capacity that arrives
     after the window opened still shows in its first minutes."""
     groups: list[tuple[Tally, int]] = []  # (the slices' sum, how many)
     held, width = Tally(), 0

@@ -57,7 +57,7 @@ def strategies() -> list[Strategy]:
         _strategy("rent 90% of periods", "declares 2x; rents the other 1x in 90% of periods",
                   declared=(2 * C,), rent=1.0, rent_share=0.9),
         _strategy("rent once a window opens", "declares 3x; its rented 2x arrives one slice "
-                  "(a minute) after each window opens", declared=(3 * C,), rent=2.0,
+                  "(a minute) after each window opens", limit=True, declared=(3 * C,), rent=2.0,
                   rent_late_slices=1),
         _strategy("silent 30% of periods", "does not answer the capacity request in 30% of "
                   "periods (serves elsewhere)", silent_share=0.3),

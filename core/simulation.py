@@ -291,7 +291,8 @@ def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float
     """Every validator sends every contender its window's rate, in the real plan's requests;
     each setup attempts the share of them its strategy picks and serves what its capacity
     allows in each slice (``rent_late_slices``: its rented capacity arrives that many slices
-    after the window opened)."""
+    after the window opened), each request served whole or failed at random: an overloaded
+    miner drops requests, it does not serve a fraction of each."""
     demand: dict[tuple[str, str, str], float] = {}
     counts: dict[tuple[str, str, str], tuple[list[int], int]] = {}
     for v, op in opened.items():
@@ -314,14 +315,14 @@ def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float
             served = _serve(s, mine, {k: demand[k] * tried[k] for k in mine}, cap, share)
             for k in mine:
                 per_slice, size = counts[k]
-                asked = per_slice[j] * size
-                attempted = asked * tried[k]
-                good = attempted * served[k] * (1 - s.fail)
-                refused = _ended(s.refusal, asked - attempted,
-                                 round(per_slice[j] * (1 - tried[k])))
+                # each request ends one way: attempted or refused, then served or failed
+                attempted = sum(rng.random() < tried[k] for _ in range(per_slice[j]))
+                good = sum(rng.random() < served[k] * (1 - s.fail) for _ in range(attempted))
+                refused = _ended(s.refusal, (per_slice[j] - attempted) * size,
+                                 per_slice[j] - attempted)
                 tallies = slices.setdefault((*k, block), [Tally()] * plan.SLICES)
-                tallies[j] = refused + Tally(attempted, good, 0.0, attempted - good,
-                                             per_slice[j] - refused.requests)
+                tallies[j] = refused + Tally(attempted * size, good * size, 0.0,
+                                             (attempted - good) * size, attempted)
 
 
 def _pool(slices: dict, opened, share: dict[str, float], owner,

@@ -11,9 +11,9 @@ hand-written loop over ``numpy``'s generator is simpler than an optimiser's adap
 genome's fitness is its incentive after Yuma divided by its twin's, averaged over seeds.
 
 Validators: ``core.scenarios.VALIDATORS``, ten of 30% down to 1% of the stake. Capacity rented
-once a window has opened (``Genome.rent_late``) is left out of the search: no rule built on
-window reports can tell it from capacity held all period, and ``named_cases`` measures it
-apart as the limit it is (docs/protocol.md §11).
+once a window has opened (``Genome.rent_late``) is left out of the search: the reports see too
+few requests in a window's first minute to tell it from capacity held all period, and
+``named_cases`` measures it apart as the limit it is (docs/protocol.md §11).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def named_cases() -> list[tuple[str, Genome, bool]]:
         out.append((f"stake-first k={k:g}", Genome(declare=k, priority="stake"), True))
     for pooled in (True, False):
         view = "pooled" if pooled else "own view"
-        out.append((f"rent x2 a slice late, declares x3 ({view})",
+        out.append((f"rent x2 a minute into each window, declares x3 ({view}) [limit]",
                     Genome(declare=3.0, rent=2.0, rent_late=1), pooled))
         out.append((f"rent x9 as a window opens, declares x10 ({view}) [limit]",
                     Genome(declare=10.0, rent=9.0, rent_late=0), pooled))

@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "windows, weights)")
     p.add_argument("--history", action="store_true",
                    help="with --status: also each contender's last windows (scores, and the "
-                        "declared x served the median is taken of)")
+                        "declared x served the mean is taken of)")
     p.add_argument("--png", metavar="FILE",
                    help="with --status: also draw the period as a PNG (needs matplotlib)")
     p.add_argument("--capacity-timeout", type=float, default=12.0,

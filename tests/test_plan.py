@@ -96,13 +96,3 @@ def test_slices_cut_the_window_in_five():
     assert [w.slice_of(t) for t in (999.9, 1000.0, 1009.9, 1010.0, 1049.9, 1050.0)] == [
         None, 0, 0, 1, 4, None]
 
-
-def test_every_validators_first_request_of_a_window_tests_its_first_minute():
-    """docs/protocol.md §9: capacity rented once a window opens is missing in its first minute,
-    so every plan sends its first request there, however few it sends."""
-    rng = random.Random(3)
-    for n in (1, 2, 3, 7, 40):
-        for _ in range(50):
-            at = plan.spread(n, rng)
-            assert len(at) == n and at[0] < 1 / plan.SLICES and at == sorted(at)
-            assert all(0 < a < 1 for a in at)

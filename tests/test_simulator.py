@@ -33,12 +33,12 @@ def test_a_cheater_earns_nothing_and_honest_validators_keep_their_trust():
     assert min(result.vtrust["a"] + result.vtrust["b"]) > 0.99
 
 
-def test_capacity_rented_a_minute_into_each_window_loses_pooled_and_on_its_own_view():
-    """docs/protocol.md §9: every validator's first request tests a window's first minute, so
-    its own view sees the missing capacity, and the pooled minute holds enough requests to be
-    judged alone."""
+def test_capacity_rented_a_minute_into_each_window_is_the_measured_limit():
+    """docs/protocol.md §11: a window's first minute holds too few requests to judge alone, so
+    capacity rented once a window opens pays, pooled and on each validator's own view."""
     late = next(s for s in strategies() if s.name == "rent once a window opens")
-    assert judge(late, 150, seed=2).ratio < 1 and judge(late, 150, seed=2, pooled=False).ratio < 1
+    assert late.limit
+    assert judge(late, 150, seed=2).ratio > 1 and judge(late, 150, seed=2, pooled=False).ratio > 1
 
 
 def test_deterministic_for_a_seed():

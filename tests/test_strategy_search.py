@@ -38,12 +38,13 @@ def test_the_limits_no_report_closes_are_what_the_protocol_states():
             assert ratio == pytest.approx(bound(next(g for n, g, _ in named_cases()
                                                      if n == name)), abs=NOISE)
         else:  # capacity rented as a window opens pays: sampler replay's work (§8)
-            assert ratio > 2, name
+            assert ratio > 1, name
 
 
 def test_a_lying_validator_costs_its_victim_about_its_stake():
+    """The level's bound, and up to 0.05 more through the minutes it reports failed in."""
     for name, ratio, least in liar_cases(80, (0,)):
-        assert ratio >= least - 0.03, name
+        assert ratio >= least - 0.05, name
 
 
 @pytest.mark.process

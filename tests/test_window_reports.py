@@ -60,8 +60,8 @@ def test_a_miner_serving_the_largest_validator_only_is_credited_less_than_it_ser
     honest = {v: {key: window(1.0, asked_by(v, c))} for v in STAKES}
     first = {v: {key: window(1.0 if v == "v45" else 0.0, asked_by(v, c))} for v in STAKES}
     assert served(honest, c) == pytest.approx(1.0)
-    # it served 45% of the stake: the level weighs the 55% it refused first
-    assert served(first, c) == pytest.approx(0.3 * 0 + 1.75 * (0.25 * 0 + 0.15 * 1.0))
+    # it served 45% of the stake: the level is the mean of the lowest 70%, 55% of them refused
+    assert served(first, c) == pytest.approx(0.15 / 0.7)
 
 
 @pytest.mark.parametrize("liar", list(STAKES))
@@ -72,7 +72,7 @@ def test_a_lying_validator_moves_its_victim_by_no_more_than_its_stake(liar):
     lied = {**honest, liar: {key: window(0.0, asked_by(liar, c))}}
     share = STAKES[liar] / TOTAL
     assert served(lied, c) == pytest.approx((1 - most_lowered(share)) * served(honest, c))
-    assert most_lowered(share) == (share if share <= 0.3 else 0.3 + 1.75 * (share - 0.3))
+    assert most_lowered(share) == pytest.approx(min(1.0, share / 0.7))
 
 
 def test_a_validator_fabricating_service_for_its_own_miner_lifts_nothing():
@@ -81,8 +81,8 @@ def test_a_validator_fabricating_service_for_its_own_miner_lifts_nothing():
     refused = {v: {key: window(0.0, asked_by(v, c))} for v in STAKES}
     for colluder in STAKES:  # claims every request served: the top 30% of the weight counts
         faked = {**refused, colluder: {key: window(1.0, asked_by(colluder, c))}}
-        share = STAKES[colluder] / TOTAL  # ... for nothing, the next 40% for 1.75
-        assert served(faked, c) == pytest.approx(1.75 * max(0.0, share - 0.3))
+        share = STAKES[colluder] / TOTAL  # ... for nothing
+        assert served(faked, c) == pytest.approx(max(0.0, share - 0.3) / 0.7)
 
 
 def test_a_report_claiming_more_asked_than_its_share_is_capped():
@@ -121,7 +121,7 @@ def test_the_period_is_measured_from_the_pooled_reports_once_they_cover_the_stak
         store.add_report(2, report_of(19, v, 150, {key: window(0.0, asked_by(v, c), 150)}), 1.0)
     measured, poolings = measure_period(store, 2, [c], PB)
     pooled = measured[key][0].windows[0]  # served 45% of the stake: credited less than that
-    assert pooled.pooled and pooled.served == pytest.approx(1.75 * 0.15)
+    assert pooled.pooled and pooled.served == pytest.approx(0.15 / 0.7)
     assert poolings[0].used == ("v20", "v35", "v45") and poolings[0].coverage == 1.0
     alone = measure_period(store, 2, [c], PB, pooled=False)[0][key][0]
     assert alone.windows[0].served == 1.0  # sharing off: its own view
