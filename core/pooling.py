@@ -25,7 +25,7 @@ this module is the rule they feed, and the simulator runs the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from core import plan
@@ -109,12 +109,15 @@ class Pooling:
 
 
 def pool_window(block: int, reports: Mapping[str, Mapping[Key, WindowOutcome]],
-                contenders: Sequence[Contender], stake: Mapping[str, float], period_blocks: int
+                contenders: Sequence[Contender], stake: Mapping[str, float], period_blocks: int,
+                answered: Mapping[str, Collection[str]] | None = None
                 ) -> tuple[dict[Key, WindowOutcome], Pooling]:
     """Every contender's pooled window from the reports held (by validator hotkey, this
     validator's own among them), or nothing when they cover less than ``COVERAGE`` of the
     permitted stake (``stake``). A report without a row for a contender counts as
-    ``refused``."""
+    ``refused``, unless it carries the contender's declaration (``answered``: the miners' hotkeys
+    each report carries one of): the miner answered that validator, which then scored nothing of
+    it in the window (its requests still out at the period's end, say), and has no view."""
     total = sum(stake.values())
     held = [v for v in reports if stake.get(v, 0.0) > 0]
     coverage = sum(stake[v] for v in held) / total if total > 0 else 0.0
@@ -124,11 +127,36 @@ def pool_window(block: int, reports: Mapping[str, Mapping[Key, WindowOutcome]],
     for c in contenders:
         key = (c.hotkey, c.task)
         caps = {v: report_cap(c, stake[v] / total, period_blocks) for v in held}
-        views = {v: reports[v].get(key) or refused(block, caps[v]) for v in held}
+        views = {}
+        for v in held:
+            row = reports[v].get(key)
+            if row is None and answered is not None and c.hotkey in answered.get(v, ()):
+                continue
+            views[v] = row or refused(block, caps[v])
         pooled = pool(views, stake, caps)
         if pooled is not None and pooled.tally.asked > 0:
             out[key] = pooled
     return out, Pooling(block, coverage, tuple(sorted(held)))
+
+
+def pool_outside(tallies: Mapping[str, Tally], stake: Mapping[str, float], budget: float
+                 ) -> Tally | None:
+    """A contender's requests outside windows in a period, pooled from the reports held
+    (``tallies`` by validator, this validator's own among them): the level of their served
+    fractions, each weighing its validator's stake, as one tally every validator agrees on, of
+    the units asked (each report's at most its validator's share of ``budget``, the contender's
+    declaration). None when the reports cover less than ``COVERAGE`` of the stake or none asked
+    anything: a miner that serves one validator outside windows and refuses the others is then
+    judged alike by all of them, as in windows (docs/protocol.md §9)."""
+    total = sum(stake.values())
+    if total <= 0 or sum(stake.get(v, 0.0) for v in tallies) < COVERAGE * total:
+        return None
+    asked = {v: t for v, t in tallies.items() if t.asked > 0 and stake.get(v, 0.0) > 0}
+    if not asked:
+        return None
+    at = level([t.fraction for t in asked.values()], [stake[v] for v in asked])
+    units = sum(min(t.asked, budget * stake[v] / total) for v, t in asked.items())
+    return Tally(units, units * at, 0.0, units * (1 - at), sum(t.requests for t in asked.values()))
 
 
 def refused(block: int, cap: Cap) -> WindowOutcome:

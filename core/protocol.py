@@ -12,9 +12,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+from core.declaration import MAX_PERIOD, SignedDeclaration
 from core.tasks import TASKS, Kind
 
-PROTOCOL_VERSION = "5.0.0"
+# 6: a miner's declaration is signed, one per period, and carried in window reports
+PROTOCOL_VERSION = "6.0.0"
 MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.
@@ -39,7 +41,6 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 64  # a chat request's stop sequences
 MAX_TOKENS_PER_LINE = 128  # a miner writes a larger batch as several chat lines
 MAX_CHAT_LINE_BYTES = 256 * 1024  # > MAX_TOKENS_PER_LINE tokens of MAX_TOKEN_TEXT, JSON-escaped
 MAX_CAPACITY_BYTES = 64 * 1024  # nine tasks' declarations take < 1 KiB
-MAX_TASKS_DECLARED = 64
 
 
 def _unicode(text: str) -> str:
@@ -93,16 +94,17 @@ class Message(BaseModel):
 
 
 class CapacityRequest(Message):
-    pass
+    """A validator opening ``period`` asks for the miner's declaration of it (None: of the
+    period the miner is in)."""
+
+    period: Annotated[int, Field(ge=0, le=MAX_PERIOD)] | None = None
 
 
-class CapacityResponse(Message):
-    """A miner's declaration: per task, the most units it serves in one period, all validators
-    together; each validator takes its stake share (docs/protocol.md §3.2)."""
-
-    hotkey: Annotated[str, Field(max_length=64)]
-    capacities: Annotated[dict[Annotated[str, Field(max_length=64)], float],
-                          Field(max_length=MAX_TASKS_DECLARED)]
+class CapacityResponse(Message, SignedDeclaration):
+    """A miner's declaration for the period asked, signed by its hotkey: per task, the most
+    units it serves in that period, all validators together; each validator takes its stake
+    share (docs/protocol.md §3.2). The same one for every validator all period
+    (``core.miner.latch``)."""
 
 
 class ChatMessage(BaseModel):

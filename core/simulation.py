@@ -26,7 +26,7 @@ from core import plan
 from core.budget import Contender
 from core.metagraph import Metagraph, Neuron
 from core.period import Opening, close_period, open_period
-from core.pooling import pool, report_cap
+from core.pooling import pool, pool_outside, report_cap
 from core.records import NOT_SCORED, Outcome, RequestRecord, tally
 from core.scoring import PeriodOutcome, Tally, WindowOutcome
 from core.tasks import TASKS
@@ -216,6 +216,8 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
             _pool(slices, opened, share, owner, validators)
         share_in_windows = len(windows_at.get(period, [])) * w_blocks / PERIOD_BLOCKS
         other = _other_traffic(opened, owner, capacity, validators, share_in_windows)
+        if pooled and windows_at.get(period):
+            _pool_outside(other, opened, share, owner, validators)
         vectors = []
         for v in vnames:
             outcomes = {}
@@ -341,6 +343,21 @@ def _pool(slices: dict, opened, share: dict[str, float], owner,
             for v in opened:
                 if (v, hk, task) in budgets:
                     slices[(v, hk, task, block)] = pooled
+
+
+def _pool_outside(other: dict, opened, share: dict[str, float], owner,
+                  validators: dict[str, Validator]) -> None:
+    """Replace each validator's requests outside windows by the pooled ones
+    (``core.pooling.pool_outside``), as its window reports carry them."""
+    groups: dict[tuple[str, str], dict[str, Tally]] = {}
+    for (v, hk, task), t in other.items():
+        groups.setdefault((hk, task), {})[v] = _published(validators[v], owner[hk].name, [t])[0]
+    declared = {(c.hotkey, c.task): c.declared for op in opened.values() for c in op.contenders}
+    for (hk, task), tallies in groups.items():
+        pooled = pool_outside(tallies, share, declared[(hk, task)])
+        if pooled is not None:
+            for v in tallies:
+                other[(v, hk, task)] = pooled
 
 
 def _published(v: Validator, setup: str, tallies: list[Tally]) -> list[Tally]:

@@ -72,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "full, a newcomer is answered 429")
     p.add_argument("--state-dir", default="~/.sn19",
                    help="folder for the miner's own state: the nonces it accepted, so requests "
-                        "replayed across a restart are still refused")
+                        "replayed across a restart are still refused, and the declarations it "
+                        "signed, so a restart never signs a second one for a period")
     p.add_argument("--max-body", type=int, default=None,
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
@@ -249,6 +250,7 @@ def serve(args) -> int:
     import uvicorn
 
     from core.miner.app import MinerSettings, MinerState, build_app
+    from core.miner.latch import DeclarationLatch
     from core.miner.limits import Slots
     from core.miner.pool import build_pools
     from core.transport.auth import Gate
@@ -270,7 +272,8 @@ def serve(args) -> int:
                        gate=Gate(hotkey.ss58_address, min_stake=args.min_stake,
                                  nonce_store=SqliteNonceStore(Path(args.state_dir) /
                                                               f"nonces-{hotkey.ss58_address}.sqlite3")),
-                       period_blocks=args.period_blocks, slots=slots)
+                       period_blocks=args.period_blocks, slots=slots,
+                       latch=DeclarationLatch(hotkey, chain.netuid, Path(args.state_dir)))
     log.info("serving %s as %s on %s:%d", ", ".join(pools), hotkey.ss58_address,
              args.host, args.port)
     limits = {"max_body": args.max_body} if args.max_body else {}

@@ -11,11 +11,14 @@ behaviour wrapped around its app, chosen by the environment variable SN19_HOSTIL
 - ``byte-by-byte``: the real answer, one byte every 20 ms.
 - ``slow``: every answer 25 s late.
 - ``garbage``: lines that are not JSON; images that are not JSON.
-- ``stake-first``: serves only the validator whose hotkey SN19_FAVOURITE names (the most-staked),
-  and answers every other validator's task request 429, as a miner that declares more than it has
-  and gives what it has to the largest stake.
+- ``stake-first``: serves only the validators whose hotkeys SN19_FAVOURITE names (comma-separated:
+  the most-staked), and answers every other validator's task request 429, as a miner that
+  declares more than it has and gives what it has to the largest stake.
 - ``dodger``: the same, answering 403 instead: a refusal of the validator's signature, after
   admitting its signed /capacity call.
+- ``equivocate``: answers the validator SN19_FAVOURITE names the declaration its capacity file
+  makes (signed once for the period, as an honest miner does) and every other validator half of
+  it, signed by the same hotkey for the same period: it tells validators different things.
 
 Everything else is the honest miner: the same engines, signatures and limits.
 """
@@ -31,8 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.declaration import sign  # noqa: E402
+from core.protocol import PROTOCOL_VERSION, CapacityResponse  # noqa: E402
+
 MODE = os.environ.get("SN19_HOSTILE", "")
-FAVOURITE = os.environ.get("SN19_FAVOURITE", "")
+FAVOURITES = frozenset(filter(None, os.environ.get("SN19_FAVOURITE", "").split(",")))
 HUGE = 800 * 2**20  # bytes of the oversized answers
 KEEPALIVE_FOR_S = 90.0  # a stalled stream stops keeping the connection alive after this
 
@@ -61,26 +67,31 @@ def rewrite_final(line: bytes) -> bytes:
 
 
 class Hostile:
-    def __init__(self, app):
+    def __init__(self, app, keypair=None):
         self.app = app
+        self.keypair = keypair  # the miner's hotkey, for the modes that sign what they answer
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if MODE in ("stake-first", "dodger") and path not in ("/health", "/capacity", "/metrics"):
-            caller = dict(scope["headers"]).get(b"x-bittensor-hotkey", b"").decode()
-            if caller != FAVOURITE:
-                body = json.dumps({"version": "5.0.0", "error": "busy"}).encode()
-                await send({"type": "http.response.start",
-                            "status": 429 if MODE == "stake-first" else 403,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"retry-after", b"1")]})
-                return await send({"type": "http.response.body", "body": body})
+        caller = dict(scope["headers"]).get(b"x-bittensor-hotkey", b"").decode()
+        if MODE == "equivocate" and path == "/capacity" and caller not in FAVOURITES:
+            return await self.app(scope, receive, self.rewrite_send(send, self.halved))
+        if (MODE in ("stake-first", "dodger") and caller not in FAVOURITES
+                and path not in ("/health", "/capacity", "/metrics")):
+            body = json.dumps({"version": PROTOCOL_VERSION, "error": "busy"}).encode()
+            await send({"type": "http.response.start",
+                        "status": 429 if MODE == "stake-first" else 403,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"retry-after", b"1")]})
+            return await send({"type": "http.response.body", "body": body})
         if MODE == "huge-capacity" and path == "/capacity":
-            return await endless(send, b'{"version": "5.0.0", "capacities": {}, "hotkey": "')
+            return await endless(send, f'{{"version": "{PROTOCOL_VERSION}", "capacities": {{}}, '
+                                       f'"hotkey": "'.encode())
         if MODE == "huge-image" and path.endswith("-image"):
-            return await endless(send, b'{"version": "5.0.0", "units": 10, "images": ["')
+            return await endless(send, f'{{"version": "{PROTOCOL_VERSION}", "units": 10, '
+                                       f'"images": ["'.encode())
         if MODE == "slow" and path not in ("/health", "/capacity"):
             await asyncio.sleep(25)
         if MODE == "garbage" and path != "/health" and path != "/capacity":
@@ -92,12 +103,26 @@ class Hostile:
         if path == "/chat":
             return await self.app(scope, receive, self.chat_send(send))
         if MODE == "inflate-units" and path.endswith("-image"):
-            return await self.app(scope, receive, self.image_send(send))
+            return await self.app(scope, receive, self.rewrite_send(send, self.more_units))
         return await self.app(scope, receive, send)
 
     @staticmethod
-    def image_send(send):
-        """The image answer with its units multiplied (its length header follows)."""
+    def more_units(body: bytes) -> bytes:
+        answer = json.loads(body)
+        answer["units"] *= 1000
+        return json.dumps(answer).encode()
+
+    def halved(self, body: bytes) -> bytes:
+        """The period's declaration, halved and signed again by the miner's hotkey."""
+        signed = CapacityResponse.model_validate_json(body)
+        lower = sign(self.keypair, signed.netuid, signed.period,
+                     {task: value / 2 for task, value in signed.capacities.items()})
+        return CapacityResponse(**lower.model_dump()).model_dump_json().encode()
+
+    @staticmethod
+    def rewrite_send(send, rewrite):
+        """The answer with its body rewritten by ``rewrite`` when it is a 200 (its length header
+        follows)."""
         start = {}
 
         async def hostile_send(message):
@@ -106,9 +131,7 @@ class Hostile:
                 return None
             body = message.get("body", b"")
             if start.get("status") == 200 and body:
-                answer = json.loads(body)
-                answer["units"] *= 1000
-                body = json.dumps(answer).encode()
+                body = rewrite(body)
             headers = [(k, str(len(body)).encode() if k == b"content-length" else v)
                        for k, v in start.get("headers", [])]
             await send({**start, "headers": headers})
@@ -153,11 +176,16 @@ class Hostile:
 def main() -> int:
     import uvicorn
 
-    run = uvicorn.run
-    uvicorn.run = lambda app, **kw: run(Hostile(app), **kw)  # neurons/miner.py calls it late
     sys.path.insert(0, str(ROOT / "neurons"))
     import miner
 
+    keypair = None
+    if MODE == "equivocate":
+        from core.cli import load_wallet
+
+        keypair = load_wallet(miner.parse_args(sys.argv[1:]))[1]
+    run = uvicorn.run
+    uvicorn.run = lambda app, **kw: run(Hostile(app, keypair), **kw)  # miner.py calls it late
     return miner.main(sys.argv[1:])
 
 

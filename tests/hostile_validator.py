@@ -31,6 +31,7 @@ import bittensor as bt  # noqa: E402
 import uvicorn  # noqa: E402
 from bittensor import http_auth  # noqa: E402
 
+from core.protocol import PROTOCOL_VERSION  # noqa: E402
 from core.window_report import SIGNED_METHOD, signed_path  # noqa: E402
 
 SLICE = {"asked": 100.0, "good": 80.0, "refused": 20.0, "failed": 0.0, "requests": 2}
@@ -38,7 +39,7 @@ SLICE = {"asked": 100.0, "good": 80.0, "refused": 20.0, "failed": 0.0, "requests
 
 def report(validator: str, block: int, **slice_) -> bytes:
     row = {"hotkey": "victim", "task": "chat-llama-3", "slices": [{**SLICE, **slice_}] * 5}
-    return json.dumps({"version": "5.0.0", "netuid": 19, "validator": validator,
+    return json.dumps({"version": PROTOCOL_VERSION, "netuid": 19, "validator": validator,
                        "block": block, "rows": [row]}).encode()
 
 

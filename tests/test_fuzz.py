@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
+from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.storage import open_store
@@ -45,11 +46,11 @@ json_values = st.recursive(
 )
 
 VALID = {
-    "/chat": {"version": "5.0.0", "task": "chat-llama-3", "max_tokens": 4,
+    "/chat": {"version": "6.0.0", "task": "chat-llama-3", "max_tokens": 4,
               "messages": [{"role": "user", "content": "hi"}]},
-    "/text-to-image": {"version": "5.0.0", "task": "proteus-text-to-image", "prompt": "x",
+    "/text-to-image": {"version": "6.0.0", "task": "proteus-text-to-image", "prompt": "x",
                        "steps": 1, "height": 64, "width": 64},
-    "/capacity": {"version": "5.0.0"},
+    "/capacity": {"version": "6.0.0"},
 }
 
 
@@ -74,6 +75,7 @@ def miner(tmp_path_factory):
         gate=Gate(me),
         period_blocks=10**6,
         slots=Slots({}, {t: None for t in config.tasks}, 5),
+        latch=DeclarationLatch(wallet.hotkey, chain.netuid, tmp / "state"),
     )
     settings = MinerSettings(sync_interval_s=3600, max_body=64_000)
     with TestClient(build_app(state, settings)) as client:
@@ -126,9 +128,9 @@ def test_miner_answers_any_body_without_a_500(miner, path, raw):
 
 @pytest.mark.parametrize("body", [
     b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
-    json.dumps({"version": "5.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
+    json.dumps({"version": "6.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
                 "task": "chat-llama-3"}).encode(),
-    b'{"version": "5.0.0", "task": "chat-llama-3", "temperature": NaN, '
+    b'{"version": "6.0.0", "task": "chat-llama-3", "temperature": NaN, '
     b'"messages": [{"role": "user", "content": "x"}]}',
     b'\xff\xfe\x00garbage',
 ])

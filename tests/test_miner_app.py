@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from core.backends import load_engine
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
+from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.protocol import (
@@ -35,8 +36,13 @@ def engines():
     return {t: load_engine(t, e) for t, e in CONFIG.tasks.items()}
 
 
+def latch(subnet, folder) -> DeclarationLatch:
+    """The miner's declarations, kept in ``folder``."""
+    return DeclarationLatch(subnet.miner.hotkey, subnet.chain.netuid, folder)
+
+
 @pytest.fixture
-def miner(subnet, engines):
+def miner(subnet, engines, tmp_path):
     hotkey = subnet.miner.hotkey.ss58_address
     state = MinerState(
         hotkey=hotkey,
@@ -45,6 +51,7 @@ def miner(subnet, engines):
         gate=Gate(hotkey, min_stake=100),
         period_blocks=1000,
         slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5),
+        latch=latch(subnet, tmp_path),
     )
     app = build_app(state, MinerSettings(sync_interval_s=3600))
     with TestClient(app, client=("127.0.0.1", 50000)) as client:
@@ -138,7 +145,7 @@ def test_other_major_version_is_a_clear_400(miner, subnet):
 
 def test_invalid_body_is_422(miner, subnet):
     client, me = miner
-    body = b'{"version": "5.0.0", "task": "chat-llama-3", "messages": []}'
+    body = b'{"version": "6.0.0", "task": "chat-llama-3", "messages": []}'
     r = post(client, "/chat", body, subnet.validator, me)
     assert r.status_code == 422
 
@@ -240,6 +247,7 @@ def test_a_request_replayed_after_a_restart_is_still_refused(subnet, engines, tm
             gate=Gate(me, nonce_store=SqliteNonceStore(tmp_path / "n.sqlite3")),
             period_blocks=1000,
             slots=Slots({}, {t: None for t in CONFIG.tasks}, 5),
+            latch=latch(subnet, tmp_path),
         )
         return TestClient(build_app(state, MinerSettings(sync_interval_s=3600)))
 
@@ -300,11 +308,12 @@ def test_each_endpoint_reads_no_more_than_its_largest_valid_request(miner, subne
     assert client.post("/image-to-image", content=body, headers=headers).status_code != 413
 
 
-def test_metrics_only_for_this_host_and_no_docs(subnet, engines):
+def test_metrics_only_for_this_host_and_no_docs(subnet, engines, tmp_path):
     hotkey = subnet.miner.hotkey.ss58_address
     state = MinerState(hotkey=hotkey, pools=build_pools(CONFIG, engines),
                        chain=subnet.chain, gate=Gate(hotkey), period_blocks=1000,
-                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5),
+                       latch=latch(subnet, tmp_path))
     app = build_app(state, MinerSettings(sync_interval_s=3600))
     with TestClient(app, client=("203.0.113.7", 40000)) as outside:
         assert outside.get("/metrics").status_code == 404  # hotkeys and worker URLs stay in
@@ -332,13 +341,14 @@ class Trickle:
 
 
 def test_a_chat_stream_sends_its_first_token_at_once_then_lines_at_most_every_interval(
-        subnet, engines):
+        subnet, engines, tmp_path):
     from core.miner.app import LINE_INTERVAL_S
 
     me = subnet.miner.hotkey.ss58_address
     state = MinerState(hotkey=me, pools=build_pools(CONFIG, {**engines, "chat-llama-3": Trickle()}),
                        chain=subnet.chain, gate=Gate(me, min_stake=100), period_blocks=1000,
-                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5))
+                       slots=Slots({}, {t: None for t in CONFIG.tasks}, max_wait_s=5),
+                       latch=latch(subnet, tmp_path))
     msg = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "hi"}],
                       max_tokens=40, seed=1)
     with TestClient(build_app(state, MinerSettings(sync_interval_s=3600))) as client:

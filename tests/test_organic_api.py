@@ -16,6 +16,7 @@ from core.budget import contenders
 from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
+from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.storage import open_store
@@ -83,6 +84,7 @@ def net(tmp_path, engines, request):
             gate=Gate(miner.ss58_address),
             period_blocks=10**6,
             slots=Slots({}, {t: None for t in CONFIG.tasks}, 30),
+            latch=DeclarationLatch(miner, chain.netuid, tmp_path / name),
         )
         app = build_app(state, MinerSettings(sync_interval_s=3600))
         apps[name] = (app, port, miner.ss58_address)

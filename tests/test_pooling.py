@@ -82,3 +82,17 @@ def test_a_contender_declaring_nothing_is_not_scored_by_missing_rows():
     outcomes = {v: {KEY: WindowOutcome(30, tuple(s))} for v, s in honest().items()}
     pooled, _ = pool_window(30, outcomes, [C, idle], STAKES, PB)
     assert (idle.hotkey, idle.task) not in pooled and pooled[KEY].served == pytest.approx(1.0)
+
+
+def test_requests_outside_windows_are_pooled_so_every_validator_agrees():
+    from core.pooling import pool_outside
+
+    served_first = {v: Tally(50.0, 50.0 if v == "v40" else 0.0, 0.0,
+                             0.0 if v == "v40" else 50.0, 5) for v in STAKES}
+    pooled = pool_outside(served_first, STAKES, C.declared)
+    # served 40% of the stake outside windows: the mean of the lowest 70% of it
+    assert pooled.fraction == pytest.approx(0.1 / 0.7)
+    # a liar claiming a billion units asked weighs its stake and adds its share of the budget
+    lied = {**served_first, "v05": Tally(1e9, 0.0, 0.0, 1e9, 1)}
+    assert pool_outside(lied, STAKES, C.declared).asked <= C.declared
+    assert pool_outside({"v05": served_first["v05"]}, STAKES, C.declared) is None  # 5% of stake

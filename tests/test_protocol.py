@@ -1,10 +1,13 @@
 import pytest
+from bittensor.sp_core import Keypair
 from pydantic import ValidationError
 
+from core.declaration import sign
 from core.protocol import (
     MAJOR,
     PATHS,
     PROTOCOL_VERSION,
+    CapacityRequest,
     CapacityResponse,
     ChatChunk,
     ChatRequest,
@@ -19,7 +22,9 @@ from core.protocol import (
 from core.tasks import TASKS, Kind
 
 MESSAGES = [
-    CapacityResponse(hotkey="5abc", capacities={"inpaint": 10.0}),
+    CapacityRequest(period=1234),
+    CapacityResponse(**sign(Keypair.create_from_uri("//m"), 19, 1234,
+                            {"inpaint": 10.0}).model_dump()),
     ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "héllo ✓"}],
                 max_tokens=12, temperature=0.7, top_p=0.9, seed=3),
     ChatChunk(tokens=[ChatToken(token_id=5, text="a", logprob=-0.25)]),
@@ -67,3 +72,10 @@ def test_every_task_has_an_endpoint():
 
 def test_major_of():
     assert major_of("4.1.2") == 4 and major_of("junk") is None and major_of("") is None
+
+
+@pytest.mark.parametrize("bad", [{"period": -1}, {"period": 2**41}, {"period": "soon"},
+                                 {"unknown": 1}])
+def test_invalid_capacity_requests_are_refused(bad):
+    with pytest.raises(ValidationError):
+        CapacityRequest.model_validate(bad)

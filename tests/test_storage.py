@@ -6,8 +6,10 @@ import threading
 import time
 
 import pytest
+from bittensor.sp_core import Keypair
 
 from core.budget import Contender
+from core.declaration import sign
 from core.plan import Window
 from core.pooling import Pooling
 from core.records import Outcome, RequestRecord
@@ -59,6 +61,29 @@ def test_window_reports_and_how_windows_were_scored_round_trip(store):
     assert store.poolings(5) == {1510: Pooling(1510, 0.8, ("v1", "v2"))}
     store.prune(6)
     assert store.reports(5) == {}
+
+
+def test_signed_declarations_are_kept_with_the_period_and_carried_in_reports(store):
+    miner = Keypair.create_from_uri("//hk1")
+    told = sign(miner, 19, 5, {"inpaint": 100.0})
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS, {}, [told])
+    # a resumed start keeps the declaration first stored
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS, {},
+                       [sign(miner, 19, 5, {"inpaint": 1.0})])
+    assert store.declarations(5) == {miner.ss58_address: told} and store.declarations(6) == {}
+    assert store.declarations(5)[miner.ss58_address].signed_by_hotkey()
+    report = report_of(19, "v1", 1510, {}, store.declarations(5).values())
+    store.add_report(5, report, 1.0)
+    assert store.report(1510, "v1").declarations == [told]
+    store.prune(6)
+    assert store.declarations(5) == {}
+
+
+def test_contenders_found_at_the_close_join_the_planned_ones(store):
+    store.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS[:1])
+    silent = Contender(3, "hk3", "inpaint", 80.0, 0.0, 4)
+    store.add_contenders(5, [silent, Contender(1, "hk1", "inpaint", 1.0, 1.0, 7)])
+    assert store.contenders(5) == [TARGETS[0], silent]  # a planned one stays as planned
 
 
 def test_records_round_trip_in_order(store):

@@ -238,8 +238,9 @@ def test_status_shows_the_latest_period(setup):
         and "in progress" in text
     )
     row = next(line for line in text.splitlines() if line.lstrip().startswith("3 inpaint"))
-    # declared, budget, requests, window asked / good / demonstrated (400 x 1/2), other
-    assert row.split()[2:9] == ["400", "100", "3", "40", "20", "200", "20"]
+    # declared, budget, requests, window asked / good / demonstrated (400 x the worst slice's
+    # 0: its own view judges every slice it sent requests in), other
+    assert row.split()[2:9] == ["400", "100", "3", "40", "20", "0", "20"]
     assert "uid 3: 1.000" in text and "block 2000" in text
     # only the contenders asked for, and the same as JSON for scripts
     assert "3 inpaint" in text and "4 inpaint" in text
@@ -250,7 +251,7 @@ def test_status_shows_the_latest_period(setup):
     assert [c["uid"] for c in data["contenders"]] == [3]
     first = data["contenders"][0]
     assert (first["declared"], first["requests"], first["other_asked"]) == (400.0, 3, 20.0)
-    assert first["windows"] == [{"block": 2150, "asked": 40.0, "good": 20.0, "served": 0.5,
+    assert first["windows"] == [{"block": 2150, "asked": 40.0, "good": 20.0, "served": 0.0,
                                  "pooled": False}]
     assert data["windows"][0]["coverage"] == 0.0 and data["windows"][0]["pooled_from"] == []
 

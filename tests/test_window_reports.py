@@ -183,7 +183,7 @@ async def fetch_all(port, keys, store, modes, timeout_s=2.0):
         for mode in modes:
             graph, peer = metagraph(port, keys, mode.split("#")[0])
             try:
-                out[mode] = await sharing.fetch(peer, 300, graph)
+                out[mode] = await sharing.fetch(peer, 300 // PB, 300, graph)
             except Rejected as e:
                 out[mode] = e.reason
     finally:

@@ -142,7 +142,8 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
                              str(tmp_path / "wallets"), "--wallet-name", "miner", "--config",
                              str(tmp_path / "miner.yml"), "--host", "127.0.0.1", "--port",
                              str(front), "--min-stake", "0", "--health-interval", str(HEALTH_S),
-                             "--state-dir", str(tmp_path / "state")],
+                             "--state-dir", str(tmp_path / "state"),
+                             "--period-blocks", str(10**6)],  # one period for the whole test
                    env={"WTOKEN": TOKEN},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     me = subnet.miner.hotkey.ss58_address
@@ -154,9 +155,17 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
         return httpx.post(f"http://127.0.0.1:{front}{path}", content=body, headers=headers,
                           timeout=60)
 
-    def declared() -> float:
+    def signed() -> float:
+        """The period's declaration, signed once for the whole period."""
         reply = post("/capacity", CapacityRequest())
         return CapacityResponse.model_validate_json(reply.content).capacities.get("chat-llama-3", 0)
+
+    def declared() -> float:
+        """What the healthy workers bring now: the next period's declaration."""
+        metrics = httpx.get(f"http://127.0.0.1:{front}/metrics").text
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('sn19_miner_declared_units{task="chat-llama-3"}'))
+        return float(line.split()[-1])
 
     def chat(seed: int) -> ChatChunk:
         reply = post("/chat", chat_request(seed))
@@ -172,7 +181,7 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
 
     try:
         wait_healthy(front, miner, time.monotonic() + 120)
-        assert declared() == 50000
+        assert signed() == declared() == 50000
         with ThreadPoolExecutor(4) as pool:
             finals = list(pool.map(chat, range(8)))
         assert all(f.done and f.completion_tokens > 0 for f in finals)
@@ -184,6 +193,7 @@ def test_front_end_routes_to_two_workers_and_declares_what_the_healthy_ones_brin
         finals = [chat(seed) for seed in range(8, 12)]
         assert all(f.done for f in finals)
         until(lambda: declared() == 20000, within=HEALTH_S + 2)
+        assert signed() == 50000  # a lost worker lowers the declaration from the next period
 
         workers[a] = start_worker(a)
         until(lambda: declared() == 50000, within=HEALTH_S + 2)

@@ -5,7 +5,8 @@ Every request is admitted (btauth/1 signature addressed to this miner: 401; a re
 validator with a permit and the minimum stake: 403; the protocol's major version: 400; the
 request's shape: 422), held to the caller's stake share of the declaration (429 with
 Retry-After), then served by the task's pool of workers within its concurrency limit
-(``core/miner/serving.py``). The capacity synapse advertises what the healthy workers bring.
+(``core/miner/serving.py``). The capacity synapse answers the period's declaration, signed
+once for the period from what the healthy workers brought then (``core/miner/latch.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.chain import ChainError
 from core.chain.announce import keep_announced
+from core.miner.latch import WrongPeriod
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
 from core.miner.serving import Refusal, Serving
@@ -36,6 +39,7 @@ from core.protocol import (
     MAX_TOKENS_PER_LINE,
     PATHS,
     PROTOCOL_VERSION,
+    CapacityRequest,
     CapacityResponse,
     ChatChunk,
     ChatRequest,
@@ -193,8 +197,23 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
     @synapse(CAPACITY_PATH)
     async def capacity(request: Request):
+        """The declaration of the period asked, signed once for the whole period: the same to
+        every validator (``MinerState.signed_declaration``)."""
         await serving.admit(request, None)
-        answer = CapacityResponse(hotkey=state.hotkey, capacities=state.declaration())
+        try:  # admission read the body and checked its signature and version
+            asked = CapacityRequest.model_validate_json(await request.body() or b"{}")
+        except ValidationError:
+            raise Refusal(422, "invalid capacity request") from None
+        try:
+            declaration = state.signed_declaration(asked.period)
+        except WrongPeriod as e:
+            raise Refusal(409, str(e)) from None
+        except OSError as e:  # never answered unless recorded: a restart must find it
+            log.error("cannot record the declaration of period %s in %s: %s", asked.period,
+                      state.latch.path, e)
+            raise Refusal(503, "cannot record this period's declaration",
+                          {"Retry-After": "5"}) from None
+        answer = CapacityResponse(**declaration.model_dump())
         return Response(answer.model_dump_json(), media_type="application/json")
 
     @synapse(PATHS[Kind.CHAT])

@@ -4,7 +4,7 @@ Each request goes to the healthy worker with the most free concurrency. A worker
 reached is taken out at once (and the request tried on another, if nothing was sent yet); health
 checks put it back when it answers again, with the front end's token (a wrong token is down, not
 a worker answering 401s). The miner declares what its healthy workers bring, so a lost GPU lowers
-the declaration before an audit window can find the gap (docs/protocol.md §2).
+the next period's declaration (the current one is signed: docs/protocol.md §2).
 """
 
 from __future__ import annotations

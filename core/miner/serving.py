@@ -101,8 +101,8 @@ class Serving:
             self.metrics.refuse(task, validator.hotkey, "no worker")
             raise Refusal(503, f"no {task} worker is up", {"Retry-After": "5"})
         assert state.metagraph is not None  # admission refused every call before the first sync
-        allowance = state.declaration().get(task, 0.0) * stake_share(state.metagraph,
-                                                                    validator.hotkey)
+        allowance = state.declared_in(period).get(task, 0.0) * stake_share(state.metagraph,
+                                                                          validator.hotkey)
         if not state.ledger.reserve(validator.hotkey, task, units, allowance, period):
             self.metrics.refuse(task, validator.hotkey, "share")
             raise Refusal(429, f"this validator's share of {task} is used up for this period",

@@ -8,9 +8,16 @@ from dataclasses import dataclass, field
 
 from core.capacity import clamp_declaration
 from core.chain import Metagraph, SubtensorChain
+from core.declaration import SignedDeclaration
+from core.miner.latch import DeclarationLatch, WrongPeriod
 from core.miner.limits import Ledger, Slots
 from core.miner.pool import Pool
 from core.transport.auth import Gate
+
+# The next period's declaration is signed only this close to its start: a validator whose view of
+# the chain is ahead of the miner's (the miner reads the head every --sync-interval, 12 s by
+# default) is answered, and none can freeze a declaration long before its period begins.
+NEXT_PERIOD_S = 60.0
 
 
 @dataclass
@@ -23,15 +30,40 @@ class MinerState:
     gate: Gate
     period_blocks: int
     slots: Slots
+    latch: DeclarationLatch  # the declaration signed for each period
     ledger: Ledger = field(default_factory=Ledger)
     metagraph: Metagraph | None = None
     synced_at: float = 0.0
     head: int = 0
     block_time: float = 12.0
 
+    def __post_init__(self):
+        if self.latch.hotkey != self.hotkey:
+            raise ValueError(f"the declarations are signed by {self.latch.hotkey}, "
+                             f"not this miner's hotkey {self.hotkey}")
+
     def declaration(self) -> dict[str, float]:
         """What the healthy workers bring, clamped as validators will."""
         return clamp_declaration({task: pool.declared() for task, pool in self.pools.items()})
+
+    def declared_in(self, period: int) -> dict[str, float]:
+        """What this miner declared for ``period``: the declaration it signed, else what it
+        would sign now. Each validator's share of it is what the miner serves that validator."""
+        signed = self.latch.signed.get(period)
+        return signed.declared() if signed is not None else self.declaration()
+
+    def signed_declaration(self, asked: int | None) -> SignedDeclaration:
+        """The declaration of period ``asked`` (None: the current one), signed once for the
+        whole period (``core.miner.latch``). A period is signed when it is the current one or,
+        in the current one's last NEXT_PERIOD_S, the next: the miner's view of the head may lag a
+        validator's by its sync interval. WrongPeriod for any other."""
+        period, left_s = self.period()
+        if asked is None:
+            asked = period
+        if asked != period and not (asked == period + 1 and left_s <= NEXT_PERIOD_S):
+            raise WrongPeriod(f"period {asked} is not this miner's current one ({period}), nor "
+                              f"the next within {NEXT_PERIOD_S:g} s of its start")
+        return self.latch.declare(asked, self.declaration)
 
     async def sync(self) -> None:
         """The chain's head, and the metagraph at the current period's start block: validators

@@ -78,4 +78,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE weights_set ADD COLUMN status TEXT NOT NULL DEFAULT 'set'",
         "ALTER TABLE weights_set ADD COLUMN reveal_round BIGINT",
     ),
+    (
+        # protocol 6: the declaration each miner signed for a period, as this validator got it
+        # (docs/protocol.md §2); carried in its window reports, and compared with the others'
+        """CREATE TABLE declarations (
+            period BIGINT NOT NULL, hotkey TEXT NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (period, hotkey))""",
+    ),
 )

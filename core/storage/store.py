@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
 from core.budget import Contender
+from core.declaration import SignedDeclaration
 from core.plan import Window
 from core.pooling import Pooling
 from core.records import Outcome, RequestRecord
@@ -21,6 +22,8 @@ from core.window_report import WindowReport
 
 T = TypeVar("T")
 _SETTLE = "UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?"
+_ADD_TARGETS = ("INSERT INTO targets (period, uid, hotkey, task, declared, budget, registered_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, hotkey, task) DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -138,21 +141,34 @@ class Store:
 
     def begin_period(self, period: int, block: int, block_hash: str, share: float,
                      started_at: float, contenders: list[Contender],
-                     stakes: Mapping[str, float] | None = None) -> None:
-        """Store a period's budgets, and the permitted validators' ``stakes`` its window reports
-        are pooled by, in one transaction: a restart finds all of them or none."""
+                     stakes: Mapping[str, float] | None = None,
+                     declarations: Iterable[SignedDeclaration] = ()) -> None:
+        """Store a period's budgets, the permitted validators' ``stakes`` its window reports
+        are pooled by, and the signed ``declarations`` the miners gave this validator for it, in
+        one transaction: a restart finds all of them or none."""
         with self._guard(), self.db.transaction():
             self.db.execute("INSERT INTO periods (period, block, block_hash, share, started_at, "
                             "finished, stakes) VALUES (?, ?, ?, ?, ?, 0, ?) "
                             "ON CONFLICT (period) DO NOTHING",
                             (period, block, block_hash, share, started_at,
                              json.dumps(dict(stakes or {}))))
+            self.db.executemany(_ADD_TARGETS, _target_rows(period, contenders))
             self.db.executemany(
-                "INSERT INTO targets (period, uid, hotkey, task, declared, budget, registered_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, hotkey, task) DO NOTHING",
-                [(period, c.uid, c.hotkey, c.task, c.declared, c.budget, c.registered_at)
-                 for c in contenders])
+                "INSERT INTO declarations VALUES (?, ?, ?) ON CONFLICT (period, hotkey) DO NOTHING",
+                [(period, d.hotkey, d.model_dump_json()) for d in declarations])
             self.rederive_used(period)  # requests recorded here before it began (finish_request)
+
+    def add_contenders(self, period: int, contenders: list[Contender]) -> None:
+        """Contenders of a begun period it did not plan (those found at its close: a miner
+        silent to this validator that declared to others, ``core.validator.measure``); one
+        already there stays as it is."""
+        with self._guard(), self.db.transaction():
+            self.db.executemany(_ADD_TARGETS, _target_rows(period, contenders))
+
+    def declarations(self, period: int) -> dict[str, SignedDeclaration]:
+        """The signed declarations the miners gave this validator for ``period``, by hotkey."""
+        rows = self._run("SELECT hotkey, body FROM declarations WHERE period = ?", (period,))
+        return {hotkey: SignedDeclaration.model_validate_json(body) for hotkey, body in rows}
 
     def period(self, period: int) -> PeriodInfo | None:
         rows = self._run("SELECT block, block_hash, share, started_at, finished, stakes "
@@ -428,7 +444,8 @@ class Store:
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window."""
         with self._guard(), self.db.transaction():
-            for table in ("requests", "targets", "windows", "reports", "periods"):
+            for table in ("requests", "targets", "windows", "reports", "declarations",
+                          "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
 
     def lease(self, name: str) -> Lease:
@@ -439,3 +456,8 @@ class Store:
         if self._threads is not None:
             self._threads.shutdown(wait=True)  # the calls under way end (their records written)
         self.db.close()
+
+
+def _target_rows(period: int, contenders: Iterable[Contender]) -> list[tuple]:
+    return [(period, c.uid, c.hotkey, c.task, c.declared, c.budget, c.registered_at)
+            for c in contenders]

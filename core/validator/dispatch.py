@@ -18,8 +18,8 @@ import logging
 import aiohttp
 from pydantic import ValidationError
 
-from core.capacity import clamp_declaration
 from core.chain import Neuron
+from core.declaration import SignedDeclaration, problem
 from core.protocol import (
     CAPACITY_PATH,
     MAJOR,
@@ -50,18 +50,22 @@ def shown(text: str, limit: int = 40) -> str:
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
-                           timeout: float) -> dict[str, dict[str, float]]:
-    """Every serving neuron's clamped declaration, asked concurrently, each answer read up to
-    MAX_CAPACITY_BYTES; silent, oversized or mismatched miners are left out. Refusals of this
-    validator's signature are where a broken clock, hotkey or registration shows: their miners
-    declare 0 to it (and are sent nothing), and when most miners refuse it the log says so."""
+async def fetch_capacities(client: SignedClient, neurons: list[Neuron], timeout: float,
+                           netuid: int, period: int) -> dict[str, SignedDeclaration]:
+    """Every serving neuron's declaration of ``period``, signed by its hotkey, asked
+    concurrently, each answer read up to MAX_CAPACITY_BYTES. Silent, oversized or mismatched
+    miners, and declarations that are not its own hotkey's signature of this netuid and period,
+    are left out (logged): such a miner declared nothing to this validator this period. Refusals
+    of this validator's signature are where a broken clock, hotkey or registration shows: their
+    miners declare 0 to it (and are sent nothing), and when most miners refuse it the log says
+    so."""
     refused: list[int] = []
+    ask = CapacityRequest(period=period)
 
-    async def one(n: Neuron) -> tuple[str, dict[str, float]] | None:
+    async def one(n: Neuron) -> SignedDeclaration | None:
         try:
-            reply = await client.post(n.endpoint, CAPACITY_PATH, n.hotkey, CapacityRequest(),
-                                      timeout, MAX_CAPACITY_BYTES)
+            reply = await client.post(n.endpoint, CAPACITY_PATH, n.hotkey, ask, timeout,
+                                      MAX_CAPACITY_BYTES)
             if reply.status != 200:
                 log.info("uid %d: capacity answered %d", n.uid, reply.status)
                 if reply.status in (401, 403):
@@ -71,13 +75,17 @@ async def fetch_capacities(client: SignedClient, neurons: list[Neuron],
         except Exception as e:  # a miner's answer can fail in any way: it only leaves it out
             log.info("uid %d: no capacity (%s)", n.uid, type(e).__name__)
             return None
-        if major_of(answer.version) != MAJOR or answer.hotkey != n.hotkey:
+        if major_of(answer.version) != MAJOR:
             log.info("uid %d: skipped (version %s)", n.uid, shown(answer.version))
             return None
-        return n.hotkey, clamp_declaration(answer.capacities)
+        if (why := problem(answer, netuid, period, n.hotkey)) is not None:
+            log.warning("uid %d: its declaration does not count (%s): it declares nothing to this "
+                     "validator this period", n.uid, shown(why, 120))
+            return None
+        return answer.declaration()
 
     results = await asyncio.gather(*(one(n) for n in neurons if n.endpoint))
-    declared = dict(r for r in results if r)
+    declared = {d.hotkey: d for d in results if d}
     if refused and len(refused) >= len(declared):
         log.error("%d miners refused this validator's signed capacity call (401/403), %d "
                   "answered: check its clock, hotkey, registration and permit", len(refused),

@@ -12,6 +12,7 @@ the part of one still to come is sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -26,12 +27,13 @@ from core.chain import ChainError, Metagraph, SubtensorChain
 from core.checking.service import Checker
 from core.period import close_period, open_period
 from core.storage import StorageError, Store
+from core.tasks import TASKS, Kind
 from core.transport.client import SignedClient
 from core.validator.api import ApiServices
 from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
-from core.validator.measure import measure_period
+from core.validator.measure import declared_in, measure_period, unplanned
 from core.validator.metrics import ValidatorMetrics
 from core.validator.report import period_table
 from core.validator.sharing import Sharing
@@ -88,7 +90,8 @@ class Validator:
             POOL_CONNECTIONS, settings.max_concurrency * 2))
         self.book = PeriodBook(store)  # the current period, shared with the organic API
         self.leading = False  # whether this process runs the period loop (replica.py)
-        self.rng = random.Random()  # timing jitter and prompts: private, never from the chain
+        # timing jitter, prompts, seeds and images: the system's secrets, never from the chain
+        self.rng = random.SystemRandom()
         self.checker = None if settings.check == "off" else Checker(
             store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
         self.counter = PromptCounter(settings.tokenizers)
@@ -238,12 +241,14 @@ class Validator:
             return self.store.contenders(period), info.share
         start = period * self.settings.period_blocks
         miners = [n for n in metagraph.neurons if n.hotkey != self.hotkey]
-        declared = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s)
+        signed = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s,
+                                        self.chain.netuid, period)
+        declared = {hotkey: d.declared() for hotkey, d in signed.items()}
         previous = [(c.hotkey, c.task) for c in self.store.contenders(period - 1)]
         opening = open_period(metagraph, declared, previous, self.hotkey)
         stakes = {n.hotkey: n.stake for n in metagraph.validators() if n.stake > 0}
         self.store.begin_period(period, start, await self.chain.block_hash(start), opening.share,
-                                time.time(), opening.contenders, stakes)
+                                time.time(), opening.contenders, stakes, signed.values())
         return opening.contenders, opening.share
 
     async def _follow_blocks(self, period: int, contenders: list[Contender],
@@ -388,8 +393,10 @@ class Validator:
         and the budget; recorded (in the slice it was planned for) and settled however it ends
         (``Traffic``)."""
         c = s.contender
-        message = synthetic_request(c.task, s.units, self.rng, self.settings.image_size,
-                                    self.counter)
+        build = functools.partial(synthetic_request, c.task, s.units, self.rng,
+                                  self.settings.image_size, self.counter)
+        # an image and its mask take 30-90 ms to make: off the event loop, like every other wait
+        message = build() if TASKS[c.task].kind is Kind.CHAT else await asyncio.to_thread(build)
         prompt, units = self.traffic.cost(message)
         # the miner's own slots first: waiting for a slow miner never holds a slot of the others
         neuron = metagraph.by_hotkey(c.hotkey)
@@ -409,8 +416,20 @@ class Validator:
 
     async def _close(self, period: int, contenders: list[Contender], metagraph: Metagraph) -> None:
         """Score the period (``core.period.close_period``), store every contender's state, set
-        weights."""
+        weights. Miners silent to this validator that declared to a peer are contenders too
+        (``core.validator.measure``)."""
         self.store.seal(period)  # a request still running is recorded in the next period
+        if self.settings.share_reports:
+            held = declared_in(self.store, period, self.store.reports(period))
+            for hotkey, (a, b) in held.proofs.items():
+                log.warning("period %d: %s signed two declarations (%s and %s): its period is "
+                            "forfeited", period, hotkey, a.capacities, b.capacities)
+            found = unplanned(held, contenders, metagraph)
+            if found:
+                log.info("period %d: %d contenders of miners silent to this validator that "
+                         "declared to others", period, len(found))
+                self.store.add_contenders(period, found)
+                contenders = self.store.contenders(period)
         measured, poolings = measure_period(self.store, period, contenders,
                                             self.settings.period_blocks,
                                             pooled=self.settings.share_reports)

@@ -7,9 +7,11 @@ close pools what it holds (``core.validator.measure``).
 
 A fetched report is taken only when everything about it checks out: it answers this request
 (btauth/1 headers signed by the validator asked, for this validator, for this window, fresh and
-never seen before), it fits ``MAX_REPORT_BYTES``, it parses within the model's bounds, and it
-names the validator and window asked. Anything else is rejected, logged and counted; a validator
-that does not answer in time is skipped and asked again at the next round.
+never seen before), it fits ``MAX_REPORT_BYTES``, it parses within the model's bounds, it is of
+this protocol's major version, it names the validator and window asked, and every declaration it
+carries is its miner's own signature for this netuid and the window's period (a validator cannot
+forge one, so one that is not proves the report false). Anything else is rejected, logged and
+counted; a validator that does not answer in time is skipped and asked again at the next round.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pydantic import ValidationError
 
 from core.budget import Contender
 from core.chain import Metagraph, Neuron, SubtensorChain
+from core.declaration import problem
 from core.plan import Window
+from core.protocol import MAJOR, major_of
 from core.records import period_outcomes
 from core.storage import Store
 from core.transport.auth import NONCE_RETENTION_S
@@ -71,13 +75,20 @@ class Sharing:
         return self.keypair.ss58_address
 
     def own_report(self, period: int, window: Window, contenders: Sequence[Contender]) -> bool:
-        """Store this validator's report of ``window`` from its records (once: a report served
-        never changes); True if stored now."""
+        """Store this validator's report of ``window`` from its records, with the declarations
+        the miners gave it for the period (once: a report served never changes); True if stored
+        now."""
         if self.store.report(window.block, self.hotkey) is not None:
             return False
-        measured = period_outcomes(contenders, self.store.records(period), [window])
-        outcomes = {key: o.windows[0] for key, (o, _) in measured.items()}
-        report = report_of(self.netuid, self.hotkey, window.block, outcomes)
+        windows = [w for w in self.store.windows(period) if w.block <= window.block]
+        if window.block not in {w.block for w in windows}:
+            windows.append(window)
+        measured = period_outcomes(contenders, self.store.records(period), windows)
+        outcomes = {key: next(w for w in o.windows if w.block == window.block)
+                    for key, (o, _) in measured.items()}
+        outside = {key: o.other for key, (o, _) in measured.items()}
+        report = report_of(self.netuid, self.hotkey, window.block, outcomes,
+                           self.store.declarations(period).values(), outside)
         return self.store.add_report(period, report, time.time())
 
     def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
@@ -91,9 +102,10 @@ class Sharing:
                                  body=body, receiver_ss58=caller)
         return body, {**headers, "Content-Type": "application/json"}
 
-    async def fetch(self, peer: Neuron, block: int, metagraph: Metagraph) -> WindowReport | None:
-        """``peer``'s report of the window at ``block``: None while it has none or does not
-        answer; Rejected when what it answers is not a report it signed for us."""
+    async def fetch(self, peer: Neuron, period: int, block: int,
+                    metagraph: Metagraph) -> WindowReport | None:
+        """``peer``'s report of the window at ``block`` (of ``period``): None while it has none
+        or does not answer; Rejected when what it answers is not a report it signed for us."""
         try:
             reply = await self.client.post(peer.endpoint, REPORT_PATH, peer.hotkey,
                                            ReportRequest(block=block), self.timeout_s,
@@ -124,9 +136,15 @@ class Sharing:
         except ValidationError as e:
             raise Rejected("invalid", f"not a valid report: {e.error_count()} error(s), first: "
                                       f"{json.dumps(e.errors()[0]['msg'])}") from None
+        if major_of(report.version) != MAJOR:
+            raise Rejected("version", f"a report of protocol {report.version[:32]!r}, not of "
+                                      f"major {MAJOR}")
         if (report.validator, report.block, report.netuid) != (peer.hotkey, block, self.netuid):
             raise Rejected("mismatch", f"a report of {report.validator} for block {report.block} "
                                        f"on netuid {report.netuid}, not the one asked")
+        for d in report.declarations:
+            if (why := problem(d, self.netuid, period)) is not None:
+                raise Rejected("declaration", f"it carries a declaration of {d.hotkey} {why}")
         return report
 
     async def collect(self, period: int, block: int, metagraph: Metagraph, until: float,
@@ -165,7 +183,7 @@ class Sharing:
     async def _fetch_one(self, period: int, peer: Neuron, block: int,
                          metagraph: Metagraph) -> bool:
         try:
-            report = await self.fetch(peer, block, metagraph)
+            report = await self.fetch(peer, period, block, metagraph)
         except Rejected as e:
             self.metrics.reports.labels("rejected", e.reason).inc()
             log.warning("report of %s for the window at block %d rejected (%s): %s",
