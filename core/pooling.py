@@ -14,10 +14,11 @@ reports, each one a claim its validator may have made up, so the rule bounds wha
   ignored top, so a validator fabricating service for its own miner lifts nothing; one that claims
   less (good = 0 about a victim) lowers the level by about its stake; and a miner that serves
   only the validators holding most of the stake is judged by the ones it failed;
-- served is the lower of the level and the worst slice the pooled sums can judge (capacity that
-  arrives after the window opened earns nothing), and the window's score is
-  ``Σ A_v f_v³ / Σ A_v f_v``: ``f²`` when every report agrees, less when the miner served some
-  validators and failed others.
+- served is the lower of the level and the worst minute the pooled sums can judge (capacity
+  that arrives after the window opened earns what its first minute shows), and the window's
+  score is ``Σ A_v f_v³ / Σ A_v f_v``: ``f²`` when every report agrees; reports of f = 0 leave
+  it (a liar is counted once, in the level), so a miner that wholly refuses some validators is
+  charged by the level alone.
 
 The reports travel signed between validators (``core.window_report``, ``core.validator.sharing``);
 this module is the rule they feed, and the simulator runs the same rule.
@@ -131,7 +132,7 @@ def pool_window(block: int, reports: Mapping[str, Mapping[Key, WindowOutcome]],
         for v in held:
             row = reports[v].get(key)
             if row is None and answered is not None and c.hotkey in answered.get(v, ()):
-                continue
+                row = WindowOutcome(block, (Tally(),) * plan.SLICES)  # no view, still counted
             views[v] = row or refused(block, caps[v])
         pooled = pool(views, stake, caps)
         if pooled is not None and pooled.tally.asked > 0:
@@ -143,19 +144,19 @@ def pool_outside(tallies: Mapping[str, Tally], stake: Mapping[str, float], budge
                  ) -> Tally | None:
     """A contender's requests outside windows in a period, pooled from the reports held
     (``tallies`` by validator, this validator's own among them): the level of their served
-    fractions, each weighing its validator's stake, as one tally every validator agrees on, of
-    the units asked (each report's at most its validator's share of ``budget``, the contender's
-    declaration). None when the reports cover less than ``COVERAGE`` of the stake or none asked
-    anything: a miner that serves one validator outside windows and refuses the others is then
-    judged alike by all of them, as in windows (docs/protocol.md §9)."""
+    fractions, each weighing the units it asked up to its validator's share of ``budget`` (the
+    contender's declaration), as one tally every validator agrees on. None (each validator
+    keeps its own view) unless validators holding ``COVERAGE`` of the stake asked something:
+    one small validator's report of a failed request is no evidence the others lacked. So a
+    miner that serves one validator outside windows and refuses the others is judged alike by
+    all of them, as in windows (docs/protocol.md §9)."""
     total = sum(stake.values())
-    if total <= 0 or sum(stake.get(v, 0.0) for v in tallies) < COVERAGE * total:
-        return None
     asked = {v: t for v, t in tallies.items() if t.asked > 0 and stake.get(v, 0.0) > 0}
-    if not asked:
+    if total <= 0 or sum(stake[v] for v in asked) < COVERAGE * total:
         return None
-    at = level([t.fraction for t in asked.values()], [stake[v] for v in asked])
-    units = sum(min(t.asked, budget * stake[v] / total) for v, t in asked.items())
+    weights = {v: min(t.asked, budget * stake[v] / total) for v, t in asked.items()}
+    at = level([t.fraction for t in asked.values()], list(weights.values()))
+    units = sum(weights.values())
     return Tally(units, units * at, 0.0, units * (1 - at), sum(t.requests for t in asked.values()))
 
 

@@ -87,8 +87,9 @@ def test_a_contender_declaring_nothing_is_not_scored_by_missing_rows():
 def test_requests_outside_windows_are_pooled_so_every_validator_agrees():
     from core.pooling import pool_outside
 
-    served_first = {v: Tally(50.0, 50.0 if v == "v40" else 0.0, 0.0,
-                             0.0 if v == "v40" else 50.0, 5) for v in STAKES}
+    # each asked in proportion to its stake; the miner served only v40
+    served_first = {v: Tally(2 * x, 2 * x if v == "v40" else 0.0, 0.0,
+                             0.0 if v == "v40" else 2 * x, 5) for v, x in STAKES.items()}
     pooled = pool_outside(served_first, STAKES, C.declared)
     # served 40% of the stake outside windows: the mean of the lowest 70% of it
     assert pooled.fraction == pytest.approx(0.1 / 0.7)
@@ -96,3 +97,20 @@ def test_requests_outside_windows_are_pooled_so_every_validator_agrees():
     lied = {**served_first, "v05": Tally(1e9, 0.0, 0.0, 1e9, 1)}
     assert pool_outside(lied, STAKES, C.declared).asked <= C.declared
     assert pool_outside({"v05": served_first["v05"]}, STAKES, C.declared) is None  # 5% of stake
+
+
+def test_one_small_report_of_failures_outside_windows_is_no_evidence():
+    from core.pooling import pool_outside
+
+    quiet = {v: Tally() for v in STAKES if v != "v05"}  # the others asked nothing outside
+    assert pool_outside({**quiet, "v05": Tally(10.0, 0.0, 0.0, 10.0, 1)}, STAKES, C.declared) \
+        is None  # each validator keeps its own view, where the miner failed nothing
+
+
+def test_a_report_carrying_the_declaration_without_a_row_still_counts_for_coverage():
+    outcomes = {v: {KEY: WindowOutcome(30, tuple(s))} for v, s in honest().items()}
+    outcomes["v40"] = {}  # it answered v40 (its declaration is carried) and v40 scored nothing
+    answered = {v: {C.hotkey} for v in STAKES}
+    pooled, pooling = pool_window(30, outcomes, [C], STAKES, PB, answered)
+    assert pooled[KEY].pooled and pooled[KEY].served == pytest.approx(1.0)
+    assert pooling.coverage == 1.0

@@ -101,7 +101,8 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
     contenders = [declared.declared(c) for c in contenders]
     by_key = {(c.hotkey, c.task): c for c in contenders}
 
-    measured = period_outcomes(contenders, store.records(period), windows)
+    records = store.records(period)
+    measured = period_outcomes(contenders, records, windows)
     by_block, poolings = {}, []
     for w in windows:
         reports = {v: r.outcomes() for v, r in held.get(w.block, {}).items()}
@@ -116,12 +117,15 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
     for block in sorted(held):
         latest.update(held[block])
     outside = {v: r.outside() for v, r in latest.items()}  # requests outside windows, pooled
+    # ... up to the reports of the last window; what this validator asked after it, its own
+    cut = max((w.started_at + w.seconds for w in windows), default=float("inf"))
+    tail = period_outcomes(contenders, [r for r in records if r.at >= cut], windows)
     out = {}
     for key, (outcome, n) in measured.items():
         pooled_other = pool_outside({v: o[key] for v, o in outside.items() if key in o}, stakes,
                                     by_key[key].declared)
         if pooled_other is not None:
-            outcome = replace(outcome, other=pooled_other)
+            outcome = replace(outcome, other=pooled_other + tail[key][0].other)
         c = by_key[key]
         quiet = declared.silent(c.hotkey) and c.declared > 0
         windows_seen = tuple(by_block.get(w.block, {}).get(key) or
