@@ -36,6 +36,10 @@ from core.scoring import Tally, WindowOutcome
 Key = tuple[str, str]  # (hotkey, task)
 
 COVERAGE = 2 / 3  # of permitted stake the reports must cover to be pooled
+# outside windows, the stake whose validators asked something that makes the pooled tally
+# evidence: a liar alone needs this much; background requests are few (1% of a budget, rounded),
+# so at 2/3 a window early in a period found too few askers and each validator kept its own view
+OUTSIDE_EVIDENCE = 1 / 3
 # a minute of a window is judged on this many pooled requests at least (``minutes``)
 MIN_GROUP_REQUESTS = 3
 # (share of the reports' weight from the lowest fraction up, multiplier): the level's weights,
@@ -146,13 +150,15 @@ def pool_outside(tallies: Mapping[str, Tally], stake: Mapping[str, float], budge
     (``tallies`` by validator, this validator's own among them): the level of their served
     fractions, each weighing the units it asked up to its validator's share of ``budget`` (the
     contender's declaration), as one tally every validator agrees on. None (each validator
-    keeps its own view) unless validators holding ``COVERAGE`` of the stake asked something:
-    one small validator's report of a failed request is no evidence the others lacked. So a
-    miner that serves one validator outside windows and refuses the others is judged alike by
-    all of them, as in windows (docs/protocol.md §9)."""
+    keeps its own view) unless the reports cover ``COVERAGE`` of the stake and validators
+    holding ``OUTSIDE_EVIDENCE`` of it asked something: one small validator's report of a
+    failed request is no evidence the others lacked. So a miner that serves one validator
+    outside windows and refuses the others is judged alike by all of them, as in windows
+    (docs/protocol.md §9)."""
     total = sum(stake.values())
     asked = {v: t for v, t in tallies.items() if t.asked > 0 and stake.get(v, 0.0) > 0}
-    if total <= 0 or sum(stake[v] for v in asked) < COVERAGE * total:
+    if (total <= 0 or sum(stake.get(v, 0.0) for v in tallies) < COVERAGE * total
+            or sum(stake[v] for v in asked) < OUTSIDE_EVIDENCE * total):
         return None
     weights = {v: min(t.asked, budget * stake[v] / total) for v, t in asked.items()}
     at = level([t.fraction for t in asked.values()], list(weights.values()))

@@ -168,6 +168,7 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
         result.uids[s.name] = list(range(offset, offset + len(s.declared)))
         offset += len(s.declared)
     window_count = 0
+    carried: dict[tuple[str, str, str], Tally] = {}  # outside windows since the last window
     jitter = random.Random(seed)  # the validators' private timing jitter
     for step in range(periods):
         period = START_PERIOD + step
@@ -216,8 +217,13 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
             _pool(slices, opened, share, owner, validators)
         share_in_windows = len(windows_at.get(period, [])) * w_blocks / PERIOD_BLOCKS
         other = _other_traffic(opened, owner, capacity, validators, share_in_windows)
-        if pooled and windows_at.get(period):
-            _pool_outside(other, opened, share, owner, validators)
+        if pooled:  # a period's requests outside windows are pooled by its next window's reports
+            for key, t in other.items():
+                carried[key] = carried.get(key, Tally()) + t
+            other = {key: Tally() for key in other}
+            if windows_at.get(period):
+                _pool_outside(other, carried, opened, share, owner, validators)
+                carried = {}
         vectors = []
         for v in vnames:
             outcomes = {}
@@ -345,19 +351,23 @@ def _pool(slices: dict, opened, share: dict[str, float], owner,
                     slices[(v, hk, task, block)] = pooled
 
 
-def _pool_outside(other: dict, opened, share: dict[str, float], owner,
+def _pool_outside(other: dict, carried: dict, opened, share: dict[str, float], owner,
                   validators: dict[str, Validator]) -> None:
-    """Replace each validator's requests outside windows by the pooled ones
-    (``core.pooling.pool_outside``), as its window reports carry them."""
+    """Score each validator's requests outside windows as the pooled ones
+    (``core.pooling.pool_outside``) of those ``carried`` since the last window, as the window
+    reports carry them; none where the reports are no evidence."""
     groups: dict[tuple[str, str], dict[str, Tally]] = {}
-    for (v, hk, task), t in other.items():
+    for (v, hk, task), t in carried.items():
         groups.setdefault((hk, task), {})[v] = _published(validators[v], owner[hk].name, [t])[0]
     declared = {(c.hotkey, c.task): c.declared for op in opened.values() for c in op.contenders}
     for (hk, task), tallies in groups.items():
+        if (hk, task) not in declared:
+            continue
         pooled = pool_outside(tallies, share, declared[(hk, task)])
         if pooled is not None:
             for v in tallies:
-                other[(v, hk, task)] = pooled
+                if (v, hk, task) in other:
+                    other[(v, hk, task)] = pooled
 
 
 def _published(v: Validator, setup: str, tallies: list[Tally]) -> list[Tally]:

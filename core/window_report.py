@@ -61,7 +61,7 @@ class ContenderReport(BaseModel):
     hotkey: Annotated[str, Field(min_length=1, max_length=64)]
     task: Annotated[str, Field(min_length=1, max_length=64)]
     slices: Annotated[list[SliceReport], Field(min_length=SLICES, max_length=SLICES)]
-    # what the validator asked of it outside windows in the period, up to the report
+    # what the validator asked of it outside windows since the window before this one
     outside: SliceReport | None = None
 
 
@@ -94,8 +94,8 @@ class WindowReport(BaseModel):
         return {d.hotkey for d in self.declarations}
 
     def outside(self) -> dict[tuple[str, str], Tally]:
-        """Each contender's requests outside windows in the period as the reporting validator
-        measured them, up to the report (a repeated row: the first counts)."""
+        """Each contender's requests outside windows since the window before, as the reporting
+        validator measured them (a repeated row: the first counts)."""
         out: dict[tuple[str, str], Tally] = {}
         for row in self.rows:
             if row.outside is not None:
@@ -122,8 +122,8 @@ def report_of(netuid: int, validator: str, block: int,
               declarations: Iterable[SignedDeclaration] = (),
               outside: Mapping[tuple[str, str], Tally] | None = None) -> WindowReport:
     """A validator's own window as a report: every contender it sent requests in the window or
-    outside windows this period (``outside``), and every declaration the miners gave it for the
-    period."""
+    outside windows since the window before (``outside``), and every declaration the miners gave
+    it for the period."""
     outside = outside or {}
     keys = {k for k, w in outcomes.items() if w.tally.asked > 0}
     keys |= {k for k, t in outside.items() if t.asked > 0}

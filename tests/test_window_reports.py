@@ -268,3 +268,33 @@ def test_the_peer_endpoint_answers_permitted_validators_only(tmp_path):
                               path="/window-report/90", self_hotkey_ss58=peer.ss58_address)
     assert signer.hotkey_ss58 == me.ss58_address
     assert WindowReport.model_validate_json(answer.content).block == 90
+
+
+def test_a_report_carries_what_was_asked_outside_windows_since_the_window_before(tmp_path):
+    """docs/protocol.md §9: every request outside windows falls in exactly one report, those
+    after a period's last window in the next period's first."""
+    from bittensor.sp_core import Keypair
+
+    me = Keypair.create_from_uri("//Outside")
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    c = Contender(1, "miner", "chat-llama-3", 2400.0, 1080.0, 0)
+    for period, block, start in ((2, 130, 1000.0), (3, 190, 2000.0)):
+        store.begin_period(period, period * PB, "0x1", 0.45, 0.0, [c], STAKES)
+        store.add_window(period, Window(block, start, 10.0))
+
+    def rec(period, at, outcome=Outcome.OK):
+        store.record(RequestRecord(period, "miner", "chat-llama-3", False, outcome, 64, 0.1,
+                                   None, at))
+
+    rec(2, 990.0)  # before the first window: in its report
+    rec(2, 1005.0)  # in the first window
+    rec(2, 1500.0, Outcome.SERVER_ERROR)  # after period 2's last window ...
+    rec(3, 1990.0)  # ... and before period 3's first: both in that window's report
+    sharing = Sharing(SignedClient(me), me, store, Subnet(), ValidatorMetrics())
+    assert sharing.own_report(2, store.windows(2)[0], [c])
+    assert sharing.own_report(3, store.windows(3)[0], [c])
+    key = ("miner", "chat-llama-3")
+    first = store.report(130, me.ss58_address).outside()[key]
+    second = store.report(190, me.ss58_address).outside()[key]
+    assert (first.asked, first.good) == (64, 64)
+    assert (second.asked, second.good, second.failed) == (128, 64, 64)

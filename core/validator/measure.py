@@ -3,8 +3,9 @@ records, with each window scored from the pooled window reports when those it ho
 enough of the permitted stake, else from its own view, against what each miner signed it
 declared for the period. The period's close and ``--status`` both read it from the store, so a
 restarted validator scores exactly what it had gathered. Each report also carries what its
-validator asked of each contender outside windows in the period; the latest reports' are pooled
-as windows are (``core.pooling.pool_outside``), so reliability agrees across validators too.
+validator asked of each contender outside windows since the window before; the period's reports
+are pooled as windows are (``core.pooling.pool_outside``), so reliability agrees across
+validators too.
 
 The declarations settle two things at the close:
 
@@ -31,7 +32,7 @@ from core.declaration import SignedDeclaration, equivocations
 from core.metagraph import Metagraph
 from core.pooling import Pooling, pool_outside, pool_window, refused, report_cap
 from core.records import period_outcomes
-from core.scoring import PeriodOutcome, Tally, WindowOutcome
+from core.scoring import PeriodOutcome, Tally, WindowOutcome, total
 from core.storage import Store
 from core.window_report import WindowReport
 
@@ -101,8 +102,7 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
     contenders = [declared.declared(c) for c in contenders]
     by_key = {(c.hotkey, c.task): c for c in contenders}
 
-    records = store.records(period)
-    measured = period_outcomes(contenders, records, windows)
+    measured = period_outcomes(contenders, store.records(period), windows)
     by_block, poolings = {}, []
     for w in windows:
         reports = {v: r.outcomes() for v, r in held.get(w.block, {}).items()}
@@ -113,19 +113,20 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
         by_block[w.block] = outcomes
         poolings.append(pooling)
     share = info.share if info else 0.0
-    latest: dict[str, WindowReport] = {}  # each validator's report of its last window
-    for block in sorted(held):
-        latest.update(held[block])
-    outside = {v: r.outside() for v, r in latest.items()}  # requests outside windows, pooled
-    # ... up to the reports of the last window; what this validator asked after it, its own
-    cut = max((w.started_at + w.seconds for w in windows), default=float("inf"))
-    tail = period_outcomes(contenders, [r for r in records if r.at >= cut], windows)
+    # requests outside windows: each window's reports carry those since the window before, so
+    # the pooled sum over the period's windows agrees across validators and misses none (those
+    # after the period's last window, or in a period without one, are in a later report)
+    outside = [{v: r.outside() for v, r in held.get(w.block, {}).items()} for w in windows]
+    # ... and then never from this validator's own view (what no report pooled, no validator
+    # scores), unless its period had windows and none of them could be pooled: it is alone
+    shared_outside = pooled and (not windows or any(p.used for p in poolings))
     out = {}
     for key, (outcome, n) in measured.items():
-        pooled_other = pool_outside({v: o[key] for v, o in outside.items() if key in o}, stakes,
-                                    by_key[key].declared)
-        if pooled_other is not None:
-            outcome = replace(outcome, other=pooled_other + tail[key][0].other)
+        if shared_outside:
+            outcome = replace(outcome, other=total([
+                t for reports in outside
+                if (t := pool_outside({v: o[key] for v, o in reports.items() if key in o},
+                                      stakes, by_key[key].declared)) is not None]))
         c = by_key[key]
         quiet = declared.silent(c.hotkey) and c.declared > 0
         windows_seen = tuple(by_block.get(w.block, {}).get(key) or

@@ -33,6 +33,7 @@ from core.declaration import problem
 from core.plan import Window
 from core.protocol import MAJOR, major_of
 from core.records import period_outcomes
+from core.scoring import Tally
 from core.storage import Store
 from core.transport.auth import NONCE_RETENTION_S
 from core.transport.client import SignedClient, TooLarge
@@ -48,6 +49,7 @@ from core.window_report import (
 )
 
 log = logging.getLogger("validator.sharing")
+OUTSIDE_PERIODS = 16  # periods back a report's outside-window requests may reach
 
 
 class Rejected(Exception):
@@ -76,20 +78,34 @@ class Sharing:
 
     def own_report(self, period: int, window: Window, contenders: Sequence[Contender]) -> bool:
         """Store this validator's report of ``window`` from its records, with the declarations
-        the miners gave it for the period (once: a report served never changes); True if stored
-        now."""
+        the miners gave it for the period and what it asked outside windows since the window
+        before (``outside_since``) (once: a report served never changes); True if stored now."""
         if self.store.report(window.block, self.hotkey) is not None:
             return False
-        windows = [w for w in self.store.windows(period) if w.block <= window.block]
-        if window.block not in {w.block for w in windows}:
-            windows.append(window)
-        measured = period_outcomes(contenders, self.store.records(period), windows)
-        outcomes = {key: next(w for w in o.windows if w.block == window.block)
-                    for key, (o, _) in measured.items()}
-        outside = {key: o.other for key, (o, _) in measured.items()}
+        measured = period_outcomes(contenders, self.store.records(period), [window])
+        outcomes = {key: o.windows[0] for key, (o, _) in measured.items()}
         report = report_of(self.netuid, self.hotkey, window.block, outcomes,
-                           self.store.declarations(period).values(), outside)
+                           self.store.declarations(period).values(),
+                           self.outside_since(period, window, contenders))
         return self.store.add_report(period, report, time.time())
+
+    def outside_since(self, period: int, window: Window, contenders: Sequence[Contender]
+                      ) -> dict[tuple[str, str], Tally]:
+        """What this validator asked each contender between the end of the window before
+        ``window`` (in this period or up to ``OUTSIDE_PERIODS`` earlier) and ``window``'s start:
+        every request outside windows falls in exactly one report, so the reports pool all of
+        them, those sent after a period's last window in the next period's first."""
+        since, first = 0.0, period
+        for p in range(period, max(period - OUTSIDE_PERIODS, -1), -1):
+            first = p
+            earlier = [w for w in self.store.windows(p) if w.block < window.block]
+            if earlier:
+                last = max(earlier, key=lambda w: w.block)
+                since = last.started_at + last.seconds
+                break
+        records = [r for p in range(first, period + 1) for r in self.store.records(p)
+                   if since <= r.at < window.started_at]
+        return {key: o.other for key, (o, _) in period_outcomes(contenders, records).items()}
 
     def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
         """Own report of the window at ``block`` and btauth/1 headers that sign it for
