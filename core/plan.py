@@ -134,18 +134,16 @@ def window_plan(contenders: Sequence[Contender], used: dict[tuple[str, str], flo
 
 def background_plan(contenders: Sequence[Contender], seconds: float, share: float = BACKGROUND,
                     rng: random.Random | None = None) -> list[Send]:
-    """The background sample outside windows: ``share`` of each budget in whole requests, at
-    least one where the budget allows one (``requests_for``), spread over ``seconds``; bounded
-    by the budget alone, so it keeps sampling after a window or organic traffic. At least one:
-    rounded to none, most validators asked a small miner nothing outside windows, the pooled
-    reports held no evidence there, and refusing everything outside windows cost nothing
-    (docs/protocol.md §9)."""
+    """The background sample outside windows: ``share`` of each budget (rounded to whole
+    requests, so a small budget may get none) spread over ``seconds``; bounded by the budget
+    alone, so it keeps sampling after a window or organic traffic."""
     rng = rng or random.Random()
     sends = []
     for c in contenders:
-        n, size = requests_for(c, share * c.budget, 0.0)
+        per = TASKS[c.task].units_per_synthetic
+        n = round(share * c.budget / per)
         for i in range(n):
-            sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, size, None))
+            sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, per, None))
     return sorted(sends, key=lambda s: s.at)
 
 

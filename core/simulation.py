@@ -407,9 +407,9 @@ def _other_traffic(opened, owner, capacity: dict[str, float], validators: dict[s
     for v, op in opened.items():
         for c in op.contenders:
             per = TASKS[c.task].units_per_synthetic
-            n_bg, size = plan.requests_for(c, plan.BACKGROUND * c.budget, 0.0)
+            n_bg = round(plan.BACKGROUND * c.budget / per)
             organic = validators[v].organic * c.budget * (1 - in_windows)
-            units = n_bg * size + organic
+            units = n_bg * per + organic
             asked[(v, c.hotkey, c.task)] = (units, n_bg + round(organic / per))
     out = {}
     for s in {owner[k[1]] for k in asked}:
