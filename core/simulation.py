@@ -311,7 +311,7 @@ def _run_window(block: int, index: int, opened, owner, capacity: dict[str, float
                 demand[(v, c.hotkey, c.task)] = rate / plan.SLICES
                 counts[(v, c.hotkey, c.task)] = (_slice_requests(n, rng), size)
     slice_share = w_blocks / PERIOD_BLOCKS / plan.SLICES
-    for s in {owner[k[1]] for k in demand}:
+    for s in sorted({owner[k[1]] for k in demand}, key=lambda s: s.name):  # draws in one order
         mine = [k for k in demand if owner[k[1]] is s]
         for j in range(plan.SLICES):
             cap = capacity[s.name] * slice_share
