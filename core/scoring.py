@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -57,6 +57,10 @@ class Tally:
     @property
     def fraction(self) -> float:
         return self.good / self.asked if self.asked > 0 else 0.0
+
+    def all_failed(self) -> Tally:
+        """The same requests, every unit failed."""
+        return Tally(self.asked, failed=self.asked, requests=self.requests)
 
     @property
     def score(self) -> float:
@@ -112,6 +116,15 @@ class PeriodOutcome:
     @property
     def asked(self) -> float:
         return self.other.asked + sum(w.tally.asked for w in self.windows)
+
+
+def forfeited(outcome: PeriodOutcome) -> PeriodOutcome:
+    """A proven equivocator's period (docs/protocol.md §4): declared 0, so credited 0, and every
+    unit asked of it failed, in windows (as the validator's own view: no report lifts them) and
+    outside."""
+    windows = tuple(WindowOutcome(w.block, tuple(s.all_failed() for s in w.slices))
+                    for w in outcome.windows)
+    return replace(outcome, declared=0.0, windows=windows, other=outcome.other.all_failed())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import hashlib
 import random
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from core.metagraph import Metagraph, Neuron
 from core.period import Opening, close_period, open_period
 from core.pooling import pool, pool_outside, report_cap
 from core.records import NOT_SCORED, Outcome, RequestRecord, tally
-from core.scoring import PeriodOutcome, Tally, WindowOutcome
+from core.scoring import PeriodOutcome, Tally, WindowOutcome, forfeited
 from core.tasks import TASKS
 from core.yuma import epoch
 
@@ -236,7 +236,7 @@ def simulate(setups: list[Setup], periods: int, *, validators: dict[str, Validat
                 checked = bool(o.asked or ws)  # one check a period where it served anything
                 outcome = PeriodOutcome(c.declared, ws, o, s.quality if checked else 0.0,
                                         int(checked))
-                outcomes[(c.hotkey, c.task)] = (_zeroed(outcome) if c.hotkey in equivocated
+                outcomes[(c.hotkey, c.task)] = (forfeited(outcome) if c.hotkey in equivocated
                                                 else outcome)
             closing = close_period(opened[v].contenders, outcomes, states[v], metagraph.n_uids)
             states[v] = {**states[v], **closing.states}
@@ -273,15 +273,6 @@ def _adopt(opening: Opening, carried: dict[str, dict[str, float]], metagraph: Me
             kept += [Contender(n.uid, hk, t, d, d * opening.share, n.registered_at)
                      for t, d in tasks.items()]
     return Opening(opening.share, kept)
-
-
-def _zeroed(o: PeriodOutcome) -> PeriodOutcome:
-    """A period whose every request counts as failed: an equivocating miner's."""
-    def fail(t: Tally) -> Tally:
-        return Tally(t.asked, 0.0, 0.0, t.asked, t.requests)
-
-    return replace(o, windows=tuple(WindowOutcome(w.block, tuple(fail(t) for t in w.slices))
-                                    for w in o.windows), other=fail(o.other))
 
 
 def _ended(outcome: Outcome, units: float, requests: int) -> Tally:
@@ -372,13 +363,10 @@ def _pool_outside(other: dict, carried: dict, opened, share: dict[str, float], o
 
 def _published(v: Validator, setup: str, tallies: list[Tally]) -> list[Tally]:
     """What validator ``v`` reports of a setup's window it measured as ``tallies``."""
-    def failed(t: Tally) -> Tally:
-        return Tally(t.asked, 0.0, 0.0, t.asked, t.requests)
-
     if setup in v.lies_about:
-        return [failed(t) for t in tallies]
+        return [t.all_failed() for t in tallies]
     if setup in v.fakes_slice_about:
-        return [failed(tallies[0]), *tallies[1:]]
+        return [tallies[0].all_failed(), *tallies[1:]]
     if setup in v.fabricates_for:
         return [Tally(t.asked, t.asked, 0.0, 0.0, t.requests) for t in tallies]
     return tallies

@@ -32,7 +32,7 @@ from core.declaration import SignedDeclaration, equivocations
 from core.metagraph import Metagraph
 from core.pooling import Pooling, pool_outside, pool_window, refused, report_cap
 from core.records import period_outcomes
-from core.scoring import PeriodOutcome, Tally, WindowOutcome, total
+from core.scoring import PeriodOutcome, forfeited, total
 from core.storage import Store
 from core.window_report import WindowReport
 
@@ -76,17 +76,6 @@ def unplanned(held: Declared, planned: list[Contender], metagraph: Metagraph) ->
     silent = {h: d.declared() for h, d in held.settled.items() if held.silent(h)}
     keys = {(c.hotkey, c.task) for c in planned}
     return [c for c in budgeted(metagraph, silent, 0.0) if (c.hotkey, c.task) not in keys]
-
-
-def forfeited(outcome: PeriodOutcome) -> PeriodOutcome:
-    """A proven equivocator's period: declared 0, so credited 0, and every unit asked of it
-    failed, in windows (as this validator's own view: no report lifts them) and outside."""
-    def failed(t: Tally) -> Tally:
-        return Tally(t.asked, failed=t.asked, requests=t.requests)
-
-    windows = tuple(WindowOutcome(w.block, tuple(failed(s) for s in w.slices))
-                    for w in outcome.windows)
-    return replace(outcome, declared=0.0, windows=windows, other=failed(outcome.other))
 
 
 def measure_period(store: Store, period: int, contenders: list[Contender], period_blocks: int,
