@@ -358,3 +358,23 @@ def test_replicas_on_one_database_share_a_keys_rate_limit(tmp_path):
     limits = [keys.RateLimiter(first), keys.RateLimiter(second)]
     waits = [limits[i % 2].allow(key, now=6000.0 + i) for i in range(4)]
     assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] == 60 * 101 - 6003.0  # the 4th, either one
+
+
+def test_a_check_that_ends_after_its_period_closed_counts_at_the_next_close(store):
+    from core.validator.measure import measure_period
+
+    store.begin_period(3, 900, "0x3", 1.0, 0.0, TARGETS[:1])
+    in_time, late = store.record(rec(3, quality=None)), store.record(rec(3, quality=None))
+    store.set_quality(in_time, 0.5)
+    store.seal(3)  # period 3 closes: its records are read now
+    store.begin_period(4, 1200, "0x4", 1.0, 0.0, TARGETS[:1])
+    store.set_quality(late, 0.0, "images differ")  # ended after period 3's close
+    assert store.late_checks(3) == [] and store.late_checks(4) == [("hk1", "inpaint", 0.0)]
+    assert [r.quality for r in store.records(3)] == [0.5, 0.0]
+    store.record(rec(4, quality=1.0))
+    measured, _ = measure_period(store, 4, TARGETS[:1], 300, pooled=False)
+    outcome, requests = measured[("hk1", "inpaint")]
+    assert requests == 1 and (outcome.quality_sum, outcome.quality_n) == (1.0, 2)
+    store.seal(4)
+    store.set_quality(in_time, 0.25)  # checked again after two closes: counts at the third
+    assert store.late_checks(5) == [("hk1", "inpaint", 0.25)]

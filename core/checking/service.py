@@ -1,10 +1,21 @@
 """The validator's checking service: a bounded queue of sampled results, checked off the serving
-path against reference models, each verdict written back as the record's quality.
+path against reference models, each verdict written back as the record's quality
+(docs/protocol.md §8).
 
-Sampling: the first result of every contender in every period (so each has a checked figure),
-then each other result with probability ``rate``. When the queue is full the oldest unchecked
-job is dropped and counted: checks never hold up requests. CPU references run in a worker
-thread; GPU references in their own process, so a model crash cannot take the validator down.
+Sampling is drawn after each answer arrives, from the system's randomness, so a miner cannot tell
+which of its answers will be checked: each answer with probability ``rate``, and one answer per
+contender and period at a uniformly random place among as many answers as it gave last period
+(a sequential draw: the i-th, from 0, with probability 1/(n - i); n is FIRST_PERIOD_ANSWERS in
+its first period), so every contender has a checked
+figure whatever the rate and none is predictable (the first one of a period used to be).
+
+Order: the queue serves the contender whose last check ended longest ago first (never checked:
+first of all), and when full drops a job of the contender checked most recently: a backlog
+delays the checks of the well-checked, never starves a contender, so none keeps quality 1 for
+long (with C checks a period and M contenders each is checked at least every ceil(M/C)
+periods). A check that ends after its period closed counts at the next close
+(``Store.set_quality``), never lost. CPU references run in a worker thread; GPU references in
+their own process, so a model crash cannot take the validator down.
 """
 
 from __future__ import annotations
@@ -12,16 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from core.metagraph import Neuron
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.scoring import speed_quality
 from core.tasks import TASKS
 
 log = logging.getLogger("validator.checking")
+
+# Answers assumed of a contender in its first period with this validator, for the period's draw:
+# its first answer is not the checked one for sure (with 1, it was)
+FIRST_PERIOD_ANSWERS = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,20 @@ class Job:
     answer: tuple[list[ChatToken], ChatChunk] | ImageResponse
     latency_s: float
     units: float
+    neuron: Neuron | None = None  # the miner: named when it fails, asked for openings
+    openings: object | None = None  # an image answer's opened trajectory steps (when fetched)
+
+    @property
+    def hotkey(self) -> str:
+        return self.neuron.hotkey if self.neuron else ""
+
+    @property
+    def uid(self) -> int:
+        return self.neuron.uid if self.neuron else -1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.hotkey, self.task
 
 
 class References:
@@ -105,41 +135,83 @@ class Stats:
     checked: int = 0
     failed: int = 0
     dropped: int = 0
+    late: int = 0  # checks that ended after their period closed (counted at the next close)
     reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Checker:
     def __init__(self, store, mode: str, *, rate: float = 0.1, max_queue: int = 256,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 opener: Callable[[Job], Awaitable[Job]] | None = None):
+        """``opener``: what a job needs from the miner after receipt (an image answer's
+        trajectory openings), fetched at once, before the job queues."""
         self.store, self.mode, self.rate = store, mode, rate
-        self.queue: deque[Job] = deque()
+        self.queue: list[Job] = []
         self.max_queue = max_queue
         self.stats = Stats()
-        self.rng = rng or random.Random()
-        self._seen: set[tuple[int, str, str]] = set()
+        self.rng = rng or random.SystemRandom()
+        self.opener = opener
+        self._answers: dict[tuple[int, str, str], int] = {}  # (period, hotkey, task) -> seen
+        self._drawn: set[tuple[int, str, str]] = set()  # those whose period's draw is done
+        self._last_period: dict[tuple[str, str], int] = {}  # answers of its previous period
+        self._last_checked: dict[tuple[str, str], int] = {}  # order of its last ended check
+        self._ended = 0
+        self._closed = -1  # the last period whose close was awaited (``drain``)
         self._ready = asyncio.Event()
         self._busy: Job | None = None
+        self._opening: set[asyncio.Task] = set()
         self._executor: Executor = (
             ThreadPoolExecutor(1, thread_name_prefix="checker") if mode == "cpu"
             else ProcessPoolExecutor(1, mp_context=get_context("spawn")))
         self._worker: asyncio.Task | None = None
 
     def wants(self, period: int, hotkey: str, task: str) -> bool:
-        """Sample: the contender's first result this period, then ``rate`` of the rest."""
+        """Whether to check this answer, drawn now that it has arrived (module docstring)."""
         key = (period, hotkey, task)
-        if key not in self._seen:
-            self._seen.add(key)
+        seen = self._answers.get(key, 0)
+        self._answers[key] = seen + 1
+        if key not in self._drawn:
+            last = self._last_period.get((hotkey, task), FIRST_PERIOD_ANSWERS)
+            expected = max(last, seen + 1)
+            if self.rng.random() * (expected - seen) < 1:
+                self._drawn.add(key)
+                return True
+        if self.rng.random() < self.rate:
+            self._drawn.add(key)  # any check of the period is its checked figure
             return True
-        return self.rng.random() < self.rate
+        return False
 
     def submit(self, job: Job) -> None:
+        """Queue ``job``; an answer that needs openings from the miner fetches them first."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run())
+        if self.opener is None or not isinstance(job.request, ImageRequest):
+            self._enqueue(job)
+            return
+        task = asyncio.create_task(self._open_then_enqueue(job))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open_then_enqueue(self, job: Job) -> None:
+        assert self.opener is not None
+        self._enqueue(await self.opener(job))
+
+    def _priority(self, job: Job) -> int:
+        return self._last_checked.get(job.key, -1)
+
+    def _enqueue(self, job: Job) -> None:
         if len(self.queue) >= self.max_queue:
-            self.queue.popleft()
+            # the most recently checked contender's oldest job goes
+            drop = max(range(len(self.queue)), key=lambda i: (self._priority(self.queue[i]), -i))
+            del self.queue[drop]
             self.stats.dropped += 1
         self.queue.append(job)
         self._ready.set()
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run())
+
+    def _next(self) -> Job:
+        """The job of the contender whose last check ended longest ago; the oldest of its."""
+        best = min(range(len(self.queue)), key=lambda i: (self._priority(self.queue[i]), i))
+        return self.queue.pop(best)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,7 +220,7 @@ class Checker:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            job = self._busy = self.queue.popleft()
+            job = self._busy = self._next()
             try:
                 quality, reason = await loop.run_in_executor(self._executor, quality_of, job,
                                                              self.mode)
@@ -158,26 +230,40 @@ class Checker:
                 continue
             head = reason.split(" (")[0][:60] if reason else None  # the kind, not the figures
             self.store.set_quality(job.record_id, quality, head)
+            self._ended += 1
+            self._last_checked[job.key] = self._ended
             self.stats.checked += 1
+            if job.period <= self._closed:
+                self.stats.late += 1
             if head is not None:
                 self.stats.failed += 1
                 self.stats.reasons[head] = self.stats.reasons.get(head, 0) + 1
-                log.info("record %d (%s) failed its check: %s", job.record_id, job.task, reason)
+                log.warning("uid %d (%s) failed its %s check (record %d): %s", job.uid,
+                            job.hotkey, job.task, job.record_id, reason)
             self._busy = None
 
     async def drain(self, period: int, timeout: float) -> None:
-        """Wait (at most ``timeout``) until no job of ``period`` is queued or being checked."""
+        """Wait (at most ``timeout``) until no job of ``period`` is queued or being checked;
+        what is left is checked later and counts at the next close."""
         deadline = asyncio.get_running_loop().time() + timeout
         while any(j.period == period for j in self.queue) or (
                 self._busy is not None and self._busy.period == period):
             if asyncio.get_running_loop().time() >= deadline:
-                log.warning("period %d closes with %d results still unchecked", period,
-                            sum(j.period == period for j in self.queue))
-                return
+                log.warning("period %d closes with %d results still unchecked: they count at "
+                            "the next close", period, sum(j.period == period for j in self.queue))
+                break
             await asyncio.sleep(0.05)
-        self._seen = {k for k in self._seen if k[0] > period}
+        self._closed = max(self._closed, period)
+        counts: dict[tuple[str, str], int] = {}
+        for (p, hotkey, task), n in self._answers.items():
+            if p == period:
+                counts[(hotkey, task)] = n
+        self._last_period.update(counts)
+        self._answers = {k: n for k, n in self._answers.items() if k[0] > period}
+        self._drawn = {k for k in self._drawn if k[0] > period}
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in [self._worker, *self._opening]:
+            if task is not None:
+                task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -85,4 +85,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             period BIGINT NOT NULL, hotkey TEXT NOT NULL, body TEXT NOT NULL,
             PRIMARY KEY (period, hotkey))""",
     ),
+    (
+        # a check that ends after its record's period was sealed counts at the next close
+        # (docs/protocol.md §8): that period, NULL for a check that ended in time
+        "ALTER TABLE requests ADD COLUMN counted_in BIGINT",
+        "CREATE INDEX requests_counted_in ON requests (counted_in) WHERE counted_in IS NOT NULL",
+    ),
 )

@@ -334,9 +334,20 @@ class Store:
         self._run("UPDATE periods SET sealed = 1 WHERE period = ?", (period,))
 
     def set_quality(self, record_id: int, quality: float, why: str | None = None) -> None:
-        """A checked answer's quality, and why it failed its check (None: it passed)."""
-        self._run("UPDATE requests SET quality = ?, why = ? WHERE id = ?",
+        """A checked answer's quality, and why it failed its check (None: it passed). A check
+        that ends after its record's period was sealed counts at the next close: in the period
+        after the last sealed one (``late_checks``), never lost."""
+        self._run("UPDATE requests SET quality = ?, why = ?, counted_in = CASE WHEN EXISTS "
+                  "(SELECT 1 FROM periods p WHERE p.period = requests.period AND p.sealed = 1) "
+                  "THEN (SELECT MAX(period) + 1 FROM periods WHERE sealed = 1) END WHERE id = ?",
                   (quality, why, record_id))
+
+    def late_checks(self, period: int) -> list[tuple[str, str, float]]:
+        """(hotkey, task, quality) of the checks of earlier periods' answers that ended after
+        those periods were sealed and count at ``period``'s close."""
+        return [(h, t, q) for h, t, q in self._run(
+            "SELECT hotkey, task, quality FROM requests WHERE counted_in = ? ORDER BY id",
+            (period,))]
 
     def failed_checks(self, period: int, hotkey: str) -> dict[str, dict[str, int]]:
         """Per task of ``hotkey``: how many of its answers in ``period`` failed their check, by

@@ -92,6 +92,9 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
     by_key = {(c.hotkey, c.task): c for c in contenders}
 
     measured = period_outcomes(contenders, store.records(period), windows)
+    late_quality: dict[tuple[str, str], list[float]] = {}  # checks that ended after their close
+    for hotkey, task, quality in store.late_checks(period):
+        late_quality.setdefault((hotkey, task), []).append(quality)
     by_block, poolings = {}, []
     for w in windows:
         reports = {v: r.outcomes() for v, r in held.get(w.block, {}).items()}
@@ -122,5 +125,9 @@ def measure_period(store: Store, period: int, contenders: list[Contender], perio
                              (refused(w.block, report_cap(c, share, period_blocks)) if quiet
                               else w) for w in outcome.windows)
         outcome = replace(outcome, windows=windows_seen)
+        late = late_quality.get(key)
+        if late:
+            outcome = replace(outcome, quality_sum=outcome.quality_sum + sum(late),
+                              quality_n=outcome.quality_n + len(late))
         out[key] = (forfeited(outcome) if c.hotkey in declared.proofs else outcome, n)
     return out, poolings

@@ -34,13 +34,16 @@ class _CheckerStats(Collector):
         dropped = CounterMetricFamily("sn19_validator_checks_dropped", "Results dropped unchecked "
                                       "because the queue was full")
         queued = GaugeMetricFamily("sn19_validator_check_queue", "Results waiting for a check")
+        late = CounterMetricFamily("sn19_validator_checks_late", "Checks that ended after their "
+                                   "period closed, counted at the next close")
         if checker is not None:
             stats = checker.stats  # type: ignore[attr-defined]
             checked.add_metric(["passed"], stats.checked - stats.failed)
             checked.add_metric(["failed"], stats.failed)
             dropped.add_metric([], stats.dropped)
             queued.add_metric([], len(checker.queue))  # type: ignore[attr-defined]
-        yield from (checked, dropped, queued)
+            late.add_metric([], stats.late)
+        yield from (checked, dropped, queued, late)
 
 
 class ValidatorMetrics:

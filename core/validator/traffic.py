@@ -180,7 +180,7 @@ class Traffic:
         result.record = replace(record, period=period)
         if result.answer is not None and self.checker and self.checker.wants(period, *attempt.key):
             self.checker.submit(Job(record_id, period, task, attempt.message, result.answer,
-                                    latency, units))
+                                    latency, units, neuron=attempt.neuron))
 
 
 def log_failures(tasks) -> None:
