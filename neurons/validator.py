@@ -272,8 +272,11 @@ async def serve(validator, args) -> None:
     work = asyncio.create_task(lead_or_follow(validator, args.periods, args.leader_poll))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if stop.is_set():
+    while stop.is_set() and not work.done():
+        # again until it ends: Python 3.11's wait_for can swallow a cancel that lands as its
+        # call completes (2 of 5 stops right after start went on running the loop)
         work.cancel()
+        await asyncio.wait({work}, timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await work
     stopping.cancel()

@@ -122,9 +122,15 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
               "--period-blocks", "30"]
     proc = lone_validator(common, "v", db, "--check", "off", "--tokenizers", "tiny",
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(4)
+    assert proc.stdout is not None
+    head = []
+    for line in proc.stdout:  # its period loop logs once the signal handlers are in place
+        head.append(line)
+        if "period " in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    rest, _ = proc.communicate(timeout=60)
+    out = "".join(head) + rest
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "stopped" in out
     open_store(db).close()  # the database opens cleanly
