@@ -85,9 +85,11 @@ def test_synthetic_only_and_organic_heavy_validators_agree(small, organic, seed)
     setups = [Setup("a", 700, (700,)), Setup("b", 9000, (9000,), ("chat-llama-3",)),
               Setup("c", 300, (300,)), Setup("d", 2000, (2000,), ("proteus-text-to-image",))]
     result = simulate(setups, 20, validators=validators, seed=seed)
-    for x, y in zip(result.vectors["synthetic"], result.vectors["organic"]):
-        if x.any() and y.any():
-            assert cosine(x, y) > 0.99
+    both = [(x, y) for x, y in zip(result.vectors["synthetic"], result.vectors["organic"])
+            if x.any() and y.any()]
+    assert len(both) >= 10  # compared in most periods, not passing for want of weights
+    for x, y in both:
+        assert cosine(x, y) > 0.99
 
 
 @FAST
