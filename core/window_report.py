@@ -69,7 +69,7 @@ class ReportRequest(BaseModel):
     """What a validator asks another for: its report of the window opened at ``block``."""
 
     version: str = PROTOCOL_VERSION
-    block: Annotated[int, Field(ge=0)]
+    block: Annotated[int, Field(ge=0, lt=2**63)]  # a database integer
 
 
 class WindowReport(BaseModel):
@@ -77,7 +77,7 @@ class WindowReport(BaseModel):
     version: str = PROTOCOL_VERSION
     netuid: int
     validator: Annotated[str, Field(min_length=1, max_length=64)]  # its hotkey
-    block: Annotated[int, Field(ge=0)]  # the window's opening block
+    block: Annotated[int, Field(ge=0, lt=2**63)]  # the window's opening block
     rows: Annotated[list[ContenderReport], Field(max_length=MAX_ROWS)]
     # every declaration a miner gave this validator for the window's period, one per miner
     declarations: Annotated[list[SignedDeclaration], Field(max_length=MAX_DECLARATIONS)] = []

@@ -116,6 +116,7 @@ def test_keys_limits_and_errors(net):
     key = keys.create(store, "alice", per_minute=1)
     old = keys.create(store, "old")
     keys.revoke(store, "old")
+    bob = {"Authorization": f"Bearer {keys.create(store, 'bob')}"}
 
     async def main():
         v = await open_period(chain, wallet, store, {})
@@ -134,6 +135,9 @@ def test_keys_limits_and_errors(net):
             out["models"] = {m["id"]: m["remaining"] for m in models.json()["data"]}
             big = await c.post("/v1/chat/completions", headers=auth, content=b"x" * 20_000)
             out["big"] = big.status_code
+            unknown = await c.post("/v1/chat/completions", headers=bob, json={
+                "model": "m" * 5000, "messages": [{"role": "user", "content": "hi"}]})
+            out["unknown"] = unknown.status_code, len(unknown.text)
             limited = await c.get("/v1/models", headers=auth)
             out["limited"] = (limited.status_code, limited.headers.get("retry-after"),
                               limited.json()["error"]["type"])
@@ -144,6 +148,9 @@ def test_keys_limits_and_errors(net):
     assert (out["none"], out["bad"], out["revoked"]) == (401, 401, 401)
     assert out["models"]["chat-llama-3"] == 100_000 and out["models"]["inpaint"] == 0
     assert out["big"] == 413
+    assert out["unknown"][0] == 404 and out["unknown"][1] < 1000  # the name is not echoed whole
+    with pytest.raises(ValueError, match="1 to 64 characters"):
+        keys.create(store, "k" * 65)
     assert out["limited"][0] == 429 and int(out["limited"][1]) >= 1
     assert out["limited"][2] == "rate_limit_error"
 

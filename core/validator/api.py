@@ -68,7 +68,8 @@ def task_for(model: str, kind: Kind) -> str:
         if task.kind is kind and model in (task.id, task.model):
             return task.id
     choices = ", ".join(t.id for t in TASKS.values() if t.kind is kind)
-    raise ApiError(404, f"model {model!r} is not served here for {kind.value}; use one of: "
+    shown = model if len(model) <= 64 else model[:64] + "..."  # never echo a huge name back
+    raise ApiError(404, f"model {shown!r} is not served here for {kind.value}; use one of: "
                         f"{choices}", "not_found_error")
 
 

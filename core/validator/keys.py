@@ -13,6 +13,7 @@ from core.storage.store import ApiKey
 __all__ = ["ApiKey", "RateLimiter", "create", "find", "listing", "revoke"]
 
 PREFIX = "sn19-"
+MAX_NAME = 64  # characters of a key's name: it is stored, logged and listed
 
 
 def digest(key: str) -> str:
@@ -23,6 +24,8 @@ def create(store: Store, name: str, per_minute: int = 60) -> str:
     """A new key for ``name``; the only time the key itself is known."""
     if per_minute < 1:
         raise ValueError("the rate limit must be at least 1 request a minute")
+    if not 1 <= len(name) <= MAX_NAME:
+        raise ValueError(f"a key's name has 1 to {MAX_NAME} characters, not {len(name)}")
     key = PREFIX + secrets.token_urlsafe(32)
     if not store.add_api_key(name, key[:12], digest(key), per_minute, time.time()):
         raise ValueError(f"a key named {name!r} exists already")
