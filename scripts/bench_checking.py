@@ -1,4 +1,4 @@
-"""What checking costs and what honest miners score (issue 5), each figure on its own line as
+"""What checking costs and what honest miners score, each figure on its own line as
 `name: value unit`.
 
 An honest tiny CPU engine answers --n chat and --n image requests (mixed seeds, temperatures,

@@ -1,4 +1,4 @@
-"""What it costs the validator to count the units it pays for (issue 13), each figure a line
+"""What it costs the validator to count the units it pays for, each figure a line
 `name: value unit`, the reference measured in the same run:
 
 - count_prompt: one chat prompt counted with the task's tokenizer (the local subnet's byte-level

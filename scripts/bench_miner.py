@@ -1,4 +1,4 @@
-"""What the miner costs over its back end (issue 4), each figure on its own line as
+"""What the miner costs over its back end, each figure on its own line as
 `name: value unit`.
 
 The same tiny CPU engines serve the same requests, one at a time, alternately in-process and

@@ -1,4 +1,4 @@
-"""Latency the validator's organic API adds (issue 6), each figure on its own line as
+"""Latency the validator's organic API adds, each figure on its own line as
 `name: value unit`.
 
 A miner process and a validator process (with its API) run on a local subnet on 127.0.0.1.

@@ -1,4 +1,4 @@
-"""What scaling out costs (issue 9), each figure on its own line as `name: value unit`.
+"""What scaling out costs, each figure on its own line as `name: value unit`.
 
 1. Routing overhead of the miner's front end: the same one-token chat requests, one at a time,
    alternately straight to a worker (neurons/worker.py, OpenAI-compatible API) and through a miner

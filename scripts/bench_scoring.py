@@ -1,4 +1,4 @@
-"""Benchmarks of the validator's heart (issue 3), each figure on its own line as `name: value unit`.
+"""Benchmarks of the validator's heart, each figure on its own line as `name: value unit`.
 
 - weights: effective capacity and the weight vector for 256 miners x all 9 tasks with 16 periods
   of history each (median of --repeats runs), and one period's close (advance every contender).

@@ -1,4 +1,4 @@
-"""A bounded load and fault run on a local subnet (issue 8), each figure on its own line as
+"""A bounded load and fault run on a local subnet, each figure on its own line as
 `name: value unit`.
 
 Three miners and a validator (with its organic API and CPU checking) run on 127.0.0.1 for

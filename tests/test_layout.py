@@ -1,4 +1,5 @@
-"""The arrows DESIGN.md forbids stay absent (checked on the imports, with ast)."""
+"""The import arrows the layout forbids stay absent: the pure rules (PURE) import nothing that does
+I/O (checked on the imports, with ast)."""
 
 import ast
 from pathlib import Path
