@@ -46,6 +46,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", "--subtensor.network", default="finney",
                    help="finney, test, local, a ws(s):// endpoint, or local:PATH for a local "
                         "subnet folder (scripts/localnet.py makes one)")
+    p.add_argument("--subtensor.chain_endpoint", dest="chain_endpoint", type=ws_url,
+                   metavar="URL", help="a ws(s):// node to use in place of --network's (as in "
+                                       "bittensor, it wins over --subtensor.network)")
     p.add_argument("--netuid", type=int, default=19, help="subnet uid")
     p.add_argument("--chain-fallback", "--subtensor.fallback_endpoints", action="append",
                    metavar="URL", help="a ws(s):// node to turn to when --network's stops "
@@ -70,13 +73,26 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def add_log_level(p: argparse.ArgumentParser, default: str = "INFO") -> None:
     p.add_argument("--log-level", default=default, type=str.upper,
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="how much to log")
+    p.add_argument("--logging.debug", dest="log_level", action="store_const", const="DEBUG",
+                   help="bittensor's name for --log-level DEBUG")
+    p.add_argument("--logging.info", dest="log_level", action="store_const", const="INFO",
+                   help="bittensor's name for --log-level INFO")
+
+
+def ws_url(text: str) -> str:
+    """An argparse type: a ws:// or wss:// address."""
+    if not text.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ws:// or wss:// address")
+    return text
 
 
 def add_endpoint_args(p: argparse.ArgumentParser, port: int, serves: str) -> None:
     """The endpoint a neuron listens on and announces on chain (``serves``: what it serves)."""
-    p.add_argument("--host", default="0.0.0.0", help=f"address to listen on ({serves})")
-    p.add_argument("--port", type=int, default=port, help="port to listen on")
-    p.add_argument("--external-host", default=None, type=ip_address,
+    p.add_argument("--host", "--axon.ip", default="0.0.0.0",
+                   help=f"address to listen on ({serves})")
+    p.add_argument("--port", "--axon.port", type=int, default=port,
+                   help="port to listen on, and announced on chain")
+    p.add_argument("--external-host", "--axon.external_ip", default=None, type=ip_address,
                    help="IP address (or a host name, resolved now) announced on chain for "
                         "others to reach (default: --host)")
     p.add_argument("--no-announce", action="store_true",
@@ -148,10 +164,12 @@ def announced_host(args) -> str:
 
 
 def chain_of(args):
-    """The chain client the flags name (--network, --chain-fallback, --chain-archive)."""
+    """The chain client the flags name (--subtensor.chain_endpoint, else --network;
+    --chain-fallback, --chain-archive)."""
     from core.chain import connect
 
-    return connect(args.network, args.netuid, fallbacks=args.chain_fallback,
+    network = getattr(args, "chain_endpoint", None) or args.network
+    return connect(network, args.netuid, fallbacks=args.chain_fallback,
                    archives=args.chain_archive)
 
 

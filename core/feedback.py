@@ -33,8 +33,30 @@ class WindowFeedback(BaseModel):
     score: Figure
 
 
+# What each way a request can end means for the miner (``core.records.Outcome``'s values)
+OUTCOME_REASONS = {
+    "ok": "answered",
+    "429": "refused with 429 (a validator's stake share of the declaration used up, or the "
+           "concurrency group's queue full): counts as not served",
+    "5xx": "a server error or a refused connection: counts as failed",
+    "timeout": "answered after the task's expected time, or still running when the validator "
+               "stopped waiting past that time: counts as failed",
+    "invalid": "an answer that broke the protocol (wrong shape, units or stream): counts as "
+               "failed",
+    "401/403": "the miner refused the validator's signature or permit: counts as failed",
+    "abandoned": "the validator stopped waiting (its period ended, its client left) while the "
+                 "request was still within its expected time: not scored",
+}
+
+
+def outcome_reason(outcome: str) -> str:
+    return OUTCOME_REASONS.get(outcome, "")
+
+
 class TaskFeedback(BaseModel):
-    """One contender (the miner's task) after the validator's last closed period."""
+    """One contender (the miner's task) after the validator's last closed (scored) period:
+    ``outcomes``, ``scored_zero`` and ``notes`` are of that period's requests; ``running`` how
+    the requests of the period still running have ended so far (not scored yet)."""
 
     model_config = ConfigDict(extra="forbid")
     task: Annotated[str, Field(max_length=64)]
@@ -46,8 +68,10 @@ class TaskFeedback(BaseModel):
     effective: Figure  # credited x reliability x quality^3: what its weight is in proportion to
     windows: Annotated[list[WindowFeedback], Field(max_length=K)]
     outcomes: Annotated[dict[Annotated[str, Field(max_length=32)], int], Field(max_length=16)]
-    scored_zero: int  # answers of the last period scored 0: a failed check, or twice too slow
+    scored_zero: int  # answers of the scored period scored 0: a failed check, or twice too slow
     notes: Annotated[list[Annotated[str, Field(max_length=300)]], Field(max_length=8)]
+    running: Annotated[dict[Annotated[str, Field(max_length=32)], int],
+                       Field(max_length=16)] = {}
 
 
 class Feedback(BaseModel):
@@ -55,5 +79,6 @@ class Feedback(BaseModel):
     version: Annotated[str, Field(max_length=32)] = PROTOCOL_VERSION
     validator: Annotated[str, Field(max_length=64)]
     hotkey: Annotated[str, Field(max_length=64)]
-    period: int | None  # the latest period this validator began (its records so far)
+    period: int | None  # the last period this validator scored (closed): what the tasks show
+    running: int | None = None  # the period it is in now, not scored yet (None: none open)
     tasks: Annotated[list[TaskFeedback], Field(max_length=32)]

@@ -170,9 +170,15 @@ def run(args) -> int:
         finally:
             store.close()
     if args.status:
+        from core.validator.status import UnknownContender
+
         try:
-            print(status(store, args.period_blocks, uids=args.uid or (),
-                         hotkeys=args.hotkey or (), as_json=args.json, history=args.history))
+            try:
+                text = status(store, args.period_blocks, uids=args.uid or (),
+                              hotkeys=args.hotkey or (), as_json=args.json, history=args.history)
+            except UnknownContender as e:
+                raise CliError(f"--status: {e}") from None
+            print(text)
             if args.png:
                 from core.validator.picture import NoPlotting, period_png
                 from core.validator.status import snapshot

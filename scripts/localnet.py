@@ -8,7 +8,12 @@ and each neuron's incentive after Yuma, stops every process it started, and exit
 anything failed. The validators hold 45%, 35% and 20% of the stake and share their window
 reports (docs/protocol.md §9).
 
+``--miner-config my.yml`` (repeatable) runs a miner declaring your capacity YAML beside the
+project's three, and the end of the run prints, for every miner's task, what the largest
+validator credited of what was declared, and why when it credited less.
+
     python scripts/localnet.py --periods 2
+    python scripts/localnet.py --periods 2 --miner-config my.yml
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from core.localchain import LocalSubnet
 from core.plan import window_blocks
 from core.storage import open_store
 from core.validator import keys
+from core.validator.feedback import feedback_for
 from devtools.localproc import ROOT, free_port, make_wallet, neuron, wait_healthy
 
 MARKER = ".sn19-localnet"  # in a folder this script made: the only kind it deletes
@@ -47,7 +53,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "refused)")
     p.add_argument("--period-blocks", type=int, default=60,
                    help="blocks per period (60 of 1 s: audit windows of 5 s)")
-    p.add_argument("--block-time", type=float, default=1.0, help="seconds per local block")
+    p.add_argument("--block-time", type=float, default=None,
+                   help="seconds per local block (default: 1, or what --window-seconds needs)")
+    p.add_argument("--window-seconds", type=float, default=None,
+                   help="seconds an audit window lasts, a twelfth of the period: the local "
+                        "block time is set to give it. A window must be long enough for a "
+                        "backlog to show: in 5-second windows a miner declaring several times "
+                        "what it serves answers the window's requests late but within their "
+                        "time limits and is credited in full (default: 30 with --miner-config, "
+                        "so a period lasts 6 minutes; else 5)")
+    p.add_argument("--miner-config", action="append", default=[], metavar="FILE",
+                   help="also run a miner declaring this capacity YAML beside the project's "
+                        "three (repeatable); its capacities are per local period (60 blocks: "
+                        "--period-blocks x the block time)")
     p.add_argument("--commit-reveal", action="store_true",
                    help="the chain takes weights as timelocked commits, revealed an epoch later")
     p.add_argument("--startup-timeout", type=float, default=180.0,
@@ -56,7 +74,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also serve the validator's OpenAI-compatible API on this port of "
                         "127.0.0.1, with a key printed at start (0: no API)")
     add_log_level(p, "WARNING")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.window_seconds is not None and args.block_time is not None:
+        p.error("give --window-seconds or --block-time, not both")
+    if args.block_time is None:
+        window = args.window_seconds or (30.0 if args.miner_config else None)
+        args.block_time = window / window_blocks(args.period_blocks) if window else 1.0
+    for path in args.miner_config:
+        if not Path(path).is_file():
+            p.error(f"--miner-config {path}: no such file")
+    return args
+
+
+def own_miners(paths: list[str]) -> list[tuple[str, Path]]:
+    """(name, file) of each --miner-config: ``own-<file name>``, numbered when two share one."""
+    out: list[tuple[str, Path]] = []
+    for path in paths:
+        name = f"own-{Path(path).stem}"
+        taken = {n for n, _ in out}
+        if name in taken:
+            name = next(f"{name}-{i}" for i in range(2, len(out) + 2) if f"{name}-{i}" not in taken)
+        out.append((name, Path(path).resolve()))
+    return out
 
 
 def main(argv=None) -> int:
@@ -77,10 +116,14 @@ def main(argv=None) -> int:
                                age_blocks=25 * args.period_blocks, serving_rate_limit=50,
                                weights_rate_limit=args.period_blocks // 2, min_allowed_weights=1,
                                max_weights_limit=65535, commit_reveal=args.commit_reveal)
-    first, *others = VALIDATORS  # uids: the first validator 0, the miners 1-3, the others after
+    # uids: the first validator 0, the project's miners 1-3, --miner-config's next, the other
+    # validators after
+    first, *others = VALIDATORS
     common = ["--network", f"local:{chain_dir}", "--wallet-path", str(wallets_dir),
               "--period-blocks", str(args.period_blocks), "--log-level", args.log_level]
     procs: list[subprocess.Popen] = []
+    miners = [(name, ROOT / f"miner_config/localnet/{name}.yml") for name in MINERS]
+    miners += own_miners(args.miner_config)
 
     def stop(*_):
         for p in procs:
@@ -96,8 +139,10 @@ def main(argv=None) -> int:
     try:
         register_validator(chain, wallets_dir, *first)
         ports = {}
-        for name in MINERS:
+        hotkeys = {}
+        for name, config in miners:
             wallet = make_wallet(wallets_dir, f"miner-{name}")
+            hotkeys[name] = wallet.hotkey.ss58_address
             ports[name] = free_port()
             # registered and served long ago, as on a chain it has run on: its endpoint is in
             # the metagraph at any period's start (it announces nothing when it starts)
@@ -105,7 +150,7 @@ def main(argv=None) -> int:
                            registered_at=0, endpoint=f"http://127.0.0.1:{ports[name]}")
             log = open(logs / f"miner-{name}.log", "w")
             procs.append(neuron("miner", [
-                *common, "--config", str(ROOT / f"miner_config/localnet/{name}.yml"),
+                *common, "--config", str(config),
                 "--wallet-name", f"miner-{name}", "--host", "127.0.0.1",
                 "--port", str(ports[name]), "--min-stake", "0", "--torch-threads", "1",
                 "--sync-interval", "2", "--state-dir", str(base / "state")],
@@ -113,15 +158,17 @@ def main(argv=None) -> int:
         for validator in others:
             register_validator(chain, wallets_dir, *validator)
         deadline = time.monotonic() + args.startup_timeout
-        for name, proc in zip(MINERS, procs):
+        for (name, _), proc in zip(miners, procs):
             try:
                 wait_healthy(ports[name], proc, deadline)
             except RuntimeError as e:
                 raise RuntimeError(f"miner {name} did not start ({e}); its log: "
                                    f"{logs / f'miner-{name}.log'}") from None
-        print(f"localnet: 3 miners serving ({', '.join(f'{n} :{p}' for n, p in ports.items())}); "
-              f"{len(VALIDATORS)} validators running {args.periods} period(s) of "
-              f"{args.period_blocks} blocks", flush=True)
+        print(f"localnet: {len(miners)} miners serving "
+              f"({', '.join(f'{n} :{p}' for n, p in ports.items())}); {len(VALIDATORS)} "
+              f"validators running {args.periods} period(s) of {args.period_blocks} blocks of "
+              f"{args.block_time:g} s (windows of "
+              f"{window_blocks(args.period_blocks) * args.block_time:g} s)", flush=True)
         show_windows(chain, args.period_blocks, args.periods)
         api = []
         if args.api_port:
@@ -148,8 +195,10 @@ def main(argv=None) -> int:
                 vprocs[name] = neuron("validator", flags, stdout=open(logs / f"{name}.log", "w"),
                                       stderr=subprocess.STDOUT)
             procs.append(vprocs[name])
+        output = vprocs[first[0]].stdout
+        assert output is not None  # started with stdout=PIPE
         with open(logs / f"{first[0]}.log", "w") as log_file:  # also kept, like the others'
-            for line in vprocs[first[0]].stdout:
+            for line in output:
                 print(line, end="", flush=True)
                 log_file.write(line)
         for name, vproc in vprocs.items():
@@ -157,11 +206,13 @@ def main(argv=None) -> int:
             if code != 0:
                 print(f"localnet: {name} exited with {code}; see {logs}", file=sys.stderr)
                 return 1
-        dead = [n for n, p in zip(MINERS, procs) if p.poll() is not None]
+        dead = [n for (n, _), p in zip(miners, procs) if p.poll() is not None]
         if dead:
             print(f"localnet: miner(s) {', '.join(dead)} died; see {logs}", file=sys.stderr)
             return 1
-        return report(chain)
+        credited(base / f"{first[0]}.sqlite3", miners, hotkeys)
+        return report(chain, [VALIDATORS[0][0]] + [f"miner-{n}" for n, _ in miners]
+                      + [v for v, _ in VALIDATORS[1:]])
     except (RuntimeError, KeyboardInterrupt) as e:
         print(f"localnet: {e or 'interrupted'}; logs in {logs}", file=sys.stderr)
         return 1
@@ -185,7 +236,75 @@ def show_windows(chain: LocalSubnet, period_blocks: int, periods: int) -> None:
           f"period before it", flush=True)
 
 
-def report(chain: LocalSubnet) -> int:
+def credited(db: Path, miners: list[tuple[str, Path]], hotkeys: dict[str, str]) -> None:
+    """Per miner and task: what the largest validator credited of the declaration after its
+    last scored period, and, when less, why (its feedback's notes: the windows, how the
+    requests ended)."""
+    store = open_store(str(db))
+    try:
+        print("localnet: credited by the largest validator after its last scored period "
+              "(capacity per period):", flush=True)
+        for name, config in miners:
+            answer = feedback_for(store, "localnet", hotkeys[name])
+            if not answer.tasks:
+                print(f"  miner-{name} ({config.name}): not scored (no declaration reached the "
+                      f"validator)")
+            for t in answer.tasks:
+                verdict = ("in full" if t.credited >= t.declared else
+                           f"LESS THAN DECLARED ({t.credited / t.declared:.0%})"
+                           if t.declared else "nothing declared")
+                print(f"  miner-{name} {t.task:<28} credited {t.credited:g} of declared "
+                      f"{t.declared:g}: {verdict}; reliability {t.reliability:.2f}, quality "
+                      f"{t.quality:.2f}, effective {t.effective:g}")
+                for note in t.notes if t.credited < t.declared or t.effective == 0 else ():
+                    print(f"      {note}")
+                if t.effective == 0 and t.credited >= t.declared > 0:
+                    print(f"      effective 0: {zero_reason(t)}")
+            if any(t.credited < t.declared for t in answer.tasks):
+                print(f"      {why_less(config, len(miners))}")
+    finally:
+        store.close()
+
+
+def why_less(config: Path, miners: int) -> str:
+    """What holds a local miner back on this machine: its cores, shared with every neuron, and
+    its concurrency group, whose tasks are all asked at once in a window."""
+    import os
+
+    from core.miner.config import load_config
+
+    cores = os.cpu_count() or 1
+    out = (f"(on this machine {miners} miners and {len(VALIDATORS)} validators share {cores} "
+           f"cores: a request that waits for them past its time limit, twice its expected "
+           f"time plus 2 s, is a timeout, and a task asked one request in a window that times "
+           f"out scores 0 for that window")
+    try:
+        loaded = load_config(config)
+    except Exception:  # the miner ran it: a file it read cannot fail here but in a race
+        return out + ")"
+    shared: dict[str, list[str]] = {}
+    for task, entry in loaded.tasks.items():
+        if entry.group is not None:
+            shared.setdefault(entry.group, []).append(task)
+    for group, tasks in shared.items():
+        if len(tasks) > 1:
+            out += (f"; its {len(tasks)} tasks in group {group!r} share "
+                    f"{loaded.groups[group].concurrency} at once, and a window asks them all "
+                    f"at the same time")
+    return out + ")"
+
+
+def zero_reason(t) -> str:
+    """Why a task credited in full weighs nothing."""
+    if t.reliability == 0:
+        return "reliability 0: nothing it was asked in the windows was served"
+    if t.quality == 0:
+        return ("quality 0: every checked answer failed its check or was answered past twice "
+                "the task's expected time")
+    return "no window measured it yet"
+
+
+def report(chain: LocalSubnet, names: list[str]) -> int:
     """Print the weights each validator set, as the chain recorded them (clipped to the
     subnet's limit, quantised to u16), then each neuron's incentive and dividends after the
     next epoch's Yuma, read through bittensor as from a node; non-zero when no weights were
@@ -194,7 +313,6 @@ def report(chain: LocalSubnet) -> int:
     if not log:
         print("localnet: no weights were set", file=sys.stderr)
         return 1
-    names = [VALIDATORS[0][0]] + [f"miner-{m}" for m in MINERS] + [v for v, _ in VALIDATORS[1:]]
     for entry in log:
         total = sum(entry["weights"].values())
         shown = ", ".join(f"{names[int(u)]} (uid {u}) {v} ({v / total:.3f})"
@@ -218,7 +336,8 @@ async def _metagraph(chain: LocalSubnet):
 
     from core.localchain import FolderSubstrate
 
-    async with bt.Client("local", substrate=FolderSubstrate(chain.folder)) as client:
+    async with bt.Client("local", substrate=FolderSubstrate(chain.folder)  # type: ignore[arg-type]
+                         ) as client:
         return await client.subnets.metagraph(chain.netuid, commitments=False)
 
 

@@ -48,7 +48,17 @@ def write(tmp_path, text):
             "tasks:\n  inpaint:\n    capacity: 10\nextra: 1\n",
             ["line 4", "extra", "unknown key", "allowed: tasks, groups"],
         ),
-        ("tasks:\n  inpaint: {capacity: [1\n", ["line 3", "YAML syntax error"]),
+        ("tasks:\n  inpaint: {capacity: [1\n",
+         ["line 3", "YAML syntax error", "the '[' on line 2 is not closed"]),
+        ("task:\n  inpaint: {capacity: 1}\n",
+         ["line 1", "task: unknown key", "did you mean 'tasks'?", "allowed: tasks, groups"]),
+        ("tasks:\n\tinpaint: {capacity: 1}\n", ["line 2, column 1", "a tab character"]),
+        ("tasks:\n  inpaint:\n    capacity: 1\n   group: g\n",
+         ["line 4, column 4", "not indented like the keys of the block on line 2"]),
+        ("tasks:\n  inpaint:\n    capacity: 1\n      group: g\n",
+         ["line 4", "a ':' where no key can start"]),
+        ("tasks:\n  inpaint: {capacity: 1, model: 'a}\n",
+         ["line 3", "the quote opened on line 2 is not closed"]),
         (
             "tasks:\n  inpaint:\n    backend: cpu\n",
             ["line 2", "tasks.inpaint", "needs a capacity, or workers"],
@@ -103,7 +113,10 @@ def test_bad_file_gives_one_clear_message(tmp_path, text, expected):
     assert message.startswith(str(path))
     assert "\n" not in message
     for part in expected:
-        assert part in message
+        assert part in message, message
+    # PyYAML's own words are not an operator's, nor is a missing key caused by a typo
+    assert "<block" not in message and "'\\t'" not in message
+    assert "required key is missing" not in message
 
 
 def test_missing_file(tmp_path):
@@ -211,3 +224,25 @@ def test_exponents_are_numbers_and_a_url_is_explained(tmp_path, monkeypatch):
         load_config(write(tmp_path, "tasks:\n  chat-llama-3:\n    workers:\n"
                                     "      - {capacity: 1, url: 'a b'}\n"))
     assert "not in the form expected" in str(err.value) and "^https" not in str(err.value)
+
+
+def test_the_default_file_teaches_the_current_protocol_and_every_key():
+    import re
+
+    from core.miner.config import GroupEntry, MinerConfig, TaskEntry, WorkerEntry
+    from core.protocol import PROTOCOL_VERSION
+    from core.tasks import TASKS
+
+    text = open("miner_config/default.yml").read()
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert f"protocol {PROTOCOL_VERSION.split('.')[0]}" in comments
+    assert "no clawback and no debt" in comments and "claws back" not in comments
+    keys = {k for model in (MinerConfig, TaskEntry, WorkerEntry, GroupEntry)
+            for k in model.model_fields}
+    explained = set(re.findall(r"^#\s+(?:- )?([a-z_]+)(?::| {2,})", comments, re.M))
+    assert keys <= explained, keys - explained
+    for task in TASKS.values():  # the table of tasks is the code's
+        size = task.units_per_synthetic
+        row = (rf"^#\s+{task.id}\s+{task.unit.value}\s+{task.max_capacity:,}\s+{size}\s+"
+               rf"{task.expected_seconds(size):.1f} s$")
+        assert re.search(row, comments, re.M), task.id

@@ -179,3 +179,43 @@ def test_an_unreachable_chain_is_a_line_a_retry_and_never_the_end(tmp_path):
     text = "".join(lines) + rest
     assert proc.returncode == 0 and "ChainError" in text and "could not connect" in text
     assert "Traceback" not in text
+
+
+def test_bittensors_axon_subtensor_and_logging_flags_mean_the_project_s_own(monkeypatch):
+    import core.chain
+    from core.cli import add_common_args, add_endpoint_args, chain_of, parser
+
+    p = parser("test")
+    add_common_args(p)
+    add_endpoint_args(p, 8091, "test")
+    dotted = p.parse_args(["--axon.port", "9001", "--axon.external_ip", "10.0.0.7",
+                           "--axon.ip", "127.0.0.1", "--logging.debug",
+                           "--subtensor.chain_endpoint", "ws://node:9944",
+                           "--subtensor.network", "test"])
+    own = p.parse_args(["--port", "9001", "--external-host", "10.0.0.7", "--host", "127.0.0.1",
+                        "--log-level", "debug", "--network", "test"])
+    assert (dotted.port, dotted.external_host, dotted.host, dotted.log_level) == \
+        (own.port, own.external_host, own.host, own.log_level) == (9001, "10.0.0.7",
+                                                                   "127.0.0.1", "DEBUG")
+    assert p.parse_args([]).log_level == "INFO"  # the dotted switches leave the default alone
+    asked = []
+    monkeypatch.setattr(core.chain, "connect", lambda network, *a, **k: asked.append(network))
+    chain_of(dotted)  # as in bittensor, the endpoint wins over the network's name
+    chain_of(own)
+    assert asked == ["ws://node:9944", "test"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--subtensor.chain_endpoint", "finney"])  # an endpoint, not a name
+
+
+@pytest.mark.parametrize("script", ["neurons/miner.py", "neurons/validator.py"])
+def test_help_explains_every_flag_once_with_its_bittensor_name(script):
+    import re
+
+    out = run(script, "--help").stdout
+    entries = re.findall(r"^  (-[^\n]*?)(?:  +(\S[^\n]*))?$", out, re.M)
+    flags = [f for names, _ in entries for f in re.findall(r"(--?[\w.-]+)", names.split("  ")[0])
+             if f.startswith("-")]
+    assert len(flags) == len(set(flags)), [f for f in flags if flags.count(f) > 1]
+    for alias in ("--axon.port", "--axon.external_ip", "--axon.ip", "--subtensor.network",
+                  "--subtensor.chain_endpoint", "--logging.debug", "--wallet.name"):
+        assert alias in flags, alias

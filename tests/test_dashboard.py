@@ -20,13 +20,64 @@ def exported(registry: CollectorRegistry) -> set[str]:
 
 
 def test_every_panel_queries_a_metric_the_code_exports():
-    dashboard = json.loads((ROOT / "docs/grafana/sn19.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs = [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]
     asked = {name for e in exprs for name in re.findall(r"\bsn19_[a-z_]+", e)}
     names = exported(MinerMetrics({}).registry) | exported(ValidatorMetrics().registry)
     assert asked and asked <= names, asked - names
     # and every metric the neurons export is drawn somewhere
     assert {n for n in names if not n.endswith(("_sum", "_count", "_created"))} - asked == set()
+
+
+def dashboard() -> dict:
+    return json.loads((ROOT / "docs/grafana/sn19.json").read_text())
+
+
+PER_PERIOD = re.compile(r'sn19_miner_declared_units|field="(declared|credited|effective|'
+                        r'demonstrated)"')
+
+
+def kind(expr: str) -> str:
+    """What an expression's figures are: per second, counts over a range (a period's when the
+    range is the $period variable), units a period (declarations and what they credit), or
+    another gauge's value."""
+    if "rate(" in expr:
+        return "per second"
+    if ranges := set(re.findall(r"increase\([^\]]*\[([^\]]+)\]", expr)):
+        return "per period" if ranges == {"$period"} else f"per {'/'.join(sorted(ranges))}"
+    return "per period" if PER_PERIOD.search(expr) and "/" not in expr else "value"
+
+
+def test_each_panel_draws_one_kind_of_figure():
+    for p in dashboard()["panels"]:
+        kinds = {kind(t["expr"]) for t in p.get("targets", [])}
+        assert len(kinds) <= 1, (p["title"], kinds)
+
+
+
+
+def test_tokens_and_steps_are_drawn_per_task_and_per_one_validator():
+    d = dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    # one validator at a time: a sum never adds up the validators Prometheus scrapes
+    assert variables["validator"]["multi"] is False
+    assert variables["validator"]["includeAll"] is False
+    for p in d["panels"]:
+        for t in p.get("targets", []):
+            expr = t["expr"]
+            if "sn19_validator_" in expr:
+                assert 'instance=~"$validator"' in expr, (p["title"], expr)
+            if "sn19_miner_" in expr:
+                assert 'instance=~"$miner"' in expr, (p["title"], expr)
+            if kind(expr) == "per period":  # tokens or steps: one task a panel
+                var = "miner_task" if "sn19_miner_" in expr else "task"
+                assert f'task=~"${var}"' in expr and p.get("repeat") == var, (p["title"], expr)
+
+
+def test_the_docs_name_metrics_as_the_code_exports_them():
+    names = exported(MinerMetrics({}).registry) | exported(ValidatorMetrics().registry)
+    for doc in ("docs/operations.md", "docs/protocol.md", "docs/prometheus/alerts.yml"):
+        written = set(re.findall(r"\bsn19_(?:miner|validator)_[a-z_]+", (ROOT / doc).read_text()))
+        assert written <= names, (doc, written - names)
 
 
 def test_the_validator_exports_its_checker_reports_weights_and_last_close():

@@ -12,6 +12,7 @@ from core.metagraph import Metagraph, Neuron
 from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState
 from core.storage import open_store
+from core.validator.feedback import feedback_for
 from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import build_peer_app
 from devtools.localproc import make_wallet
@@ -77,6 +78,41 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
     assert [t.task for t in theirs.tasks] == ["inpaint"] and alice.ss58_address not in str(theirs)
 
 
+def test_feedback_shows_the_scored_periods_cancels_and_timeouts_not_the_running_ones(tmp_path):
+    """Period 3 is closed with requests cancelled at its end and timed out; period 4 has begun
+    and so far answered everything: the feedback's outcomes are period 3's, with their reasons,
+    and period 4's are shown apart, as running."""
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    me, other = "5Miner", "5Other"
+    contenders = [Contender(1, me, "chat-llama-3", 1000, 1000, 0),
+                  Contender(2, other, "chat-llama-3", 1000, 1000, 0)]
+    store.begin_period(3, 900, "0x1", 1.0, 0.0, contenders)
+    ended = [Outcome.OK] * 2 + [Outcome.ABANDONED] * 21 + [Outcome.TIMEOUT] * 3
+    for outcome in ended:
+        store.record(RequestRecord(3, me, "chat-llama-3", False, outcome, 100.0, 1.0, None, 0.0))
+    store.record(RequestRecord(3, other, "chat-llama-3", False, Outcome.SERVER_ERROR, 100.0, 1.0))
+    store.finish_period(3, {(me, "chat-llama-3"): ContenderState(
+        declared=1000, demonstrated=700, credited=700, reliability=0.9)})
+    store.begin_period(4, 1200, "0x2", 1.0, 0.0, contenders)
+    for _ in range(2):
+        store.record(RequestRecord(4, me, "chat-llama-3", False, Outcome.OK, 100.0, 1.0))
+
+    answer = feedback_for(store, "5Validator", me)
+    assert (answer.period, answer.running) == (3, 4)
+    row = answer.tasks[0]
+    assert row.outcomes == {"ok": 2, "abandoned": 21, "timeout": 3}
+    assert row.running == {"ok": 2}
+    cancelled = next(n for n in row.notes if n.startswith("21 abandoned in period 3"))
+    assert "stopped waiting" in cancelled and "not scored" in cancelled
+    assert any(n.startswith("3 timeout in period 3: answered after") for n in row.notes)
+    assert "5xx" not in str(answer)  # the other miner's failure is not this one's
+
+    store.finish_period(4, {(me, "chat-llama-3"): ContenderState(declared=1000)})
+    closed = feedback_for(store, "5Validator", me)  # period 4 closed: it is the scored one
+    assert (closed.period, closed.running) == (4, None)
+    assert closed.tasks[0].outcomes == {"ok": 2} and closed.tasks[0].running == {}
+
+
 @pytest.mark.process
 def test_the_miner_prints_each_validators_feedback(tmp_path):
     """A miner process asks a validator's peer endpoint over HTTP, as an operator would."""
@@ -100,6 +136,10 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
                        [Contender(1, mine, "chat-llama-3", 900, 900, 0)])
     store.finish_period(1, {(mine, "chat-llama-3"): ContenderState(
         declared=900, demonstrated=900, credited=900, reliability=1.0, scored=((75.0, 1.0),))})
+    store.record(RequestRecord(1, mine, "chat-llama-3", False, Outcome.TIMEOUT, 50.0, 9.0))
+    store.begin_period(2, 120, "0x2", 1.0, 0.0,
+                       [Contender(1, mine, "chat-llama-3", 900, 900, 0)])
+    store.record(RequestRecord(2, mine, "chat-llama-3", False, Outcome.OK, 50.0, 1.0))
 
     import asyncio
 
@@ -118,3 +158,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "validator uid 0" in run.stdout and "chat-llama-3" in run.stdout
     assert "credited 900" in run.stdout and "window scores (oldest first): 1.00" in run.stdout
+    assert "scored period 1; period 2 running" in run.stdout
+    assert "requests in scored period 1: 1 timeout" in run.stdout
+    assert "1 timeout in period 1: answered after the task's expected time" in run.stdout
+    assert "requests in running period 2 so far: 1 ok" in run.stdout

@@ -9,6 +9,7 @@ import pytest
 from core.localchain import LocalSubnet
 from core.scoring import effective, weights
 from core.storage import open_store
+from core.tasks import TASKS
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -58,3 +59,29 @@ def test_localnet_sets_weights_that_follow_served_capacity(tmp_path):
     total = sum(set_weights.values())
     for uid in range(6):
         assert set_weights.get(uid, 0) / total == pytest.approx(expected[uid], abs=1e-3), uid
+
+
+def test_an_over_declared_yaml_run_beside_the_miners_is_credited_less_than_declared(tmp_path):
+    """``--miner-config`` runs an operator's declaration as a fourth miner; declared far above
+    what it serves, the window shows it and the run says so."""
+    over = tmp_path / "over.yml"
+    declared = TASKS["chat-llama-3"].max_capacity  # per 60-s local period: far beyond a CPU
+    over.write_text(f"tasks:\n  chat-llama-3: {{capacity: {declared}}}\n")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/localnet.py"), "--periods", "1", "--window-seconds",
+         "5", "--miner-config", str(over), "--dir", str(tmp_path / "net")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "localnet: 4 miners serving" in run.stdout and "own-over :" in run.stdout
+    store = open_store(str(tmp_path / "net/validator.sqlite3"))
+    period = int(run.stdout.split("== period ")[1].split()[0])
+    [mine] = [c for c in store.contenders(period) if c.uid == 4]  # after the project's three
+    assert (mine.task, mine.declared) == ("chat-llama-3", declared)
+    state = store.states()[(mine.hotkey, mine.task)]
+    assert state.declared == declared and state.credited < declared
+    assert (f"miner-own-over chat-llama-3                 credited {state.credited:g} of "
+            f"declared {declared:g}: LESS THAN DECLARED") in run.stdout
+    assert "timeout in period" in run.stdout  # and why
+    # the validators registered after the miners: every one of them set weights
+    assert {e["uid"] for e in LocalSubnet(tmp_path / "net/chain").weights_log()} == {0, 5, 6}

@@ -150,6 +150,15 @@ class MinerConfig(BaseModel):
         return clamp_declaration({t: e.total() for t, e in self.tasks.items()})
 
 
+OVER_FACTOR = 2.0
+"""``check-config`` refuses a group (or a task outside groups) whose declaration, served at the
+task table's expected time per request, needs more than this many times the seconds its
+concurrency gives in a period (``--allow-over`` accepts it). Up to 1x it is plausible at the
+production GPU's speed; up to 2x a setup faster than the table (every request in half its
+expected time) can serve it; beyond that an audit window credits what is served, and calibrate's
+measurement is the evidence to override with."""
+
+
 def group_load(config: MinerConfig, period_seconds: float) -> dict[str, float]:
     """Per concurrency group: declared GPU-seconds per period over what the group can give.
 
@@ -224,8 +233,9 @@ def load_config(path: str | Path) -> MinerConfig:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f": {_at(mark)}" if mark else ""
-        kind = "" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error: "
-        raise ConfigError(f"{path}{where}: {kind}{e.problem}") from None
+        if isinstance(e, yaml.constructor.ConstructorError):
+            raise ConfigError(f"{path}{where}: {e.problem}") from None
+        raise ConfigError(f"{path}{where}: YAML syntax error: {_syntax(e)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML syntax error: {e}") from None
     if not isinstance(data, dict):
@@ -262,8 +272,53 @@ def load_config(path: str | Path) -> MinerConfig:
     return config
 
 
+def missing_models(config: MinerConfig, path: str | Path) -> list[str]:
+    """A message (file, line, key) per ``model`` of an in-process engine written as a folder
+    (``/``, ``./``, ``../``, ``~``) that this machine does not have: found before any model
+    loads, not after the others did. A hub id (``owner/name``) is not checked."""
+    lines = key_lines(path)
+    out = []
+    for task_id, entry in config.tasks.items():
+        local = entry.workers is None or any(w.device is not None for w in entry.workers)
+        model = entry.model
+        if (local and model and model.startswith(("/", "./", "../", "~"))
+                and not Path(model).expanduser().is_dir()):
+            out.append(f"{path}: {lines.get(('tasks', task_id, 'model'), 'line ?')}: "
+                       f"tasks.{task_id}.model: no model folder {model} on this machine")
+    return out
+
+
+def key_lines(path: str | Path) -> dict[tuple, str]:
+    """Where each key of a loaded (so valid) capacity file is, by its path (``("groups",
+    "gpu0")``), as ``line N, column C``."""
+    return _key_lines(yaml.compose(Path(path).read_text(), Loader=_Loader))
+
+
 def _at(mark) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _syntax(e: yaml.MarkedYAMLError) -> str:
+    """PyYAML's complaint in an operator's words (its own words where none fits)."""
+    problem, context = e.problem or "", e.context or ""
+    opened = f" on line {e.context_mark.line + 1}" if e.context_mark else ""
+    if "'\\t'" in problem:
+        return "a tab character: YAML indents and separates with spaces only (use spaces)"
+    if problem.startswith("expected <block end>"):
+        return (f"this line is not indented like the keys of the block{opened}: the keys of "
+                f"one mapping start in the same column, and a key's own settings go deeper")
+    if problem.startswith("mapping values are not allowed"):
+        return ("a ':' where no key can start: the key above lacks its ':', or this line is "
+                "indented deeper than the key it belongs with, or a value holding ': ' needs "
+                "quotes")
+    if close := re.match(r"expected ',' or '([\]}])'", problem):
+        return (f"the '{'[' if close[1] == ']' else '{'}'{opened} is not closed by a "
+                f"'{close[1]}' (or a ',' is missing between its items)")
+    if "quoted scalar" in context:
+        return f"the quote opened{opened} is not closed"
+    if problem.startswith("could not find expected ':'"):
+        return f"a key{opened} has no ':' after it (write key: value)"
+    return f"{problem} ({context}{opened})" if context else problem
 
 
 def _key_lines(node, prefix: tuple = ()) -> dict[tuple, str]:
@@ -305,7 +360,9 @@ def _did_you_mean(word: str, choices) -> str:
 def _explain(path: Path, error: ValidationError, lines: dict[tuple, str]) -> str:
     """The first validation error as 'file: line N, column C: key: problem; got X (allowed:
     ...)'."""
-    first = error.errors()[0]
+    # a key typed wrong is the cause of a key missing (``task:`` for ``tasks:``): named first
+    rank = {"extra_forbidden": 0, "missing": 2}
+    first = min(error.errors(), key=lambda e: rank.get(e["type"], 1))
     loc = tuple(str(p) for p in first["loc"] if p != "[key]")
     line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
     msg = first["msg"].removeprefix("Value error, ")

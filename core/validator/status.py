@@ -1,7 +1,9 @@
 """What ``neurons/validator.py --status`` shows: the latest period from the database, scored with
 the loop's own period close (``core.period.close_period``) while it is in progress, or as its
-close stored it, and the weights last set; as the period table, or as JSON for scripts, for
-every contender or only the uids and hotkeys asked for."""
+close stored it, with the weights its effective capacities give (the table's one ``weights:``
+line) and, apart, the weights last set on chain; as the period table, or as JSON for scripts,
+for every contender or only the uids and hotkeys asked for (one the period does not hold is an
+``UnknownContender``)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ import numpy as np
 from core.period import Closing, Row, close_period
 from core.pooling import Pooling
 from core.scoring import ContenderState, effective
+from core.scoring import weights as weights_of
 from core.storage import Store
 from core.validator.measure import measure_period
 from core.validator.report import period_table
+
+
+class UnknownContender(ValueError):
+    """A uid or hotkey asked for that has no contender in the period shown."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +33,11 @@ class Snapshot:
     period: int
     finished: bool
     windows: list
-    closing: Closing
+    closing: Closing  # its rows: the contenders asked for
     scored: dict[int, Pooling]
     last: tuple[int, dict[int, float]] | None
-    vector: np.ndarray
+    vector: np.ndarray  # the weights last set on chain, normalised
+    period_weights: np.ndarray  # the period's: from every contender's effective capacity
 
 
 def snapshot(store: Store, period_blocks: int, uids: Collection[int] = (),
@@ -43,6 +51,7 @@ def snapshot(store: Store, period_blocks: int, uids: Collection[int] = (),
     measured, poolings = measure_period(store, period, contenders, period_blocks)
     info = store.period(period)
     finished = info is not None and info.finished
+    n_uids = max((c.uid for c in contenders), default=-1) + 1
     if finished:  # its close stored the states it computed: show those
         states = store.states()
         rows = []
@@ -51,11 +60,17 @@ def snapshot(store: Store, period_blocks: int, uids: Collection[int] = (),
             state = states.get(key, ContenderState())
             outcome, requests = measured[key]
             rows.append(Row(c, outcome, state, requests, effective(state)))
-        closing = Closing(states, np.zeros(0), rows)
+        closing = Closing(states, weights_of({(r.contender.uid, r.contender.task): r.effective
+                                              for r in rows}, n_uids), rows)
     else:  # what is recorded so far, scored by the loop's own close, nothing stored
         closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
-                               store.states(), max((c.uid for c in contenders), default=-1) + 1,
-                               {k: n for k, (_, n) in measured.items()})
+                               store.states(), n_uids, {k: n for k, (_, n) in measured.items()})
+    unknown = ([f"uid {u}" for u in uids if u not in {c.uid for c in contenders}]
+               + [f"hotkey {h}" for h in hotkeys if h not in {c.hotkey for c in contenders}])
+    if unknown:
+        held = ", ".join(str(u) for u in sorted({c.uid for c in contenders})) or "none"
+        raise UnknownContender(f"{', '.join(unknown)}: no contender in period {period} "
+                               f"(its uids: {held})")
     if uids or hotkeys:
         closing = Closing(closing.states, closing.weights,
                           [r for r in closing.rows if r.contender.uid in uids
@@ -68,7 +83,18 @@ def snapshot(store: Store, period_blocks: int, uids: Collection[int] = (),
     if vector.sum() > 0:
         vector /= vector.sum()
     scored = store.poolings(period) if finished else {p.block: p for p in poolings}
-    return Snapshot(period, finished, windows, closing, scored, last, vector)
+    return Snapshot(period, finished, windows, closing, scored, last, vector, shown_weights(
+        closing))
+
+
+def shown_weights(closing: Closing) -> np.ndarray:
+    """The period's weights of the uids whose rows are shown (the others' are not in the
+    table)."""
+    vector = np.zeros_like(closing.weights)
+    for r in closing.rows:
+        if r.contender.uid < len(vector):
+            vector[r.contender.uid] = closing.weights[r.contender.uid]
+    return vector
 
 
 def status(store: Store, period_blocks: int, uids: Collection[int] = (),
@@ -78,11 +104,21 @@ def status(store: Store, period_blocks: int, uids: Collection[int] = (),
     if snap is None:
         return json.dumps({"period": None}) if as_json else "no period recorded yet"
     if as_json:
-        return json.dumps(_as_dict(snap.period, snap.finished, snap.windows, snap.scored,
-                                   snap.closing, snap.last, snap.vector), indent=1)
-    progress = "finished" if snap.finished else "in progress"
-    set_at = f"weights last set at block {snap.last[0]}" if snap.last else "no weights set yet"
-    table = period_table(snap.period, snap.windows, snap.closing, snap.vector, snap.scored)
+        data = _as_dict(snap.period, snap.finished, snap.windows, snap.scored, snap.closing,
+                        snap.last, snap.vector)
+        data["period_weights"] = {str(uid): float(w) for uid, w in enumerate(snap.period_weights)
+                                  if w > 0}
+        return json.dumps(data, indent=1)
+    progress = ("finished: the weights above are the ones its close computed" if snap.finished
+                else "in progress: the weights above are what it gives so far, from the "
+                     "requests recorded")
+    if snap.last:
+        chain = ", ".join(f"uid {uid}: {w:.3f}" for uid, w in enumerate(snap.vector) if w > 0)
+        set_at = f"weights last set on chain at block {snap.last[0]}: {chain or 'none'}"
+    else:
+        set_at = "no weights set on chain yet"
+    table = period_table(snap.period, snap.windows, snap.closing, snap.period_weights,
+                         snap.scored)
     out = f"{table}\n(period {progress}; {set_at})"
     if history:
         out += "\n\nlast windows, oldest first (score, then declared x served):"
