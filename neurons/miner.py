@@ -79,9 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the diffusers back end and workers by URL; 64, the local subnet's, for "
                         "the cpu back end's tiny models)")
     p.add_argument("--block-time", type=float, default=12.0,
-                   help="with --calibrate: seconds per block of the chain the miner serves (the "
-                        "protocol's 12); a period is --period-blocks x --block-time seconds, and "
-                        "the proposal is per period")
+                   help="with --calibrate and --check-config: seconds per block of the chain "
+                        "the miner serves (the protocol's 12); a period is --period-blocks x "
+                        "--block-time seconds, and the proposal and the over-declaration check "
+                        "are per period")
     p.add_argument("--feedback", action="store_true",
                    help="ask every validator that announced an endpoint what it measured of "
                         "this hotkey (per task: credited, reliability, quality, windows, how "
@@ -145,7 +146,7 @@ def check_config(args) -> int:
                   f"validators clamp it")
         if 0 < entry.total() < 1:
             print(f"  warning: {task_id} declares under one unit; validators count it as 0")
-    over = over_declared(config, path, args.period_blocks * 12.0, args.allow_over)
+    over = over_declared(config, path, args.period_blocks * args.block_time, args.allow_over)
     from core.backends import backend_problems
 
     problems = backend_problems(local_backends(config)) + missing_models(config, path)
