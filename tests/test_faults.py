@@ -124,12 +124,15 @@ def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     head = []
-    for line in proc.stdout:  # its period loop logs once the signal handlers are in place
-        head.append(line)
-        if "period " in line:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=60)
+    try:
+        for line in proc.stdout:  # its period loop logs once the signal handlers are in place
+            head.append(line)
+            if "period " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never left running when the stop fails
     out = "".join(head) + rest
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "stopped" in out
