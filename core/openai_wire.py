@@ -101,6 +101,13 @@ class InpaintBody(ImageToImageBody):
     strength: float = 1.0
 
 
+def vllm_xargs(seed: int, temperature: float, top_p: float) -> dict[str, int | float]:
+    """The arguments a vLLM request carries in ``SamplingParams.extra_args`` (``vllm_xargs`` in
+    an OpenAI body) for ``core.backends.vllm_sampler`` to draw its tokens with the protocol's
+    sampler (``core.sampler``)."""
+    return {"sn19_seed": seed, "sn19_temperature": temperature, "sn19_top_p": top_p}
+
+
 class CompletionBody(BaseModel):
     """A chat completion as the miner's remote client sends it (``OpenAIChat``, to ``vllm serve``
     or a worker) and as the worker reads it; other OpenAI fields are ignored."""
@@ -119,13 +126,18 @@ class CompletionBody(BaseModel):
     include_stop_str_in_output: bool = False  # vLLM: the text keeps the sequence (as the rule)
     top_logprobs: int = 0
     return_tokens_as_token_ids: bool = False  # vLLM: "token_id:123" in each logprob entry
+    min_tokens: int = 0  # vLLM's name: no end-of-sequence before this many tokens
+    # vLLM: SamplingParams.extra_args, here the protocol sampler's arguments (``vllm_xargs``)
+    vllm_xargs: dict[str, int | float] | None = None
 
     @classmethod
     def of(cls, request: ChatRequest, model: str) -> CompletionBody:
         """The body that asks for ``request``'s completion, streamed, with every token's id and
-        log-probability and the usage at the end."""
+        log-probability and the usage at the end, drawn by the protocol's sampler."""
         return cls(model=model, messages=request.messages, max_tokens=request.max_tokens,
                    temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+                   min_tokens=request.min_tokens,
+                   vllm_xargs=vllm_xargs(request.seed, request.temperature, request.top_p),
                    stream=True, stop=request.stop or None,
                    include_stop_str_in_output=bool(request.stop),
                    stream_options={"include_usage": True}, logprobs=True,

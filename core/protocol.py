@@ -7,9 +7,10 @@ Miner and validator meet only here. A message of another major version is refuse
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from core.declaration import MAX_PERIOD, SignedDeclaration
@@ -21,6 +22,7 @@ MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.
 CAPACITY_PATH = "/capacity"
+TRAJECTORY_PATH = "/trajectory"  # a validator opens steps of an image answer's trajectory (§8)
 PATHS: dict[Kind, str] = {
     Kind.CHAT: "/chat",
     Kind.TEXT_TO_IMAGE: "/text-to-image",
@@ -122,6 +124,19 @@ class ChatRequest(Message):
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     # sequences that end the completion (``stop_at``): at most 4 of 1-64 characters, as OpenAI's
     stop: Annotated[list[StopText], Field(max_length=MAX_STOPS)] = []
+    # tokens before which no end-of-sequence id is drawn (core/sampler.py) and the completion may
+    # not end: an answer of fewer is invalid on receipt. Synthetic requests fix their length with
+    # it. Not with stop sequences: a stop sequence may not end such a request early, and engines
+    # differ on where a sequence straddling min_tokens ends it, so the two are not asked together.
+    min_tokens: Annotated[int, Field(ge=0, le=MAX_COMPLETION)] = 0
+
+    @model_validator(mode="after")
+    def _min_tokens_fit(self) -> ChatRequest:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must be at most max_tokens")
+        if self.min_tokens and self.stop:
+            raise ValueError("min_tokens and stop sequences are not asked together")
+        return self
 
     def prompt_allowance(self) -> int:
         """A generous estimate of the prompt's tokens before it is tokenized: a token per 2
@@ -192,15 +207,74 @@ class InpaintRequest(ImageRequest):
     strength: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
+Digest = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # sha256, lower-case hex
+MAX_STEPS = 200  # denoising steps a request may ask for
+# SD and SDXL latents are 4 x height/8 x width/8 (the tiny CPU pipeline's VAE downscales 2)
+LATENT_CHANNELS, MIN_LATENT_SCALE = 4, 2
+# base64 characters of one image's float32 latent: SDXL's at the largest request (2048 x 2048)
+MAX_LATENT_B64_CHARS = 4 * -(-LATENT_CHANNELS * (2048 // 8) ** 2 * 4 // 3)
+MAX_OPENED = 32  # latents one opening may ask for (the checker asks at most 2 x 8 + 1)
+
+
+def latent_digest(raw: bytes) -> str:
+    """A step's commitment: sha256 of one image's latent as contiguous little-endian float32."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def commitment_key(trajectory: list[list[str]]) -> str:
+    """The name an answer's trajectory is kept and opened under: sha256 over its digests, image
+    after image, step after step (the validator and the miner compute it alike)."""
+    return hashlib.sha256("".join("".join(t) for t in trajectory).encode()).hexdigest()
+
+
+def pipeline_steps(request: ImageRequest) -> int:
+    """Denoising steps the pipeline runs for ``request``: all of them from noise; from an init
+    image, ``steps x strength`` as diffusers counts it (``get_timesteps``)."""
+    strength = getattr(request, "strength", None)
+    if strength is None:
+        return request.steps
+    return min(int(request.steps * strength), request.steps)
+
+
 class ImageResponse(Message):
     images: Annotated[list[Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]],
                       Field(max_length=4)]  # PNG, base64
     units: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    # per image, the digest of its latent after each denoising step (``latent_digest``), in
+    # order: the miner keeps the latents and opens the steps a validator asks (TRAJECTORY_PATH)
+    trajectory: Annotated[list[Annotated[list[Digest], Field(max_length=MAX_STEPS)]],
+                          Field(max_length=4)] = []
 
     @staticmethod
     def max_bytes(request: ImageRequest) -> int:
         """The most bytes an honest answer to ``request`` takes: read no further."""
-        return request.num_images * (MAX_IMAGE_B64_CHARS + 8) + 4096
+        return request.num_images * (MAX_IMAGE_B64_CHARS + 8 + 67 * MAX_STEPS) + 4096
+
+
+class TrajectoryRequest(Message):
+    """Open the answer whose trajectory has ``key`` (``commitment_key``): its latents after the
+    listed steps (1 = after the first step, up to the step count), every image's."""
+
+    task: TaskId
+    key: Digest
+    latents: Annotated[list[Annotated[int, Field(ge=1, le=MAX_STEPS)]],
+                       Field(min_length=1, max_length=MAX_OPENED)]
+
+
+class TrajectoryResponse(Message):
+    """Per asked latent, in the order asked, per image: the latent as base64 of its contiguous
+    little-endian float32 bytes (what its digest hashes)."""
+
+    latents: Annotated[list[Annotated[list[Annotated[str, Field(
+        max_length=MAX_LATENT_B64_CHARS)]], Field(max_length=4)]], Field(max_length=MAX_OPENED)]
+
+    @staticmethod
+    def max_bytes(request: ImageRequest, opened: int) -> int:
+        """The most bytes an honest opening of ``opened`` latents of ``request`` takes."""
+        raw = LATENT_CHANNELS * (request.height // MIN_LATENT_SCALE) * (
+            request.width // MIN_LATENT_SCALE) * 4
+        return opened * request.num_images * (min(4 * -(-raw // 3), MAX_LATENT_B64_CHARS)
+                                              + 8) + 4096
 
 
 class ErrorResponse(Message):

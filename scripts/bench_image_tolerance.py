@@ -1,29 +1,40 @@
-"""The image checker's tolerance, measured (docs/protocol.md §8): honest images and cheating ones,
-each compared with the reference's regeneration by the checker's distance (mean absolute
-difference of 32x32 grey thumbnails), and judged at the checker's bound and at others; each
-figure a line `name: value unit`.
+"""The image checker measured (docs/protocol.md §8): honest answers and cheating ones, each checked
+as the validator checks it (trajectory opened at step 0 and K_STEPS drawn steps, each re-run
+alone; the final latent decoded and compared with the PNG), with their catch rates and counts;
+each figure a line `name: value unit`.
+
+Cheats: half the steps, two ways: ``half_steps_forged`` runs a schedule of half the steps and
+commits it interleaved with made-up latents (midpoints) to the asked count, and
+``half_steps_cached`` runs the asked schedule but the UNet on every other step only, reusing the
+last noise prediction in between (what a cheater who knows step 0 is always opened does); both
+open what they committed. Then another scheduler (DPM-Solver++ multistep), another seed than
+asked, another model (other weights), a decompression bomb (a 74-byte PNG whose header claims
+20000x20000) and a valid PNG of the wrong size (16x16). The check's seconds are set against a
+full regeneration's, the same requests on the same machine in the same run.
 
 The honest miner serves on ``--device`` (float16 on CUDA, as the diffusers back end loads; float32
-on the CPU); the reference regenerates on ``--reference-device`` (``--check gpu`` loads float16 on
-CUDA). Cheats: half the steps charged for all of them, another model of the same shape (other
-weights), and another seed than asked (what the distance must tell apart to be a check at all).
-Requests are drawn like the validator's synthetic ones, text-to-image, image-to-image and
-inpaint, at ``--size`` pixels (the tiny pipeline; production is 1024 with the real checkpoints).
+on the CPU); the reference re-runs on ``--reference-device``. Requests are drawn like the
+validator's synthetic ones (8-24 steps), text-to-image, image-to-image and inpaint, at ``--size``
+pixels (the tiny pipeline).
 
-    python scripts/bench_image_tolerance.py --device cuda --reference-device cuda [--requests 60]
+    python scripts/bench_image_tolerance.py [--requests 30] [--honest 90] [--size 64]
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 import random
-import statistics
+import struct
 import sys
 import tempfile
+import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BOUNDS = (0.01, 0.02, 0.04, 0.08)
 TASKS = ("proteus-text-to-image", "proteus-image-to-image", "inpaint")
 
 
@@ -45,54 +56,244 @@ def engines(folder: Path, device: str):
             for t in TASKS}
 
 
+def bomb() -> bytes:
+    """74 bytes of PNG whose IHDR claims 20000x20000 (the data decompresses to ~400 MB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    head = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", b"\x78\x9c") + chunk(
+        b"IEND", b"")
+
+
+def small_png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class Forger:
+    """A cheater's own store of the latents it committed, opened as an honest store is."""
+
+    def __init__(self):
+        from core.backends.diffusers_images import Trajectories
+
+        self.kept = Trajectories()
+
+    def commit(self, request, images: list[bytes], steps: list):
+        """An answer committing ``steps`` (the batch's latents, one tensor per step)."""
+        from core.backends.diffusers_images import latent_bytes
+        from core.protocol import ImageResponse, commitment_key, latent_digest
+
+        trajectory = [[latent_digest(latent_bytes(s[b])) for s in steps]
+                      for b in range(request.num_images)]
+        self.kept.keep(commitment_key(trajectory), steps)
+        return ImageResponse(images=[base64.b64encode(i).decode() for i in images],
+                             units=request.units, trajectory=trajectory)
+
+
+def run_recording(engine, request, **extra):
+    """PNGs and the batch latent after each step of ``engine``'s pipeline for ``request``."""
+    import torch
+
+    from core.backends.diffusers_images import png
+
+    steps: list = []
+
+    def record(pipe, i, t, tensors):
+        steps.append(tensors["latents"].detach().clone())
+        return {}
+
+    with torch.inference_mode():
+        images = engine.pipeline(**engine.arguments(request), callback_on_step_end=record,
+                                 callback_on_step_end_tensor_inputs=["latents"], **extra).images
+    return [png(i) for i in images], steps
+
+
+def forged_half(engine, request, forger: Forger):
+    """Half the steps' schedule, interleaved with midpoints up to the asked count; the images
+    decoded from the last (what the cheater serves)."""
+    from core.protocol import pipeline_steps
+
+    n = pipeline_steps(request)
+    images, half = run_recording(engine, request.model_copy(update={"steps": request.steps // 2}))
+    m = len(half)
+    steps = []
+    for i in range(1, n + 1):  # latent i of n sits at i * m / n of the computed ones
+        x = i * m / n
+        lo, hi = max(math.floor(x), 1), max(math.ceil(x), 1)
+        steps.append(half[lo - 1] if lo == hi else (half[lo - 1] + half[hi - 1]) / 2)
+    return forger.commit(request, images, steps)
+
+
+def cached_half(engine, request, forger: Forger):
+    """The asked schedule with the UNet run on every other step, its last noise prediction
+    reused in between: half the UNet's work, step 0 real."""
+    unet = engine.pipeline.unet
+    forward, calls, cache = unet.forward, [0], {}
+
+    def every_other(sample, *args, **kwargs):
+        if calls[0] % 2 == 0:
+            cache["out"] = forward(sample, *args, **kwargs)
+        calls[0] += 1
+        return cache["out"]
+
+    unet.forward = every_other
+    try:
+        images, steps = run_recording(engine, request)
+    finally:
+        del unet.forward
+    return forger.commit(request, images, steps)
+
+
+def other_scheduler(engine, request, forger: Forger):
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = engine.pipeline
+    original = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
+    try:
+        images, steps = run_recording(engine, request)
+    finally:
+        pipe.scheduler = original
+    return forger.commit(request, images, steps)
+
+
+def open_answer(store, request, response, steps):
+    """What the miner's ``store`` (an engine's or a forger's Trajectories) opens of ``steps``."""
+    from core.checking.trajectory import Openings, latents_needed
+    from core.protocol import commitment_key
+
+    if not response.trajectory:
+        return None
+    asked = latents_needed(steps, len(response.trajectory[0]))
+    opened = store.open(commitment_key(response.trajectory), asked)
+    return None if opened is None else Openings(steps, dict(zip(asked, opened)))
+
+
 def main() -> None:
     from core.cli import parser
 
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=60, help="requests per kind of answer")
-    p.add_argument("--size", type=int, default=128, help="image width and height in pixels")
+    p.add_argument("--requests", type=int, default=30, help="requests per kind of cheat")
+    p.add_argument("--honest", type=int, default=90, help="honest answers checked")
+    p.add_argument("--full", type=int, default=10,
+                   help="honest and cached-cheat answers also re-run at every step (errors)")
+    p.add_argument("--size", type=int, default=64, help="image width and height in pixels")
     p.add_argument("--device", default="cpu", help="where the honest and cheating miners run")
-    p.add_argument("--reference-device", default="cpu", help="where the reference regenerates")
+    p.add_argument("--reference-device", default="cpu", help="where the reference re-runs")
+    p.add_argument("--seed", type=int, default=0, help="draws the requests and checked steps")
     p.add_argument("--quick", action="store_true", help="a few requests: that it runs (tests)")
     a = p.parse_args()
     n = 3 if a.quick else a.requests
+    n_honest = 3 if a.quick else a.honest
+    if a.quick:
+        a.full = 1
     size = 64 if a.quick else a.size
 
     from core.backends.diffusers_images import DiffusersImages
-    from core.checking.images import DISTANCE_MAX, distance
+    from core.checking.images import check_images, distance
+    from core.checking.trajectory import K_STEPS, STEP_TOLERANCE, pick_steps, replay
+    from core.protocol import pipeline_steps
 
-    requests = draw_requests(n, size, seed=0)
+    requests = draw_requests(n, size, seed=a.seed)
+    honest_requests = draw_requests(n_honest, size, seed=a.seed + 2)
+    rng = random.Random(a.seed + 1)
     with tempfile.TemporaryDirectory() as tmp:
         model, other = Path(tmp) / "model", Path(tmp) / "other"
         DiffusersImages.tiny_pipeline(1234).save_pretrained(str(model))
         DiffusersImages.tiny_pipeline(999).save_pretrained(str(other))
         honest, wrong = engines(model, a.device), engines(other, a.device)
         reference = engines(model, a.reference_device)
+    forger = Forger()
 
-        def serve(engine, request, **change):
-            return engine[request.task].generate(request.model_copy(update=change))[0]
+    def served(r):
+        return honest[r.task].answer(r), honest[r.task].trajectories
 
-        expected = [serve(reference, r) for r in requests]
-        kinds = {
-            "honest": [serve(honest, r) for r in requests],
-            "cheat_half_steps": [serve(honest, r, steps=max(1, r.steps // 2)) for r in requests],
-            "cheat_other_model": [serve(wrong, r) for r in requests],
-            "cheat_other_seed": [serve(honest, r, seed=r.seed + 1) for r in requests],
-        }
-    print(f"# miner on {a.device}, reference on {a.reference_device}, {size}x{size} pixels")
+    def swapped(r, png: bytes):
+        answer, store = served(r)
+        return answer.model_copy(update={"images": [base64.b64encode(png).decode()]
+                                         * r.num_images}), store
+
+    cheats = {
+        "half_steps_forged": lambda r: (forged_half(honest[r.task], r, forger), forger.kept),
+        "half_steps_cached": lambda r: (cached_half(honest[r.task], r, forger), forger.kept),
+        "other_scheduler": lambda r: (other_scheduler(honest[r.task], r, forger), forger.kept),
+        "other_seed": lambda r: (honest[r.task].answer(r.model_copy(update={"seed": r.seed + 1})),
+                                 honest[r.task].trajectories),
+        "other_model": lambda r: (wrong[r.task].answer(r), wrong[r.task].trajectories),
+        "bomb": lambda r: swapped(r, bomb()),
+        "wrong_size": lambda r: swapped(r, small_png()),
+    }
+    for r in requests[:len(TASKS)]:  # first calls are slower (allocations, kernel choice)
+        reference[r.task].generate(r)
+    # CPU seconds of this process, not wall time: other work on the machine inflates wall time
+    # of both unevenly
+    check_s, regenerate_s, honest_fails, honest_distance = [], [], 0, 0.0
+    honest_error = opened_share = 0.0
+    for r in honest_requests:
+        answer, store = served(r)
+        steps = pick_steps(answer, rng)
+        opened_share += len(steps) / pipeline_steps(r) / n_honest
+        openings = open_answer(store, r, answer, steps)
+        began = time.process_time()
+        verdict = check_images(reference[r.task], r, answer, openings)
+        check_s.append(time.process_time() - began)
+        began = time.process_time()
+        regenerated = reference[r.task].generate(r)
+        regenerate_s.append(time.process_time() - began)
+        honest_fails += not verdict.passed
+        honest_distance = max(honest_distance, max(
+            distance(base64.b64decode(x), y) for x, y in zip(answer.images, regenerated)))
+        if r in honest_requests[:a.full]:  # every step re-run: the honest error's max
+            every = tuple(range(pipeline_steps(r)))
+            full = open_answer(store, r, answer, every)
+            assert full is not None
+            honest_error = max(honest_error, *replay(reference[r.task], r, full, len(every))
+                               .errors.values())
+    print(f"# miner on {a.device}, reference on {a.reference_device}, {size}x{size} pixels, "
+          f"{K_STEPS} drawn steps + step 0, step tolerance {STEP_TOLERANCE}")
     print(f"images_per_kind: {n} count")
-    for kind, images in kinds.items():
-        found = sorted(distance(x, y) for x, y in zip(images, expected))
-        print(f"{kind}_distance_p50: {statistics.median(found):.4f} share")
-        print(f"{kind}_distance_max: {found[-1]:.4f} share")
-        for bound in BOUNDS:
-            print(f"{kind}_failed_at_{bound}: {sum(d > bound for d in found) / n:.4f} share")
-        for task in TASKS:
-            worst = max(distance(x, y) for x, y, r in zip(images, expected, requests)
-                        if r.task == task)
-            print(f"{kind}_{task.replace('-', '_')}_distance_max: {worst:.4f} share")
-        name = "rule_false_fails" if kind == "honest" else f"rule_catches_{kind}"
-        print(f"{name}: {sum(d > DISTANCE_MAX for d in found) / n:.4f} share")
+    print(f"honest_count: {n_honest} count")
+    print(f"honest_false_fails: {honest_fails / n_honest:.4f} share")
+    print(f"honest_false_fails_upper_95: {min(1.0, 3 / n_honest):.4f} share")
+    print(f"honest_distance_max: {honest_distance:.4f} share")
+    print(f"honest_step_error_max: {honest_error:.3g} ratio")
+    print(f"full_reruns: {min(a.full, n_honest)} count")
+    print(f"check_cpu_seconds_mean: {sum(check_s) / n_honest:.4f} s")
+    print(f"regenerate_cpu_seconds_mean: {sum(regenerate_s) / n_honest:.4f} s")
+    print(f"check_over_regenerate: {sum(check_s) / sum(regenerate_s):.4f} ratio")
+    print(f"steps_rerun_share_mean: {opened_share:.4f} share")
+
+    faked_errors: list[float] = []
+    for kind, cheat in cheats.items():
+        caught, reasons = 0, set()
+        for r in requests:
+            answer, store = cheat(r)
+            steps = pick_steps(answer, rng)
+            verdict = check_images(reference[r.task], r, answer, open_answer(store, r, answer,
+                                                                             steps))
+            caught += not verdict.passed
+            reasons.add(verdict.reason.split(" (")[0].split(" by ")[0][:40])
+            if kind == "half_steps_cached" and r in requests[:a.full]:  # where reuse lands
+                every = tuple(range(pipeline_steps(r)))
+                full = open_answer(store, r, answer, every)
+                assert full is not None
+                errors = replay(reference[r.task], r, full, len(every)).errors
+                faked_errors += [e for j, e in errors.items() if j % 2 == 1]
+        print(f"{kind}_caught: {caught / n:.4f} share")
+        print(f"{kind}_count: {n} count")
+        print(f"# {kind} reasons: {sorted(reasons)}")
+        if kind == "other_model":  # the name the earlier benchmark printed it under
+            print(f"rule_catches_cheat_other_model: {caught / n:.4f} share")
+    print(f"half_steps_cached_faked_step_error_min: {min(faked_errors):.3g} ratio")
+    # with half the steps after step 0 faked, K_STEPS drawn without replacement all miss them
+    worst = max(math.comb((m - 1) // 2, K_STEPS) / math.comb(m - 1, K_STEPS)
+                if m - 1 > K_STEPS else 0.0 for m in map(pipeline_steps, requests))
+    print(f"half_steps_miss_bound: {worst:.4f} share")
 
 
 if __name__ == "__main__":

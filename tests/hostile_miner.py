@@ -19,6 +19,14 @@ behaviour wrapped around its app, chosen by the environment variable SN19_HOSTIL
 - ``equivocate``: answers the validator SN19_FAVOURITE names the declaration its capacity file
   makes (signed once for the period, as an honest miner does) and every other validator half of
   it, signed by the same hotkey for the same period: it tells validators different things.
+- ``fewer-steps``: images with the UNet run on every other denoising step only, its last noise
+  prediction reused in between (half the work, step 0 real), committing and opening that forged
+  trajectory as its own.
+- ``png-bomb``: image answers whose PNGs are 59 bytes with a header claiming 20000x20000.
+- ``wrong-size``: image answers whose PNGs are valid, and 16x16.
+- ``ignore-seed``: the right model, but every chat request drawn with a random seed instead of the
+  request's, as an API forwarder samples: right logprobs, right distribution, not the protocol
+  sampler's tokens for the request.
 
 Everything else is the honest miner: the same engines, signatures and limits.
 """
@@ -26,9 +34,12 @@ Everything else is the honest miner: the same engines, signatures and limits.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +52,23 @@ MODE = os.environ.get("SN19_HOSTILE", "")
 FAVOURITES = frozenset(filter(None, os.environ.get("SN19_FAVOURITE", "").split(",")))
 HUGE = 800 * 2**20  # bytes of the oversized answers
 KEEPALIVE_FOR_S = 90.0  # a stalled stream stops keeping the connection alive after this
+IMAGE_PATHS = ("/text-to-image", "/image-to-image", "/inpaint")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_of(width: int, height: int, rows: bytes) -> bytes:
+    """A greyscale PNG whose header says ``width`` x ``height``, with ``rows`` compressed."""
+    head = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head)
+            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+
+
+# a decompression bomb's header on almost no data; a valid 16x16 image
+SWAPPED_PNG = {"png-bomb": png_of(20000, 20000, b""),
+               "wrong-size": png_of(16, 16, (b"\x00" + b"\x80" * 16) * 16)}
 
 
 async def endless(send, head: bytes, total: int = HUGE) -> None:
@@ -104,12 +132,20 @@ class Hostile:
             return await self.app(scope, receive, self.chat_send(send))
         if MODE == "inflate-units" and path.endswith("-image"):
             return await self.app(scope, receive, self.rewrite_send(send, self.more_units))
+        if MODE in SWAPPED_PNG and path in IMAGE_PATHS:
+            return await self.app(scope, receive, self.rewrite_send(send, self.swap_png))
         return await self.app(scope, receive, send)
 
     @staticmethod
     def more_units(body: bytes) -> bytes:
         answer = json.loads(body)
         answer["units"] *= 1000
+        return json.dumps(answer).encode()
+
+    @staticmethod
+    def swap_png(body: bytes) -> bytes:
+        answer = json.loads(body)
+        answer["images"] = [base64.b64encode(SWAPPED_PNG[MODE]).decode()] * len(answer["images"])
         return json.dumps(answer).encode()
 
     def halved(self, body: bytes) -> bytes:
@@ -173,6 +209,43 @@ class Hostile:
         return hostile_send
 
 
+def ignore_seeds() -> None:
+    """The chat engines draw every request with a seed of their own (the request is changed
+    before it reaches the engine; all else, the counts included, stays honest)."""
+    import random
+
+    from core.backends.transformers_chat import TransformersChat
+    from core.backends.vllm_chat import VllmChat
+
+    for engine in (TransformersChat, VllmChat):
+        def stream(self, request, _honest=engine.stream):
+            return _honest(self, request.model_copy(update={"seed": random.getrandbits(62)}))
+
+        engine.stream = stream  # type: ignore[method-assign]
+
+
+def every_other_step(answer):
+    """``DiffusersImages.answer`` with the UNet run on every other step only (its calls count
+    the steps: one batched call a step), the last noise prediction reused in between."""
+    def cheating(self, request):
+        unet = self.pipeline.unet
+        forward, calls, cache = unet.forward, [0], {}
+
+        def every_other(sample, *args, **kwargs):
+            if calls[0] % 2 == 0:
+                cache["out"] = forward(sample, *args, **kwargs)
+            calls[0] += 1
+            return cache["out"]
+
+        unet.forward = every_other
+        try:
+            return answer(self, request)
+        finally:
+            del unet.forward
+
+    return cheating
+
+
 def main() -> int:
     import uvicorn
 
@@ -184,6 +257,12 @@ def main() -> int:
         from core.cli import load_wallet
 
         keypair = load_wallet(miner.parse_args(sys.argv[1:]))[1]
+    if MODE == "ignore-seed":
+        ignore_seeds()
+    if MODE == "fewer-steps":
+        from core.backends.diffusers_images import DiffusersImages
+
+        DiffusersImages.answer = every_other_step(DiffusersImages.answer)
     run = uvicorn.run
     uvicorn.run = lambda app, **kw: run(Hostile(app, keypair), **kw)  # miner.py calls it late
     return miner.main(sys.argv[1:])

@@ -2,7 +2,6 @@
 engines: each cheat scores 0, honest answers pass."""
 
 import asyncio
-import base64
 import random
 
 import pytest
@@ -12,14 +11,16 @@ from core.backends.transformers_chat import TransformersChat
 from core.checking.chat import check_chat
 from core.checking.images import check_images
 from core.checking.service import Checker, Job, quality_of
+from core.checking.trajectory import latents_needed, openings_of, pick_steps
 from core.protocol import (
     ChatChunk,
     ChatRequest,
     ChatToken,
-    ImageResponse,
     ImageToImageRequest,
     InpaintRequest,
     TextToImageRequest,
+    TrajectoryRequest,
+    commitment_key,
 )
 from core.records import Outcome, RequestRecord
 from core.storage import open_store
@@ -127,8 +128,16 @@ def image_requests(init):
 
 
 def respond(engine, request):
-    return ImageResponse(images=[base64.b64encode(i).decode() for i in engine.generate(request)],
-                         units=request.units)
+    return engine.answer(request)
+
+
+def opened(engine, request, response, rng=None):
+    """What the miner's ``engine`` opens of ``response`` at steps drawn as the checker draws."""
+    steps = pick_steps(response, rng or random.Random(0))
+    asked = latents_needed(steps, len(response.trajectory[0]))
+    answer = engine.open(TrajectoryRequest(task=request.task, latents=asked,
+                                           key=commitment_key(response.trajectory)))
+    return openings_of(steps, asked, answer)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +149,10 @@ def init(images):
 def test_honest_images_pass(images, init):
     reference = {t: load_engine(t) for t in images}
     for request in image_requests(init):
-        verdict = check_images(
-            reference[request.task], request, respond(images[request.task], request)
-        )
+        engine = images[request.task]
+        response = respond(engine, request)
+        verdict = check_images(reference[request.task], request, response,
+                               opened(engine, request, response))
         assert verdict.passed, verdict.reason
 
 
@@ -151,8 +161,9 @@ def test_a_cached_image_for_a_new_seed_fails(images):
     first = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=4, height=64,
                                width=64, seed=1)
     cached = respond(engine, first)
-    verdict = check_images(engine, first.model_copy(update={"seed": 2}), cached)
-    assert not verdict.passed and "differ from the reference" in verdict.reason
+    again = first.model_copy(update={"seed": 2})
+    verdict = check_images(engine, again, cached, opened(engine, again, cached))
+    assert not verdict.passed and "step 0 re-runs" in verdict.reason
 
 
 def test_charging_more_steps_than_requested_fails(images):
@@ -160,7 +171,15 @@ def test_charging_more_steps_than_requested_fails(images):
     request = TextToImageRequest(task="proteus-text-to-image", prompt="a", steps=3, height=64,
                                  width=64)
     overcharged = respond(engine, request).model_copy(update={"units": 9})
-    assert "charged 9 steps" in check_images(engine, request, overcharged).reason
+    assert "charged 9 steps" in check_images(engine, request, overcharged, None).reason
+
+
+def test_an_answer_whose_trajectory_is_not_opened_fails(images):
+    engine = images["proteus-text-to-image"]
+    request = TextToImageRequest(task="proteus-text-to-image", prompt="a", steps=3, height=64,
+                                 width=64)
+    verdict = check_images(engine, request, respond(engine, request), None)
+    assert not verdict.passed and "no trajectory opened" in verdict.reason
 
 
 def test_a_failed_check_is_quality_zero_and_a_passed_one_the_speed_factor(chat):

@@ -1,4 +1,4 @@
-"""Synthetic traffic a miner cannot tell from organic traffic (issue 27): prompts from a corpus of
+"""Synthetic traffic a miner cannot tell from organic traffic: prompts from a corpus of
 real ones that two requests essentially never share, sampling parameters and conversation shapes
 as users sent them recently, images and masks made for each request, every choice from the
 validator's secrets, and each request still within the units it was sized for."""
@@ -25,7 +25,7 @@ from core.validator.synthetic import min_units, synthetic_request
 
 CHAT = "chat-llama-3"
 SECRETS = random.SystemRandom()
-# the tells of the synthetic traffic before issue 27 (core/request_shapes.py at 5e77dca)
+# the tells of the synthetic traffic before protocol 6 (core/request_shapes.py at 5e77dca)
 OLD_WORDS = {
     "river", "mountain", "quiet", "city", "lantern", "forest", "ocean", "copper", "violet",
     "engine", "garden", "winter", "harbor", "signal", "meadow", "thunder", "glass", "orchard",
@@ -146,6 +146,9 @@ def test_parameters_follow_the_recorded_organic_mix(counter):
                for r in hot)
     three = [sum(m.role == "user" for m in r.messages) == 3 for r in hot]
     assert sum(three) / len(three) > 0.95  # unless no earlier turns fit the prompt's budget
+    # the length is fixed where no stop sequence may end it: a short answer is invalid on receipt
+    assert all(r.min_tokens == r.max_tokens for r in cool)
+    assert all(r.min_tokens == 0 for r in hot)
 
 
 def test_before_any_organic_request_the_stated_default_mix(counter):
@@ -198,7 +201,7 @@ def test_the_cost_bound_holds_for_every_task_at_several_unit_sizes(task, counter
 
 
 def test_a_classifier_of_the_old_tells_no_longer_separates_synthetic_from_organic(counter):
-    """The tells before issue 27: eight words of a 32-word list, temperature and top_p from two
+    """The tells before protocol 6: eight words of a 32-word list, temperature and top_p from two
     small sets, one of 8 noise images, a centred square mask. Words, images and masks match no
     synthetic request now; the parameters match synthetic requests as often as organic ones
     (here 60% of users send the OpenAI defaults, inside the old sets)."""

@@ -24,6 +24,7 @@ pytest.importorskip("vllm")
 from core.backends.remote import OpenAIChat
 from core.backends.spec import EngineSpec
 from core.backends.transformers_chat import TransformersChat
+from core.backends.vllm_chat import PROCESSOR
 from core.checking.chat import check_chat
 from core.protocol import ChatChunk, ChatRequest, stop_at
 from core.validator.counting import PromptCounter
@@ -50,9 +51,11 @@ def reference(model) -> TransformersChat:
 
 
 def requests() -> list[ChatRequest]:
+    """Greedy and sampled requests, one of fixed length (min_tokens: no end of sequence before)."""
     return [ChatRequest(task="chat-llama-3", max_tokens=48, temperature=t, top_p=p, seed=seed,
-                        messages=[{"role": "user", "content": f"héllo wörld {seed}"}])
-            for seed, (t, p) in enumerate(((0.0, 1.0), (0.8, 1.0), (1.0, 0.9), (0.7, 0.9)))]
+                        min_tokens=m, messages=[{"role": "user", "content": f"héllo wörld {seed}"}])
+            for seed, (t, p, m) in enumerate(((0.0, 1.0, 0), (0.8, 1.0, 48), (1.0, 0.9, 0),
+                                              (0.7, 0.9, 0)))]
 
 
 def assert_checked(reference: TransformersChat, request: ChatRequest, tokens, prompt_tokens: int):
@@ -107,6 +110,10 @@ def test_in_process_vllm_passes_the_checker_and_aborts_when_the_client_leaves(mo
             for request in requests():
                 tokens = [t async for batch in engine.stream(request) for t in batch]
                 assert_checked(reference, request, tokens, len(engine.prompt_ids(request)))
+                # the protocol sampler through vLLM's logits processor draws what it draws in
+                # the transformers engine from the same fp32 weights
+                assert [t.token_id for t in tokens] == [
+                    t.token_id for t in reference.tokens(request)]
             # a stop sequence taken from that last completion: vLLM ends at the token that
             # completes it, as the checker expects (core.protocol.stop_at)
             text = "".join(t.text for t in tokens)
@@ -204,7 +211,8 @@ def test_a_miner_whose_chat_worker_is_vllm_serve_passes_the_validators_count_and
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          *ENGINE_ARGS, "--host", "127.0.0.1", "--port", str(serve_port), "--api-key", TOKEN,
-         "--served-model-name", "tiny", "--generation-config", "vllm"],
+         "--served-model-name", "tiny", "--generation-config", "vllm",
+         "--logits-processors", PROCESSOR],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     chain = LocalSubnet.create(tmp_path / "chain", age_blocks=1000)
     validator = Keypair.create_from_uri("//Alice")

@@ -64,14 +64,14 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
             try:
                 assert await client.alive()
                 assert not await wrong.alive()  # a wrong token: down, not serving 401s
-                chunks = [c async for c in client.chunks(chat_request(7, 40))]
+                chunks = [c async for c in client.chunks(chat_request(5, 40))]
                 with pytest.raises(WorkerError) as refused:
-                    [c async for c in wrong.chunks(chat_request(7))]
+                    [c async for c in wrong.chunks(chat_request(5))]
                 # the request's stop sequences reach the worker's engine: it ends there
                 text = "".join(t.text for c in chunks for t in c.tokens)
                 sequence = next(text[i:i + 3] for i in range(4, len(text) - 3)
                                 if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3])
-                asked = chat_request(7, 40).model_copy(update={"stop": [sequence]})
+                asked = chat_request(5, 40).model_copy(update={"stop": [sequence]})
                 stopped = [t async for c in client.chunks(asked) for t in c.tokens]
                 assert stop_at("".join(t.text for t in stopped), [sequence]) is not None
                 assert stop_at("".join(t.text for t in stopped[:-1]), [sequence]) is None
@@ -84,10 +84,10 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
         # OpenAI's own client reads it too, whole or streamed
         official = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN)
         whole = official.chat.completions.create(
-            model="any", messages=[{"role": "user", "content": "hi 7"}], max_tokens=40, seed=7,
+            model="any", messages=[{"role": "user", "content": "hi 5"}], max_tokens=40, seed=5,
             temperature=0.8)
         streamed = official.chat.completions.create(
-            model="any", messages=[{"role": "user", "content": "hi 7"}], max_tokens=40, seed=7,
+            model="any", messages=[{"role": "user", "content": "hi 5"}], max_tokens=40, seed=5,
             temperature=0.8, stream=True, logprobs=True)
         streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     finally:
@@ -98,11 +98,11 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
     assert final.done and final.completion_tokens == len(tokens) > 0
     # the same tiny model in this process samples the same tokens from the same seed
     local = TransformersChat.tiny(tiny_seed("chat-llama-3"))
-    expected = list(local.tokens(chat_request(7, 40)))
+    expected = list(local.tokens(chat_request(5, 40)))
     assert [t.token_id for t in tokens] == [t.token_id for t in expected]
     assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(tokens, expected))
     assert "".join(t.text for t in tokens) == "".join(t.text for t in expected)
-    assert final.prompt_tokens == len(local.prompt_ids(chat_request(7, 40)))
+    assert final.prompt_tokens == len(local.prompt_ids(chat_request(5, 40)))
     text = "".join(t.text for t in expected)
     assert whole.choices[0].message.content == text == streamed_text
     assert whole.usage.completion_tokens == len(expected)

@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from core.protocol import ImageRequest, ImageToImageRequest, InpaintRequest
+from core.protocol import (
+    ImageRequest,
+    ImageResponse,
+    ImageToImageRequest,
+    InpaintRequest,
+    TrajectoryRequest,
+    TrajectoryResponse,
+    commitment_key,
+    latent_digest,
+)
 from core.tasks import Kind
 
 
@@ -30,12 +43,74 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+# The schedulers whose step depends only on the current latent, the noise prediction and the
+# seeded generator, so that a checker re-runs any one step alone (core/checking/trajectory.py).
+# Multistep ones (DPM-Solver, PNDM, LMS, UniPC) keep earlier predictions and cannot be.
+ALLOWED_SCHEDULERS = frozenset({"DDIMScheduler", "EulerDiscreteScheduler"})
+# A miner keeps its recent answers' latents to open them (docs/protocol.md §8): a validator asks
+# right after receipt. A production SDXL 1024 latent is 4x128x128 (256 KiB in float32, 128 KiB
+# in float16 as CUDA keeps it), so a 30-step image is 3.75 MiB in float16; KEEP_BYTES holds
+# ~270 such answers, far more than KEEP_S lets a busy miner need.
+KEEP_ANSWERS, KEEP_S, KEEP_BYTES = 256, 120.0, 1 << 30
+
+
+def latent_bytes(latent: torch.Tensor) -> bytes:
+    """One image's latent as the protocol hashes it: contiguous little-endian float32."""
+    return latent.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+
+
+@dataclass
+class _Kept:
+    steps: list[torch.Tensor]  # the batch's latents after each step, as the pipeline made them
+    at: float
+
+    @property
+    def size(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.steps)
+
+
+class Trajectories:
+    """Recent answers' latents by commitment key, bounded in count, age and bytes (oldest out
+    first). Generation threads add while the app's loop opens: one lock."""
+
+    def __init__(self, count: int = KEEP_ANSWERS, seconds: float = KEEP_S,
+                 size: int = KEEP_BYTES):
+        self.count, self.seconds, self.size = count, seconds, size
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def keep(self, key: str, steps: list[torch.Tensor]) -> None:
+        with self._lock:
+            kept = _Kept(steps, time.monotonic())
+            self._kept[key] = kept
+            self._bytes += kept.size
+            self._expire()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._kept and (len(self._kept) > self.count or self._bytes > self.size
+                              or now - next(iter(self._kept.values())).at > self.seconds):
+            self._bytes -= self._kept.popitem(last=False)[1].size
+
+    def open(self, key: str, latents: list[int]) -> list[list[bytes]] | None:
+        """Per asked latent (1 = after the first step), per image, its canonical bytes; None
+        when the answer is not kept (never made, expired) or has fewer steps."""
+        with self._lock:
+            self._expire()
+            kept = self._kept.get(key)
+        if kept is None or max(latents) > len(kept.steps):
+            return None
+        return [[latent_bytes(image) for image in kept.steps[i - 1]] for i in latents]
+
+
 class DiffusersImages:
     def __init__(self, pipeline, kind: Kind):
         from diffusers import (
             AutoPipelineForImage2Image,
             AutoPipelineForInpainting,
             AutoPipelineForText2Image,
+            EulerDiscreteScheduler,
         )
 
         self.kind = kind
@@ -46,6 +121,12 @@ class DiffusersImages:
         }[kind]
         self.pipeline = family.from_pipe(pipeline)
         self.pipeline.set_progress_bar_config(disable=True)
+        if type(self.pipeline.scheduler).__name__ not in ALLOWED_SCHEDULERS:
+            # the protocol's scheduler for a checkpoint that ships a multistep one: Euler from
+            # its own configuration (SDXL's default)
+            self.pipeline.scheduler = EulerDiscreteScheduler.from_config(
+                self.pipeline.scheduler.config)
+        self.trajectories = Trajectories()
 
     @staticmethod
     def tiny_pipeline(seed: int):
@@ -65,8 +146,9 @@ class DiffusersImages:
         pipeline = AutoPipelineForText2Image.from_pretrained(model, dtype=getattr(torch, dtype))
         return cls(pipeline.to(device), kind)
 
-    @torch.inference_mode()
-    def generate(self, request: ImageRequest) -> list[bytes]:
+    def arguments(self, request: ImageRequest) -> dict[str, object]:
+        """The pipeline's arguments for ``request``, with a fresh generator of its seed (the
+        checker's replay passes the same ones)."""
         size = (request.width, request.height)
         args: dict[str, object] = dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt or None,
@@ -80,4 +162,34 @@ class DiffusersImages:
             args.update(mask_image=decode_image(request.mask_image, size, "L"))
         if not isinstance(request, ImageToImageRequest):
             args.update(height=request.height, width=request.width)
-        return [png(image) for image in self.pipeline(**args).images]
+        return args
+
+    def generate(self, request: ImageRequest) -> list[bytes]:
+        """PNG bytes, one per image (the trajectory kept as ``answer`` keeps it)."""
+        return [base64.b64decode(i) for i in self.answer(request).images]
+
+    @torch.inference_mode()
+    def answer(self, request: ImageRequest) -> ImageResponse:
+        """The answer to ``request``: its PNGs and its trajectory commitment, the latents after
+        every step kept to be opened (``open``)."""
+        steps: list[torch.Tensor] = []
+
+        def record(pipe, i, t, tensors):
+            steps.append(tensors["latents"].detach().to("cpu", copy=True))
+            return {}
+
+        images = self.pipeline(**self.arguments(request), callback_on_step_end=record,
+                               callback_on_step_end_tensor_inputs=["latents"]).images
+        trajectory = [[latent_digest(latent_bytes(step[b])) for step in steps]
+                      for b in range(len(images))]
+        self.trajectories.keep(commitment_key(trajectory), steps)
+        return ImageResponse(images=[base64.b64encode(png(i)).decode() for i in images],
+                             units=request.units, trajectory=trajectory)
+
+    def open(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
+        """The asked latents of a kept answer, or None when it is not kept."""
+        opened = self.trajectories.open(request.key, request.latents)
+        if opened is None:
+            return None
+        return TrajectoryResponse(latents=[[base64.b64encode(b).decode() for b in step]
+                                           for step in opened])

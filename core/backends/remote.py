@@ -61,7 +61,15 @@ class RemoteWorker:
 
 class OpenAIChat(RemoteWorker):
     """Chat on an OpenAI-compatible server: streamed, with each token's id and log-probability
-    and the usage at the end, sampled with the request's seed."""
+    and the usage at the end, drawn by the protocol's sampler (``core.sampler``).
+
+    The body carries the protocol's arguments (``CompletionBody.of``): ``min_tokens`` and, in
+    ``vllm_xargs``, the seed, temperature and top-p the sampler draws with. The project's worker
+    draws with them; ``vllm serve`` does when started with ``--logits-processors
+    core.backends.vllm_sampler:ProtocolSampler`` (and ignores them otherwise). A remote that
+    cannot draw with the protocol sampler (``vllm serve`` without it, a pay-per-token API) must
+    not serve synthetic traffic: its answers at temperature > 0 fail the validator's replay
+    check."""
 
     def __init__(self, url: str, model: str, token: str | None = None, **kw):
         super().__init__(url, token, **kw)

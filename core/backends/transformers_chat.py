@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import torch
 
+from core import sampler
 from core.backends import prompt
 from core.backends.tokens import Detokenizer, eos_ids
 from core.protocol import ChatRequest, ChatToken, stop_at
@@ -92,20 +93,21 @@ class TransformersChat:
 
     @torch.inference_mode()
     def tokens(self, request: ChatRequest) -> Iterator[ChatToken]:
-        """The sampling loop itself, synchronous (the checker's CPU reference reuses it). The model
-        may sit on a GPU; sampling runs on the CPU with the request's seeded generator, so a seed
-        draws the same tokens from the same logits on any device."""
+        """The sampling loop itself, synchronous (the checker's CPU reference reuses it). Each
+        token is the protocol sampler's draw (``core.sampler.draw``) from the model's logits on
+        the model's device: its noise is a function of the seed and position, so a seed draws
+        the same tokens from the same logits on any device."""
         device = self.model.device
         ids = torch.tensor([self.prompt_ids(request)], device=device)
-        generator = torch.Generator().manual_seed(request.seed)
         past = None
         text = Detokenizer(self.tokenizer)
         completion = ""
-        for _ in range(request.max_tokens):
+        for position in range(request.max_tokens):
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: past})
             past = getattr(out, self._cache_kw)
-            logits = out.logits[0, -1].float().cpu()
-            token = sample(logits, request.temperature, request.top_p, generator)
+            logits = out.logits[0, -1].float()
+            token = sampler.draw(logits, request.seed, position, request.temperature,
+                                 request.top_p, request.min_tokens, self.eos)
             logprob = torch.log_softmax(logits, -1)[token].item()
             piece = text.add(token)
             completion += piece
@@ -124,15 +126,3 @@ class TransformersChat:
         logits = self.model(input_ids=ids).logits[0].float().cpu()
         return logits[len(head) - 1: len(head) - 1 + len(token_ids)]
 
-
-def sample(logits: torch.Tensor, temperature: float, top_p: float,
-           generator: torch.Generator) -> int:
-    """One token: greedy at temperature 0, else nucleus sampling from the tempered distribution."""
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, -1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, -1) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))

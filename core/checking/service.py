@@ -28,6 +28,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from core.checking.trajectory import Openings
 from core.metagraph import Neuron
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.scoring import speed_quality
@@ -50,7 +51,7 @@ class Job:
     latency_s: float
     units: float
     neuron: Neuron | None = None  # the miner: named when it fails, asked for openings
-    openings: object | None = None  # an image answer's opened trajectory steps (when fetched)
+    openings: Openings | None = None  # an image answer's opened trajectory steps (when fetched)
 
     @property
     def hotkey(self) -> str:
@@ -124,7 +125,7 @@ def quality_of(job: Job, mode: str) -> tuple[float, str]:
         verdict = check_chat(engine, job.request, tokens, final)
     else:
         assert isinstance(job.answer, ImageResponse)
-        verdict = check_images(engine, job.request, job.answer)
+        verdict = check_images(engine, job.request, job.answer, job.openings)
     if not verdict.passed:
         return 0.0, verdict.reason
     return speed_quality(job.task, job.latency_s, job.units), ""

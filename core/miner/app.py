@@ -12,7 +12,6 @@ once for the period from what the healthy workers brought then (``core/miner/lat
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import time
@@ -39,16 +38,17 @@ from core.protocol import (
     MAX_TOKENS_PER_LINE,
     PATHS,
     PROTOCOL_VERSION,
+    TRAJECTORY_PATH,
     CapacityRequest,
     CapacityResponse,
     ChatChunk,
     ChatRequest,
     ChatToken,
     ImageRequest,
-    ImageResponse,
+    TrajectoryRequest,
     max_request_bytes,
 )
-from core.tasks import Kind
+from core.tasks import TASKS, Kind
 from core.transport.limits import BodyLimit
 
 __all__ = ["MinerSettings", "MinerState", "build_app"]
@@ -60,6 +60,7 @@ LINE_INTERVAL_S = 0.2  # a chat stream's lines at most this often (the first and
 #   about as much as the tokens in it (scripts/bench_window.py)
 DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
 CAPACITY_MAX_BODY = 4096  # a capacity request is its version
+TRAJECTORY_MAX_BODY = 4096  # a task, a key and at most MAX_OPENED step numbers
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body, reject=refuse,
                        per_path={CAPACITY_PATH: CAPACITY_MAX_BODY,
+                                 TRAJECTORY_PATH: TRAJECTORY_MAX_BODY,
                                  **{PATHS[k]: min(settings.max_body, max_request_bytes(k))
                                     for k in PATHS}})
 
@@ -265,15 +267,12 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
         assert isinstance(message, ImageRequest)
         turn = await serving.start(validator, message.task, message.units)
         try:
-            images = await state.pools[message.task].images(message)
+            answer = await state.pools[message.task].images(message)
         except Exception as e:
             refusal = failed(message.task, e, unusable_input=True)
             turn.finish(refusal.status, 0)
             raise refusal from None
         seconds = turn.finish(200, message.units)
-        # our own base64 of our engine's PNGs: nothing to validate in megabytes of it
-        answer = ImageResponse.model_construct(
-            images=[base64.b64encode(i).decode() for i in images], units=message.units)
         # Server-Timing tells the caller how much of its wait the engine took
         return Response(answer.model_dump_json(), media_type="application/json",
                         headers={"Server-Timing": f"engine;dur={seconds * 1e3:.3f}"})
@@ -286,5 +285,23 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
     for kind in (Kind.TEXT_TO_IMAGE, Kind.IMAGE_TO_IMAGE, Kind.INPAINT):
         synapse(PATHS[kind])(image_endpoint(kind))
+
+    @synapse(TRAJECTORY_PATH)
+    async def trajectory(request: Request):
+        """A validator opens steps of an image answer it received (docs/protocol.md §8): admitted
+        as every signed call, held to no share (the answer was charged), 404 when the answer is
+        not kept (expired, or never made here)."""
+        await serving.admit(request, None)
+        try:  # admission read the body and checked its signature and version
+            asked = TrajectoryRequest.model_validate_json(await request.body())
+        except ValidationError:
+            raise Refusal(422, "invalid trajectory request") from None
+        pool = state.pools.get(asked.task)
+        if pool is None or TASKS[asked.task].kind is Kind.CHAT:
+            raise Refusal(404, f"task {asked.task!r} is not an image task served here")
+        opened = await pool.trajectory(asked)
+        if opened is None:
+            raise Refusal(404, "no such answer is kept")
+        return Response(opened.model_dump_json(), media_type="application/json")
 
     return app

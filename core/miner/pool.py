@@ -13,16 +13,28 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 
-from core.backends import ChatEngine, Engine, ImageEngine, load_engine
+from core.backends import ChatEngine, Engine, load_engine
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
 from core.miner.config import ConfigError, MinerConfig, WorkerEntry
 from core.openai_wire import StreamError
-from core.protocol import ChatChunk, ChatRequest, ImageRequest
+from core.protocol import (
+    PATHS,
+    TRAJECTORY_PATH,
+    ChatChunk,
+    ChatRequest,
+    ImageRequest,
+    ImageResponse,
+    TrajectoryRequest,
+    TrajectoryResponse,
+)
 from core.tasks import TASKS, Kind
+
+if TYPE_CHECKING:  # torch is imported only where an engine runs in this process
+    from core.backends.diffusers_images import DiffusersImages
 
 log = logging.getLogger("miner.pool")
 # failures that say the worker is not there (as opposed to an answer about the request)
@@ -32,6 +44,29 @@ UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Stream
 
 class NoWorker(Exception):
     """No healthy worker could take the request."""
+
+
+class CommittedImages(WorkerImages):
+    """A project image worker's answers whole (PNGs and trajectory commitment), and its openings
+    of them."""
+
+    async def answer(self, request: ImageRequest, timeout: float | None = None) -> ImageResponse:
+        async with self._post(PATHS[TASKS[request.task].kind], request.model_dump(mode="json"),
+                              timeout) as r:
+            if r.status == 422:
+                raise ValueError((await r.text())[:300])
+            if r.status != 200:
+                raise WorkerError(r.status, (await r.text())[:300])
+            return ImageResponse.model_validate_json(await r.read())
+
+    async def open(self, request: TrajectoryRequest, timeout: float | None = None
+                   ) -> TrajectoryResponse | None:
+        async with self._post(TRAJECTORY_PATH, request.model_dump(mode="json"), timeout) as r:
+            if r.status == 404:
+                return None
+            if r.status != 200:
+                raise WorkerError(r.status, (await r.text())[:300])
+            return TrajectoryResponse.model_validate_json(await r.read())
 
 
 class Worker:
@@ -52,7 +87,12 @@ class Worker:
     def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         raise NotImplementedError
 
-    async def images(self, request: ImageRequest) -> list[bytes]:
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        """The answer: PNGs and the trajectory commitment, its latents kept to be opened."""
+        raise NotImplementedError
+
+    async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
+        """The asked latents of an answer this worker made and still keeps, else None."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -74,9 +114,13 @@ class LocalWorker(Worker):
             yield ChatChunk(tokens=batch)
         yield ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=produced)
 
-    async def images(self, request: ImageRequest) -> list[bytes]:
-        engine = cast(ImageEngine, self.engine)  # an image task's engine
-        return await asyncio.to_thread(engine.generate, request)
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        engine = cast("DiffusersImages", self.engine)  # an image task's engine
+        return await asyncio.to_thread(engine.answer, request)
+
+    async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
+        engine = cast("DiffusersImages", self.engine)
+        return await asyncio.to_thread(engine.open, request)
 
     async def close(self) -> None:
         close = getattr(self.engine, "close", None)
@@ -88,7 +132,7 @@ class ServerWorker(Worker):
     """A server on another host: ``vllm serve`` or ``neurons/worker.py``."""
 
     def __init__(self, name: str, capacity: float, concurrency: int,
-                 client: OpenAIChat | WorkerImages):
+                 client: OpenAIChat | CommittedImages):
         super().__init__(name, capacity, concurrency)
         self.client = client
 
@@ -100,9 +144,13 @@ class ServerWorker(Worker):
         async for chunk in self.client.chunks(request):
             yield chunk
 
-    async def images(self, request: ImageRequest) -> list[bytes]:
-        assert isinstance(self.client, WorkerImages)  # an image task's worker
-        return await self.client.generate(request)
+    async def images(self, request: ImageRequest) -> ImageResponse:
+        assert isinstance(self.client, CommittedImages)  # an image task's worker
+        return await self.client.answer(request)
+
+    async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
+        assert isinstance(self.client, CommittedImages)
+        return await self.client.open(request)
 
     async def close(self) -> None:
         await self.client.close()
@@ -173,7 +221,7 @@ class Pool:
             finally:
                 worker.in_flight -= 1
 
-    async def images(self, request: ImageRequest) -> list[bytes]:
+    async def images(self, request: ImageRequest) -> ImageResponse:
         tried: set[str] = set()
         while True:
             worker = self._next(tried)
@@ -185,6 +233,19 @@ class Pool:
                     raise
             finally:
                 worker.in_flight -= 1
+
+    async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
+        """The opening from whichever healthy worker keeps the answer (asked all at once: the
+        front end does not track which worker made which answer), else None."""
+        async def ask(worker: Worker) -> TrajectoryResponse | None:
+            try:
+                return await worker.trajectory(request)
+            except (*UNREACHABLE, WorkerError) as e:
+                self._failed(worker, e)
+                return None
+
+        found = await asyncio.gather(*(ask(w) for w in self.workers if w.healthy))
+        return next((f for f in found if f is not None), None)
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers))
@@ -199,11 +260,11 @@ def _server(task_id: str, entry: WorkerEntry, where: str) -> ServerWorker:
                               f"not set (it must hold the worker's token)")
     task = TASKS[task_id]
     assert entry.url is not None  # a worker entry with a url, as the caller checked
-    client: OpenAIChat | WorkerImages
+    client: OpenAIChat | CommittedImages
     if task.kind is Kind.CHAT:
         client = OpenAIChat(entry.url, entry.model or task.model, token)
     else:
-        client = WorkerImages(entry.url, token)
+        client = CommittedImages(entry.url, token)
     return ServerWorker(entry.name, entry.capacity, entry.concurrency, client)
 
 

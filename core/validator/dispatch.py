@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import logging
 
@@ -19,6 +18,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from core.chain import Neuron
+from core.checking.images import png_size
 from core.declaration import SignedDeclaration, problem
 from core.protocol import (
     CAPACITY_PATH,
@@ -39,7 +39,6 @@ from core.tasks import TASKS
 from core.transport.client import SignedClient
 
 log = logging.getLogger("validator.dispatch")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHAT_STALL_S = 10.0  # after its first tokens, a chat stream silent this long has stalled
 DRAIN_S = 0.1  # after the final line, the end of the answer is awaited this long: read to its
 #                end, the connection goes back to the pool; dropped, every request costs a new one
@@ -130,9 +129,11 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
                       prompt_tokens: int):
     """The miner's chat stream, chunk by chunk, checked as it goes: raises MinerFailed for an
     error status, a malformed line, more tokens than asked, a final line whose counts differ
-    from the validator's (``prompt_tokens`` as counted here, the completion as received), or no
-    final line. Every line is read up to MAX_CHAT_LINE_BYTES. Asked for a chunk after the final
-    one, it reads the answer to its end, whatever follows (``drain``)."""
+    from the validator's (``prompt_tokens`` as counted here, the completion as received) or that
+    ends before ``message.min_tokens`` (nothing may end such a request early: no end of
+    sequence, and no stop sequence, which it cannot carry), or no final line. Every line is read
+    up to MAX_CHAT_LINE_BYTES. Asked for a chunk after the final one, it reads the answer to its
+    end, whatever follows (``drain``)."""
     path = task_path(message.task)
     tokens = lines = 0
     answer = client.stream(neuron.endpoint, path, neuron.hotkey, message,
@@ -149,7 +150,8 @@ async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest
         if tokens > message.max_tokens or lines > message.max_tokens + 1:
             raise MinerFailed(Outcome.INVALID)  # more than asked, or lines that carry nothing
         if chunk.done and (chunk.completion_tokens != tokens
-                           or chunk.prompt_tokens != prompt_tokens):
+                           or chunk.prompt_tokens != prompt_tokens
+                           or tokens < message.min_tokens):
             raise MinerFailed(Outcome.INVALID)
         yield chunk
         if chunk.done:
@@ -170,7 +172,8 @@ async def drain(chunks) -> None:
 
 async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> ImageResponse:
     """The miner's images, read up to what ``message`` allows; raises MinerFailed unless it
-    answered the requested number of PNGs for the requested steps."""
+    answered the requested number of PNGs of the requested width and height (their headers,
+    read before any pixel) for the requested steps."""
     reply = await client.post(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
                               timeout_for(message.task, message.units),
                               ImageResponse.max_bytes(message))
@@ -178,10 +181,10 @@ async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> 
         raise MinerFailed(status_outcome(reply.status))
     try:
         answer = ImageResponse.model_validate_json(reply.body)
-        images = [base64.b64decode(i, validate=True) for i in answer.images]
-    except (ValidationError, binascii.Error):
+        sizes = [png_size(base64.b64decode(i, validate=True)) for i in answer.images]
+    except (ValidationError, ValueError):  # binascii.Error is a ValueError
         raise MinerFailed(Outcome.INVALID) from None
-    if (answer.units != message.units or len(images) != message.num_images
-            or not all(i.startswith(PNG_MAGIC) for i in images)):
+    if (answer.units != message.units or len(sizes) != message.num_images
+            or any(size != (message.width, message.height) for size in sizes)):
         raise MinerFailed(Outcome.INVALID)
     return answer

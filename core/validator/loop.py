@@ -29,6 +29,7 @@ from core.period import close_period, open_period
 from core.storage import StorageError, Store
 from core.tasks import TASKS, Kind
 from core.transport.client import SignedClient
+from core.validator import openings
 from core.validator.api import ApiServices
 from core.validator.book import PeriodBook
 from core.validator.counting import PromptCounter
@@ -93,7 +94,8 @@ class Validator:
         # timing jitter, prompts, seeds and images: the system's secrets, never from the chain
         self.rng = random.SystemRandom()
         self.checker = None if settings.check == "off" else Checker(
-            store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue)
+            store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue,
+            opener=openings.opener(self.client, self.rng))
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)

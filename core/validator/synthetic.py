@@ -67,7 +67,7 @@ def _chat(task_id: str, units: int, rng: random.Random, counter: PromptCounter,
           sampling: Sampling, seed: int) -> ChatRequest:
     """A conversation of ``sampling``'s shape within the prompt's budget as both counts have it
     (a tokenizer may count more than the allowance: each try scales the characters down by as
-    much), and the rest of the units as max_tokens."""
+    much), and the rest of the units as max_tokens, all of them asked for (``min_tokens``)."""
     budget = prompt_budget(units)
     max_chars = chars_within(budget)
     for _ in range(FITS):
@@ -80,4 +80,7 @@ def _chat(task_id: str, units: int, rng: random.Random, counter: PromptCounter,
             break
         max_chars = max_chars * budget // head
     request.max_tokens = max(1, min(units - head, MAX_COMPLETION))
+    # its length is fixed: a shorter answer is invalid on receipt, not a statistical question
+    # (docs/protocol.md §8); a mirrored shape with stop sequences ends at them instead
+    request.min_tokens = 0 if request.stop else request.max_tokens
     return request

@@ -9,29 +9,32 @@ miner's own request models on the miner's paths. ``/health`` needs no token.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from core.backends import ChatEngine, Engine, ImageEngine
+from core.backends import ChatEngine, Engine
 from core.openai_wire import DONE, CompletionBody, chunk_event, finish_reason, usage_event
 from core.protocol import (
     PATHS,
     REQUEST_MODELS,
+    TRAJECTORY_PATH,
     ChatRequest,
     ImageRequest,
-    ImageResponse,
+    TrajectoryRequest,
     max_request_bytes,
 )
 from core.tasks import TASKS, Kind
 from core.transport.limits import BodyLimit, BodyTimeout
+
+if TYPE_CHECKING:
+    from core.backends.diffusers_images import DiffusersImages
 
 
 class _Unauthorized(Exception):
@@ -111,6 +114,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                 request = ChatRequest(task=task_id, messages=body.messages,
                                       max_tokens=body.max_tokens, temperature=body.temperature,
                                       top_p=body.top_p, seed=body.seed,
+                                      min_tokens=body.min_tokens,
                                       stop=[body.stop] if isinstance(body.stop, str)
                                       else body.stop or [])
             except ValidationError as e:
@@ -149,7 +153,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
 
             return StreamingResponse(events(), media_type="text/event-stream")
     else:
-        images = cast(ImageEngine, engine)  # an image task's engine
+        images = cast("DiffusersImages", engine)  # an image task's engine
 
         @app.post(PATHS[task.kind], dependencies=[Depends(authorized)])
         async def generate(raw: Request):
@@ -161,11 +165,21 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                 return fail(404, f"this worker serves {task_id}, not {request.task}")
             async with running():
                 try:
-                    pngs = await asyncio.to_thread(images.generate, request)
+                    answer = await asyncio.to_thread(images.answer, request)
                 except ValueError as e:
                     return fail(422, f"cannot use this request: {e}")
-            answer = ImageResponse(images=[base64.b64encode(p).decode() for p in pngs],
-                                   units=request.units)
             return Response(answer.model_dump_json(), media_type="application/json")
+
+        @app.post(TRAJECTORY_PATH, dependencies=[Depends(authorized)])
+        async def trajectory(raw: Request):
+            """The front end forwards a validator's opening of an answer this worker made."""
+            try:
+                request = TrajectoryRequest.model_validate_json(await raw.body())
+            except ValidationError as e:
+                return invalid(422, e)
+            opened = await asyncio.to_thread(images.open, request)
+            if opened is None:
+                return fail(404, "no such answer is kept")
+            return Response(opened.model_dump_json(), media_type="application/json")
 
     return app

@@ -1,0 +1,113 @@
+"""Hostile image miners as real processes beside an honest twin with the same declaration, through
+a real validator checking every answer on the CPU (docs/protocol.md §8): one serving half the
+denoising steps with a forged trajectory (tests/hostile_miner.py ``fewer-steps``), one answering
+a PNG whose header claims 20000x20000 (``png-bomb``), one a valid 16x16 PNG (``wrong-size``).
+
+Each earns at most its honest twin's weight; the bomb and the wrong size are invalid on receipt,
+the fewer steps fail their checks; every request has one record and `used == Σ record units`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.localchain import LocalSubnet
+from core.records import Outcome
+from core.scoring import effective
+from core.storage import open_store
+from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
+IMAGE = "dreamshaper-text-to-image"
+HOSTILE = ("fewer-steps", "png-bomb", "wrong-size")
+PERIOD_BLOCKS, BLOCK_S = 40, 1.0
+
+
+@pytest.mark.timeout(400)
+def test_hostile_image_miners_earn_no_more_than_their_honest_twin(tmp_path):
+    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
+                               age_blocks=25 * PERIOD_BLOCKS)
+    wallets = tmp_path / "wallets"
+    validator = make_wallet(wallets, "validator")
+    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
+                   stake=10_000.0, validator_permit=True, registered_at=0)
+    names = ["honest", *HOSTILE]
+    ports = dict(zip(names, free_ports(len(names))))
+    hotkeys, uids, procs = {}, {}, {}
+    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
+              "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
+    config = tmp_path / "images.yml"
+    config.write_text(f"tasks:\n  {IMAGE}: {{capacity: 120}}\n")  # the same for every miner
+    try:
+        for name in names:
+            wallet = make_wallet(wallets, name)
+            hotkeys[wallet.hotkey.ss58_address] = name
+            uids[name] = chain.register(wallet.hotkey.ss58_address,
+                                        wallet.coldkeypub.ss58_address, registered_at=0,
+                                        endpoint=f"http://127.0.0.1:{ports[name]}")
+            argv = [*common, "--config", str(config), "--wallet-name", name, "--host",
+                    "127.0.0.1", "--port", str(ports[name]), "--min-stake", "0",
+                    "--torch-threads", "1", "--sync-interval", "2", "--state-dir",
+                    str(tmp_path / "state")]
+            log = open(tmp_path / f"{name}.log", "w")
+            if name == "honest":
+                procs[name] = neuron("miner", argv, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
+                    env={**os.environ, "SN19_HOSTILE": name, "PYTHONUNBUFFERED": "1"},
+                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        for name in names:
+            wait_healthy(ports[name], procs[name], deadline)
+
+        db = tmp_path / "validator.sqlite3"
+        run = neuron("validator", [
+            *common, "--wallet-name", "validator", "--db", str(db), "--port", "0",
+            "--periods", "2", "--image-size", "64", "--capacity-timeout", "5", "--check", "cpu",
+            "--check-rate", "0.5", "--background", "0.5", "--tokenizers", "tiny"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output, _ = run.communicate(timeout=5 * PERIOD_BLOCKS * BLOCK_S + 60)
+        assert run.returncode == 0, output[-4000:]
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    assert "Traceback" not in output and "failed to run" not in output, output[-4000:]
+    periods = [int(line.split()[2]) for line in output.splitlines()
+               if line.startswith("== period ")]
+    assert len(periods) == 2, output[-4000:]
+
+    store = open_store(str(db))
+    records = [r for period in periods for r in store.records(period)]
+    for period in periods:
+        for (hotkey, task), (_, used) in store.spent(period).items():
+            mine = [r for r in store.records(period) if (r.hotkey, r.task) == (hotkey, task)]
+            assert used == pytest.approx(sum(r.units for r in mine)), hotkeys[hotkey]
+    by = {name: [r for r in records if hotkeys[r.hotkey] == name] for name in names}
+    assert all(by.values()), {n: len(rs) for n, rs in by.items()}
+    for name, mine in by.items():
+        print(f"{name}: {len(mine)} records, {sum(r.outcome is Outcome.OK for r in mine)} ok, "
+              f"{sum(r.quality is not None for r in mine)} with a quality, "
+              f"{sum(r.quality == 0 for r in mine)} failed")
+    # the honest twin passes its checks; the bomb and the wrong size never pass receipt; the
+    # fewer steps are served and fail the checks that open a faked step
+    assert any(r.quality for r in by["honest"]), by["honest"]
+    for name in ("png-bomb", "wrong-size"):
+        assert all(r.outcome is Outcome.INVALID for r in by[name]), by[name]
+    # (a check that drew no faked step passes: at most 2**-7 of them)
+    assert any(r.quality == 0 for r in by["fewer-steps"]), by["fewer-steps"]
+
+    states = {hotkeys[h]: effective(s) for (h, task), s in store.states().items()}
+    weights = LocalSubnet(chain.folder).weights_log()
+    assert weights
+    last = {int(u): w for u, w in weights[-1]["weights"].items()}
+    for name in HOSTILE:
+        assert states.get(name, 0.0) <= states["honest"], (name, states)
+        assert last.get(uids[name], 0.0) <= last[uids["honest"]], (name, last)
