@@ -17,7 +17,7 @@ from core.declaration import MAX_PERIOD, SignedDeclaration
 from core.tasks import TASKS, Kind
 
 # 6: a miner's declaration is signed, one per period, and carried in window reports
-PROTOCOL_VERSION = "6.0.0"
+PROTOCOL_VERSION = "7.0.0"
 MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.

@@ -46,11 +46,11 @@ json_values = st.recursive(
 )
 
 VALID = {
-    "/chat": {"version": "6.0.0", "task": "chat-llama-3", "max_tokens": 4,
+    "/chat": {"version": "7.0.0", "task": "chat-llama-3", "max_tokens": 4,
               "messages": [{"role": "user", "content": "hi"}]},
-    "/text-to-image": {"version": "6.0.0", "task": "proteus-text-to-image", "prompt": "x",
+    "/text-to-image": {"version": "7.0.0", "task": "proteus-text-to-image", "prompt": "x",
                        "steps": 1, "height": 64, "width": 64},
-    "/capacity": {"version": "6.0.0"},
+    "/capacity": {"version": "7.0.0"},
 }
 
 
@@ -128,9 +128,9 @@ def test_miner_answers_any_body_without_a_500(miner, path, raw):
 
 @pytest.mark.parametrize("body", [
     b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
-    json.dumps({"version": "6.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
+    json.dumps({"version": "7.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
                 "task": "chat-llama-3"}).encode(),
-    b'{"version": "6.0.0", "task": "chat-llama-3", "temperature": NaN, '
+    b'{"version": "7.0.0", "task": "chat-llama-3", "temperature": NaN, '
     b'"messages": [{"role": "user", "content": "x"}]}',
     b'\xff\xfe\x00garbage',
 ])

@@ -145,7 +145,7 @@ def test_other_major_version_is_a_clear_400(miner, subnet):
 
 def test_invalid_body_is_422(miner, subnet):
     client, me = miner
-    body = b'{"version": "6.0.0", "task": "chat-llama-3", "messages": []}'
+    body = b'{"version": "7.0.0", "task": "chat-llama-3", "messages": []}'
     r = post(client, "/chat", body, subnet.validator, me)
     assert r.status_code == 422
 
