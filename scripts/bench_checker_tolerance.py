@@ -306,7 +306,8 @@ def main() -> None:
                   if kind != "cheat_seed_ignored" or r.temperature > 0]
         today = [not statistical(e, r).passed
                  or (end is not None and "min_tokens" not in end) for e, r, end in judged]
-        new = [not replay(e, gap, misses).passed or (end is not None and "min_tokens" in end)
+        new = [not replay(e, gap, misses, ended_early=0 < len(e.gaps) < r.max_tokens).passed
+               or (end is not None and "min_tokens" in end)
                for e, r, end in judged]
         either = [t or n for t, n in zip(today, new)]
         count = len(judged)

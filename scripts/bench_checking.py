@@ -11,7 +11,7 @@ distribution of the honest answers' quality (the speed factor of a passed check,
 
 from __future__ import annotations
 
-import base64
+import random
 import statistics
 import sys
 import time
@@ -32,10 +32,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from core.backends import load_engine
     from core.checking.service import Job, preload, quality_of
+    from core.checking.trajectory import opened_in_process, pick_steps
     from core.protocol import (
         ChatChunk,
         ChatRequest,
-        ImageResponse,
         ImageToImageRequest,
         InpaintRequest,
         TextToImageRequest,
@@ -48,6 +48,7 @@ def main() -> None:
     gen = {"chat": 0.0, "image": 0.0}
     chk = {"chat": 0.0, "image": 0.0}
     qualities, failures = [], []
+    rng = random.Random(0)
     for i in range(a.n):
         temperature, top_p = settings[i % len(settings)]
         request = ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": f"q{i}"}],
@@ -74,15 +75,15 @@ def main() -> None:
         else:
             request = InpaintRequest(task="inpaint", init_image=init, mask_image=init, **common)
         t = time.perf_counter()
-        pngs = miner[request.task].generate(request)
+        answer = miner[request.task].answer(request)
         generated = time.perf_counter() - t
         gen["image"] += generated
-        answer = ImageResponse(images=[base64.b64encode(x).decode() for x in pngs],
-                               units=request.units)
         init = init or answer.images[0]
-        t = time.perf_counter()
-        q, reason = quality_of(Job(i, 0, request.task, request, answer, generated, request.units),
-                               "cpu")
+        t = time.perf_counter()  # the check: the openings of the steps drawn, then their re-runs
+        openings = opened_in_process(miner[request.task], request, answer,
+                                     pick_steps(answer, rng))
+        q, reason = quality_of(Job(i, 0, request.task, request, answer, generated, request.units,
+                                   openings=openings), "cpu")
         chk["image"] += time.perf_counter() - t
         qualities.append(q)
         failures += [reason] if reason else []

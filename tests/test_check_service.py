@@ -78,3 +78,36 @@ def test_a_failed_check_names_the_miner_at_warning(caplog, monkeypatch):
     assert written == [(4, 0.0, "a lie")] and checker.stats.failed == 1
     [record] = [r for r in caplog.records if "failed its" in r.message]
     assert record.levelname == "WARNING" and "uid 12 (5Hostile)" in record.message
+
+
+def test_an_opening_does_not_tell_an_image_miner_its_answer_is_checked():
+    """Image answers not drawn are opened as often as drawn ones (decoys), so a miner cannot
+    cheat safely after its period's first opening."""
+    from core.protocol import TextToImageRequest
+
+    request = TextToImageRequest(task="proteus-text-to-image", prompt="a", steps=4)
+    opened: list[int] = []
+
+    async def opener(job: Job) -> Job:
+        opened.append(job.record_id)
+        return job
+
+    async def main():
+        checker = Checker(None, "cpu", rate=0.0, rng=random.Random(3), opener=opener)
+        checker._last_period[("hk", "proteus-text-to-image")] = 10
+        queued = []
+        checker.submit = queued.append  # type: ignore[method-assign]
+        for period in range(300):
+            for i in range(10):
+                checker.offer(Job(period * 10 + i, period, "proteus-text-to-image", request,
+                                  None, 0.1, 4.0, neuron=miner("hk")))  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            checker._answers.clear()
+            checker._drawn.clear()
+        await asyncio.gather(*checker._opening)
+        return {j.record_id for j in queued}
+
+    checked = asyncio.run(main())
+    decoys = set(opened)
+    assert len(checked) == 300 and checked.isdisjoint(decoys)
+    assert 200 <= len(decoys) <= 400  # about one decoy a period beside the one drawn

@@ -156,6 +156,24 @@ def test_honest_images_pass(images, init):
         assert verdict.passed, verdict.reason
 
 
+def test_without_a_step_tolerance_the_openings_still_bind_and_the_image_is_regenerated(images):
+    """As ``--check gpu`` judges (its float16 step tolerance unmeasured): an honest answer
+    passes, another seed's image fails the whole-image comparison, and openings that do not
+    open the commitment fail."""
+    engine = images["proteus-text-to-image"]
+    first = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=4, height=64,
+                               width=64, seed=1)
+    honest = respond(engine, first)
+    assert check_images(engine, first, honest, opened(engine, first, honest),
+                        tolerance=None).passed
+    again = first.model_copy(update={"seed": 2})
+    verdict = check_images(engine, again, honest, opened(engine, again, honest), tolerance=None)
+    assert not verdict.passed and "differ from the reference's" in verdict.reason
+    other = respond(engine, again)
+    verdict = check_images(engine, first, honest, opened(engine, again, other), tolerance=None)
+    assert not verdict.passed and "does not open" in verdict.reason
+
+
 def test_a_cached_image_for_a_new_seed_fails(images):
     engine = images["proteus-text-to-image"]
     first = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=4, height=64,
@@ -311,3 +329,14 @@ def test_a_failed_check_stores_why_for_the_miners_feedback(chat, tmp_path):
     [(why, n)] = store.failed_checks(7, "hk")["chat-llama-3"].items()
     assert n == 1 and why.startswith("charged") and store.records(7)[0].quality == 0.0
     assert store.failed_checks(7, "someone else") == {}
+
+
+def test_the_spare_replay_miss_never_pays_for_ending_early():
+    from core.checking.chat import Evidence, replay
+
+    rounding = Evidence(0.0, 0.0, 0.0, 0.0, 0.0, gaps=(0.0, 3.0, 0.0, 0.0))
+    stopped = Evidence(0.0, 0.0, 0.0, 0.0, 0.0, gaps=(0.0, 0.0, 0.0, 3.0))
+    assert replay(rounding, ended_early=True).passed  # one miss mid-way: rounding's spare
+    assert replay(stopped).passed  # ran to max_tokens: its last token ended nothing
+    verdict = replay(stopped, ended_early=True)
+    assert not verdict.passed and "ended where" in verdict.reason

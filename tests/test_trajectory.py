@@ -22,8 +22,7 @@ from core.checking.images import check_images, png_size
 from core.checking.trajectory import (
     K_STEPS,
     Openings,
-    latents_needed,
-    openings_of,
+    opened_in_process,
     pick_steps,
     replay,
 )
@@ -58,11 +57,7 @@ def t2i(steps=10, seed=3, **kw):
                               seed=seed, **kw)
 
 
-def opened(engine, request, response, steps):
-    asked = latents_needed(steps, len(response.trajectory[0]))
-    answer = engine.open(TrajectoryRequest(task=request.task, latents=asked,
-                                           key=commitment_key(response.trajectory)))
-    return openings_of(steps, asked, answer)
+opened = opened_in_process
 
 
 def png_of(width: int, height: int, rows: bytes) -> bytes:

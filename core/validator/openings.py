@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from core.chain import Neuron
 from core.checking.service import Job
@@ -55,7 +56,7 @@ async def fetch_openings(client: SignedClient, neuron: Neuron, request: ImageReq
         raise OpeningFailed(f"{type(e).__name__}: {e}"[:200]) from None
 
 
-def opener(client: SignedClient, rng: random.Random) -> Callable[[Job], Awaitable[Job]]:
+def opener(client: SignedClient, rng: random.Random) -> Callable[[Job], Coroutine[Any, Any, Job]]:
     """The checker's opener (``core.checking.service.Checker``): the steps drawn now, after
     receipt, and the miner's openings of them; None when it did not open them (the check fails,
     its doing)."""

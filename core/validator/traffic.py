@@ -178,9 +178,9 @@ class Traffic:
             log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
             return
         result.record = replace(record, period=period)
-        if result.answer is not None and self.checker and self.checker.wants(period, *attempt.key):
-            self.checker.submit(Job(record_id, period, task, attempt.message, result.answer,
-                                    latency, units, neuron=attempt.neuron))
+        if result.answer is not None and self.checker:
+            self.checker.offer(Job(record_id, period, task, attempt.message, result.answer,
+                                   latency, units, neuron=attempt.neuron))
 
 
 def log_failures(tasks) -> None:

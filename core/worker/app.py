@@ -177,7 +177,7 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
                 request = TrajectoryRequest.model_validate_json(await raw.body())
             except ValidationError as e:
                 return invalid(422, e)
-            opened = await asyncio.to_thread(images.open, request)
+            opened = await images.opening(request)
             if opened is None:
                 return fail(404, "no such answer is kept")
             return Response(opened.model_dump_json(), media_type="application/json")
