@@ -49,6 +49,43 @@ def neuron(script: str, args: list[str], env: dict[str, str] | None = None,
                             env=env, cwd=ROOT, **popen)
 
 
+def validated_subnet(folder: Path, period_blocks: int, block_s: float):
+    """A local subnet in ``folder`` (periods of ``period_blocks`` blocks of ``block_s``) with
+    one validator, "validator", staked 10,000, its wallet in ``folder/wallets``: the subnet,
+    the wallets' folder and the flags every neuron on it takes."""
+    from core.localchain import LocalSubnet
+
+    chain = LocalSubnet.create(folder / "chain", block_time=block_s, tempo=period_blocks,
+                               age_blocks=25 * period_blocks)
+    wallets = folder / "wallets"
+    validator = make_wallet(wallets, "validator")
+    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
+                   stake=10_000.0, validator_permit=True, registered_at=0)
+    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
+              "--period-blocks", str(period_blocks), "--log-level", "WARNING"]
+    return chain, wallets, common
+
+
+def start_miner(chain, wallets: Path, name: str, port: int, common: list[str], config: Path,
+                state_dir: Path, log, hostile: str = "") -> tuple[str, int, subprocess.Popen]:
+    """Register ``name`` on the local ``chain`` and start its miner on 127.0.0.1:``port`` with
+    ``config``: the real one, or ``tests/hostile_miner.py`` in mode ``hostile``. Its hotkey,
+    uid and process."""
+    wallet = make_wallet(wallets, name)
+    hotkey = wallet.hotkey.ss58_address
+    uid = chain.register(hotkey, wallet.coldkeypub.ss58_address, registered_at=0,
+                         endpoint=f"http://127.0.0.1:{port}")
+    argv = [*common, "--config", str(config), "--wallet-name", name, "--host", "127.0.0.1",
+            "--port", str(port), "--min-stake", "0", "--torch-threads", "1", "--sync-interval",
+            "2", "--state-dir", str(state_dir)]
+    if not hostile:
+        return hotkey, uid, neuron("miner", argv, stdout=log, stderr=subprocess.STDOUT)
+    return hotkey, uid, subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
+        env={**os.environ, "SN19_HOSTILE": hostile, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+        stdout=log, stderr=subprocess.STDOUT)
+
+
 def lone_validator(common: list[str], name: str, db: str, *flags: str,
                    **popen) -> subprocess.Popen:
     """A validator alone on its local subnet (``common``: network, wallets, period flags) with

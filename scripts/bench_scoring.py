@@ -76,7 +76,7 @@ def _png() -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")  # the size asked (--image-size 64)
     return base64.b64encode(buf.getvalue()).decode()
 
 

@@ -8,9 +8,7 @@ recorded (`used == Σ record units`).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +16,13 @@ import pytest
 from core.localchain import LocalSubnet
 from core.scoring import effective
 from core.storage import open_store
-from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+from devtools.localproc import (
+    free_ports,
+    neuron,
+    start_miner,
+    validated_subnet,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -29,37 +33,17 @@ MINERS = ("honest", "ignore-seed")
 
 @pytest.mark.timeout(300)
 def test_a_miner_that_ignores_the_seed_earns_nothing_on_chat(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
-                               age_blocks=25 * PERIOD_BLOCKS)
-    wallets = tmp_path / "wallets"
-    validator = make_wallet(wallets, "validator")
-    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
-                   stake=10_000.0, validator_permit=True, registered_at=0)
+    chain, wallets, common = validated_subnet(tmp_path, PERIOD_BLOCKS, BLOCK_S)
     ports = dict(zip(MINERS, free_ports(len(MINERS))))
-    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
-              "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
     hotkeys, uids, procs = {}, {}, {}
     try:
         for name in MINERS:
-            wallet = make_wallet(wallets, name)
-            hotkeys[wallet.hotkey.ss58_address] = name
-            uids[name] = chain.register(wallet.hotkey.ss58_address,
-                                        wallet.coldkeypub.ss58_address, registered_at=0,
-                                        endpoint=f"http://127.0.0.1:{ports[name]}")
             config = tmp_path / f"{name}.yml"
             config.write_text(f"tasks:\n  {CHAT}: {{capacity: 600}}\n")
-            argv = [*common, "--config", str(config), "--wallet-name", name, "--host",
-                    "127.0.0.1", "--port", str(ports[name]), "--min-stake", "0",
-                    "--torch-threads", "1", "--sync-interval", "2", "--state-dir",
-                    str(tmp_path / "state")]
-            log = open(tmp_path / f"{name}.log", "w")
-            if name == "honest":
-                procs[name] = neuron("miner", argv, stdout=log, stderr=subprocess.STDOUT)
-            else:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
-                    env={**os.environ, "SN19_HOSTILE": name, "PYTHONUNBUFFERED": "1"},
-                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            hotkey, uids[name], procs[name] = start_miner(
+                chain, wallets, name, ports[name], common, config, tmp_path / "state",
+                open(tmp_path / f"{name}.log", "w"), "" if name == "honest" else name)
+            hotkeys[hotkey] = name
         deadline = time.monotonic() + 120
         for name in MINERS:
             wait_healthy(ports[name], procs[name], deadline)

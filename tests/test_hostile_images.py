@@ -9,9 +9,7 @@ the fewer steps fail their checks; every request has one record and `used == Σ 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,7 +18,13 @@ from core.localchain import LocalSubnet
 from core.records import Outcome
 from core.scoring import effective
 from core.storage import open_store
-from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+from devtools.localproc import (
+    free_ports,
+    neuron,
+    start_miner,
+    validated_subnet,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -31,38 +35,18 @@ PERIOD_BLOCKS, BLOCK_S = 40, 1.0
 
 @pytest.mark.timeout(400)
 def test_hostile_image_miners_earn_no_more_than_their_honest_twin(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
-                               age_blocks=25 * PERIOD_BLOCKS)
-    wallets = tmp_path / "wallets"
-    validator = make_wallet(wallets, "validator")
-    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
-                   stake=10_000.0, validator_permit=True, registered_at=0)
+    chain, wallets, common = validated_subnet(tmp_path, PERIOD_BLOCKS, BLOCK_S)
     names = ["honest", *HOSTILE]
     ports = dict(zip(names, free_ports(len(names))))
     hotkeys, uids, procs = {}, {}, {}
-    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
-              "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
     config = tmp_path / "images.yml"
     config.write_text(f"tasks:\n  {IMAGE}: {{capacity: 120}}\n")  # the same for every miner
     try:
         for name in names:
-            wallet = make_wallet(wallets, name)
-            hotkeys[wallet.hotkey.ss58_address] = name
-            uids[name] = chain.register(wallet.hotkey.ss58_address,
-                                        wallet.coldkeypub.ss58_address, registered_at=0,
-                                        endpoint=f"http://127.0.0.1:{ports[name]}")
-            argv = [*common, "--config", str(config), "--wallet-name", name, "--host",
-                    "127.0.0.1", "--port", str(ports[name]), "--min-stake", "0",
-                    "--torch-threads", "1", "--sync-interval", "2", "--state-dir",
-                    str(tmp_path / "state")]
-            log = open(tmp_path / f"{name}.log", "w")
-            if name == "honest":
-                procs[name] = neuron("miner", argv, stdout=log, stderr=subprocess.STDOUT)
-            else:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
-                    env={**os.environ, "SN19_HOSTILE": name, "PYTHONUNBUFFERED": "1"},
-                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            hotkey, uids[name], procs[name] = start_miner(
+                chain, wallets, name, ports[name], common, config, tmp_path / "state",
+                open(tmp_path / f"{name}.log", "w"), "" if name == "honest" else name)
+            hotkeys[hotkey] = name
         deadline = time.monotonic() + 180
         for name in names:
             wait_healthy(ports[name], procs[name], deadline)

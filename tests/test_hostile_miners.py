@@ -11,9 +11,7 @@ with a bounded drain) plus the bounded wait for checks.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,13 @@ from core.plan import window_blocks
 from core.scoring import effective
 from core.storage import open_store
 from core.tasks import TASKS
-from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+from devtools.localproc import (
+    free_ports,
+    neuron,
+    start_miner,
+    validated_subnet,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -72,39 +76,19 @@ def peak_rss_kib(pid: int, stop: threading.Event, out: list[int]) -> None:
 
 @pytest.mark.timeout(900)
 def test_hostile_miners_earn_nothing_for_their_lies_and_cannot_hurt_the_validator(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=BLOCK_S, tempo=PERIOD_BLOCKS,
-                              age_blocks=25 * PERIOD_BLOCKS)
-    wallets = tmp_path / "wallets"
-    validator = make_wallet(wallets, "validator")
-    chain.register(validator.hotkey.ss58_address, validator.coldkeypub.ss58_address,
-                   stake=10_000.0, validator_permit=True, registered_at=0)
+    chain, wallets, common = validated_subnet(tmp_path, PERIOD_BLOCKS, BLOCK_S)
     names = ["honest", *ATTACKS]
     ports = dict(zip(names, free_ports(len(names))))
     hotkeys, uids, procs = {}, {}, {}
-    common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
-              "--period-blocks", str(PERIOD_BLOCKS), "--log-level", "WARNING"]
     try:
         for name in names:
-            wallet = make_wallet(wallets, name)
-            hotkeys[wallet.hotkey.ss58_address] = name
-            uids[name] = chain.register(wallet.hotkey.ss58_address,
-                                        wallet.coldkeypub.ss58_address, registered_at=0,
-                                        endpoint=f"http://127.0.0.1:{ports[name]}")
             config = tmp_path / f"{name}.yml"
             # the slow miner declares the task's maximum: the plan sends it far more than it serves
             config.write_text(declaration(TASKS[CHAT].max_capacity if name == "slow" else 1200))
-            argv = [*common, "--config", str(config), "--wallet-name", name, "--host",
-                    "127.0.0.1", "--port", str(ports[name]), "--min-stake", "0",
-                    "--torch-threads", "1", "--sync-interval", "2", "--state-dir",
-                    str(tmp_path / "state")]
-            log = open(tmp_path / f"{name}.log", "w")
-            if name == "honest":
-                procs[name] = neuron("miner", argv, stdout=log, stderr=subprocess.STDOUT)
-            else:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, str(ROOT / "tests/hostile_miner.py"), *argv],
-                    env={**os.environ, "SN19_HOSTILE": name, "PYTHONUNBUFFERED": "1"},
-                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            hotkey, uids[name], procs[name] = start_miner(
+                chain, wallets, name, ports[name], common, config, tmp_path / "state",
+                open(tmp_path / f"{name}.log", "w"), "" if name == "honest" else name)
+            hotkeys[hotkey] = name
         deadline = time.monotonic() + 300
         for name in names:
             wait_healthy(ports[name], procs[name], deadline)

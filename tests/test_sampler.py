@@ -134,12 +134,15 @@ def test_honest_answers_replay_exactly_and_seed_ignoring_ones_fail(chat, referen
 
 
 def test_sampling_hotter_than_asked_fails_the_replay(chat, reference):
+    """0.5 hotter with the request's own seed draws the same token wherever the seed's noise
+    dominates, so one 48-token answer tells it apart in about 60% (15 of 24 measured; it saves
+    no GPU time), where an honest answer fails in none."""
     failed = 0
-    for seed in range(6):
+    for seed in range(24):
         asked = request(seed, temperature=0.7)
         hotter = list(chat.tokens(asked.model_copy(update={"temperature": 1.2})))
         failed += not check_chat(reference, asked, hotter, final(chat, asked, hotter)).passed
-    assert failed >= 5
+    assert failed >= 10
 
 
 def test_an_end_of_sequence_before_min_tokens_fails(chat, reference):
