@@ -146,3 +146,18 @@ def test_a_worker_whose_engine_died_says_so_on_its_probes():
             client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code
             == 503
         )
+
+
+def test_loading_an_image_engine_prints_no_torchvision_fallback_notices():
+    """The PIL fallback is what the project uses: its notice on every start told operators
+    nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run([sys.executable, "-c", "from core.backends import load_engine; "
+                          "load_engine('proteus-text-to-image')"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "torchvision" not in run.stderr + run.stdout

@@ -5,6 +5,7 @@ end is chosen."""
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
@@ -12,6 +13,19 @@ from typing import Protocol
 from core.backends.spec import EngineSpec, serves
 from core.protocol import ChatRequest, ChatToken, ImageRequest
 from core.tasks import TASKS, Kind
+
+
+class _TorchvisionFallback(logging.Filter):
+    """transformers warns, on every start, that each image processor diffusers' pipelines import
+    falls back to its PIL version without torchvision: the fallback is what the project uses (it
+    installs no torchvision, and vLLM's venv removes it), so the warning says nothing to an
+    operator and is dropped; the library's other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallback())
 
 
 class ChatEngine(Protocol):
