@@ -194,6 +194,8 @@ def run(args) -> int:
             store.close()
         return 0
     wallet, _ = load_wallet(args)
+    if args.port and not args.no_announce:
+        announced_host(args)  # refused before the tokenizers and models load, or anything serves
     if args.check == "gpu":
         import importlib.util
 
@@ -224,8 +226,6 @@ def run(args) -> int:
             "this process may open %d files, under twice --max-concurrency %d: a full window may "
             "run out of connections (raise the hard limit: ulimit -Hn, or LimitNOFILE= in its "
             "systemd unit)", files, args.max_concurrency)
-    if args.port and not args.no_announce:
-        announced_host(args)  # refused before anything is served
     try:
         run_loop(serve(validator, args))
     except KeyboardInterrupt:

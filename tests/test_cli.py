@@ -72,7 +72,7 @@ def test_a_mistyped_db_is_refused_not_created_and_sn19_db_names_one(tmp_path):
 def test_unknown_network_and_missing_local_subnet(tmp_path):
     make_wallet(tmp_path / "w", "v")
     common = ["--wallet-path", str(tmp_path / "w"), "--wallet-name", "v", "--check", "off",
-              "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3")]
+              "--tokenizers", "tiny", "--db", str(tmp_path / "v.sqlite3"), "--no-announce"]
     out = run("neurons/validator.py", "--network", "mars", *common)
     assert out.returncode == 1 and "Unknown network 'mars'" in out.stderr
     out = run("neurons/validator.py", "--network", f"local:{tmp_path}/none", *common)
@@ -82,7 +82,7 @@ def test_unknown_network_and_missing_local_subnet(tmp_path):
 def test_gpu_checking_without_a_gpu_says_what_to_do(tmp_path):
     make_wallet(tmp_path / "w", "v")
     out = run("neurons/validator.py", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "v",
-              "--db", str(tmp_path / "v.sqlite3"))
+              "--db", str(tmp_path / "v.sqlite3"), "--no-announce")
     assert out.returncode == 1 and "--check gpu" in out.stderr and "--check off" in out.stderr
 
 
@@ -131,8 +131,9 @@ def test_a_wildcard_address_is_not_announced(tmp_path):
     chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
                    registered_at=0)
     out = run("neurons/validator.py", "--network", f"local:{chain.folder}", "--wallet-path",
-              str(tmp_path / "w"), "--wallet-name", "v", "--check", "off", "--tokenizers",
-              "tiny", "--db", str(tmp_path / "v.sqlite3"))
+              str(tmp_path / "w"), "--wallet-name", "v", "--check", "gpu", "--tokenizers",
+              "production", "--db", str(tmp_path / "v.sqlite3"))
+    # said first: before the GPU check and the production tokenizers (not on this machine)
     assert out.returncode == 1 and "cannot be announced" in out.stderr
     assert "--external-host" in out.stderr
 
