@@ -175,8 +175,7 @@ class Checker:
         seen = self._answers.get(key, 0)
         self._answers[key] = seen + 1
         if key not in self._drawn:
-            last = self._last_period.get((hotkey, task), FIRST_PERIOD_ANSWERS)
-            expected = max(last, seen + 1)
+            expected = max(self._expected((hotkey, task)), seen + 1)
             if self.rng.random() * (expected - seen) < 1:
                 self._drawn.add(key)
                 return True
@@ -184,6 +183,16 @@ class Checker:
             self._drawn.add(key)  # any check of the period is its checked figure
             return True
         return False
+
+    def _expected(self, key: tuple[str, str]) -> int:
+        """Answers a contender is expected to give this period: as many as last period."""
+        return self._last_period.get(key, FIRST_PERIOD_ANSWERS)
+
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` beside the queue, cancelled by ``close``."""
+        task = asyncio.create_task(work)
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
 
     def offer(self, job: Job) -> None:
         """An answer just received: queued when drawn (``wants``). An image answer not drawn is
@@ -195,11 +204,8 @@ class Checker:
             return
         if self.opener is None or not isinstance(job.request, ImageRequest):
             return
-        last = self._last_period.get(job.key, FIRST_PERIOD_ANSWERS)
-        if self.rng.random() < self.rate + 1 / max(1, last):
-            task = asyncio.create_task(self.opener(job))
-            self._opening.add(task)
-            task.add_done_callback(self._opening.discard)
+        if self.rng.random() < self.rate + 1 / max(1, self._expected(job.key)):
+            self._background(self.opener(job))
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; an answer that needs openings from the miner fetches them first."""
@@ -208,9 +214,7 @@ class Checker:
         if self.opener is None or not isinstance(job.request, ImageRequest):
             self._enqueue(job)
             return
-        task = asyncio.create_task(self._open_then_enqueue(job))
-        self._opening.add(task)
-        task.add_done_callback(self._opening.discard)
+        self._background(self._open_then_enqueue(job))
 
     async def _open_then_enqueue(self, job: Job) -> None:
         assert self.opener is not None
@@ -274,11 +278,8 @@ class Checker:
                 break
             await asyncio.sleep(0.05)
         self._closed = max(self._closed, period)
-        counts: dict[tuple[str, str], int] = {}
-        for (p, hotkey, task), n in self._answers.items():
-            if p == period:
-                counts[(hotkey, task)] = n
-        self._last_period.update(counts)
+        self._last_period.update({(hotkey, task): n for (p, hotkey, task), n
+                                  in self._answers.items() if p == period})
         self._answers = {k: n for k, n in self._answers.items() if k[0] > period}
         self._drawn = {k for k in self._drawn if k[0] > period}
 
