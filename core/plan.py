@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.budget import Contender
+from core.request_shapes import smallest_request
 from core.tasks import TASKS
 
 SLICES = 5  # a window is credited by its worst slice (docs/protocol.md §4)
@@ -93,10 +94,10 @@ class Send:
 def requests_for(c: Contender, want: float, used: float) -> tuple[int, int]:
     """(count, units each) of the requests that send ``want`` units to ``c``: whole requests of
     the task's synthetic size, the nearest count, at least one where the budget (``used`` of it
-    spent) allows one; (0, 0) when it allows none."""
+    spent) allows one of at least ``smallest_request``; (0, 0) when it allows none."""
     per = TASKS[c.task].units_per_synthetic
     size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
-    if size < 1 or want <= 0:
+    if size < smallest_request(c.task) or want <= 0:
         return 0, 0
     return max(1, round(want / per)), size
 

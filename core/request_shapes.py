@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.protocol import ChatMessage
+from core.tasks import TASKS, Kind
 
 CORPUS = Path(__file__).parent / "corpus" / "prompts.json.gz"
 CHAT_PROMPT_ALLOWANCE = 64  # tokens of a request's units its prompt may always take (at least)
@@ -123,6 +124,12 @@ def _corpus() -> _Corpus:
         exchanges += [((prompt, reply), weight) for prompt, reply in rows if reply]
     return _Corpus(_Pool(prompts), _Pool(exchanges), _Pool([((s,), 1.0) for s in data["system"]]),
                    tuple(data["image"]))
+
+
+def smallest_request(task_id: str) -> int:
+    """The fewest units a synthetic request of the task may have: a chat request's prompt alone
+    may take ``CHAT_PROMPT_ALLOWANCE``, so a smaller one would cost more than it was sized for."""
+    return CHAT_PROMPT_ALLOWANCE + 1 if TASKS[task_id].kind is Kind.CHAT else 1
 
 
 def prompt_budget(units: int) -> int:

@@ -7,6 +7,7 @@ from core import plan
 from core.budget import Contender, contenders, stake_share
 from core.chain import Metagraph, Neuron
 from core.period import open_period
+from core.request_shapes import smallest_request
 
 
 def neuron(uid, stake=0.0, permit=False, registered_at=0):
@@ -82,6 +83,12 @@ def test_a_small_budget_still_gets_one_request_where_the_budget_allows():
     assert [s.units for s in left] == [10]  # what the budget still allows
     assert plan.window_plan([small], {("hk", "playground-text-to-image"): 300.0}, 300, 60.0) == []
     assert plan.window_plan([Contender(1, "hk", "inpaint", 0.0, 0.0, 0)], {}, 300, 60.0) == []
+    # a chat request whose prompt alone may take more than the budget left is not sent
+    chat = Contender(1, "hk", "chat-llama-3", 6000.0, 3000.0, 0)
+    allowed = chat.budget - smallest_request(chat.task)
+    assert [s.units for s in plan.window_plan([chat], {("hk", chat.task): allowed}, 300, 60.0)
+            ] == [smallest_request(chat.task)]
+    assert plan.window_plan([chat], {("hk", chat.task): allowed + 1}, 300, 60.0) == []
 
 
 def test_background_is_a_small_sample_bounded_by_the_budget_alone():

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from core.protocol import ChatMessage, ChatRequest, ImageToImageRequest, InpaintRequest
-from core.request_shapes import CLOSERS, CORPUS, OPENERS, STYLES, chars_within
+from core.request_shapes import CLOSERS, CORPUS, OPENERS, STYLES, chars_within, smallest_request
 from core.tasks import TASKS, Kind
 from core.validator.counting import PromptCounter
 from core.validator.organic import NoCapacity, Organic
 from core.validator.sampling_mix import DEFAULT_TEMPERATURES, Sampling, SamplingMix
-from core.validator.synthetic import min_units, synthetic_request
+from core.validator.synthetic import synthetic_request
 
 CHAT = "chat-llama-3"
 SECRETS = random.SystemRandom()
@@ -190,7 +190,8 @@ def test_the_cost_bound_holds_for_every_task_at_several_unit_sizes(task, counter
     mix.record(organic(0.7, 1.0, system=True, turns=6, stop=["###"]))
     mix.record(organic(0.0, 1.0, system=False))
     per = TASKS[task].units_per_synthetic
-    for units in sorted({min_units(task), max(min_units(task), per // 2), per, 2 * per}):
+    least = smallest_request(task)
+    for units in sorted({least, max(least, per // 2), per, 2 * per}):
         for _ in range(30):
             r = synthetic_request(task, units, SECRETS, 64, counter, mix)
             if isinstance(r, ChatRequest):

@@ -36,22 +36,10 @@ from pathlib import Path
 import yaml
 
 from core.miner.config import MinerConfig
-from core.miner.pool import Pool
-from core.protocol import (
-    ChatRequest,
-    ImageToImageRequest,
-    InpaintRequest,
-    TaskRequest,
-    TextToImageRequest,
-)
-from core.request_shapes import (
-    chars_within,
-    conversation,
-    image_prompt,
-    noise_and_mask,
-    prompt_budget,
-)
+from core.miner.pool import LocalWorker, Pool
+from core.protocol import ChatRequest, TaskRequest
 from core.tasks import TASKS, Kind
+from core.validator.synthetic import synthetic_request
 
 GPU_IMAGE_SIZE = 1024  # what validators send by default (their --image-size)
 CPU_IMAGE_SIZE = 64  # what the local subnet's validators send to the cpu back end's tiny models
@@ -89,29 +77,17 @@ def best_step(steps: list[Step]) -> Step | None:
     return max((s for s in steps if s.passed), key=lambda s: s.units_per_s, default=None)
 
 
-def request_for(task_id: str, rng: random.Random, image_size: int) -> TaskRequest:
-    """A request of the task's synthetic size and shape (docs/protocol.md §3): a chat prompt of
-    the corpus within the prompt's budget and the rest of the units as completion; an image of
-    ``image_size`` pixels."""
-    task = TASKS[task_id]
-    if task.kind is Kind.CHAT:
-        messages = conversation(rng, chars_within(prompt_budget(task.units_per_synthetic)))
-        request = ChatRequest(task=task_id, messages=messages, temperature=1.0,
-                              seed=rng.getrandbits(62))
-        request.max_tokens = max(1, task.units_per_synthetic - request.prompt_allowance())
-        return request
-    text = image_prompt(rng)
-    if task.kind is Kind.TEXT_TO_IMAGE:
-        return TextToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
-                                  seed=rng.getrandbits(62), height=image_size, width=image_size)
-    image, mask = noise_and_mask(image_size, rng.getrandbits(64))
-    if task.kind is Kind.IMAGE_TO_IMAGE:
-        return ImageToImageRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
-                                   seed=rng.getrandbits(62), height=image_size,
-                                   width=image_size, init_image=image)
-    return InpaintRequest(task=task_id, prompt=text, steps=task.units_per_synthetic,
-                          seed=rng.getrandbits(62), height=image_size, width=image_size,
-                          init_image=image, mask_image=mask)
+class EngineCounts:
+    """A chat pool's prompt tokens as its in-process engine counts them, for sizing requests as
+    validators do with the task's tokenizer; a pool of workers by URL has no tokenizer here, and
+    counts 0: the request's own allowance (what a miner estimates) sizes it then."""
+
+    def __init__(self, pool: Pool):
+        self._engine = next((w.engine for w in pool.workers if isinstance(w, LocalWorker)
+                             and hasattr(w.engine, "prompt_ids")), None)
+
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        return len(self._engine.prompt_ids(request)) if self._engine is not None else 0
 
 
 def image_sizes(config: MinerConfig, size: int | None) -> dict[str, int]:
@@ -221,6 +197,7 @@ async def measure(pool: Pool, task_id: str, concurrency: int, seconds: float,
     latencies: list[float] = []
     expected = 0.0
     live = Live()
+    counts = EngineCounts(pool)
     for watched in watch_images(pool):
         watched.live = live
     end = time.monotonic() + seconds
@@ -228,7 +205,8 @@ async def measure(pool: Pool, task_id: str, concurrency: int, seconds: float,
     async def stream() -> None:
         nonlocal expected
         while time.monotonic() < end:
-            request = request_for(task_id, rng, image_size)
+            request = synthetic_request(task_id, task.units_per_synthetic, rng, image_size,
+                                        counts)
             began = time.monotonic()
             units = await serve_one(pool, request, live)
             latencies.append(time.monotonic() - began)

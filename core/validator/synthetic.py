@@ -8,6 +8,7 @@ the ``rng`` given, a ``random.SystemRandom`` in the validator (nothing a miner c
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
 from core.protocol import (
     MAX_COMPLETION,
@@ -18,7 +19,6 @@ from core.protocol import (
     TextToImageRequest,
 )
 from core.request_shapes import (
-    CHAT_PROMPT_ALLOWANCE,
     chars_within,
     conversation,
     image_prompt,
@@ -26,25 +26,26 @@ from core.request_shapes import (
     prompt_budget,
 )
 from core.tasks import TASKS, Kind
-from core.validator.counting import PromptCounter
 from core.validator.sampling_mix import ORGANIC, Sampling, SamplingMix
 
 SEED_BITS = 62  # as the organic API draws a seed its client left out
 FITS = 6  # tries to find a conversation the tokenizer counts within the prompt's budget
 
 
-def min_units(task_id: str) -> int:
-    """The smallest request worth sending: a chat request's prompt alone may take the
-    allowance, so a smaller one would overshoot what it was sized for."""
-    return CHAT_PROMPT_ALLOWANCE + 1 if TASKS[task_id].kind is Kind.CHAT else 1
+class CountsPrompts(Protocol):
+    """What sizes a chat request's prompt: the validator's ``PromptCounter`` (the task's own
+    tokenizer) or, in a miner's calibration, its engine's."""
+
+    def prompt_tokens(self, request: ChatRequest) -> int: ...
 
 
 def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: int,
-                      counter: PromptCounter | None, mix: SamplingMix = ORGANIC) -> TaskRequest:
+                      counter: CountsPrompts | None, mix: SamplingMix = ORGANIC) -> TaskRequest:
     """A request that costs at most ``units`` of the task (exactly, for image tasks; for a chat
-    request of at least ``min_units``, its prompt, as ``counter`` counts it or as the miner
+    request of at least ``smallest_request``, its prompt, as ``counter`` counts it or as the miner
     estimates it, whichever is more, plus its max_tokens: what ``Traffic.cost`` reserves).
-    ``counter`` may be None for an image task."""
+    ``counter`` may be None for an image task. The one builder of synthetic requests: a miner's
+    calibration (``core.miner.calibrate``) sends what validators send."""
     kind = TASKS[task_id].kind
     seed = rng.getrandbits(SEED_BITS)
     if kind is Kind.CHAT:
@@ -63,7 +64,7 @@ def synthetic_request(task_id: str, units: int, rng: random.Random, image_size: 
                           width=image_size, init_image=image, mask_image=mask)
 
 
-def _chat(task_id: str, units: int, rng: random.Random, counter: PromptCounter,
+def _chat(task_id: str, units: int, rng: random.Random, counter: CountsPrompts,
           sampling: Sampling, seed: int) -> ChatRequest:
     """A conversation of ``sampling``'s shape within the prompt's budget as both counts have it
     (a tokenizer may count more than the allowance: each try scales the characters down by as
