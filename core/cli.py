@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from core import collector
+from core.errors import SetupError
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -127,7 +128,7 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-class CliError(Exception):
+class CliError(SetupError):
     """A start-up problem the operator must fix; printed as one line, exit status 1."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from core.errors import PeerFault
 from core.openai_wire import CompletionBody, StreamError, read_chunk
 from core.protocol import PATHS, ChatChunk, ChatRequest, ImageRequest, ImageResponse
 from core.tasks import TASKS
@@ -17,7 +18,7 @@ from core.tasks import TASKS
 HEALTH_TIMEOUT_S = 2.0
 
 
-class WorkerError(Exception):
+class WorkerError(PeerFault):
     """The worker answered, but not with a result: ``status`` is its HTTP status."""
 
     def __init__(self, status: int, message: str):

@@ -4,8 +4,10 @@ caller retries or reports it the same way."""
 
 from __future__ import annotations
 
+from core.errors import Unavailable
 
-class ChainError(Exception):
+
+class ChainError(Unavailable):
     """The chain cannot be reached or used as asked; the message says which call and why.
     ``name``: the chain's own name for a refusal (``SettingWeightsTooFast``, ...), if any;
     ``final``: the same call would fail again (a refusal by the chain's rules, or a submission

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import PeerFault
 from core.protocol import (
     ImageRequest,
     ImageResponse,
@@ -70,7 +71,7 @@ def latents_needed(steps: tuple[int, ...], n: int) -> list[int]:
     return sorted({j for j in steps if j > 0} | {j + 1 for j in steps} | {n})
 
 
-class OpeningProblem(ValueError):
+class OpeningProblem(PeerFault):
     """Openings that do not open the commitment: the miner's failure."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from bittensor.settings import U16_MAX
 
 from core import yuma
+from core.errors import SetupError
 
 # What a new local subnet's chain enforces (subtensor's names, this project's localnet values):
 # rate limits in blocks, the weight limit in u16, the cutoff in blocks.
@@ -45,7 +46,7 @@ DEFAULT_HYPERPARAMETERS = {
 }
 
 
-class LedgerError(Exception):
+class LedgerError(SetupError):
     """The local subnet's folder cannot be used as asked."""
 
 

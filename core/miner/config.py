@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.backends.spec import BACKENDS, EngineSpec, serves
 from core.capacity import clamp_declaration
+from core.errors import SetupError
 from core.tasks import TASK_IDS, TASKS
 
 
-class ConfigError(Exception):
+class ConfigError(SetupError):
     """A capacity file that cannot be used; the message is meant for the operator as is."""
 
 

@@ -24,12 +24,13 @@ from bittensor.sp_core import Keypair
 from pydantic import ValidationError
 
 from core.declaration import SignedDeclaration, sign
+from core.errors import PeerFault
 from core.miner.config import ConfigError
 
 KEEP = 3  # periods remembered: validators ask for the current one or the next
 
 
-class WrongPeriod(Exception):
+class WrongPeriod(PeerFault):
     """A period this miner does not sign now: not the one it is in nor, in its last minute, the
     next (``core.miner.state``), or older than those the latch remembers."""
 

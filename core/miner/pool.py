@@ -19,6 +19,7 @@ import aiohttp
 
 from core.backends import ChatEngine, Engine, load_engine
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
+from core.errors import Unavailable
 from core.miner.config import ConfigError, MinerConfig, WorkerEntry
 from core.openai_wire import StreamError
 from core.protocol import (
@@ -42,7 +43,7 @@ UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Stream
                TimeoutError)
 
 
-class NoWorker(Exception):
+class NoWorker(Unavailable):
     """No healthy worker could take the request."""
 
 

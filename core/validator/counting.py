@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from core.backends.prompt import prompt_ids
+from core.errors import SetupError
 from core.protocol import ChatMessage, ChatRequest
 from core.tasks import TASKS, Kind
 
@@ -19,7 +20,7 @@ MEMO_CHARS = 4096  # prompts up to this long are remembered: a synthetic one is 
 #                    when it is sized and again when its units are reserved
 
 
-class CountingError(RuntimeError):
+class CountingError(SetupError):
     """A task's tokenizer cannot be loaded: the validator cannot count its prompts."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from core.chain import Neuron
 from core.checking.service import Job
 from core.checking.trajectory import Openings, latents_needed, openings_of, pick_steps
+from core.errors import PeerFault
 from core.protocol import (
     TRAJECTORY_PATH,
     ImageRequest,
@@ -29,7 +30,7 @@ log = logging.getLogger("validator.checking")
 OPENING_TIMEOUT_S = 10.0  # latents kept in memory: an honest miner answers at once
 
 
-class OpeningFailed(Exception):
+class OpeningFailed(PeerFault):
     """The miner did not open the answer (refused, silent, oversized, malformed): the check that
     needs it fails, the miner's doing. The message says how."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import SetupError
 from core.tasks import TASKS
 from core.validator.status import Snapshot
 
@@ -15,7 +16,7 @@ BARS = (("declared", "#bbbbbb"), ("demonstrated", "#6baed6"), ("credited", "#217
         ("effective", "#08306b"))
 
 
-class NoPlotting(RuntimeError):
+class NoPlotting(SetupError):
     """matplotlib is not installed (it comes with the sim extra)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import SetupError
 from core.period import Closing, Row, close_period
 from core.pooling import Pooling
 from core.scoring import ContenderState, effective
@@ -22,7 +23,7 @@ from core.validator.measure import measure_period
 from core.validator.report import period_table
 
 
-class UnknownContender(ValueError):
+class UnknownContender(SetupError):
     """A uid or hotkey asked for that has no contender in the period shown."""
 
 
