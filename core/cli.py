@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from core import collector
+from core import collector, plan
 from core.errors import SetupError
 
 
@@ -65,7 +65,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="hotkey name in that wallet")
     p.add_argument("--wallet-path", "--wallet.path", default="~/.bittensor/wallets",
                    help="folder of wallets")
-    p.add_argument("--period-blocks", type=int, default=300,
+    p.add_argument("--period-blocks", type=int, default=plan.PERIOD_BLOCKS,
                    help="blocks per scoring period (300 = 60 min at 12 s); miners and "
                         "validators must use the same")
     add_log_level(p)
@@ -111,7 +111,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a request may take to send its body (408 beyond)")
     p.add_argument("--max-connections", type=int, default=512,
-                   help="connections and requests served at once (503 beyond)")
+                   help="connections open at once, a safety bound above the requests the app "
+                        "serves at once: at the bound, the oldest connection still sending its "
+                        "headers (of the address with the most) is closed for the new one")
 
 
 def server_options(args) -> dict:

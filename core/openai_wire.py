@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import PeerFault
 from core.protocol import (
     MAX_IMAGE_B64_CHARS,
     ChatChunk,
@@ -205,7 +206,7 @@ class StopFilter:
         return out
 
 
-class StreamError(Exception):
+class StreamError(PeerFault):
     """The server's stream carried an error event, or something that is not a chat chunk."""
 
 
@@ -238,4 +239,4 @@ def read_chunk(line: bytes) -> ChatChunk | None | bool:
                               "return_tokens_as_token_ids (vllm serve does)")
         tokens.append(ChatToken(token_id=int(token[len(TOKEN_ID_PREFIX):]), text=piece,
                                 logprob=entry["logprob"]))
-    return ChatChunk(tokens=tokens) if tokens else None
+    return ChatChunk.of(tokens) if tokens else None

@@ -19,6 +19,8 @@ from core.budget import Contender
 from core.request_shapes import smallest_request
 from core.tasks import TASKS
 
+PERIOD_BLOCKS = 300  # a scoring period (docs/protocol.md §2): every flag's and setting's default
+BLOCK_SECONDS = 12.0  # the chain's block time, where seconds are needed before the chain says
 SLICES = 5  # a window is credited by its worst slice (docs/protocol.md §4)
 WINDOWS_PER_PERIOD = 12  # a window lasts period_blocks / 12 blocks
 BACKGROUND = 0.01  # default share of each budget sent outside windows (liveness, quality checks)

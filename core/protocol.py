@@ -8,16 +8,17 @@ Miner and validator meet only here. A message of another major version is refuse
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pydantic.dataclasses import dataclass
 
 from core.declaration import MAX_PERIOD, SignedDeclaration
 from core.tasks import TASKS, Kind
 
-# 6: a miner's declaration is signed, one per period, and carried in window reports
-PROTOCOL_VERSION = "7.0.0"
+# 8: chat lines carry their tokens in columns (``ChatChunk``)
+PROTOCOL_VERSION = "8.0.0"
 MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.
@@ -150,29 +151,131 @@ class ChatRequest(Message):
         return self.max_tokens + self.prompt_allowance()
 
 
-@dataclass(frozen=True, slots=True, config=ConfigDict(allow_inf_nan=False))
+@dataclass(frozen=True, slots=True)
 class ChatToken:
-    """One streamed token: its id and text and the model's log-probability of it. A slotted
-    dataclass, not a model: a validator in an audit window reads thousands of them a second and
-    holds every in-flight answer's, and a model instance (a dict and a set each) took 1.7x as
-    long to read from a line (17.4 against 10.5 µs for 8 tokens, with a window's worth alive)."""
+    """One token of a completion: its id and text and the model's log-probability of it. What
+    engines make and the checker and the API read; on the wire tokens travel in columns
+    (``ChatChunk``), which is where a miner's figures are checked."""
 
-    token_id: Annotated[int, Field(ge=0, lt=MAX_COUNT)]
-    text: Annotated[str, Field(max_length=MAX_TOKEN_TEXT)]
-    logprob: Annotated[float, Field(ge=-1e6, le=1e-3)]  # a log-probability: at most 0 (+ rounding)
+    token_id: int
+    text: str
+    logprob: float
+
+
+TokenId = Annotated[int, Field(ge=0, lt=MAX_COUNT)]
+Logprob = Annotated[float, Field(ge=-1e6, le=1e-3)]  # a log-probability: at most 0 (+ rounding)
+TextLength = Annotated[int, Field(ge=0, le=MAX_TOKEN_TEXT)]
 
 
 class ChatChunk(Message):
-    """A line of the chat stream: tokens, then a final line with ``done`` and the units charged."""
+    """A line of the chat stream: tokens in columns, then a final line with ``done`` and the
+    units charged (docs/protocol.md, "Chat lines").
 
-    tokens: Annotated[list[ChatToken], Field(max_length=MAX_COMPLETION)] = []
+    Token ``i`` is ``ids[i]`` with log-probability ``logprobs[i]`` and the next ``lengths[i]``
+    characters (code points) of ``text``. Columns, not an object per token: the validator reads
+    a window's worth of lines, and each column is checked element by element inside pydantic's
+    parser, with no Python object per token (scripts/bench_wire.py: protocol 7's object per
+    token cost 1.5x as much at 10 tokens a line, 3x at 128). ``of`` makes one from tokens,
+    ``tokens`` gives them back. No ``__init__`` of its own: pydantic would then call it on every
+    line parsed, which doubled the cost of reading one."""
+
+    ids: Annotated[list[TokenId], Field(max_length=MAX_COMPLETION)] = []
+    logprobs: Annotated[list[Logprob], Field(max_length=MAX_COMPLETION)] = []
+    # no Unicode check: pydantic's JSON parser refuses lone surrogates itself
+    text: Annotated[str, Field(max_length=MAX_COMPLETION * MAX_TOKEN_TEXT)] = ""
+    lengths: Annotated[list[TextLength], Field(max_length=MAX_COMPLETION)] = []
     done: bool = False
     prompt_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     completion_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
 
+    @classmethod
+    def of(cls, tokens: Sequence[ChatToken]) -> ChatChunk:
+        """A line of ``tokens`` (an engine's batch), checked as a validator checks it."""
+        return cls(ids=[t.token_id for t in tokens], logprobs=[t.logprob for t in tokens],
+                   text="".join(t.text for t in tokens), lengths=[len(t.text) for t in tokens])
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> ChatChunk:
+        n = len(self.ids)
+        if len(self.logprobs) != n or len(self.lengths) != n:
+            raise ValueError("ids, logprobs and lengths must have one entry per token")
+        if sum(self.lengths) != len(self.text):
+            raise ValueError("lengths must add up to the text's length")
+        return self
+
+    @property
+    def tokens(self) -> list[ChatToken]:
+        """The line's tokens one by one (an object each: for the checker and the API's relay,
+        not for every line of a window)."""
+        return list(_tokens(self.ids, self.logprobs, self.lengths, self.text))
+
     @property
     def units(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def _tokens(ids: list[int], logprobs: list[float], lengths: list[int], text: str
+            ) -> Iterator[ChatToken]:
+    at = 0
+    for token_id, logprob, n in zip(ids, logprobs, lengths, strict=True):
+        yield ChatToken(token_id, text[at:at + n], logprob)
+        at += n
+
+
+class ChatTokens(Sequence[ChatToken]):
+    """A chat answer's tokens as its lines arrive, kept in the lines' columns: adding a line is a
+    few list extends, whatever its length. Read as a sequence of ChatToken (the checker, on the
+    answers it draws), made once on first reading."""
+
+    __slots__ = ("ids", "logprobs", "lengths", "_texts", "_made")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.lengths: list[int] = []
+        self._texts: list[str] = []
+        self._made: list[ChatToken] | None = None
+
+    def add(self, chunk: ChatChunk) -> None:
+        self.ids += chunk.ids
+        self.logprobs += chunk.logprobs
+        self.lengths += chunk.lengths
+        self._texts.append(chunk.text)
+        self._made = None
+
+    def span(self, start: int, stop: int | None = None) -> ChatChunk:
+        """Tokens ``start`` to ``stop`` as one line (the miner's lines of what its engine made,
+        the organic API's of what its client has not had yet), checked again as a line: it
+        costs less than pydantic's ``model_construct`` (2.2 against 3.6 µs)."""
+        stop = len(self.ids) if stop is None else stop
+        if len(self._texts) > 1:
+            self._texts = ["".join(self._texts)]
+        text = self._texts[0] if self._texts else ""
+        at = sum(self.lengths[:start])
+        lengths = self.lengths[start:stop]
+        return ChatChunk(ids=self.ids[start:stop], logprobs=self.logprobs[start:stop],
+                         lengths=lengths, text=text[at:at + sum(lengths)])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> ChatToken: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ChatToken]: ...
+
+    def __getitem__(self, index: int | slice) -> ChatToken | list[ChatToken]:
+        return self._tokens()[index]
+
+    def __iter__(self) -> Iterator[ChatToken]:
+        return iter(self._tokens())
+
+    def _tokens(self) -> list[ChatToken]:
+        if self._made is None:
+            self._made = list(_tokens(self.ids, self.logprobs, self.lengths,
+                                      "".join(self._texts)))
+        return self._made
 
 
 class ImageRequest(Message):
@@ -236,45 +339,79 @@ def pipeline_steps(request: ImageRequest) -> int:
     return min(int(request.steps * strength), request.steps)
 
 
+# An image answer's thumbnail: the image resized (PIL, bilinear) to THUMBNAIL_PX square, RGB, as
+# a PNG: 3 KiB of pixels at most, what the checker compares at 32x32 grey anyway
+THUMBNAIL_PX = 32
+MAX_THUMBNAIL_B64_CHARS = 8192  # an RGB 32x32 PNG stored uncompressed takes < 4,400
+PngB64 = Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]
+
+
+def png_digest(png: bytes) -> str:
+    """What an answer commits of a full image: sha256 of its PNG file's bytes."""
+    return hashlib.sha256(png).hexdigest()
+
+
+class ImageProof(BaseModel):
+    """One image of an answer by reference (docs/protocol.md §8): its PNG's ``png_digest``, its
+    size (checked against the request on receipt) and a THUMBNAIL_PX thumbnail, base64 PNG."""
+
+    model_config = ConfigDict(extra="forbid")
+    sha256: Digest
+    width: Annotated[int, Field(ge=1, le=2048)]
+    height: Annotated[int, Field(ge=1, le=2048)]
+    thumbnail: Annotated[str, Field(max_length=MAX_THUMBNAIL_B64_CHARS)]
+
+
 class ImageResponse(Message):
-    images: Annotated[list[Annotated[str, Field(max_length=MAX_IMAGE_B64_CHARS)]],
-                      Field(max_length=4)]  # PNG, base64
+    """An image answer, by reference: per image a bound proof (``ImageProof``) and the trajectory
+    commitment; the miner keeps the full PNGs with the latents and sends them when the validator
+    opens the answer (TRAJECTORY_PATH). A few KiB whatever the image's size, where the PNGs were
+    1-2 MB at 1024 px (scripts/bench_image_bytes.py)."""
+
+    proofs: Annotated[list[ImageProof], Field(max_length=4)] = []
     units: Annotated[int, Field(ge=0, le=MAX_COUNT)]
     # per image, the digest of its latent after each denoising step (``latent_digest``), in
     # order: the miner keeps the latents and opens the steps a validator asks (TRAJECTORY_PATH)
     trajectory: Annotated[list[Annotated[list[Digest], Field(max_length=MAX_STEPS)]],
                           Field(max_length=4)] = []
+    # the full PNGs, base64: never from a miner (an answer carrying any is invalid on receipt);
+    # the validator fills them in once fetched and checked against the proofs, for its API
+    images: Annotated[list[PngB64], Field(max_length=4)] = []
 
     @staticmethod
     def max_bytes(request: ImageRequest) -> int:
         """The most bytes an honest answer to ``request`` takes: read no further."""
-        return request.num_images * (MAX_IMAGE_B64_CHARS + 8 + 67 * MAX_STEPS) + 4096
+        return request.num_images * (MAX_THUMBNAIL_B64_CHARS + 256 + 67 * MAX_STEPS) + 4096
 
 
 class TrajectoryRequest(Message):
-    """Open the answer whose trajectory has ``key`` (``commitment_key``): its latents after the
-    listed steps (1 = after the first step, up to the step count), every image's."""
+    """Open the answer whose trajectory has ``key`` (``commitment_key``): its full PNGs, and its
+    latents after the listed steps (1 = after the first step, up to the step count; none: the
+    PNGs alone, as for organic traffic), every image's."""
 
     task: TaskId
     key: Digest
     latents: Annotated[list[Annotated[int, Field(ge=1, le=MAX_STEPS)]],
-                       Field(min_length=1, max_length=MAX_OPENED)]
+                       Field(max_length=MAX_OPENED)]
 
 
 class TrajectoryResponse(Message):
     """Per asked latent, in the order asked, per image: the latent as base64 of its contiguous
-    little-endian float32 bytes (what its digest hashes)."""
+    little-endian float32 bytes (what its digest hashes); and per image, in the answer's order,
+    its full PNG as base64 (what its proof's ``sha256`` hashes)."""
 
     latents: Annotated[list[Annotated[list[Annotated[str, Field(
         max_length=MAX_LATENT_B64_CHARS)]], Field(max_length=4)]], Field(max_length=MAX_OPENED)]
+    images: Annotated[list[PngB64], Field(max_length=4)] = []
 
     @staticmethod
     def max_bytes(request: ImageRequest, opened: int) -> int:
-        """The most bytes an honest opening of ``opened`` latents of ``request`` takes."""
+        """The most bytes an honest opening of ``opened`` latents of ``request`` takes, its PNGs
+        included."""
         raw = LATENT_CHANNELS * (request.height // MIN_LATENT_SCALE) * (
             request.width // MIN_LATENT_SCALE) * 4
-        return opened * request.num_images * (min(4 * -(-raw // 3), MAX_LATENT_B64_CHARS)
-                                              + 8) + 4096
+        return request.num_images * (opened * (min(4 * -(-raw // 3), MAX_LATENT_B64_CHARS) + 8)
+                                     + MAX_IMAGE_B64_CHARS + 8) + 4096
 
 
 class ErrorResponse(Message):

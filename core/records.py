@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from core.budget import Contender
 from core.plan import SLICES, Window
 from core.scoring import PeriodOutcome, Tally, WindowOutcome
 
@@ -29,7 +30,7 @@ class Outcome(str, Enum):
 NOT_SCORED = frozenset({Outcome.ABANDONED})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a close holds a period's: no dict each
 class RequestRecord:
     period: int
     hotkey: str
@@ -42,13 +43,32 @@ class RequestRecord:
     at: float = 0.0  # unix time sent: places it in a window's slice
 
 
+@dataclass(frozen=True)
+class Tallied:
+    """Records of one contender and one outcome summed by the store (``RecordRoom.tallied``):
+    in one slice of a window, or (``part`` None) wherever they were sent."""
+
+    hotkey: str
+    task: str
+    part: int | None
+    outcome: Outcome
+    units: float
+    requests: int
+
+
+def outcome_tally(outcome: Outcome, units: float, requests: int = 1) -> Tally:
+    """Scored requests of one outcome as a tally; timeouts and invalid answers count with server
+    errors."""
+    if outcome is Outcome.OK:
+        return Tally(units, good=units, requests=requests)
+    if outcome is Outcome.RATE_LIMITED:
+        return Tally(units, refused=units, requests=requests)
+    return Tally(units, failed=units, requests=requests)
+
+
 def tally(r: RequestRecord) -> Tally:
-    """One scored record as a tally; timeouts and invalid answers count with server errors."""
-    if r.outcome is Outcome.OK:
-        return Tally(r.units, good=r.units, requests=1)
-    if r.outcome is Outcome.RATE_LIMITED:
-        return Tally(r.units, refused=r.units, requests=1)
-    return Tally(r.units, failed=r.units, requests=1)
+    """One scored record as a tally."""
+    return outcome_tally(r.outcome, r.units)
 
 
 def summarize(records: Iterable[RequestRecord], declared: float,
@@ -85,4 +105,32 @@ def period_outcomes(contenders, records: Iterable[RequestRecord], windows: Seque
     for c in contenders:
         mine = by_key.get((c.hotkey, c.task), [])
         out[(c.hotkey, c.task)] = (summarize(mine, c.declared, windows), len(mine))
+    return out
+
+
+# The tallies below add sums the store made (in its own order) where ``summarize`` adds record by
+# record: the same figures, as units are whole (tokens, steps), and sums of whole numbers under
+# 2**53 are exact in any order.
+
+
+def window_outcomes(contenders: Iterable[Contender], window: Window, groups: Iterable[Tallied]
+                    ) -> dict[tuple[str, str], WindowOutcome]:
+    """Every contender's outcome in ``window`` from its records summed by slice (``part``):
+    what ``summarize`` makes of them."""
+    slices = {(c.hotkey, c.task): [Tally()] * SLICES for c in contenders}
+    for g in groups:
+        mine = slices.get((g.hotkey, g.task))
+        if mine is not None and g.part is not None and g.outcome not in NOT_SCORED:
+            mine[g.part] = mine[g.part] + outcome_tally(g.outcome, g.units, g.requests)
+    return {key: WindowOutcome(window.block, tuple(s)) for key, s in slices.items()}
+
+
+def outcome_tallies(contenders: Iterable[Contender], groups: Iterable[Tallied]
+                    ) -> dict[tuple[str, str], Tally]:
+    """Every contender's tally of its scored records, summed by outcome."""
+    out = {(c.hotkey, c.task): Tally() for c in contenders}
+    for g in groups:
+        key = (g.hotkey, g.task)
+        if key in out and g.outcome not in NOT_SCORED:
+            out[key] = out[key] + outcome_tally(g.outcome, g.units, g.requests)
     return out

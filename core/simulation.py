@@ -32,7 +32,7 @@ from core.scoring import PeriodOutcome, Tally, WindowOutcome, forfeited
 from core.tasks import TASKS
 from core.yuma import epoch
 
-PERIOD_BLOCKS = 300
+PERIOD_BLOCKS = plan.PERIOD_BLOCKS
 START_PERIOD = 100
 
 

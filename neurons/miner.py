@@ -36,6 +36,8 @@ from core.miner.config import (
     missing_models,
     task_load,
 )
+from core.miner.settings import MinerSettings
+from core.plan import BLOCK_SECONDS
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")
@@ -78,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: what the setup's validators send: 1024, their default, for "
                         "the diffusers back end and workers by URL; 64, the local subnet's, for "
                         "the cpu back end's tiny models)")
-    p.add_argument("--block-time", type=float, default=12.0,
+    p.add_argument("--block-time", type=float, default=BLOCK_SECONDS,
                    help="with --calibrate and --check-config: seconds per block of the chain "
                         "the miner serves (the protocol's 12); a period is --period-blocks x "
                         "--block-time seconds, and the proposal and the over-declaration check "
@@ -105,9 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest request body in bytes (413 beyond; default: room for an "
                         "inpaint request's two largest images)")
     add_server_args(p)
-    p.add_argument("--sync-interval", type=float, default=12.0,
+    p.add_argument("--sync-interval", type=float, default=MinerSettings.sync_interval_s,
                    help="seconds between metagraph syncs (stakes, permits)")
-    p.add_argument("--health-interval", type=float, default=5.0,
+    p.add_argument("--health-interval", type=float, default=MinerSettings.health_interval_s,
                    help="seconds between health checks of the workers listed in --config; a "
                         "worker that fails one is taken out (and out of the declaration) until "
                         "it answers again")
@@ -399,7 +401,7 @@ def serve(args) -> int:
     latch = DeclarationLatch(hotkey, chain.netuid, state_dir)
     import uvicorn
 
-    from core.miner.app import MinerSettings, MinerState, build_app
+    from core.miner.app import MinerState, build_app
     from core.miner.limits import Slots
     from core.miner.pool import build_pools
 

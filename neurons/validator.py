@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from core.cli import (
     server_options,
     setup_logging,
 )
+from core.validator.settings import API_CONCURRENCY, DEFAULTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,22 +61,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "declared x served the mean is taken of)")
     p.add_argument("--png", metavar="FILE",
                    help="with --status: also draw the period as a PNG (needs matplotlib)")
-    p.add_argument("--capacity-timeout", type=float, default=12.0,
+    p.add_argument("--capacity-timeout", type=float, default=DEFAULTS.capacity_timeout_s,
                    help="seconds to wait for each miner's capacity synapse")
-    p.add_argument("--max-concurrency", type=int, default=4096,
+    p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,
                    help="synthetic requests in flight at once, all miners together (a window at "
                         "stake share 1 with today's caps keeps about 2,200 in flight)")
-    p.add_argument("--max-per-miner", type=int, default=16,
+    p.add_argument("--max-per-miner", type=int, default=DEFAULTS.max_per_miner,
                    help="synthetic requests in flight at once to one miner (a slow miner holds "
                         "no more slots than this)")
-    p.add_argument("--background", type=fraction, default=0.01,
+    p.add_argument("--background", type=fraction, default=DEFAULTS.background,
                    help="share of each contender's budget sent outside audit windows, spread "
                         "over the period (liveness and quality checks; docs/protocol.md §3.4)")
-    p.add_argument("--image-size", type=int, default=1024,
+    p.add_argument("--image-size", type=int, default=DEFAULTS.image_size,
                    help="width and height of synthetic image requests (pixels, multiple of 8)")
-    p.add_argument("--retention-periods", type=int, default=96,
+    p.add_argument("--retention-periods", type=int, default=DEFAULTS.retention_periods,
                    help="periods of request records kept before pruning")
-    p.add_argument("--check", choices=("gpu", "cpu", "off"), default="gpu",
+    p.add_argument("--check", choices=("gpu", "cpu", "off"), default=DEFAULTS.check,
                    help="quality checking: recompute a sample of results with the tasks' "
                         "production models on a GPU (gpu), with the tiny CPU models of the local "
                         "subnet (cpu), or not at all (off: quality is the speed factor alone)")
@@ -83,9 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "miner's count): the tasks' production tokenizers (from the Hugging Face "
                         "cache or hub), or the local subnet's tiny one (default: tiny with "
                         "--check cpu, else production)")
-    p.add_argument("--check-rate", type=fraction, default=0.1,
+    p.add_argument("--check-rate", type=fraction, default=DEFAULTS.check_rate,
                    help="share of results checked beyond each contender's first of the period")
-    p.add_argument("--check-queue", type=int, default=256,
+    p.add_argument("--check-queue", type=int, default=DEFAULTS.check_queue,
                    help="results waiting for a check; when full the oldest is dropped, counted")
     add_endpoint_args(p, 8092, "window reports for the other validators, /health, /metrics; "
                                "--port 0: none, and this validator's reports are not shared")
@@ -93,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="neither serve this validator's window reports nor fetch the others': "
                         "score every window from its own view alone (docs/protocol.md §9; "
                         "validators that share agree on a miner that serves some of them only)")
-    p.add_argument("--report-timeout", type=float, default=5.0,
+    p.add_argument("--report-timeout", type=float, default=DEFAULTS.report_timeout_s,
                    help="seconds to wait for another validator's window report")
     p.add_argument("--api-port", type=int, default=0,
                    help="serve the OpenAI-compatible API for organic traffic on this port, in "
@@ -101,7 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-host", default="0.0.0.0", help="address the API listens on")
     p.add_argument("--api-max-body", type=int, default=16 * 2**20,
                    help="largest API request body in bytes (larger: 413)")
+    p.add_argument("--api-concurrency", type=int, default=API_CONCURRENCY,
+                   help="API requests served at once (a stream holds its place to its end); as "
+                        "many more wait up to 2 s, then 503 with Retry-After")
     add_server_args(p)  # for the API
+    # a safety bound well above the apps' own request limits (core/transport/server.py)
+    p.set_defaults(max_connections=4096)
     p.add_argument("--leader-poll", type=float, default=5.0,
                    help="with several processes on one --db (API replicas), only one runs the "
                         "period loop; the others try to take it over every this many seconds")
@@ -156,7 +163,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from core.storage import open_store
     from core.validator.counting import CountingError
-    from core.validator.loop import Settings, Validator
+    from core.validator.loop import Validator
+    from core.validator.settings import Settings
     from core.validator.status import status
 
     reading = args.status or (args.command == "api-key" and args.action != "create")
@@ -263,10 +271,13 @@ async def serve(validator, args) -> None:
         apps.append((build_peer_app(validator, body_timeout_s=args.body_timeout,
                                     public_metrics=args.public_metrics), args.host, args.port))
     if args.api_port:
-        from core.validator.api import build_api
+        from core.validator.api import DEFAULT_SLOTS, build_api
 
+        slots = dataclasses.replace(DEFAULT_SLOTS, concurrency=args.api_concurrency,
+                                    queue=args.api_concurrency)
         apps.append((build_api(validator.api_services(), max_body=args.api_max_body,
-                               body_timeout_s=args.body_timeout), args.api_host, args.api_port))
+                               body_timeout_s=args.body_timeout, slots=slots),
+                     args.api_host, args.api_port))
     servers = [Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                      timeout_graceful_shutdown=30, **server_options(args)))
                for app, host, port in apps]

@@ -11,6 +11,7 @@ distribution of the honest answers' quality (the speed factor of a passed check,
 
 from __future__ import annotations
 
+import base64
 import random
 import statistics
 import sys
@@ -78,10 +79,10 @@ def main() -> None:
         answer = miner[request.task].answer(request)
         generated = time.perf_counter() - t
         gen["image"] += generated
-        init = init or answer.images[0]
         t = time.perf_counter()  # the check: the openings of the steps drawn, then their re-runs
         openings = opened_in_process(miner[request.task], request, answer,
                                      pick_steps(answer, rng))
+        init = init or base64.b64encode(openings.images[0]).decode()
         q, reason = quality_of(Job(i, 0, request.task, request, answer, generated, request.units,
                                    openings=openings), "cpu")
         chk["image"] += time.perf_counter() - t

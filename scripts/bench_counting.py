@@ -48,7 +48,7 @@ def serve_simulated_miner(port: int) -> None:
         left = message.max_tokens
         while left:
             n = min(left, 16)
-            await response.write(ChatChunk(tokens=[token] * n).model_dump_json().encode() + b"\n")
+            await response.write(ChatChunk.of([token] * n).model_dump_json().encode() + b"\n")
             left -= n
         final = ChatChunk(done=True, prompt_tokens=counter.prompt_tokens(message),
                           completion_tokens=message.max_tokens)
@@ -100,8 +100,8 @@ async def cpu_per_request(requests: int, port: int, counter: PromptCounter, db: 
 
     from core.chain import Neuron
     from core.storage import open_store
+    from core.synthetic import synthetic_request
     from core.transport.client import SignedClient
-    from core.validator.synthetic import synthetic_request
     from core.validator.traffic import Attempt, Traffic
 
     store = open_store(str(db))
@@ -134,7 +134,7 @@ def main() -> None:
     requests = 20 if a.quick else a.requests
     count_figures(200 if a.quick else 5000)
 
-    from core.validator.synthetic import synthetic_request
+    from core.synthetic import synthetic_request
     from devtools.localproc import free_port
 
     port = free_port()

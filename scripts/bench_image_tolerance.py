@@ -9,8 +9,11 @@ commits it interleaved with made-up latents (midpoints) to the asked count, and
 last noise prediction in between (what a cheater who knows step 0 is always opened does); both
 open what they committed. Then another scheduler (DPM-Solver++ multistep), another seed than
 asked, another model (other weights), a decompression bomb (a 74-byte PNG whose header claims
-20000x20000) and a valid PNG of the wrong size (16x16). The check's seconds are set against a
-full regeneration's, the same requests on the same machine in the same run.
+20000x20000) and a valid PNG of the wrong size (16x16), each committed (its sha256) and sent when
+opened. Then answers by reference whose PNGs are not what they proved: another PNG sent than
+committed (``swap_png``), none sent (``withhold_png``), a thumbnail of another image
+(``wrong_thumbnail``). The check's seconds are set against a full regeneration's, the same
+requests on the same machine in the same run.
 
 The honest miner serves on ``--device`` (float16 on CUDA, as the diffusers back end loads; float32
 on the CPU); the reference re-runs on ``--reference-device``. Requests are drawn like the
@@ -39,7 +42,7 @@ TASKS = ("proteus-text-to-image", "proteus-image-to-image", "inpaint")
 
 
 def draw_requests(n: int, size: int, seed: int):
-    from core.validator.synthetic import synthetic_request
+    from core.synthetic import synthetic_request
 
     rng = random.Random(seed)
     # image requests never count a prompt: no counter needed
@@ -85,14 +88,37 @@ class Forger:
 
     def commit(self, request, images: list[bytes], steps: list):
         """An answer committing ``steps`` (the batch's latents, one tensor per step)."""
-        from core.backends.diffusers_images import latent_bytes
+        from PIL import Image
+
+        from core.backends.diffusers_images import latent_bytes, proof
         from core.protocol import ImageResponse, commitment_key, latent_digest
 
         trajectory = [[latent_digest(latent_bytes(s[b])) for s in steps]
                       for b in range(request.num_images)]
-        self.kept.keep(commitment_key(trajectory), steps)
-        return ImageResponse(images=[base64.b64encode(i).decode() for i in images],
+        self.kept.keep(commitment_key(trajectory), steps, images)
+        return ImageResponse(proofs=[proof(Image.open(io.BytesIO(i)), i) for i in images],
                              units=request.units, trajectory=trajectory)
+
+
+class Sending:
+    """A miner's store that opens its latents honestly and sends ``pngs(kept PNGs)`` as the
+    images: another PNG than it committed, none, or the one it committed falsely."""
+
+    def __init__(self, store, pngs):
+        self.store, self.pngs = store, pngs
+
+    def open(self, key: str, latents: list[int]):
+        opened = self.store.open(key, latents)
+        return None if opened is None else (opened[0], self.pngs(opened[1]))
+
+
+def inverted(png: bytes) -> bytes:
+    """Another PNG of the same size: the image's colours inverted."""
+    from PIL import Image, ImageOps
+
+    out = io.BytesIO()
+    ImageOps.invert(Image.open(io.BytesIO(png)).convert("RGB")).save(out, format="PNG")
+    return out.getvalue()
 
 
 def run_recording(engine, request, **extra):
@@ -161,7 +187,7 @@ def open_answer(store, request, response, steps):
         return None
     asked = latents_needed(steps, len(response.trajectory[0]))
     opened = store.open(commitment_key(response.trajectory), asked)
-    return None if opened is None else Openings(steps, dict(zip(asked, opened)))
+    return None if opened is None else Openings(steps, dict(zip(asked, opened[0])), opened[1])
 
 
 def main() -> None:
@@ -187,7 +213,7 @@ def main() -> None:
     from core.backends.diffusers_images import DiffusersImages
     from core.checking.images import check_images, distance
     from core.checking.trajectory import K_STEPS, STEP_TOLERANCE, pick_steps, replay
-    from core.protocol import pipeline_steps
+    from core.protocol import pipeline_steps, png_digest
 
     requests = draw_requests(n, size, seed=a.seed)
     honest_requests = draw_requests(n_honest, size, seed=a.seed + 2)
@@ -203,10 +229,22 @@ def main() -> None:
     def served(r):
         return honest[r.task].answer(r), honest[r.task].trajectories
 
-    def swapped(r, png: bytes):
+    def sending(r, pngs):
+        """An honest answer whose opening sends ``pngs(kept PNGs)``."""
         answer, store = served(r)
-        return answer.model_copy(update={"images": [base64.b64encode(png).decode()]
-                                         * r.num_images}), store
+        return answer, Sending(store, pngs)
+
+    def committing(r, png: bytes):
+        """An answer that commits ``png`` (its sha256) for every image, and sends it."""
+        answer, store = sending(r, lambda kept: [png] * len(kept))
+        proofs = [p.model_copy(update={"sha256": png_digest(png)}) for p in answer.proofs]
+        return answer.model_copy(update={"proofs": proofs}), store
+
+    def other_thumbnails(r):
+        answer, store = served(r)
+        proofs = [p.model_copy(update={"thumbnail": base64.b64encode(inverted(
+            base64.b64decode(p.thumbnail))).decode()}) for p in answer.proofs]
+        return answer.model_copy(update={"proofs": proofs}), store
 
     cheats = {
         "half_steps_forged": lambda r: (forged_half(honest[r.task], r, forger), forger.kept),
@@ -215,8 +253,12 @@ def main() -> None:
         "other_seed": lambda r: (honest[r.task].answer(r.model_copy(update={"seed": r.seed + 1})),
                                  honest[r.task].trajectories),
         "other_model": lambda r: (wrong[r.task].answer(r), wrong[r.task].trajectories),
-        "bomb": lambda r: swapped(r, bomb()),
-        "wrong_size": lambda r: swapped(r, small_png()),
+        "bomb": lambda r: committing(r, bomb()),
+        "wrong_size": lambda r: committing(r, small_png()),
+        # answers by reference whose PNGs are not what they proved
+        "swap_png": lambda r: sending(r, lambda kept: [inverted(p) for p in kept]),
+        "withhold_png": lambda r: sending(r, lambda kept: []),
+        "wrong_thumbnail": other_thumbnails,
     }
     for r in requests[:len(TASKS)]:  # first calls are slower (allocations, kernel choice)
         reference[r.task].generate(r)
@@ -236,8 +278,9 @@ def main() -> None:
         regenerated = reference[r.task].generate(r)
         regenerate_s.append(time.process_time() - began)
         honest_fails += not verdict.passed
+        assert openings is not None
         honest_distance = max(honest_distance, max(
-            distance(base64.b64decode(x), y) for x, y in zip(answer.images, regenerated)))
+            distance(x, y) for x, y in zip(openings.images, regenerated)))
         if r in honest_requests[:a.full]:  # every step re-run: the honest error's max
             every = tuple(range(pipeline_steps(r)))
             full = open_answer(store, r, answer, every)

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import multiprocessing as mp
 import random
@@ -72,23 +70,27 @@ def weights_figures(repeats: int) -> None:
     print(f"period_close_advance_all_contenders: {statistics.median(closes) * 1e3:.2f} ms")
 
 
-def _png() -> str:
+def _proof() -> dict:
+    """An image answer's proof (docs/protocol.md §8: answers are by reference) of a black PNG of
+    the size asked (--image-size 64)."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(buf, format="PNG")  # the size asked (--image-size 64)
-    return base64.b64encode(buf.getvalue()).decode()
+    from core.backends.diffusers_images import png, proof
+
+    image = Image.new("RGB", (64, 64))
+    return proof(image, png(image)).model_dump()
 
 
 def serve_simulated_miners(ports: list[int]) -> None:
     """One process answering as many miners (one port each), instantly and validly."""
     from aiohttp import web
 
-    png = _png()
+    proof = _proof()
 
     async def image(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
-        return web.json_response({"version": body["version"], "images": [png],
+        return web.json_response({"version": body["version"],
+                                  "proofs": [proof] * body.get("num_images", 1),
                                   "units": body["steps"] * body.get("num_images", 1)})
 
     async def main():

@@ -5,7 +5,7 @@ requests, whole requests of each task's synthetic size) over many periods of sim
 for contenders of every task at budgets from a small miner's to a task's cap, and prints each
 figure as ``name: value unit``. The reference in the same run is the rule's own expectation:
 windows a period x W / period + the background share. Then the time one synthetic request
-takes to make (``core.validator.synthetic``: a chat request sized with the local subnet's
+takes to make (``core.synthetic``: a chat request sized with the local subnet's
 tokenizer, and an inpaint request with its image and mask made and encoded), on the validator's
 event loop.
 
@@ -45,9 +45,9 @@ def contenders(share: float) -> list[Contender]:
 
 def request_ms(task: str, units: int, image_size: int, repeats: int) -> float:
     """Milliseconds to make one synthetic request of ``task``, the mean of ``repeats``."""
+    from core.sampling_mix import SamplingMix
+    from core.synthetic import synthetic_request
     from core.validator.counting import PromptCounter
-    from core.validator.sampling_mix import SamplingMix
-    from core.validator.synthetic import synthetic_request
 
     rng, counter, mix = random.SystemRandom(), PromptCounter("tiny"), SamplingMix()
     synthetic_request(task, units, rng, image_size, counter, mix)  # the corpus loaded once

@@ -84,7 +84,7 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
             tokens = [ChatToken(token_id=rng.randrange(5, 261), text="a", logprob=-1.0)
                       for _ in range(due - sent)]
             sent = due
-            await response.write(ChatChunk(tokens=tokens).model_dump_json().encode() + b"\n")
+            await response.write(ChatChunk.of(tokens).model_dump_json().encode() + b"\n")
         final = ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=n)
         await response.write(final.model_dump_json().encode() + b"\n")
         await response.write_eof()

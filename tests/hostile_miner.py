@@ -22,8 +22,13 @@ behaviour wrapped around its app, chosen by the environment variable SN19_HOSTIL
 - ``fewer-steps``: images with the UNet run on every other denoising step only, its last noise
   prediction reused in between (half the work, step 0 real), committing and opening that forged
   trajectory as its own.
-- ``png-bomb``: image answers whose PNGs are 59 bytes with a header claiming 20000x20000.
-- ``wrong-size``: image answers whose PNGs are valid, and 16x16.
+- ``png-bomb``: image answers by reference that commit (the sha256 of) a 59-byte PNG whose header
+  claims 20000x20000, and send it when the answer is opened.
+- ``wrong-size``: image answers by reference whose proofs say 16x16.
+- ``swap-png``: honest answers by reference; opened, another PNG of the right size (the image
+  inverted) than the one committed.
+- ``withhold-png``: honest answers by reference; opened, the latents and no PNG.
+- ``wrong-thumbnail``: answers by reference whose thumbnails are the image's, inverted.
 - ``ignore-seed``: the right model, but every chat request drawn with a random seed instead of the
   request's, as an API forwarder samples: right logprobs, right distribution, not the protocol
   sampler's tokens for the request.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import struct
@@ -46,7 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.declaration import sign  # noqa: E402
-from core.protocol import PROTOCOL_VERSION, CapacityResponse  # noqa: E402
+from core.protocol import (  # noqa: E402
+    PROTOCOL_VERSION,
+    TRAJECTORY_PATH,
+    CapacityResponse,
+    png_digest,
+)
 
 MODE = os.environ.get("SN19_HOSTILE", "")
 FAVOURITES = frozenset(filter(None, os.environ.get("SN19_FAVOURITE", "").split(",")))
@@ -66,9 +77,20 @@ def png_of(width: int, height: int, rows: bytes) -> bytes:
             + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
 
 
-# a decompression bomb's header on almost no data; a valid 16x16 image
-SWAPPED_PNG = {"png-bomb": png_of(20000, 20000, b""),
-               "wrong-size": png_of(16, 16, (b"\x00" + b"\x80" * 16) * 16)}
+BOMB = png_of(20000, 20000, b"")  # a decompression bomb's header on almost no data
+# what each image mode rewrites: the answer by reference, or the opening that sends its PNGs
+ANSWER_MODES = ("png-bomb", "wrong-size", "wrong-thumbnail")
+OPENING_MODES = ("png-bomb", "swap-png", "withhold-png")
+
+
+def inverted(png_b64: str) -> str:
+    """Another PNG of the same size: the image's colours inverted."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(base64.b64decode(png_b64))) as image:
+        out = io.BytesIO()
+        ImageOps.invert(image.convert("RGB")).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
 
 
 async def endless(send, head: bytes, total: int = HUGE) -> None:
@@ -132,8 +154,10 @@ class Hostile:
             return await self.app(scope, receive, self.chat_send(send))
         if MODE == "inflate-units" and path.endswith("-image"):
             return await self.app(scope, receive, self.rewrite_send(send, self.more_units))
-        if MODE in SWAPPED_PNG and path in IMAGE_PATHS:
-            return await self.app(scope, receive, self.rewrite_send(send, self.swap_png))
+        if MODE in ANSWER_MODES and path in IMAGE_PATHS:
+            return await self.app(scope, receive, self.rewrite_send(send, self.lying_proofs))
+        if MODE in OPENING_MODES and path == TRAJECTORY_PATH:
+            return await self.app(scope, receive, self.rewrite_send(send, self.lying_opening))
         return await self.app(scope, receive, send)
 
     @staticmethod
@@ -143,10 +167,29 @@ class Hostile:
         return json.dumps(answer).encode()
 
     @staticmethod
-    def swap_png(body: bytes) -> bytes:
+    def lying_proofs(body: bytes) -> bytes:
+        """The answer by reference with the proofs this mode lies in."""
         answer = json.loads(body)
-        answer["images"] = [base64.b64encode(SWAPPED_PNG[MODE]).decode()] * len(answer["images"])
+        for proof in answer["proofs"]:
+            if MODE == "png-bomb":
+                proof["sha256"] = png_digest(BOMB)
+            elif MODE == "wrong-size":
+                proof["width"] = proof["height"] = 16
+            elif MODE == "wrong-thumbnail":
+                proof["thumbnail"] = inverted(proof["thumbnail"])
         return json.dumps(answer).encode()
+
+    @staticmethod
+    def lying_opening(body: bytes) -> bytes:
+        """An opening with the PNGs this mode sends instead of the committed ones."""
+        opening = json.loads(body)
+        if MODE == "png-bomb":
+            opening["images"] = [base64.b64encode(BOMB).decode()] * len(opening["images"])
+        elif MODE == "swap-png":
+            opening["images"] = [inverted(i) for i in opening["images"]]
+        elif MODE == "withhold-png":
+            opening["images"] = []
+        return json.dumps(opening).encode()
 
     def halved(self, body: bytes) -> bytes:
         """The period's declaration, halved and signed again by the miner's hotkey."""

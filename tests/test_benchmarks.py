@@ -76,6 +76,14 @@ def test_bench_image_tolerance_quick_prints_its_figures():
     assert out["rule_catches_cheat_other_model"] == 1.0, out
 
 
+def test_bench_image_bytes_quick_prints_its_figures():
+    out = figures("bench_image_bytes.py", "--quick")
+    assert out["answers"] == 3, out
+    # by reference: smaller than the PNGs at 64 px already, a few KiB against MBs at 1024 px
+    assert 0 < out["after_bytes_per_answer_64px"] < out["before_bytes_per_answer_64px"], out
+    assert out["after_bytes_per_answer_1024px"] < 16_384 < out["before_bytes_per_answer_1024px"]
+
+
 def test_bench_checking_small_run_prints_its_figures():
     out = figures("bench_checking.py", "--n", "2")
     assert out["honest_quality_min"] == 1.0, out
@@ -88,3 +96,13 @@ def test_bench_window_quick_prints_its_figures():
     # every planned request was answered by the simulated miners and counted by the validator
     assert out["x1_ok_share"] == 1.0 and 0.9 < out["x1_tokens_over_planned"] <= 1.0, out
     assert out.get("x1_validator_cpu_per_million_tokens", 0) > 0, out
+
+
+def test_bench_wire_quick_prints_its_figures():
+    out = figures("bench_wire.py", "--quick", "--per-line", "10")
+    for side in ("validator", "miner"):
+        for fmt in ("new", "old", "floor_new", "floor_old"):
+            assert out.get(f"{side}_{fmt}_cpu_per_million_tokens_10_per_line", 0) > 0, out
+        assert out.get(f"{side}_new_over_floor_10_per_line", 0) > 0, out
+    # columns: the ids, logprobs and lengths without a field name per token, the text once
+    assert out["bytes_per_token_new_10_per_line"] < out["bytes_per_token_old_10_per_line"], out

@@ -63,6 +63,9 @@ def test_a_failed_check_names_the_miner_at_warning(caplog, monkeypatch):
         def set_quality(self, record_id, quality, why):
             written.append((record_id, quality, why))
 
+        async def io(self, fn, *args):
+            return fn(*args)
+
     monkeypatch.setattr(service, "quality_of", lambda job, mode: (0.0, "a lie (figures)"))
 
     async def main():
@@ -111,3 +114,36 @@ def test_an_opening_does_not_tell_an_image_miner_its_answer_is_checked():
     decoys = set(opened)
     assert len(checked) == 300 and checked.isdisjoint(decoys)
     assert 200 <= len(decoys) <= 400  # about one decoy a period beside the one drawn
+
+
+def test_results_the_store_refuses_wait_and_are_written_in_order_once_it_is_back(monkeypatch):
+    from core.storage import StorageError
+
+    written, away = [], [True]
+
+    class Store:
+        def set_quality(self, record_id, quality, why):
+            if away[0]:
+                raise StorageError("database is locked")
+            written.append(record_id)
+
+        async def io(self, fn, *args):
+            return fn(*args)
+
+    monkeypatch.setattr(service, "quality_of", lambda job, mode: (1.0, None))
+
+    async def main():
+        checker = Checker(Store(), "cpu")
+        for record_id in (1, 2):
+            checker.submit(Job(record_id, 7, "chat-llama-3", REQUEST, ([], None), 0.1, 1.0,  # type: ignore[arg-type]
+                               neuron=miner("5Honest")))
+            await checker.drain(7, timeout=30)
+        assert written == [] and checker.stats.checked == 2  # it went on checking
+        away[0] = False
+        checker.submit(Job(3, 8, "chat-llama-3", REQUEST, ([], None), 0.1, 1.0,  # type: ignore[arg-type]
+                           neuron=miner("5Honest")))
+        await checker.drain(8, timeout=30)
+        await checker.close()
+
+    asyncio.run(main())
+    assert written == [1, 2, 3]

@@ -2,8 +2,6 @@
 production loads them (chat bfloat16, images float16). Skipped where torch sees no GPU (CI);
 run on a GPU machine with ``pytest -m cuda``."""
 
-import base64
-
 import pytest
 import torch
 
@@ -13,8 +11,8 @@ from core.checking.chat import check_chat
 from core.checking.images import check_images, distance
 from core.checking.trajectory import opened_in_process, pick_steps
 from core.protocol import ChatChunk, ChatRequest
+from core.synthetic import synthetic_request
 from core.tasks import TASKS
-from core.validator.synthetic import synthetic_request
 
 pytestmark = [
     pytest.mark.cuda,
@@ -84,9 +82,9 @@ def test_images_on_cuda_are_deterministic_and_pass_the_gpu_reference(image_folde
     reference = DiffusersImages.from_pretrained(str(image_folder), kind, device="cuda")
     request = synthetic_request(task, 12, random.Random(7), 128, None)
     response = miner.answer(request)
-    first, again = [base64.b64decode(i) for i in response.images], miner.generate(request)
-    assert distance(first[0], again[0]) < 0.005
     openings = opened_in_process(miner, request, response, pick_steps(response, random.Random(1)))
+    first, again = openings.images, miner.generate(request)  # the PNGs it kept, answered
+    assert distance(first[0], again[0]) < 0.005
     # as --check gpu judges it: the openings open the commitment, the image regenerated whole
     verdict = check_images(reference, request, response, openings, tolerance=None)
     assert verdict.passed, verdict.reason

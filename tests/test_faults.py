@@ -212,3 +212,49 @@ def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, cap
 
     asyncio.run(asyncio.wait_for(follow_until_served(), 30))
     assert caplog.text.count("cannot follow the period loop's plan") == 3
+
+
+def test_while_the_store_refuses_records_no_request_is_sent(tmp_path):
+    """Admission follows the store's health: while a record waits in the journal, the loop sends
+    no synthetic request and the API refuses organic ones (StoreAway: a fast 503), reserving
+    nothing; once the journal is written back both go again, and ``used == Σ records``."""
+    from core import plan
+    from core.budget import Contender
+    from core.metagraph import Metagraph
+    from core.records import RequestRecord
+    from core.validator.journal import Entry
+    from core.validator.organic import Organic, StoreAway
+    from tests.flaky_store import used_and_records
+
+    local = LocalSubnet.create(tmp_path / "chain", block_time=0.2, age_blocks=1000)
+    wallet = make_wallet(tmp_path / "w", "v")
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    task = "proteus-text-to-image"
+    contender = Contender(0, "5miner", task, 100.0, 100.0, 0)
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, [contender])
+    v = Validator(wallet, local.chain(), store, Settings(check="off", tokenizers="tiny"))
+    graph = Metagraph(1500, (Neuron(0, "5miner", "c", 0.0, False,
+                                    f"http://127.0.0.1:{free_port()}", 0),))  # nobody there
+    v.book.open(5, [contender], graph, {})
+    v.begin_sending()
+    assert store.reserve(5, "5miner", task, 10)  # a request whose record the store refused
+    v.traffic.recorder.journal.keep(Entry(
+        RequestRecord(5, "5miner", task, False, Outcome.OK, 10, 0.5, None, 1.0), 10))
+    organic = Organic(v.book, v.traffic)
+    image = TextToImageRequest(task=task, prompt="x", steps=10, height=64, width=64)
+
+    async def main():
+        await v._send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
+        with pytest.raises(StoreAway):
+            await organic.image(image)
+        refused = store.spent(5)[("5miner", task)][1]
+        v.traffic.recorder.flush()  # the store takes the journal back
+        await v._send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
+        await v.client.close()
+        return refused
+
+    assert asyncio.run(main()) == 10  # nothing reserved while refusing: only the journaled one
+    records = store.records(5)
+    assert [r.outcome for r in records] == [Outcome.OK, Outcome.SERVER_ERROR]
+    (used, recorded), = used_and_records(store, 5).values()
+    assert used == recorded == 20

@@ -11,7 +11,7 @@ from core.feedback import FEEDBACK_PATH, Feedback, FeedbackRequest
 from core.metagraph import Metagraph, Neuron
 from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState
-from core.storage import open_store
+from core.storage import AsyncStore, open_store
 from core.validator.feedback import feedback_for
 from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import build_peer_app
@@ -48,7 +48,7 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
         metrics = ValidatorMetrics()
         sharing = None
 
-    Validator.store = store
+    Validator.async_store = AsyncStore(store)
     client = TestClient(build_peer_app(Validator()))
 
     def ask(signer, receiver=me.ss58_address, body=None, headers=None):
@@ -149,7 +149,7 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
         metrics = ValidatorMetrics()
         sharing = None
 
-    Validator.store = store
+    Validator.async_store = AsyncStore(store)
     with serving(build_peer_app(Validator()), port):
         run = subprocess.run(
             [sys.executable, "neurons/miner.py", "--feedback", "--network",

@@ -18,6 +18,7 @@ from core.miner.config import MinerConfig, TaskEntry
 from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
+from core.protocol import PROTOCOL_VERSION
 from core.storage import open_store
 from core.transport.auth import Gate
 from core.validator import keys
@@ -46,11 +47,11 @@ json_values = st.recursive(
 )
 
 VALID = {
-    "/chat": {"version": "7.0.0", "task": "chat-llama-3", "max_tokens": 4,
+    "/chat": {"version": PROTOCOL_VERSION, "task": "chat-llama-3", "max_tokens": 4,
               "messages": [{"role": "user", "content": "hi"}]},
-    "/text-to-image": {"version": "7.0.0", "task": "proteus-text-to-image", "prompt": "x",
+    "/text-to-image": {"version": PROTOCOL_VERSION, "task": "proteus-text-to-image", "prompt": "x",
                        "steps": 1, "height": 64, "width": 64},
-    "/capacity": {"version": "7.0.0"},
+    "/capacity": {"version": PROTOCOL_VERSION},
 }
 
 
@@ -128,10 +129,10 @@ def test_miner_answers_any_body_without_a_500(miner, path, raw):
 
 @pytest.mark.parametrize("body", [
     b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
-    json.dumps({"version": "7.0.0", "messages": [{"role": "user", "content": "\udcff\u0000" * 10}],
-                "task": "chat-llama-3"}).encode(),
-    b'{"version": "7.0.0", "task": "chat-llama-3", "temperature": NaN, '
-    b'"messages": [{"role": "user", "content": "x"}]}',
+    json.dumps({"version": PROTOCOL_VERSION, "task": "chat-llama-3",
+                "messages": [{"role": "user", "content": "\udcff\u0000" * 10}]}).encode(),
+    f'{{"version": "{PROTOCOL_VERSION}", "task": "chat-llama-3", "temperature": NaN, '
+    '"messages": [{"role": "user", "content": "x"}]}'.encode(),
     b'\xff\xfe\x00garbage',
 ])
 def test_miner_answers_hostile_bodies_with_a_4xx(miner, body):

@@ -15,6 +15,7 @@ from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
 from core.protocol import (
+    PROTOCOL_VERSION,
     CapacityRequest,
     ChatChunk,
     ChatRequest,
@@ -22,6 +23,9 @@ from core.protocol import (
     ImageToImageRequest,
     InpaintRequest,
     TextToImageRequest,
+    TrajectoryRequest,
+    TrajectoryResponse,
+    commitment_key,
 )
 from core.transport.auth import Gate
 
@@ -145,7 +149,7 @@ def test_other_major_version_is_a_clear_400(miner, subnet):
 
 def test_invalid_body_is_422(miner, subnet):
     client, me = miner
-    body = b'{"version": "7.0.0", "task": "chat-llama-3", "messages": []}'
+    body = f'{{"version": "{PROTOCOL_VERSION}", "task": "chat-llama-3", "messages": []}}'.encode()
     r = post(client, "/chat", body, subnet.validator, me)
     assert r.status_code == 422
 
@@ -189,24 +193,27 @@ def image(client, subnet, me, path, message):
     r = post(client, path, message, subnet.validator, me)
     assert r.status_code == 200, r.text
     answer = ImageResponse.model_validate(r.json())
-    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in answer.images)
+    assert all(base64.b64decode(p.thumbnail).startswith(b"\x89PNG") for p in answer.proofs)
+    assert all((p.width, p.height) == (message.width, message.height) for p in answer.proofs)
     return answer
 
 
-def test_every_image_kind_is_served_as_png_and_charges_steps(miner, subnet):
+def test_every_image_kind_is_served_by_reference_and_charges_steps(miner, subnet):
     client, me = miner
     t2i = TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=3, height=64,
                              width=64, seed=9)
     answer = image(client, subnet, me, "/text-to-image", t2i)
-    assert answer.units == 3
-    init = answer.images[0]
+    assert answer.units == 3 and not answer.images
+    opened = post(client, "/trajectory", TrajectoryRequest(
+        task=t2i.task, key=commitment_key(answer.trajectory), latents=[]), subnet.validator, me)
+    init = TrajectoryResponse.model_validate_json(opened.content).images[0]
     i2i = ImageToImageRequest(task="proteus-image-to-image", prompt="a dog", steps=4, height=64,
                               width=64, init_image=init)
     assert image(client, subnet, me, "/image-to-image", i2i).units == 4
     inpaint = InpaintRequest(task="inpaint", prompt="a hat", steps=2, num_images=2, height=64,
                              width=64, init_image=init, mask_image=init)
     answer = image(client, subnet, me, "/inpaint", inpaint)
-    assert answer.units == 4 and len(answer.images) == 2
+    assert answer.units == 4 and len(answer.proofs) == 2
 
 
 def test_share_used_up_is_429_while_another_validator_is_served(miner, subnet):
@@ -267,7 +274,8 @@ def test_the_signature_covers_the_request_target_as_sent(miner, subnet):
 
 
 def test_only_an_admitted_validator_writes_to_the_nonce_store(subnet):
-    from core.transport.auth import Gate, Refused
+    from core.errors import Refusal
+    from core.transport.auth import Gate
 
     class Spy:
         retention = 60.0
@@ -286,16 +294,16 @@ def test_only_an_admitted_validator_writes_to_the_nonce_store(subnet):
     graph = asyncio.run(subnet.chain.metagraph())
     for stranger in (subnet.weak, subnet.no_permit, subnet.stranger):  # signed, but no validator
         body, headers = signed(stranger, me)
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(Refusal) as refused:
             gate.screen(headers, graph)  # decided from the headers, before any body
         assert refused.value.status == 403
-        with pytest.raises(Refused):
+        with pytest.raises(Refusal):
             gate.admit(headers, body, "POST", "/capacity", graph)
     assert spy.stored == []
     body, headers = signed(subnet.validator, me)
     gate.admit(headers, body, "POST", "/capacity", graph)
     assert len(spy.stored) == 1
-    with pytest.raises(Refused, match="Replayed"):
+    with pytest.raises(Refusal, match="Replayed"):
         gate.admit(headers, body, "POST", "/capacity", graph)
 
 

@@ -12,10 +12,8 @@ from bittensor.sp_core import Keypair
 from core import plan
 from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
-from core.budget import contenders
 from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
-from core.miner.config import MinerConfig, TaskEntry
 from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
 from core.miner.pool import build_pools
@@ -23,13 +21,10 @@ from core.storage import open_store
 from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
-from core.validator.loop import Settings, Validator
 from core.validator.organic import Organic
 from devtools.localproc import free_ports, make_wallet
+from tests.organic_net import CONFIG, open_period
 from tests.servers import serving
-
-CONFIG = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=50_000),
-                            "proteus-text-to-image": TaskEntry(capacity=2_000)})
 
 
 class FailsMidStream(TransformersChat):
@@ -93,22 +88,9 @@ def net(tmp_path, engines, request):
         yield chain, wallet, store, {n: a[2] for n, a in apps.items()}
 
 
-async def open_period(chain, wallet, store, quality):
-    """A validator whose book holds the period's contenders (as its loop would plan them)."""
-    v = Validator(wallet, chain.chain(), store, Settings(check="off", tokenizers="tiny"))
-    graph = await v.chain.metagraph()
-    declared = {n.hotkey: CONFIG.declaration() for n in graph.neurons if n.endpoint}
-    cs = contenders(graph, declared, 1.0)
-    store.begin_period(7, 7 * 300, "0x0", 1.0, 0.0, cs)
-    v.book.open(7, cs, graph, quality)
-    return v
-
-
-def client(api, raise_app_exceptions: bool = True):
-    """The API in this process; ``raise_app_exceptions=False`` shows what a server would send
-    for an unhandled error (Starlette re-raises it after answering)."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(
-        app=api, raise_app_exceptions=raise_app_exceptions), base_url="http://api")
+def client(api):
+    """The API in this process."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api")
 
 
 def test_keys_limits_and_errors(net):
@@ -304,28 +286,6 @@ def test_fields_not_implemented_and_zero_counts_are_400s_naming_them(net):
     for (status, message), (_, _, field) in zip(out, cases):
         assert status == 400 and message.startswith(field), (field, status, message)
     assert ok == 200  # neutral values of the fields it does not implement are accepted
-
-
-def test_a_database_that_fails_is_an_openai_style_500(net, monkeypatch):
-    from core.storage import StorageError
-
-    chain, wallet, store, _ = net
-    key = keys.create(store, "gil", per_minute=100)
-
-    def broken(*_):
-        raise StorageError("v.sqlite3: OperationalError: attempt to write a readonly database")
-
-    async def main():
-        v = await open_period(chain, wallet, store, {})
-        monkeypatch.setattr(store, "count_api_use", broken)
-        async with client(build_api(v.api_services()), raise_app_exceptions=False) as c:
-            r = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
-        await v.client.close()
-        return r
-
-    r = asyncio.run(main())
-    assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
-    assert "StorageError" in r.json()["error"]["message"]
 
 
 def test_stop_ends_the_miner_s_completion_and_the_client_gets_the_text_before_it(net):

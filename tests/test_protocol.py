@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from bittensor.sp_core import Keypair
 from pydantic import ValidationError
@@ -12,6 +14,7 @@ from core.protocol import (
     ChatChunk,
     ChatRequest,
     ChatToken,
+    ChatTokens,
     ImageResponse,
     ImageToImageRequest,
     InpaintRequest,
@@ -27,7 +30,7 @@ MESSAGES = [
                             {"inpaint": 10.0}).model_dump()),
     ChatRequest(task="chat-llama-3", messages=[{"role": "user", "content": "héllo ✓"}],
                 max_tokens=12, temperature=0.7, top_p=0.9, seed=3),
-    ChatChunk(tokens=[ChatToken(token_id=5, text="a", logprob=-0.25)]),
+    ChatChunk.of([ChatToken(token_id=5, text="a", logprob=-0.25)]),
     ChatChunk(done=True, prompt_tokens=4, completion_tokens=9),
     TextToImageRequest(task="proteus-text-to-image", prompt="a cat", steps=10, seed=1),
     ImageToImageRequest(task="proteus-image-to-image", prompt="x", steps=5, init_image="AAAA"),
@@ -79,3 +82,43 @@ def test_major_of():
 def test_invalid_capacity_requests_are_refused(bad):
     with pytest.raises(ValidationError):
         CapacityRequest.model_validate(bad)
+
+
+TOKENS = [ChatToken(5, "a", -0.25), ChatToken(9, "", -1.5), ChatToken(0, "ü\n", 0.0)]
+
+
+def test_a_chat_line_carries_its_tokens_in_columns_and_gives_them_back():
+    line = ChatChunk.of(TOKENS)
+    assert (line.ids, line.logprobs, line.text, line.lengths) == ([5, 9, 0], [-0.25, -1.5, 0.0],
+                                                                  "aü\n", [1, 0, 2])
+    assert ChatChunk.model_validate_json(line.model_dump_json()).tokens == TOKENS
+
+
+def test_chat_tokens_keep_lines_in_columns_and_read_as_tokens():
+    kept = ChatTokens()
+    for part in (TOKENS[:1], TOKENS[1:]):
+        kept.add(ChatChunk.of(part))
+    assert len(kept) == 3 and list(kept) == TOKENS and kept[-1] == TOKENS[-1]
+    assert kept[1:] == TOKENS[1:]
+    assert kept.span(1).tokens == TOKENS[1:] and kept.span(0, 1).tokens == TOKENS[:1]
+    kept.add(ChatChunk.of([ChatToken(3, "x", -2.0)]))  # read again after a line was added
+    assert len(list(kept)) == 4 and kept[-1].text == "x" and kept.span(2).text == "ü\nx"
+
+
+@pytest.mark.parametrize("bad", [
+    {"ids": [1, 2], "logprobs": [-1.0], "text": "ab", "lengths": [1, 1]},
+    {"ids": [1], "logprobs": [-1.0], "text": "ab", "lengths": [1]},
+    {"ids": [1], "logprobs": [-1.0], "text": "a", "lengths": [1, 0]},
+    {"ids": [1], "logprobs": [0.5], "text": "a", "lengths": [1]},
+    {"ids": [1], "logprobs": [-1.0], "text": "a" * 300, "lengths": [300]},
+    {"tokens": [{"token_id": 1, "text": "a", "logprob": -1.0}]},  # protocol 7's line
+])
+def test_chat_lines_whose_columns_disagree_or_overflow_are_refused(bad):
+    with pytest.raises(ValidationError):
+        ChatChunk.model_validate_json(json.dumps(bad))
+
+
+def test_a_lone_surrogate_in_a_chat_line_is_refused_by_the_parser():
+    line = json.dumps({"ids": [1], "logprobs": [-1.0], "text": "\udcff", "lengths": [1]})
+    with pytest.raises(ValidationError):
+        ChatChunk.model_validate_json(line)

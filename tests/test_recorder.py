@@ -10,7 +10,9 @@ import pytest
 from core.budget import Contender
 from core.records import Outcome, RequestRecord
 from core.storage import StorageError
+from core.validator.journal import Journal
 from core.validator.recorder import Recorder
+from tests.flaky_store import make_flaky, used_and_records
 
 TARGETS = [Contender(1, "hk1", "inpaint", 1000.0, 1000.0, 7)]
 
@@ -106,21 +108,92 @@ def test_records_queued_when_the_loop_closes_are_written_by_flush(store):
     assert len(store.records(5)) == 3
 
 
-def test_a_batch_the_store_refuses_fails_every_caller_and_none_waits_forever(tmp_path):
+def test_records_the_store_refuses_wait_in_the_journal_and_are_written_back_in_order(store):
+    """The store refuses every write for a while (the driver's own error: a full disk, a
+    database away): each caller is answered at once, new requests are refused admission, and
+    once the store is back every record is written, in the order the requests ended, so that
+    ``used == Σ records``."""
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    for _ in range(12):
+        assert store.reserve(5, "hk1", "inpaint", 10)
+    flaky = make_flaky(store)
+    recorder = Recorder(store, retry_s=0.05)
+
+    async def main():
+        assert recorder.admits()
+        flaky.refusing = True
+        first = await asyncio.gather(*(recorder.finish(rec(units=float(i)), 10) for i in range(4)))
+        assert first == [None] * 4 and not recorder.admits()
+        later = [await recorder.finish(rec(units=float(i)), 10) for i in range(4, 8)]
+        assert later == [None] * 4 and len(recorder.journal) == 8
+        flaky.refusing = False
+        after = await asyncio.gather(*(recorder.finish(rec(units=float(i)), 10)
+                                       for i in range(8, 12)))
+        await asyncio.wait_for(recorder.drained(), 30)
+        return after
+
+    after = asyncio.run(main())
+    assert flaky.refused > 0 and recorder.admits()
+    assert {period for _, period in after} == {5}
+    by_id = stored(store)
+    assert [by_id[i] for i in sorted(by_id)] == [float(i) for i in range(12)]  # in order
+    (used, recorded), = used_and_records(store, 5).values()
+    assert used == recorded == sum(range(12))
+
+
+def test_a_record_beyond_the_journal_bound_is_lost_and_its_reservation_stays(store):
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    for _ in range(3):
+        assert store.reserve(5, "hk1", "inpaint", 10)
+    flaky = make_flaky(store)
+    recorder = Recorder(store, journal=Journal(bound=2), retry_s=0.05)
+
+    async def main():
+        flaky.refusing = True
+        outcomes = await asyncio.gather(*(recorder.finish(rec(units=6.0), 10) for _ in range(3)),
+                                        return_exceptions=True)
+        flaky.refusing = False
+        await asyncio.wait_for(recorder.drained(), 30)
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert outcomes[:2] == [None, None] and isinstance(outcomes[2], StorageError)
+    assert "journal is full" in str(outcomes[2]) and recorder.journal.dropped == 1
+    (used, recorded), = used_and_records(store, 5).values()
+    assert recorded == 12.0 and used == 12.0 + 10  # under-spent by the lost one, never over
+
+
+def test_a_full_sqlite_file_keeps_the_records_until_it_has_space_again(tmp_path):
+    """SQLite's own SQLITE_FULL ("database or disk is full", as on a full disk): the period's
+    reservations were made, the records of the requests ending meanwhile wait in the journal, and
+    the file takes them once it may grow again."""
     from core.storage import open_store
 
     store = open_store(str(tmp_path / "v.sqlite3"))
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
-    recorder = Recorder(store)
-    store.db.execute("DROP TABLE requests")  # every insert now fails
+    for _ in range(90):
+        assert store.reserve(5, "hk1", "inpaint", 10)
+    pages = store.db.execute("PRAGMA page_count")[0][0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")  # the file may not grow: fill it
+    with pytest.raises(StorageError, match="database or disk is full"):
+        for _ in range(100_000):
+            store.record(rec(units=0.0))  # records of nothing: Σ units stays as it is
+    recorder = Recorder(store, retry_s=0.05)
 
     async def main():
-        return await asyncio.wait_for(asyncio.gather(
-            *(recorder.finish(rec(), 10) for _ in range(3)), return_exceptions=True), 30)
+        outcomes = await asyncio.gather(*(recorder.finish(rec(units=6.0), 10) for _ in range(90)))
+        served = [r for r in store.records(5) if r.units > 0]
+        full = (outcomes.count(None), recorder.admits(), store.spent(5), served)
+        store.db.execute("PRAGMA max_page_count=1073741823")  # space again
+        await asyncio.wait_for(recorder.drained(), 30)
+        return full
 
-    outcomes = asyncio.run(main())
-    assert len(outcomes) == 3 and all(isinstance(o, StorageError) for o in outcomes)
-    assert all("requests" in str(o) for o in outcomes)
+    journaled, admitted, spent, served = asyncio.run(main())
+    assert journaled == 90 and not admitted and served == []
+    assert spent[("hk1", "inpaint")][1] == 900.0  # every reservation still stands
+    (used, recorded), = used_and_records(store, 5).values()
+    assert used == recorded == 90 * 6.0
+    assert sum(r.units > 0 for r in store.records(5)) == 90
     store.close()
 
 
@@ -136,3 +209,49 @@ def test_ids_follow_their_callers(store, n):
     written = asyncio.run(main())
     by_id = stored(store)
     assert [by_id[i] for i, _ in written] == [float(i) for i in range(n)]
+
+
+@pytest.mark.process
+def test_records_ending_in_a_postgresql_outage_are_written_once_it_is_back():
+    """A real outage: the private server is stopped while requests are in flight and started
+    again; their records wait in the journal meanwhile, and ``used == Σ records`` after it."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from core.storage import open_store
+    from devtools.localpg import _as_owner, binaries_present, postgres_server
+
+    if not binaries_present():
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    with postgres_server() as dsn:
+        store = open_store(dsn)
+        data = store.db.execute("SHOW data_directory")[0][0]
+        argv = shlex.split(Path(data, "postmaster.opts").read_text())[1:]  # as it was started
+        options = " ".join(shlex.quote(a) for a in argv)
+
+        def pg_ctl(*args: str) -> None:  # its log in a file: the server holds no pipe of ours
+            subprocess.run(_as_owner(["pg_ctl", "-D", data, "-w", "-l",
+                                      str(Path(data).parent / "log"), *args]),
+                           check=True, capture_output=True, timeout=120)
+
+        store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+        for _ in range(6):
+            assert store.reserve(5, "hk1", "inpaint", 10)
+        recorder = Recorder(store, retry_s=0.2)
+
+        async def main():
+            await asyncio.to_thread(pg_ctl, "-m", "fast", "stop")
+            ended = await asyncio.gather(*(recorder.finish(rec(units=6.0), 10) for _ in range(6)))
+            refusing = not recorder.admits()
+            await asyncio.to_thread(pg_ctl, "-o", options, "start")
+            await asyncio.wait_for(recorder.drained(), 120)
+            return ended, refusing
+
+        try:
+            ended, refusing = asyncio.run(main())
+            assert ended == [None] * 6 and refusing and recorder.admits()
+            (used, recorded), = used_and_records(store, 5).values()
+            assert used == recorded == 36.0
+        finally:
+            store.close()

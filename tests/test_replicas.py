@@ -1,6 +1,7 @@
 """One validator as two processes on one real PostgreSQL server: both serve organic traffic,
-neither lets a contender's budget be overspent, one runs the period loop, and killing it hands
-the loop to the other."""
+neither lets a contender's budget be overspent, one runs the period loop, and killing it, or
+cutting its connections to the database while its requests are in flight, hands the loop to
+the other with ``used == Σ records``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 import psycopg
 import pytest
 
 from core.localchain import LocalSubnet
-from core.storage import open_store
+from core.storage import Store, open_store
 from core.validator import keys
 from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
+from tests.flaky_store import used_and_records
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -38,7 +43,20 @@ def until(condition, within: float, what: str):
     raise AssertionError(f"{what}: not within {within:g} s")
 
 
-def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_dsn, tmp_path):
+@dataclass
+class Replicas:
+    store: Store  # the database both share, as a third process sees it
+    key: str  # an organic API key
+    miner: str  # the miner's hotkey
+    ports: list[int]  # the replicas' API ports
+    procs: dict[int, subprocess.Popen]  # by API port
+
+
+@contextmanager
+def two_replicas(postgres_dsn: str, tmp_path, capacity: int) -> Iterator[Replicas]:
+    """A miner of ``capacity`` steps of proteus-text-to-image and two validator processes (one
+    hotkey) on one PostgreSQL schema, each with an API port; each replica's connections carry
+    its port as their application_name (``sn19-<port>``), so that a test can cut them."""
     schema = f"replicas_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
@@ -51,7 +69,8 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
     miner_port, *api_ports = free_ports(3)
     chain.register(miner.hotkey.ss58_address, "cm", registered_at=0,
                    endpoint=f"http://127.0.0.1:{miner_port}")
-    (tmp_path / "miner.yml").write_text("tasks:\n  proteus-text-to-image: {capacity: 60}\n")
+    (tmp_path / "miner.yml").write_text(
+        f"tasks:\n  proteus-text-to-image: {{capacity: {capacity}}}\n")
     store = open_store(dsn)
     key = keys.create(store, "test", per_minute=10_000)
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(tmp_path / "wallets"),
@@ -67,12 +86,24 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
         replicas = {port: lone_validator(
             common, "validator", dsn, "--check", "off", "--tokenizers", "tiny", "--image-size",
             "64", "--api-port", str(port), "--api-host", "127.0.0.1", "--leader-poll",
-            str(POLL_S), "--capacity-timeout", "5",
+            str(POLL_S), "--capacity-timeout", "5", env={"PGAPPNAME": f"sn19-{port}"},
             stdout=open(tmp_path / f"v{port}.log", "w"), stderr=subprocess.STDOUT)
             for port in api_ports}
         procs += replicas.values()
         for port, proc in replicas.items():
             wait_healthy(port, proc, time.monotonic() + 120)
+        yield Replicas(store, key, miner.hotkey.ss58_address, api_ports, replicas)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        store.close()
+
+
+def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_dsn, tmp_path):
+    with two_replicas(postgres_dsn, tmp_path, capacity=60) as rs:
+        store, key, api_ports, replicas = rs.store, rs.key, rs.ports, rs.procs
         # both serve the period the loop planned (a fresh start may wait for the next period)
         period = until(lambda: len({health(p)["period"] for p in api_ports} - {None}) == 1
                        and health(api_ports[0])["period"], 60, "both replicas serve a period")
@@ -106,7 +137,7 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
         assert 503 in statuses  # and the budget ran out: 40 x 4 steps is more than it holds
         for p in range(period, store.latest_period() + 1):  # neither overspends, in any period
             budget, used = store.spent(p).get(
-                (miner.hotkey.ss58_address, "proteus-text-to-image"), (0.0, 0.0))
+                (rs.miner, "proteus-text-to-image"), (0.0, 0.0))
             records = store.records(p)
             assert used <= budget + 1e-9
             assert sum(r.units for r in records) <= budget + 1e-9
@@ -121,9 +152,38 @@ def test_two_api_replicas_share_budgets_and_hand_over_the_period_loop(postgres_d
         took = time.monotonic()
         until(lambda: health(other)["period_loop"], POLL_S + 5, "the other replica takes the loop")
         assert time.monotonic() - took <= POLL_S + 5
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        store.close()
+
+
+def test_a_leader_cut_from_the_database_hands_over_with_used_equal_to_the_records(postgres_dsn,
+                                                                                  tmp_path):
+    """The leader's every connection to the database is cut (its lease's session among them)
+    while its requests are in flight: it stops its loop, its records are written once it
+    reconnects, and the other replica takes the loop over, re-deriving ``used`` of the period
+    only once the cut leader's requests are over, so that ``used == Σ records`` for it."""
+    with two_replicas(postgres_dsn, tmp_path, capacity=600) as rs:
+        store = rs.store
+        leader = until(lambda: next((p for p in rs.ports if health(p)["period_loop"]), None),
+                       60, "a replica runs the period loop")
+        other = next(p for p in rs.ports if p != leader)
+
+        def outstanding(period: int) -> tuple[float, float]:
+            (used, recorded), = used_and_records(store, period).values()
+            return used, recorded
+
+        def in_flight() -> int | None:  # a period with units reserved and not yet recorded
+            period = store.latest_period()
+            return period if period is not None and (
+                lambda u: u[0] > u[1])(outstanding(period)) else None
+
+        period = until(in_flight, 120, "the leader has requests in flight")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            cut = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "application_name = %s", (f"sn19-{leader}",)).fetchall()
+        assert cut, "no connection of the leader to cut"
+        until(lambda: health(other)["period_loop"], 60, "the other replica takes the loop")
+        until(lambda: not health(leader)["period_loop"], 30, "the cut leader stops its loop")
+        until(lambda: (info := store.period(period)) is not None and info.finished, 240,
+              f"period {period} is closed")
+        used, recorded = outstanding(period)
+        print(f"period {period}: used {used}, Σ records {recorded}")
+        assert store.records(period) and used == recorded  # abandoned ones may count 0

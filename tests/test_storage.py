@@ -14,7 +14,7 @@ from core.plan import Window
 from core.pooling import Pooling
 from core.records import Outcome, RequestRecord
 from core.scoring import ContenderState, PeriodOutcome, Tally, WindowOutcome, advance
-from core.storage import StorageError, open_store
+from core.storage import AsyncStore, StorageError, Store, open_store
 from core.storage.schema import MIGRATIONS
 from core.storage.store import PeriodInfo
 from core.window_report import report_of
@@ -54,6 +54,8 @@ def test_window_reports_and_how_windows_were_scored_round_trip(store):
     assert store.add_report(5, report, 1.0)
     assert not store.add_report(5, report_of(19, "v1", 1510, {}), 2.0)  # the first one stays
     assert store.report(1510, "v1") == report and store.report(1510, "v2") is None
+    assert store.report_body(1510, "v1") == report.model_dump_json()
+    assert store.reporters(1510) == {"v1"} and store.reporters(1511) == set()
     assert store.reports(5) == {1510: {"v1": report}}
     assert report.outcomes() == {("hk1", "inpaint"): WindowOutcome(1510, slices)}
     assert store.poolings(5) == {}
@@ -95,6 +97,9 @@ def test_records_round_trip_in_order(store):
     for r in records:
         store.record(r)
     assert store.records(3) == records[:2] and store.records(4) == records[2:]
+    other = RequestRecord(3, "hk2", "chat-llama-3", True, Outcome.OK, 64.0, 0.2, None, 2.0)
+    store.record(other)
+    assert store.records(3, "hk1") == records[:2] and store.records(3, "hk2") == [other]
 
 
 def test_states_round_trip_and_finish_marks_the_period(store):
@@ -106,8 +111,17 @@ def test_states_round_trip_and_finish_marks_the_period(store):
     assert store.states() == {("hk1", "inpaint"): state}
     assert store.period(5).finished and store.unfinished(before=6) == []
     later = advance(state, PeriodOutcome(100, other=Tally(5, 5, requests=1)), 7)
-    store.finish_period(6, {("hk1", "inpaint"): later})
+    store.finish_period(6, {("hk1", "inpaint"): later, ("hk2", "chat-llama-3"): state})
     assert store.states()[("hk1", "inpaint")] == later
+    assert store.states("hk2") == {("hk2", "chat-llama-3"): state}
+
+
+def test_the_last_finished_period_after_a_bound(store):
+    for period in (3, 4, 5):
+        store.begin_period(period, period * 10, "0x", 1.0, 0.0, TARGETS)
+    assert store.last_finished(after=0) is None
+    store.finish_period(4, {})
+    assert store.last_finished(after=0) == 4 and store.last_finished(after=4) is None
 
 
 def test_a_state_of_another_version_is_refused_and_an_unversioned_one_read(store):
@@ -249,14 +263,25 @@ def test_store_calls_on_postgresql_leave_the_event_loop_running(postgres_dsn):
     assert elapsed < 4 * 0.4  # one after another they would take 1.6 s at least
 
 
-def test_sqlite_calls_run_on_the_loop_itself(tmp_path):
-    store = open_store(str(tmp_path / "v.sqlite3"))
+def test_a_coroutine_reaches_either_database_only_from_the_stores_threads(store, monkeypatch):
+    """SQLite too: a commit there waits on the disk, or up to 5 s on another process's lock."""
+    seen = []
+    execute = store.db.execute
+
+    def spy(sql, args=()):
+        seen.append(threading.current_thread().name)
+        return execute(sql, args)
+
+    monkeypatch.setattr(store.db, "execute", spy)
+    aio = AsyncStore(store)
 
     async def main():
-        return await store.io(threading.get_ident)
+        await aio.begin_period(5, 1500, "0xabc", 0.25, 123.0, TARGETS)
+        return await aio.period(5), await aio.run(Store.contenders, 5)
 
-    assert asyncio.run(main()) == threading.get_ident()
-    store.close()
+    info, contenders = asyncio.run(main())
+    assert info.block == 1500 and contenders == TARGETS
+    assert seen and all(name.startswith("store") for name in seen), seen
 
 
 def test_a_record_is_written_when_its_caller_is_cancelled_waiting_on_postgresql(postgres_dsn):

@@ -17,11 +17,11 @@ from PIL import Image
 
 from core.protocol import ChatMessage, ChatRequest, ImageToImageRequest, InpaintRequest
 from core.request_shapes import CLOSERS, CORPUS, OPENERS, STYLES, chars_within, smallest_request
+from core.sampling_mix import DEFAULT_TEMPERATURES, Sampling, SamplingMix
+from core.synthetic import synthetic_request
 from core.tasks import TASKS, Kind
 from core.validator.counting import PromptCounter
 from core.validator.organic import NoCapacity, Organic
-from core.validator.sampling_mix import DEFAULT_TEMPERATURES, Sampling, SamplingMix
-from core.validator.synthetic import synthetic_request
 
 CHAT = "chat-llama-3"
 SECRETS = random.SystemRandom()
@@ -169,6 +169,9 @@ def test_the_organic_api_records_what_users_ask_for():
     class Traffic:
         def cost(self, message):
             return 10, 100
+
+        def admits(self):
+            return True
 
     async def drain(stream):
         async for _ in stream:

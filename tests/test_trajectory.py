@@ -27,6 +27,7 @@ from core.checking.trajectory import (
     replay,
 )
 from core.protocol import (
+    ImageResponse,
     ImageToImageRequest,
     InpaintRequest,
     TextToImageRequest,
@@ -34,6 +35,7 @@ from core.protocol import (
     commitment_key,
     latent_digest,
     pipeline_steps,
+    png_digest,
 )
 from core.records import Outcome
 from core.tasks import Kind
@@ -198,33 +200,41 @@ def test_openings_that_do_not_open_the_commitment_fail(tiny):
     assert "not finite" in verdict(
         response=answer.model_copy(update={"trajectory": trajectory}),
         openings=replace(good, latents={**good.latents, 4: [nan]})).reason
-    assert "opened steps" in verdict(openings=Openings((2,), good.latents)).reason
+    assert "opened steps" in verdict(openings=replace(good, steps=(2,))).reason
 
 
-@pytest.mark.parametrize("png,why", [(BOMB, "do not decode"), (SMALL, "do not decode"),
+def committing(answer: ImageResponse, openings: Openings, png: bytes
+               ) -> tuple[ImageResponse, Openings]:
+    """The answer and openings of a miner that committed ``png`` (its sha256) and sends it."""
+    proof = answer.proofs[0].model_copy(update={"sha256": png_digest(png)})
+    return (answer.model_copy(update={"proofs": [proof]}), replace(openings, images=[png]))
+
+
+@pytest.mark.parametrize("png,why", [(BOMB, "(20000, 20000) PNG"), (SMALL, "(16, 16) PNG"),
                                      (b"GIF89a" + b"\x00" * 40, "not a PNG"),
                                      (b"\x89PNG\r\n\x1a\n" + b"\x00" * 4, "not a PNG")])
 def test_an_unreadable_or_wrong_sized_image_is_a_failed_check_never_an_error(tiny, png, why):
+    """Committed and sent as committed: its size is read from the header before any pixel."""
     engines_, references = tiny
     request = t2i(steps=3)
     answer = engines_[T2I].answer(request)
     openings = opened(engines_[T2I], request, answer, (0,))
-    swapped = answer.model_copy(update={"images": [base64.b64encode(png).decode()]})
-    verdict = check_images(references[T2I], request, swapped, openings)
-    assert not verdict.passed and why in verdict.reason
-    not_base64 = answer.model_copy(update={"images": ["%%%"]})
-    assert not check_images(references[T2I], request, not_base64, openings).passed
+    verdict = check_images(references[T2I], request, *committing(answer, openings, png))
+    assert not verdict.passed and "does not decode" in verdict.reason and why in verdict.reason
+    # sent, but not the one committed
+    verdict = check_images(references[T2I], request, answer, replace(openings, images=[SMALL]))
+    assert not verdict.passed and "does not match its sha256" in verdict.reason
 
 
-def test_a_png_lying_about_its_size_in_its_data_fails():
+def test_a_png_lying_about_its_size_in_its_data_fails(tiny):
     """The header's size checked, then what PIL reads of it: truncated data is the miner's."""
+    engines_, references = tiny
     request = t2i(steps=3)
-    engine = load_engine(T2I)
-    answer = engine.answer(request)
-    truncated = base64.b64decode(answer.images[0])[:60]
-    verdict = check_images(engine, request, answer.model_copy(
-        update={"images": [base64.b64encode(truncated).decode()]}), None)
-    assert not verdict.passed and "do not decode" in verdict.reason
+    answer = engines_[T2I].answer(request)
+    openings = opened(engines_[T2I], request, answer, (0,))
+    truncated = openings.images[0][:60]
+    verdict = check_images(references[T2I], request, *committing(answer, openings, truncated))
+    assert not verdict.passed and "does not decode" in verdict.reason
 
 
 def test_png_size_reads_the_header_only():
@@ -248,17 +258,26 @@ NEURON = Neuron(uid=1, hotkey="5miner", coldkey="5cold", stake=0.0, validator_pe
                 endpoint="http://127.0.0.1:9", registered_at=0)
 
 
-@pytest.mark.parametrize("png,ok", [(None, True), (BOMB, False), (SMALL, False)])
-def test_receipt_checks_each_pngs_header_size_against_the_request(tiny, png, ok):
+@pytest.mark.parametrize("change,ok", [
+    ({}, True), ({"width": 16}, False), ({"height": 128}, False),
+    ({"thumbnail": base64.b64encode(BOMB).decode()}, False),  # header read, pixels never
+    ({"thumbnail": base64.b64encode(SMALL).decode()}, False),
+    ({"thumbnail": "%%%"}, False), ({"images": True}, False)])
+def test_receipt_checks_each_proofs_size_and_thumbnail_header_against_the_request(tiny, change,
+                                                                                   ok):
+    """An answer by reference names the request's size and a THUMBNAIL_PX thumbnail, and no
+    PNG: one sending its images inline is invalid too."""
     engines_, _ = tiny
     request = t2i(steps=2)
     answer = engines_[T2I].answer(request)
-    if png is not None:
-        answer = answer.model_copy(update={"images": [base64.b64encode(png).decode()]})
+    if change.pop("images", False):
+        answer = answer.model_copy(update={"images": [base64.b64encode(SMALL).decode()]})
+    answer = answer.model_copy(update={"proofs": [answer.proofs[0].model_copy(update=change)]})
     client = FakeClient(Reply(200, answer.model_dump_json().encode()))
     run = dispatch.image(client, NEURON, request)  # type: ignore[arg-type]
     if ok:
-        assert asyncio.run(run).images == answer.images
+        assert asyncio.run(run) == answer
+        assert len(answer.model_dump_json()) < 5000  # a proof and 2 digests: no PNG
     else:
         with pytest.raises(dispatch.MinerFailed) as failed:
             asyncio.run(run)
@@ -282,8 +301,6 @@ def test_a_validator_opens_an_answer_through_the_miners_signed_endpoint(miner, s
     request = t2i(steps=9)
     r = post(client, "/text-to-image", request, subnet.validator, me)
     assert r.status_code == 200, r.text
-    from core.protocol import ImageResponse
-
     answer = ImageResponse.model_validate_json(r.content)
     steps = pick_steps(answer, random.Random(1))
     app = MinerApp(client, subnet.validator, me)
@@ -300,23 +317,25 @@ def test_a_validator_opens_an_answer_through_the_miners_signed_endpoint(miner, s
 
 
 def test_the_store_is_bounded_in_count_bytes_and_age():
-    step = [torch.zeros(1, 4, 8, 8)]  # 1 KiB
+    step, png = [torch.zeros(1, 4, 8, 8)], [b"p" * 512]  # 1 KiB of latent, a 512-byte PNG
     by_count = Trajectories(count=2, seconds=60, size=1 << 20)
     for key in "abc":
-        by_count.keep(key, step)
+        by_count.keep(key, step, png)
     assert by_count.open("a", [1]) is None and by_count.open("c", [1]) is not None
-    by_size = Trajectories(count=10, seconds=60, size=2048)
+    assert by_count.open("c", []) == ([], png)  # the PNGs alone
+    by_size = Trajectories(count=10, seconds=60, size=3072)  # the PNGs count: two answers fit
     for key in "abc":
-        by_size.keep(key, step)
+        by_size.keep(key, step, png)
     assert by_size.open("a", [1]) is None and by_size.open("b", [1]) is not None
     by_age = Trajectories(count=10, seconds=0.0, size=1 << 20)
-    by_age.keep("a", step)
+    by_age.keep("a", step, png)
     assert by_age.open("a", [1]) is None
 
 
 @pytest.mark.process
 def test_a_miner_forwards_an_opening_to_the_worker_that_made_the_answer():
-    from core.miner.pool import CommittedImages, Pool, ServerWorker
+    from core.backends.remote import WorkerImages
+    from core.miner.pool import Pool, ServerWorker
     from devtools.localproc import free_port
     from tests.test_worker_pool import TOKEN, start_worker, stop
 
@@ -325,7 +344,7 @@ def test_a_miner_forwards_an_opening_to_the_worker_that_made_the_answer():
     request = t2i(steps=5)
     try:
         async def run():
-            pool = Pool(T2I, [ServerWorker("w", 10, 1, CommittedImages(
+            pool = Pool(T2I, [ServerWorker("w", 10, 1, WorkerImages(
                 f"http://127.0.0.1:{port}", TOKEN))])
             try:
                 answer = await pool.images(request)
@@ -342,3 +361,6 @@ def test_a_miner_forwards_an_opening_to_the_worker_that_made_the_answer():
     assert opening is not None and missing is None  # latent 5 is the second asked
     assert [latent_digest(base64.b64decode(x)) for x in opening.latents[1]] == [
         answer.trajectory[0][4]]
+    # the worker kept the PNG it answered by reference, and sends it with the latents
+    assert [png_digest(base64.b64decode(x)) for x in opening.images] == [
+        p.sha256 for p in answer.proofs]

@@ -17,7 +17,13 @@ from core.budget import Contender
 from core.metagraph import Metagraph, Neuron
 from core.plan import SLICES, Window
 from core.pooling import COVERAGE, most_lowered, pool_window, report_cap
-from core.records import Outcome, RequestRecord
+from core.records import (
+    Outcome,
+    RequestRecord,
+    outcome_tallies,
+    period_outcomes,
+    window_outcomes,
+)
 from core.scoring import Tally, WindowOutcome
 from core.storage import open_store
 from core.transport.client import SignedClient
@@ -292,10 +298,46 @@ def test_a_report_carries_what_was_asked_outside_windows_since_the_window_before
     rec(2, 1500.0, Outcome.SERVER_ERROR)  # after period 2's last window ...
     rec(3, 1990.0)  # ... and before period 3's first: both in that window's report
     sharing = Sharing(SignedClient(me), me, store, Subnet(), ValidatorMetrics())
-    assert sharing.own_report(2, store.windows(2)[0], [c])
-    assert sharing.own_report(3, store.windows(3)[0], [c])
+
+    async def report_both() -> list[bool]:
+        return [await sharing.own_report(p, store.windows(p)[0], [c]) for p in (2, 3)]
+
+    assert asyncio.run(report_both()) == [True, True]
     key = ("miner", "chat-llama-3")
     first = store.report(130, me.ss58_address).outside()[key]
     second = store.report(190, me.ss58_address).outside()[key]
     assert (first.asked, first.good) == (64, 64)
     assert (second.asked, second.good, second.failed) == (128, 64, 64)
+
+
+def test_the_stores_sums_make_the_same_report_as_every_record_read(store):
+    """A window's tallies and those outside windows, summed by the database (SQLite, PostgreSQL),
+    equal ``period_outcomes`` over the records themselves: at a window's first instant, on slice
+    boundaries, at its end (outside), abandoned requests (not scored), a miner not contending."""
+    import random
+
+    rng = random.Random(29)
+    contenders = [Contender(i, f"m{i}", task, 900.0, 400.0, 0)
+                  for i in range(6) for task in ("chat-llama-3", "inpaint")]
+    w = Window(130, 1000.0 + 1 / 3, 37.3)  # slice edges that are not round numbers
+    edges = [w.started_at + w.seconds * i / SLICES for i in range(SLICES + 1)]
+    store.begin_period(2, 2 * PB, "0x1", 0.45, 0.0, contenders, STAKES)
+    store.begin_period(3, 3 * PB, "0x1", 0.45, 0.0, contenders, STAKES)
+    for period in (2, 3):
+        for _ in range(600):
+            c = rng.choice(contenders + [Contender(9, "stranger", "inpaint", 1.0, 1.0, 0)])
+            at = rng.choice([rng.uniform(990.0, 1045.0), rng.choice(edges),
+                             rng.choice(edges) - 1e-9])
+            store.record(RequestRecord(period, c.hotkey, c.task, rng.random() < 0.2,
+                                       rng.choice(list(Outcome)), float(rng.randint(1, 512)),
+                                       0.1, None, at))
+    records = store.records(3)
+    read = period_outcomes(contenders, records, [w])
+    assert window_outcomes(contenders, w, store.tallied(3, 3, w.started_at,
+                                                        w.started_at + w.seconds, w)) == {
+        key: o.windows[0] for key, (o, _) in read.items()}
+    since, until = 995.0, w.started_at
+    both = [r for p in (2, 3) for r in store.records(p) if since <= r.at < until]
+    assert outcome_tallies(contenders, store.tallied(2, 3, since, until)) == {
+        key: o.other for key, (o, _) in period_outcomes(contenders, both).items()}
+    assert any(o.windows[0].slices[-1].requests for o, _ in read.values())  # not vacuous

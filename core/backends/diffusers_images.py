@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from core.protocol import (
+    THUMBNAIL_PX,
+    ImageProof,
     ImageRequest,
     ImageResponse,
     ImageToImageRequest,
@@ -25,6 +27,7 @@ from core.protocol import (
     TrajectoryResponse,
     commitment_key,
     latent_digest,
+    png_digest,
 )
 from core.tasks import Kind
 
@@ -45,14 +48,22 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def proof(image: Image.Image, data: bytes) -> ImageProof:
+    """What an answer by reference says of ``image``, whose PNG file is ``data``."""
+    thumb = image.convert("RGB").resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR)
+    return ImageProof(sha256=png_digest(data), width=image.width, height=image.height,
+                      thumbnail=base64.b64encode(png(thumb)).decode())
+
+
 # The schedulers whose step depends only on the current latent, the noise prediction and the
 # seeded generator, so that a checker re-runs any one step alone (core/checking/trajectory.py).
 # Multistep ones (DPM-Solver, PNDM, LMS, UniPC) keep earlier predictions and cannot be.
 ALLOWED_SCHEDULERS = frozenset({"DDIMScheduler", "EulerDiscreteScheduler"})
-# A miner keeps its recent answers' latents to open them (docs/protocol.md §8): a validator asks
-# right after receipt. A production SDXL 1024 latent is 4x128x128 (256 KiB in float32, 128 KiB
-# in float16 as CUDA keeps it), so a 30-step image is 3.75 MiB in float16; KEEP_BYTES holds
-# ~270 such answers, far more than KEEP_S lets a busy miner need.
+# A miner keeps its recent answers' latents and PNGs to open them (docs/protocol.md §8): a
+# validator asks right after receipt. A production SDXL 1024 latent is 4x128x128 (256 KiB in
+# float32, 128 KiB in float16 as CUDA keeps it), so a 30-step image is 3.75 MiB in float16, and
+# its PNG 1-2 MB more; KEEP_BYTES holds ~190 such answers, far more than KEEP_S lets a busy miner
+# need.
 KEEP_ANSWERS, KEEP_S, KEEP_BYTES = 256, 120.0, 1 << 30
 
 
@@ -64,16 +75,18 @@ def latent_bytes(latent: torch.Tensor) -> bytes:
 @dataclass
 class _Kept:
     steps: list[torch.Tensor]  # the batch's latents after each step, as the pipeline made them
+    pngs: list[bytes]  # the full images, one PNG file each
     at: float
 
     @property
     def size(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.steps)
+        return (sum(t.numel() * t.element_size() for t in self.steps)
+                + sum(len(p) for p in self.pngs))
 
 
 class Trajectories:
-    """Recent answers' latents by commitment key, bounded in count, age and bytes (oldest out
-    first). Generation threads add while the app's loop opens: one lock."""
+    """Recent answers' latents and PNGs by commitment key, bounded in count, age and bytes
+    (oldest out first). Generation threads add while the app's loop opens: one lock."""
 
     def __init__(self, count: int = KEEP_ANSWERS, seconds: float = KEEP_S,
                  size: int = KEEP_BYTES):
@@ -82,9 +95,9 @@ class Trajectories:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def keep(self, key: str, steps: list[torch.Tensor]) -> None:
+    def keep(self, key: str, steps: list[torch.Tensor], pngs: list[bytes]) -> None:
         with self._lock:
-            kept = _Kept(steps, time.monotonic())
+            kept = _Kept(steps, pngs, time.monotonic())
             self._kept[key] = kept
             self._bytes += kept.size
             self._expire()
@@ -95,15 +108,16 @@ class Trajectories:
                               or now - next(iter(self._kept.values())).at > self.seconds):
             self._bytes -= self._kept.popitem(last=False)[1].size
 
-    def open(self, key: str, latents: list[int]) -> list[list[bytes]] | None:
-        """Per asked latent (1 = after the first step), per image, its canonical bytes; None
-        when the answer is not kept (never made, expired) or has fewer steps."""
+    def open(self, key: str, latents: list[int]) -> tuple[list[list[bytes]], list[bytes]] | None:
+        """Per asked latent (1 = after the first step), per image, its canonical bytes, and the
+        answer's PNGs; None when the answer is not kept (never made, expired) or has fewer
+        steps."""
         with self._lock:
             self._expire()
             kept = self._kept.get(key)
-        if kept is None or max(latents) > len(kept.steps):
+        if kept is None or max(latents, default=0) > len(kept.steps):
             return None
-        return [[latent_bytes(image) for image in kept.steps[i - 1]] for i in latents]
+        return [[latent_bytes(image) for image in kept.steps[i - 1]] for i in latents], kept.pngs
 
 
 _OPENINGS = ThreadPoolExecutor(1, thread_name_prefix="openings")  # byte copies, quick
@@ -170,13 +184,12 @@ class DiffusersImages:
         return args
 
     def generate(self, request: ImageRequest) -> list[bytes]:
-        """PNG bytes, one per image (the trajectory kept as ``answer`` keeps it)."""
-        return [base64.b64decode(i) for i in self.answer(request).images]
+        """PNG bytes, one per image (what a reference regenerates: nothing is kept)."""
+        return [png(i) for i in self._run(request)[0]]
 
     @torch.inference_mode()
-    def answer(self, request: ImageRequest) -> ImageResponse:
-        """The answer to ``request``: its PNGs and its trajectory commitment, the latents after
-        every step kept to be opened (``open``)."""
+    def _run(self, request: ImageRequest) -> tuple[list[Image.Image], list[torch.Tensor]]:
+        """The pipeline's images for ``request`` and its latents after every step."""
         steps: list[torch.Tensor] = []
 
         def record(pipe, i, t, tensors):
@@ -185,10 +198,17 @@ class DiffusersImages:
 
         images = self.pipeline(**self.arguments(request), callback_on_step_end=record,
                                callback_on_step_end_tensor_inputs=["latents"]).images
+        return images, steps
+
+    def answer(self, request: ImageRequest) -> ImageResponse:
+        """The answer to ``request`` by reference: a proof of each image and the trajectory
+        commitment, the PNGs and the latents after every step kept to be opened (``open``)."""
+        images, steps = self._run(request)
+        pngs = [png(i) for i in images]
         trajectory = [[latent_digest(latent_bytes(step[b])) for step in steps]
                       for b in range(len(images))]
-        self.trajectories.keep(commitment_key(trajectory), steps)
-        return ImageResponse(images=[base64.b64encode(png(i)).decode() for i in images],
+        self.trajectories.keep(commitment_key(trajectory), steps, pngs)
+        return ImageResponse(proofs=[proof(i, p) for i, p in zip(images, pngs)],
                              units=request.units, trajectory=trajectory)
 
     async def opening(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
@@ -198,9 +218,11 @@ class DiffusersImages:
         return await asyncio.get_running_loop().run_in_executor(_OPENINGS, self.open, request)
 
     def open(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
-        """The asked latents of a kept answer, or None when it is not kept."""
+        """The asked latents of a kept answer and its PNGs, or None when it is not kept."""
         opened = self.trajectories.open(request.key, request.latents)
         if opened is None:
             return None
+        latents, pngs = opened
         return TrajectoryResponse(latents=[[base64.b64encode(b).decode() for b in step]
-                                           for step in opened])
+                                           for step in latents],
+                                  images=[base64.b64encode(p).decode() for p in pngs])

@@ -12,7 +12,17 @@ import aiohttp
 
 from core.errors import PeerFault
 from core.openai_wire import CompletionBody, StreamError, read_chunk
-from core.protocol import PATHS, ChatChunk, ChatRequest, ImageRequest, ImageResponse
+from core.protocol import (
+    PATHS,
+    TRAJECTORY_PATH,
+    ChatChunk,
+    ChatRequest,
+    ImageRequest,
+    ImageResponse,
+    TrajectoryRequest,
+    TrajectoryResponse,
+    commitment_key,
+)
 from core.tasks import TASKS
 
 HEALTH_TIMEOUT_S = 2.0
@@ -102,14 +112,34 @@ class OpenAIChat(RemoteWorker):
 
 
 class WorkerImages(RemoteWorker):
-    """Images on a project worker (``neurons/worker.py``): the miner's request models, as JSON."""
+    """Images on a project worker (``neurons/worker.py``): the miner's request models, as JSON.
+    The worker answers by reference and keeps the PNGs and latents it opens (TRAJECTORY_PATH),
+    as a miner does (docs/protocol.md §8)."""
 
-    async def generate(self, request: ImageRequest, timeout: float | None = None) -> list[bytes]:
-        path = PATHS[TASKS[request.task].kind]
-        async with self._post(path, request.model_dump(mode="json"), timeout) as r:
+    async def answer(self, request: ImageRequest, timeout: float | None = None) -> ImageResponse:
+        async with self._post(PATHS[TASKS[request.task].kind], request.model_dump(mode="json"),
+                              timeout) as r:
             if r.status == 422:
                 raise ValueError((await r.text())[:300])
             if r.status != 200:
                 raise WorkerError(r.status, (await r.text())[:300])
-            answer = ImageResponse.model_validate_json(await r.read())
-        return [base64.b64decode(i) for i in answer.images]
+            return ImageResponse.model_validate_json(await r.read())
+
+    async def open(self, request: TrajectoryRequest, timeout: float | None = None
+                   ) -> TrajectoryResponse | None:
+        """The opening of an answer this worker keeps, else None."""
+        async with self._post(TRAJECTORY_PATH, request.model_dump(mode="json"), timeout) as r:
+            if r.status == 404:
+                return None
+            if r.status != 200:
+                raise WorkerError(r.status, (await r.text())[:300])
+            return TrajectoryResponse.model_validate_json(await r.read())
+
+    async def generate(self, request: ImageRequest, timeout: float | None = None) -> list[bytes]:
+        """The PNGs of a fresh answer: asked, then opened."""
+        answer = await self.answer(request, timeout)
+        opened = await self.open(TrajectoryRequest(
+            task=request.task, key=commitment_key(answer.trajectory), latents=[]), timeout)
+        if opened is None:
+            raise WorkerError(404, "the worker keeps no such answer")
+        return [base64.b64decode(i) for i in opened.images]

@@ -1,7 +1,10 @@
 """Checking images (docs/protocol.md §8): the answer's trajectory commitment opened at steps the
 validator drew after receipt, each opened step re-run alone with the reference pipeline
 (``core.checking.trajectory``), and the miner's final latent decoded by the reference and
-compared with its PNG at a resolution coarse enough to tolerate GPU non-determinism.
+compared with its PNG at a resolution coarse enough to tolerate GPU non-determinism. The answer
+came by reference (a sha256 and a thumbnail per image): the full PNGs, fetched with the openings,
+must be the committed ones and have those thumbnails (``verified_pngs``, which the validator's
+organic traffic applies to the PNGs its clients get).
 
 Whatever a miner's answer does to the reading of it is the miner's failure: an image is read
 only once its PNG header says it has the request's size, and any exception while reading it is a
@@ -25,12 +28,15 @@ from core.checking.trajectory import (
     replay,
     verify_openings,
 )
-from core.protocol import ImageRequest, ImageResponse
+from core.protocol import THUMBNAIL_PX, ImageRequest, ImageResponse, png_digest
 
 if TYPE_CHECKING:  # the validator reads PNG headers on receipt without importing torch
     from core.backends.diffusers_images import DiffusersImages
 
 DISTANCE_MAX = 0.04  # mean absolute difference of 32x32 grey thumbnails, as a share of 255
+# the most an answer's thumbnail may differ from its full image at 32x32 grey: resizing first
+# and turning grey last differs by rounding only (honest: <= 0.001 at 64 and at 1024 px)
+THUMBNAIL_MATCH = 0.01
 THUMB = 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,6 +71,33 @@ def distance(a: bytes, b: bytes) -> float:
     return float(np.abs(thumbnail(a) - thumbnail(b)).mean())
 
 
+def verified_pngs(request: ImageRequest, response: ImageResponse, pngs: list[bytes]
+                  ) -> list[np.ndarray]:
+    """The grey thumbnails of the full PNGs a miner sent for its answer by reference, once each
+    is its proof's (``png_digest``), of the request's size (the header read before any pixel,
+    decoding bounded by it), decodes, and its proof's thumbnail is of it (within
+    THUMBNAIL_MATCH); else OpeningProblem, the miner's failure."""
+    if not len(pngs) == len(response.proofs) == request.num_images:
+        raise OpeningProblem(f"{len(pngs)} PNGs sent for {len(response.proofs)} committed and "
+                             f"{request.num_images} requested")
+    size, small = (request.width, request.height), (THUMBNAIL_PX, THUMBNAIL_PX)
+    greys = []
+    for b, (data, committed) in enumerate(zip(pngs, response.proofs)):
+        if png_digest(data) != committed.sha256:
+            raise OpeningProblem(f"image {b} does not match its sha256")
+        try:
+            grey = thumbnail(data, size)
+            sent = thumbnail(base64.b64decode(committed.thumbnail, validate=True), small)
+        except Exception as e:  # PIL, base64 and numpy raise many kinds: all the miner's doing
+            raise OpeningProblem(f"image {b} does not decode: {type(e).__name__}: {e}"
+                                 ) from None
+        if (gap := float(np.abs(grey - sent).mean())) > THUMBNAIL_MATCH:
+            raise OpeningProblem(f"image {b}'s thumbnail is {gap:.3f} from it "
+                                 f"(tolerance {THUMBNAIL_MATCH})")
+        greys.append(grey)
+    return greys
+
+
 def check_images(reference: DiffusersImages, request: ImageRequest, response: ImageResponse,
                  openings: Openings | None, max_distance: float = DISTANCE_MAX,
                  tolerance: float | None = STEP_TOLERANCE) -> Verdict:
@@ -75,15 +108,12 @@ def check_images(reference: DiffusersImages, request: ImageRequest, response: Im
     must still open the commitment, and the images are regenerated whole and compared."""
     if response.units != request.units:
         return Verdict(False, f"charged {response.units} steps for {request.units} requested")
-    if len(response.images) != request.num_images:
-        return Verdict(False, f"{len(response.images)} images for {request.num_images} requested")
-    size = (request.width, request.height)
-    try:
-        theirs = [thumbnail(base64.b64decode(i, validate=True), size) for i in response.images]
-    except Exception as e:  # PIL, base64 and numpy raise many kinds: all the miner's doing
-        return Verdict(False, f"images do not decode: {type(e).__name__}: {e}"[:300])
     if openings is None:
         return Verdict(False, "no trajectory opened (the miner did not answer the opening)")
+    try:
+        theirs = verified_pngs(request, response, openings.images)
+    except OpeningProblem as e:
+        return Verdict(False, f"images do not open ({e})"[:300])
     pipe = reference.pipeline
     latent = pipe.vae.config.latent_channels * (request.height // pipe.vae_scale_factor) * (
         request.width // pipe.vae_scale_factor) * 4

@@ -23,19 +23,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
 from core.checking.trajectory import STEP_TOLERANCE, Openings
+from core.errors import Unavailable
 from core.metagraph import Neuron
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.scoring import speed_quality
 from core.tasks import TASKS
 
 log = logging.getLogger("validator.checking")
+UNWRITTEN = 4096  # check results kept while the store refuses them (a few a second)
 
 # Answers assumed of a contender in its first period with this validator, for the period's draw:
 # its first answer is not the checked one for sure (with 1, it was)
@@ -48,7 +51,7 @@ class Job:
     period: int
     task: str
     request: ChatRequest | ImageRequest
-    answer: tuple[list[ChatToken], ChatChunk] | ImageResponse
+    answer: tuple[Sequence[ChatToken], ChatChunk] | ImageResponse
     latency_s: float
     units: float
     neuron: Neuron | None = None  # the miner: named when it fails, asked for openings
@@ -123,7 +126,7 @@ def quality_of(job: Job, mode: str) -> tuple[float, str]:
     if isinstance(job.request, ChatRequest):
         assert isinstance(job.answer, tuple)
         tokens, final = job.answer
-        verdict = check_chat(engine, job.request, tokens, final)
+        verdict = check_chat(engine, job.request, list(tokens), final)
     else:
         assert isinstance(job.answer, ImageResponse)
         # a GPU reference judges no re-run step (its float16 tolerance is unmeasured)
@@ -168,6 +171,7 @@ class Checker:
             ThreadPoolExecutor(1, thread_name_prefix="checker") if mode == "cpu"
             else ProcessPoolExecutor(1, mp_context=get_context("spawn")))
         self._worker: asyncio.Task | None = None
+        self._unwritten: deque[tuple[int, float, str | None]] = deque(maxlen=UNWRITTEN)
 
     def wants(self, period: int, hotkey: str, task: str) -> bool:
         """Whether to check this answer, drawn now that it has arrived (module docstring)."""
@@ -253,7 +257,7 @@ class Checker:
                 self._busy = None
                 continue
             head = reason.split(" (")[0][:60] if reason else None  # the kind, not the figures
-            self.store.set_quality(job.record_id, quality, head)
+            await self._write(job.record_id, quality, head)
             self._ended += 1
             self._last_checked[job.key] = self._ended
             self.stats.checked += 1
@@ -265,6 +269,18 @@ class Checker:
                 log.warning("uid %d (%s) failed its %s check (record %d): %s", job.uid,
                             job.hotkey, job.task, job.record_id, reason)
             self._busy = None
+
+    async def _write(self, record_id: int, quality: float, head: str | None) -> None:
+        """Store a check's result, after those the store refused before: while it is away the
+        checker goes on checking, and its results wait here (the last ``UNWRITTEN``)."""
+        self._unwritten.append((record_id, quality, head))
+        while self._unwritten:
+            try:
+                await self.store.io(self.store.set_quality, *self._unwritten[0])
+            except Unavailable as e:
+                log.warning("%d check results wait for the store: %s", len(self._unwritten), e)
+                return
+            self._unwritten.popleft()
 
     async def drain(self, period: int, timeout: float) -> None:
         """Wait (at most ``timeout``) until no job of ``period`` is queued or being checked;

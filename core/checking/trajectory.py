@@ -52,10 +52,12 @@ STEP_TOLERANCE = 2e-4
 class Openings:
     """What a miner opened of one answer: the steps drawn (``pick_steps``) and, per latent
     index (1 = after the first step), per image, the latent's canonical bytes (little-endian
-    float32, as its digest hashes them)."""
+    float32, as its digest hashes them); the answer's full PNGs, as sent (nothing in them is
+    trusted before ``core.checking.images.verified_pngs``)."""
 
     steps: tuple[int, ...]
     latents: dict[int, list[bytes]]
+    images: list[bytes]
 
 
 def pick_steps(response: ImageResponse, rng: random.Random) -> tuple[int, ...]:
@@ -78,15 +80,16 @@ class OpeningProblem(PeerFault):
 def openings_of(steps: tuple[int, ...], asked: list[int], answer: TrajectoryResponse
                 ) -> Openings:
     """The miner's answer to an opening of ``asked`` latents, decoded; OpeningProblem when it
-    is not one latent list per asked index in base64."""
+    is not one latent list per asked index in base64, or its PNGs are not base64."""
     if len(answer.latents) != len(asked):
         raise OpeningProblem(f"{len(answer.latents)} latents for {len(asked)} asked")
     try:
         latents = {i: [base64.b64decode(x, validate=True) for x in images]
                    for i, images in zip(asked, answer.latents)}
+        pngs = [base64.b64decode(x, validate=True) for x in answer.images]
     except binascii.Error as e:
-        raise OpeningProblem(f"latents are not base64: {e}") from None
-    return Openings(steps, latents)
+        raise OpeningProblem(f"latents or images are not base64: {e}") from None
+    return Openings(steps, latents, pngs)
 
 
 def opened_in_process(engine, request: ImageRequest, response: ImageResponse,

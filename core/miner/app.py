@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -27,23 +26,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.chain import ChainError
 from core.chain.announce import keep_announced
+from core.errors import Refusal
 from core.miner.latch import WrongPeriod
 from core.miner.metrics import MinerMetrics
 from core.miner.pool import NoWorker, Pool
-from core.miner.serving import Refusal, Serving
+from core.miner.serving import Serving, refusal_response
+from core.miner.settings import MinerSettings
 from core.miner.state import MinerState
 from core.protocol import (
     CAPACITY_PATH,
-    MAX_IMAGE_B64_CHARS,
     MAX_TOKENS_PER_LINE,
     PATHS,
     PROTOCOL_VERSION,
     TRAJECTORY_PATH,
     CapacityRequest,
     CapacityResponse,
-    ChatChunk,
     ChatRequest,
-    ChatToken,
+    ChatTokens,
     ImageRequest,
     TrajectoryRequest,
     max_request_bytes,
@@ -56,31 +55,18 @@ __all__ = ["MinerSettings", "MinerState", "build_app"]
 log = logging.getLogger("miner")
 
 LINE_INTERVAL_S = 0.2  # a chat stream's lines at most this often (the first and last at once):
-#   an engine hands over tokens one at a time, and every line costs the validator reading it
-#   about as much as the tokens in it (scripts/bench_window.py)
-DEFAULT_MAX_BODY = 2 * MAX_IMAGE_B64_CHARS + 2**20  # an inpaint request's two images and change
+#   an engine hands over tokens one at a time, and a line costs the validator ~40 µs to receive
+#   and read, a token in it ~0.2 µs (scripts/bench_window.py with its --tick, bench_wire.py)
 CAPACITY_MAX_BODY = 4096  # a capacity request is its version
 TRAJECTORY_MAX_BODY = 4096  # a task, a key and at most MAX_OPENED step numbers
 
 
-@dataclass(frozen=True)
-class MinerSettings:
-    """The app's settings (the miner's flags of the same names)."""
-
-    sync_interval_s: float = 12.0  # between reads of the chain's head and metagraph
-    health_interval_s: float = 5.0  # between probes of the workers
-    max_body: int = DEFAULT_MAX_BODY  # bytes of a request body, beyond the per-path limits
-    body_timeout_s: float = 30.0  # for a request's body to arrive
-    public_metrics: bool = False  # /metrics to any address, not only this host
-
-
-def wire_lines(chunk: ChatChunk) -> list[bytes]:
-    """A chunk as NDJSON lines of at most MAX_TOKENS_PER_LINE tokens, so every line stays within
+def wire_lines(tokens: ChatTokens) -> list[bytes]:
+    """Tokens as NDJSON lines of at most MAX_TOKENS_PER_LINE tokens, so every line stays within
     the size validators read (MAX_CHAT_LINE_BYTES)."""
     step = MAX_TOKENS_PER_LINE
-    parts = [chunk] if len(chunk.tokens) <= step else [
-        ChatChunk(tokens=chunk.tokens[i:i + step]) for i in range(0, len(chunk.tokens), step)]
-    return [part.model_dump_json().encode() + b"\n" for part in parts]
+    return [tokens.span(i, i + step).model_dump_json().encode() + b"\n"
+            for i in range(0, len(tokens), step)]
 
 
 def lifespan_of(state: MinerState, settings: MinerSettings, announce):
@@ -147,7 +133,7 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
                   docs_url=None, redoc_url=None, openapi_url=None)
 
     def refuse(status: int, reason: str, headers: dict | None = None) -> Response:
-        return Refusal(status, reason, headers).response()
+        return refusal_response(Refusal(status, reason, headers))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body, reject=refuse,
                        per_path={CAPACITY_PATH: CAPACITY_MAX_BODY,
@@ -157,7 +143,7 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
     @app.exception_handler(Refusal)
     async def refused(_, e: Refusal):
-        return e.response()
+        return refusal_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, e: StarletteHTTPException):  # 404, 405: the same error shape
@@ -233,23 +219,22 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
         async def lines() -> AsyncIterator[bytes]:
             chunk, units, status = first, 0, 499  # a caller that leaves is not a 500
-            held: list[ChatToken] = []  # tokens waiting for the next line
+            held = ChatTokens()  # tokens waiting for the next line
             sent_at = -LINE_INTERVAL_S
             try:
                 while True:
                     if chunk.done:
                         units, status = chunk.units, 200
                     else:
-                        units += len(chunk.tokens)
-                        held.extend(chunk.tokens)
+                        units += len(chunk.ids)
+                        held.add(chunk)
                     now = time.monotonic()
                     if held and (chunk.done or now - sent_at >= LINE_INTERVAL_S):
-                        for line in wire_lines(ChatChunk(tokens=held)):
+                        for line in wire_lines(held):
                             yield line
-                        held, sent_at = [], now
+                        held, sent_at = ChatTokens(), now
                     if chunk.done:
-                        for line in wire_lines(chunk):
-                            yield line
+                        yield chunk.model_dump_json().encode() + b"\n"
                         return
                     try:
                         chunk = await anext(stream)
@@ -288,9 +273,9 @@ def build_app(state: MinerState, settings: MinerSettings = MinerSettings(),
 
     @synapse(TRAJECTORY_PATH)
     async def trajectory(request: Request):
-        """A validator opens steps of an image answer it received (docs/protocol.md §8): admitted
-        as every signed call, held to no share (the answer was charged), 404 when the answer is
-        not kept (expired, or never made here)."""
+        """A validator opens an image answer it received by reference (docs/protocol.md §8): the
+        PNGs and the asked steps' latents. Admitted as every signed call, held to no share (the
+        answer was charged), 404 when the answer is not kept (expired, or never made here)."""
         await serving.admit(request, None)
         try:  # admission read the body and checked its signature and version
             asked = TrajectoryRequest.model_validate_json(await request.body())

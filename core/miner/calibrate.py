@@ -38,8 +38,8 @@ import yaml
 from core.miner.config import MinerConfig
 from core.miner.pool import LocalWorker, Pool
 from core.protocol import ChatRequest, TaskRequest
+from core.synthetic import synthetic_request
 from core.tasks import TASKS, Kind
-from core.validator.synthetic import synthetic_request
 
 GPU_IMAGE_SIZE = 1024  # what validators send by default (their --image-size)
 CPU_IMAGE_SIZE = 64  # what the local subnet's validators send to the cpu back end's tiny models

@@ -23,8 +23,6 @@ from core.errors import Unavailable
 from core.miner.config import ConfigError, MinerConfig, WorkerEntry
 from core.openai_wire import StreamError
 from core.protocol import (
-    PATHS,
-    TRAJECTORY_PATH,
     ChatChunk,
     ChatRequest,
     ImageRequest,
@@ -47,29 +45,6 @@ class NoWorker(Unavailable):
     """No healthy worker could take the request."""
 
 
-class CommittedImages(WorkerImages):
-    """A project image worker's answers whole (PNGs and trajectory commitment), and its openings
-    of them."""
-
-    async def answer(self, request: ImageRequest, timeout: float | None = None) -> ImageResponse:
-        async with self._post(PATHS[TASKS[request.task].kind], request.model_dump(mode="json"),
-                              timeout) as r:
-            if r.status == 422:
-                raise ValueError((await r.text())[:300])
-            if r.status != 200:
-                raise WorkerError(r.status, (await r.text())[:300])
-            return ImageResponse.model_validate_json(await r.read())
-
-    async def open(self, request: TrajectoryRequest, timeout: float | None = None
-                   ) -> TrajectoryResponse | None:
-        async with self._post(TRAJECTORY_PATH, request.model_dump(mode="json"), timeout) as r:
-            if r.status == 404:
-                return None
-            if r.status != 200:
-                raise WorkerError(r.status, (await r.text())[:300])
-            return TrajectoryResponse.model_validate_json(await r.read())
-
-
 class Worker:
     """One member of a pool: what it brings, how busy it is, whether it answers."""
 
@@ -89,11 +64,13 @@ class Worker:
         raise NotImplementedError
 
     async def images(self, request: ImageRequest) -> ImageResponse:
-        """The answer: PNGs and the trajectory commitment, its latents kept to be opened."""
+        """The answer by reference (a proof of each image and the trajectory commitment), its
+        PNGs and latents kept to be opened."""
         raise NotImplementedError
 
     async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
-        """The asked latents of an answer this worker made and still keeps, else None."""
+        """The asked latents and the PNGs of an answer this worker made and still keeps, else
+        None."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -112,7 +89,7 @@ class LocalWorker(Worker):
         prompt, produced = len(engine.prompt_ids(request)), 0
         async for batch in engine.stream(request):
             produced += len(batch)
-            yield ChatChunk(tokens=batch)
+            yield ChatChunk.of(batch)
         yield ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=produced)
 
     async def images(self, request: ImageRequest) -> ImageResponse:
@@ -133,7 +110,7 @@ class ServerWorker(Worker):
     """A server on another host: ``vllm serve`` or ``neurons/worker.py``."""
 
     def __init__(self, name: str, capacity: float, concurrency: int,
-                 client: OpenAIChat | CommittedImages):
+                 client: OpenAIChat | WorkerImages):
         super().__init__(name, capacity, concurrency)
         self.client = client
 
@@ -146,11 +123,11 @@ class ServerWorker(Worker):
             yield chunk
 
     async def images(self, request: ImageRequest) -> ImageResponse:
-        assert isinstance(self.client, CommittedImages)  # an image task's worker
+        assert isinstance(self.client, WorkerImages)  # an image task's worker
         return await self.client.answer(request)
 
     async def trajectory(self, request: TrajectoryRequest) -> TrajectoryResponse | None:
-        assert isinstance(self.client, CommittedImages)
+        assert isinstance(self.client, WorkerImages)
         return await self.client.open(request)
 
     async def close(self) -> None:
@@ -261,11 +238,11 @@ def _server(task_id: str, entry: WorkerEntry, where: str) -> ServerWorker:
                               f"not set (it must hold the worker's token)")
     task = TASKS[task_id]
     assert entry.url is not None  # a worker entry with a url, as the caller checked
-    client: OpenAIChat | CommittedImages
+    client: OpenAIChat | WorkerImages
     if task.kind is Kind.CHAT:
         client = OpenAIChat(entry.url, entry.model or task.model, token)
     else:
-        client = CommittedImages(entry.url, token)
+        client = WorkerImages(entry.url, token)
     return ServerWorker(entry.name, entry.capacity, entry.concurrency, client)
 
 

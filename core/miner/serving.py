@@ -14,30 +14,23 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from core.budget import stake_share
+from core.errors import Refusal
 from core.metagraph import Neuron
 from core.miner.metrics import MinerMetrics
 from core.miner.state import MinerState
 from core.protocol import PATHS, PROTOCOL_VERSION, REQUEST_MODELS, ErrorResponse
 from core.tasks import TASKS, Kind
 from core.transport.admission import admit_signed
-from core.transport.auth import Refused
 
 
-class Refusal(Exception):
-    """A request the miner will not serve: its status, the reason, headers (Retry-After), and
-    for a malformed request the validation detail."""
-
-    def __init__(self, status: int, reason: str, headers: dict | None = None,
-                 detail: list | None = None):
-        super().__init__(reason)
-        self.status, self.reason, self.headers, self.detail = status, reason, headers, detail
-
-    def response(self) -> JSONResponse:
-        if self.detail is not None:
-            return JSONResponse({"version": PROTOCOL_VERSION, "error": self.reason,
-                                 "detail": self.detail}, self.status)
-        return JSONResponse(ErrorResponse(error=self.reason).model_dump(),
-                            status_code=self.status, headers=self.headers)
+def refusal_response(refusal: Refusal) -> JSONResponse:
+    """A request the miner will not serve, as the protocol's error answer: the reason, the
+    headers (Retry-After), and for a malformed request the validation detail."""
+    if refusal.detail is not None:
+        return JSONResponse({"version": PROTOCOL_VERSION, "error": refusal.reason,
+                             "detail": refusal.detail}, refusal.status)
+    return JSONResponse(ErrorResponse(error=refusal.reason).model_dump(),
+                        status_code=refusal.status, headers=refusal.headers)
 
 
 @dataclass
@@ -74,11 +67,8 @@ class Serving:
     async def admit(self, request: Request, kind: Kind | None
                     ) -> tuple[Neuron, BaseModel | None]:
         """The calling validator and its parsed message (None for the capacity synapse)."""
-        try:
-            validator, raw = await admit_signed(request, self.state.gate, self.state.metagraph,
-                                                self.body_timeout_s, "this miner")
-        except Refused as e:
-            raise Refusal(e.status, e.reason) from None
+        validator, raw = await admit_signed(request, self.state.gate, self.state.metagraph,
+                                            self.body_timeout_s, "this miner")
         if kind is None:
             return validator, None
         try:

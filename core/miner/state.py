@@ -12,6 +12,7 @@ from core.declaration import SignedDeclaration
 from core.miner.latch import DeclarationLatch, WrongPeriod
 from core.miner.limits import Ledger, Slots
 from core.miner.pool import Pool
+from core.plan import BLOCK_SECONDS
 from core.transport.auth import Gate
 
 # The next period's declaration is signed only this close to its start: a validator whose view of
@@ -35,7 +36,7 @@ class MinerState:
     metagraph: Metagraph | None = None
     synced_at: float = 0.0
     head: int = 0
-    block_time: float = 12.0
+    block_time: float = BLOCK_SECONDS
 
     def __post_init__(self):
         if self.latch.hotkey != self.hotkey:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from core.storage.store import StorageError
+from core.storage.base import StorageError
+
+T = TypeVar("T")
 
 POOL_SIZE = 8  # connections: the store's calls that may run at once from one process
 POOL_WAIT_S = 10.0  # for a free connection, or for the first one at start-up
@@ -24,7 +28,7 @@ class PostgresDatabase:
     auto_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     row_lock = " FOR SHARE"  # waits for a concurrent seal of the period (READ COMMITTED)
     errors: tuple[type[Exception], ...] = (psycopg.Error,)  # PoolTimeout is one
-    blocking = True  # each call is a network round trip: off the event loop (``Store.io``)
+    whole = "TRUNC({})"
 
     def __init__(self, dsn: str, pool_size: int = POOL_SIZE):
         shown = psycopg.conninfo.conninfo_to_dict(dsn)
@@ -61,6 +65,11 @@ class PostgresDatabase:
             return self._fetch(conn, sql, args)
         with self._pool.connection() as conn:
             return self._fetch(conn, sql, args)
+
+    def rows(self, sql: str, args: tuple, make: Callable[..., T]) -> list[T]:
+        conn = getattr(self._local, "conn", None)
+        with nullcontext(conn) if conn is not None else self._pool.connection() as c:
+            return [make(*row) for row in c.execute(self._sql(sql), args)]
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         conn = getattr(self._local, "conn", None)

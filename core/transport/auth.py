@@ -7,19 +7,11 @@ from collections.abc import Mapping
 
 from bittensor import http_auth
 
+from core.errors import Refusal
 from core.metagraph import Metagraph, Neuron
 
 # Entries must outlive the freshness window (max_age + allowed skew).
 NONCE_RETENTION_S = 60.0
-
-
-class Refused(Exception):
-    """A request refused before any work: ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class Gate:
@@ -41,23 +33,23 @@ class Gate:
         lowered = {k.lower(): v for k, v in headers.items()}
         if (lowered.get(http_auth.HEADER_VERSION.lower()) != http_auth.VERSION
                 or not lowered.get(http_auth.HEADER_SIGNATURE.lower())):
-            raise Refused(401, "MalformedAuth: missing or unsupported btauth/1 headers")
+            raise Refusal(401, "MalformedAuth: missing or unsupported btauth/1 headers")
         hotkey = lowered.get(http_auth.HEADER_HOTKEY.lower(), "")
         neuron = metagraph.by_hotkey(hotkey) if hotkey else None
         if neuron is None:
-            raise Refused(403, "caller is not registered on this subnet")
+            raise Refusal(403, "caller is not registered on this subnet")
         if not self.validators_only:
             return neuron
         if not neuron.validator_permit:
-            raise Refused(403, "caller has no validator permit")
+            raise Refusal(403, "caller has no validator permit")
         if neuron.stake < self.min_stake:
-            raise Refused(403, f"caller's stake {neuron.stake:g} is below the minimum "
+            raise Refusal(403, f"caller's stake {neuron.stake:g} is below the minimum "
                                f"{self.min_stake:g}")
         return neuron
 
     def admit(self, headers: Mapping[str, str], body: bytes, method: str, target: str,
               metagraph: Metagraph) -> Neuron:
-        """The calling validator's neuron, or Refused(401 | 403). ``target`` is the request
+        """The calling validator's neuron, or Refusal(401 | 403). ``target`` is the request
         target as sent (raw path and query): the signature covers exactly that. The nonce is
         stored only once the signature verifies and the signer is a validator, so no other
         signer can fill the store."""
@@ -72,9 +64,9 @@ class Gate:
                              self_hotkey_ss58=self.my_hotkey, max_age=self.max_age_s,
                              nonce_store=pending)
         except http_auth.AuthError as e:
-            raise Refused(401, f"{type(e).__name__}: {e}") from None
+            raise Refusal(401, f"{type(e).__name__}: {e}") from None
         if not self.nonce_store.check_and_store(*pending.seen):
-            raise Refused(401, "ReplayedRequest: this nonce was already accepted from this hotkey")
+            raise Refusal(401, "ReplayedRequest: this nonce was already accepted from this hotkey")
         return neuron
 
 

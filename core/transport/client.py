@@ -20,8 +20,10 @@ import aiohttp
 from bittensor import http_auth
 from pydantic import BaseModel
 
+from core.errors import PeerFault
 
-class TooLarge(Exception):
+
+class TooLarge(PeerFault):
     """A peer's answer, or one line of it, went past the size its message allows."""
 
 

@@ -4,6 +4,13 @@ POST /v1/chat/completions (streamed as server-sent events, or whole), POST /v1/i
 (text-to-image), POST /v1/images/image-to-image and /v1/images/inpaint (JSON with base64 images),
 GET /v1/models (the tasks with this period's capacity). Every call needs an API key
 (``Authorization: Bearer sn19-...``) within its rate limit; errors are OpenAI-style JSON.
+
+Requests are admitted one by one once their bodies are in (``core.transport.slots``): up to
+``SlotLimits.concurrency`` served at once, a bounded queue, then 503 with ``Retry-After``; one
+address may have BODIES_PER_ADDRESS bodies arriving at once (429 beyond). A store that fails or
+does not answer within ``organic.STORE_TIMEOUT_S`` is a 503 with ``Retry-After``. Every text
+the API echoes is bounded (``shown``), and ordinary client behaviour (leaving mid-stream,
+malformed JSON, a body too large) is answered or logged in one line, never with a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import Refusal
 from core.openai_wire import (
     DONE,
     ChatCompletionRequest,
@@ -41,20 +49,29 @@ from core.protocol import (
 )
 from core.storage.store import Store
 from core.tasks import TASKS, Kind
-from core.transport.limits import BodyLimit, BodyTimeout
+from core.transport.limits import BodyLimit, BodyTimeout, shown
+from core.transport.slots import RequestSlots, SlotLimits
 from core.validator import keys
 from core.validator.book import PeriodBook
-from core.validator.organic import AllFailed, NoCapacity, Organic
+from core.validator.organic import AllFailed, NoCapacity, Organic, StoreAway, from_store
+from core.validator.settings import API_CONCURRENCY
 from core.validator.traffic import Traffic
 
 DEFAULT_MAX_BODY = 16 * 2**20
+# a stream holds its slot to its end; a queued request waits 2 s at most
+DEFAULT_SLOTS = SlotLimits(concurrency=API_CONCURRENCY, queue=API_CONCURRENCY, wait_s=2.0)
+BODIES_PER_ADDRESS = 64  # arriving at once from one address, before any key is checked
+STORE_RETRY_AFTER_S = 5
+log = logging.getLogger("validator.api")
 
 
-class ApiError(Exception):
+class ApiError(Refusal):
+    """A refusal as the OpenAI API words it: ``kind`` is its error type."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
                  headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+        super().__init__(status, message, headers)
+        self.message, self.kind = message, kind
 
 
 def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
@@ -68,9 +85,8 @@ def task_for(model: str, kind: Kind) -> str:
         if task.kind is kind and model in (task.id, task.model):
             return task.id
     choices = ", ".join(t.id for t in TASKS.values() if t.kind is kind)
-    shown = model if len(model) <= 64 else model[:64] + "..."  # never echo a huge name back
-    raise ApiError(404, f"model {shown!r} is not served here for {kind.value}; use one of: "
-                        f"{choices}", "not_found_error")
+    raise ApiError(404, f"model {shown(model)!r} is not served here for {kind.value}; use one "
+                        f"of: {choices}", "not_found_error")
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ class ApiServices:
 
 
 def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_attempts: int = 3,
-              body_timeout_s: float = 30.0) -> FastAPI:
+              body_timeout_s: float = 30.0, slots: SlotLimits = DEFAULT_SLOTS) -> FastAPI:
     app = FastAPI(title="SN19 validator API", version="1",
                   description="OpenAI-compatible access to Subnet 19's miners")
     organic = Organic(services.book, services.traffic, max_attempts)
@@ -102,22 +118,30 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         return error(e.status_code, str(e.detail), kind, getattr(e, "headers", None))
 
+    @app.exception_handler(StoreAway)
+    async def store_away(_, e: StoreAway):
+        log.warning("request refused: %s", e)
+        return error(503, "the validator's database is unavailable; retry shortly", "api_error",
+                     {"Retry-After": str(STORE_RETRY_AFTER_S)})
+
     @app.exception_handler(Exception)
-    async def failed(_, e: Exception):  # a bug or a database away: still OpenAI's error shape
-        logging.getLogger("validator.api").error("request failed: %s: %s", type(e).__name__, e)
+    async def failed(_, e: Exception):  # a bug: still OpenAI's error shape
+        log.error("request failed: %s: %s", type(e).__name__, shown(e))
         return error(500, f"internal error ({type(e).__name__})", "api_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(x) for x in first["loc"] if x != "body")
-        msg = str(first["msg"])
+        where = shown(".".join(str(x) for x in first["loc"] if x != "body"))
+        msg = shown(first["msg"])
         return error(400, f"{where}: {msg}" if where else msg, "invalid_request_error")
 
     def reject(status: int, message: str) -> JSONResponse:
         return error(status, message, "invalid_request_error")
 
-    app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=reject)
+    app.add_middleware(RequestSlots, limits=slots, reject=reject)
+    app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=reject,
+                       per_address=BODIES_PER_ADDRESS)  # before a slot: withheld bodies hold none
     app.add_middleware(BodyLimit, max_bytes=max_body, reject=reject)  # outermost: size first
 
     def check(token: str) -> tuple[keys.ApiKey | None, float]:
@@ -133,7 +157,7 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         if not token:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                            "authentication_error")
-        key, wait = await services.store.io(check, token)
+        key, wait = await from_store(services.store.io(check, token))
         if key is None:
             raise ApiError(401, "invalid or revoked API key", "authentication_error")
         if wait:
@@ -146,7 +170,8 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
             return model_cls(**fields)
         except ValidationError as e:
             first = e.errors()[0]
-            raise ApiError(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise ApiError(400, f"{shown('.'.join(map(str, first['loc'])))}: "
+                                f"{shown(first['msg'])}") from None
 
     @app.get("/health")
     async def health():
@@ -156,7 +181,7 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
 
     @app.get("/v1/models")
     async def models(_: keys.ApiKey = Depends(authorize)):
-        live = await services.store.io(services.book.capacity)
+        live = await from_store(services.store.io(services.book.capacity))
         return {"object": "list", "data": [
             {"id": t.id, "object": "model", "created": 0, "owned_by": "sn19", "kind": t.kind.value,
              "unit": t.unit.value, "upstream": t.model,
@@ -169,7 +194,7 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         if body.n != 1:
             raise ApiError(400, "n: only 1 choice per request is supported")
         if field := body.unsupported():
-            raise ApiError(400, f"{field}: not supported by this API")
+            raise ApiError(400, f"{shown(field)}: not supported by this API")
         task = task_for(body.model, Kind.CHAT)
         request = message(ChatRequest, task=task,
                           messages=[{"role": m.role, "content": m.text()} for m in body.messages],
@@ -216,7 +241,7 @@ def build_api(services: ApiServices, *, max_body: int = DEFAULT_MAX_BODY, max_at
         try:
             width, height = (int(x) for x in body.size.lower().split("x"))
         except ValueError:
-            raise ApiError(400, f"size: expected WIDTHxHEIGHT, got {body.size!r}") from None
+            raise ApiError(400, f"size: expected WIDTHxHEIGHT, got {shown(body.size)!r}") from None
         return dict(task=task, prompt=body.prompt, negative_prompt=body.negative_prompt,
                     steps=TASKS[task].units_per_synthetic if body.steps is None else body.steps,
                     width=width, height=height,
@@ -287,4 +312,4 @@ async def _sse(first, stream, ident: str, created: int, task: str, request: Chat
 
 def _reason(e: Exception) -> str:
     """What a client may read of a failure: ours, or only its kind (never a miner's text)."""
-    return str(e) if isinstance(e, (NoCapacity, AllFailed)) else type(e).__name__
+    return str(e) if isinstance(e, (NoCapacity, AllFailed, StoreAway)) else type(e).__name__

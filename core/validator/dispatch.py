@@ -20,11 +20,13 @@ from pydantic import ValidationError
 from core.chain import Neuron
 from core.checking.images import png_size
 from core.declaration import SignedDeclaration, problem
+from core.errors import PeerFault
 from core.protocol import (
     CAPACITY_PATH,
     MAJOR,
     MAX_CAPACITY_BYTES,
     MAX_CHAT_LINE_BYTES,
+    THUMBNAIL_PX,
     CapacityRequest,
     CapacityResponse,
     ChatChunk,
@@ -97,7 +99,7 @@ def timeout_for(task_id: str, units: float) -> float:
     return 2 * TASKS[task_id].expected_seconds(units) + 2.0
 
 
-class MinerFailed(Exception):
+class MinerFailed(PeerFault):
     """A miner's answer that cannot be used; ``outcome`` says how it failed."""
 
     def __init__(self, outcome: Outcome):
@@ -125,34 +127,51 @@ def failure_outcome(error: BaseException) -> Outcome:
     return Outcome.INVALID
 
 
-async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest,
-                      prompt_tokens: int):
-    """The miner's chat stream, chunk by chunk, checked as it goes: raises MinerFailed for an
-    error status, a malformed line, more tokens than asked, a final line whose counts differ
-    from the validator's (``prompt_tokens`` as counted here, the completion as received) or that
-    ends before ``message.min_tokens`` (nothing may end such a request early: no end of
-    sequence, and no stop sequence, which it cannot carry), or no final line. Every line is read
-    up to MAX_CHAT_LINE_BYTES. Asked for a chunk after the final one, it reads the answer to its
-    end, whatever follows (``drain``)."""
-    path = task_path(message.task)
-    tokens = lines = 0
-    answer = client.stream(neuron.endpoint, path, neuron.hotkey, message,
-                           timeout_for(message.task, message.max_tokens), MAX_CHAT_LINE_BYTES)
-    async for status, line in answer:
-        if status != 200:
-            raise MinerFailed(status_outcome(status))
+class ChatLines:
+    """A chat answer's lines judged one by one as they arrive (``chat_chunks``'s rules, apart
+    from the HTTP): ``read`` raises MinerFailed for a malformed line (columns that disagree in
+    length or with the text, a figure out of its bounds: ``ChatChunk``), more tokens than asked
+    (or more lines than tokens and the final one), a final line whose counts differ from the
+    validator's (``prompt_tokens`` as counted here, the completion as received) or that ends
+    before ``message.min_tokens`` (nothing may end such a request early: no end of sequence, and
+    no stop sequence, which it cannot carry)."""
+
+    __slots__ = ("message", "prompt_tokens", "tokens", "lines")
+
+    def __init__(self, message: ChatRequest, prompt_tokens: int):
+        self.message, self.prompt_tokens = message, prompt_tokens
+        self.tokens = self.lines = 0
+
+    def read(self, line: bytes) -> ChatChunk:
         try:
             chunk = ChatChunk.model_validate_json(line)
         except ValidationError:
             raise MinerFailed(Outcome.INVALID) from None
-        tokens += len(chunk.tokens)
-        lines += 1
-        if tokens > message.max_tokens or lines > message.max_tokens + 1:
+        self.tokens += len(chunk.ids)
+        self.lines += 1
+        message = self.message
+        if self.tokens > message.max_tokens or self.lines > message.max_tokens + 1:
             raise MinerFailed(Outcome.INVALID)  # more than asked, or lines that carry nothing
-        if chunk.done and (chunk.completion_tokens != tokens
-                           or chunk.prompt_tokens != prompt_tokens
-                           or tokens < message.min_tokens):
+        if chunk.done and (chunk.completion_tokens != self.tokens
+                           or chunk.prompt_tokens != self.prompt_tokens
+                           or self.tokens < message.min_tokens):
             raise MinerFailed(Outcome.INVALID)
+        return chunk
+
+
+async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest,
+                      prompt_tokens: int):
+    """The miner's chat stream, chunk by chunk, each line read up to MAX_CHAT_LINE_BYTES and
+    judged as it comes (``ChatLines``): raises MinerFailed for an error status, a line that
+    fails, or no final line. Asked for a chunk after the final one, it reads the answer to its
+    end, whatever follows (``drain``)."""
+    judge = ChatLines(message, prompt_tokens)
+    answer = client.stream(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
+                           timeout_for(message.task, message.max_tokens), MAX_CHAT_LINE_BYTES)
+    async for status, line in answer:
+        if status != 200:
+            raise MinerFailed(status_outcome(status))
+        chunk = judge.read(line)
         yield chunk
         if chunk.done:
             async for _ in answer:  # only ever asked for by ``drain``, which bounds it in time
@@ -171,20 +190,25 @@ async def drain(chunks) -> None:
 
 
 async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> ImageResponse:
-    """The miner's images, read up to what ``message`` allows; raises MinerFailed unless it
-    answered the requested number of PNGs of the requested width and height (their headers,
-    read before any pixel) for the requested steps."""
+    """The miner's answer by reference (docs/protocol.md §8), read up to what ``message``
+    allows; raises MinerFailed unless it proves the requested number of images of the requested
+    width and height, each with a THUMBNAIL_PX PNG thumbnail (its header, read before any pixel),
+    for the requested steps, and carries no PNGs of its own (those are fetched: ``openings``)."""
     reply = await client.post(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
                               timeout_for(message.task, message.units),
                               ImageResponse.max_bytes(message))
     if reply.status != 200:
         raise MinerFailed(status_outcome(reply.status))
+    thumbnail = (THUMBNAIL_PX, THUMBNAIL_PX)
     try:
         answer = ImageResponse.model_validate_json(reply.body)
-        sizes = [png_size(base64.b64decode(i, validate=True)) for i in answer.images]
+        thumbnails = [png_size(base64.b64decode(p.thumbnail, validate=True))
+                      for p in answer.proofs]
     except (ValidationError, ValueError):  # binascii.Error is a ValueError
         raise MinerFailed(Outcome.INVALID) from None
-    if (answer.units != message.units or len(sizes) != message.num_images
-            or any(size != (message.width, message.height) for size in sizes)):
+    if (answer.units != message.units or len(answer.proofs) != message.num_images
+            or answer.images or any(size != thumbnail for size in thumbnails)
+            or any((p.width, p.height) != (message.width, message.height)
+                   for p in answer.proofs)):
         raise MinerFailed(Outcome.INVALID)
     return answer

@@ -1,6 +1,9 @@
 """A miner's feedback from this validator's store: its own contenders' states after the last
 closed (scored) period, its windows' scores, how that period's requests ended and why, notes on
-what held it back, and how the requests of the period still running have ended so far."""
+what held it back, and how the requests of the period still running have ended so far.
+
+It reads the asking miner's rows only (by hotkey, on the store's index), and blocks while it
+does: the peer endpoint runs it in the store's thread (``AsyncStore.run``)."""
 
 from __future__ import annotations
 
@@ -20,24 +23,16 @@ def scored_and_running(store: Store) -> tuple[int | None, int | None]:
     latest = store.latest_period()
     if latest is None:
         return None, None
-    info = store.period(latest)
-    if info is not None and info.finished:
-        return latest, None
-    for period in range(latest - 1, max(latest - LOOK_BACK, -1), -1):
-        info = store.period(period)
-        if info is not None and info.finished:
-            return period, latest
-    return None, latest
+    scored = store.last_finished(after=latest - LOOK_BACK)
+    return scored, None if scored == latest else latest
 
 
 def feedback_for(store: Store, validator: str, hotkey: str) -> Feedback:
     """``hotkey``'s rows only: nothing of another miner's is read into the answer."""
-    states = {task: s for (hk, task), s in store.states().items() if hk == hotkey}
+    states = {task: s for (_, task), s in store.states(hotkey).items()}
     scored, running = scored_and_running(store)
-    records = ([r for r in store.records(scored) if r.hotkey == hotkey]
-               if scored is not None else [])
-    now = ([r for r in store.records(running) if r.hotkey == hotkey]
-           if running is not None else [])
+    records = store.records(scored, hotkey) if scored is not None else []
+    now = store.records(running, hotkey) if running is not None else []
     failed_checks = store.failed_checks(scored, hotkey) if scored is not None else {}
     tasks = []
     for task, s in sorted(states.items()):

@@ -16,17 +16,16 @@ import functools
 import logging
 import random
 import time
-from dataclasses import dataclass
 
-import aiohttp
 import bittensor as bt
 
 from core import plan
 from core.budget import Contender
 from core.chain import ChainError, Metagraph, SubtensorChain
 from core.checking.service import Checker
-from core.period import close_period, open_period
-from core.storage import StorageError, Store
+from core.period import Closing, close_period, open_period
+from core.storage import AsyncStore, Store
+from core.synthetic import synthetic_request
 from core.tasks import TASKS, Kind
 from core.transport.client import SignedClient
 from core.validator import openings
@@ -36,43 +35,14 @@ from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
 from core.validator.measure import declared_in, measure_period, unplanned
 from core.validator.metrics import ValidatorMetrics
-from core.validator.report import period_table
+from core.validator.period_table import period_table
+from core.validator.replica import EXPECTED_FAILURES, Takeover
+from core.validator.settings import Settings
 from core.validator.sharing import Sharing
-from core.validator.synthetic import synthetic_request
 from core.validator.traffic import Attempt, Traffic, log_failures
 from core.validator.weights import WeightSetter
 
 log = logging.getLogger("validator")
-# the chain or the database away: logged in a line; anything else also with its traceback
-EXPECTED_FAILURES = (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError)
-
-
-@dataclass(frozen=True)
-class Settings:
-    period_blocks: int = 300
-    capacity_timeout_s: float = 12.0
-    # synthetic requests in flight at once, all miners together: 256 miners x max_per_miner, so
-    # only the per-miner limit binds in a full subnet (a window at stake share 1 and today's caps
-    # keeps ~2,200 in flight; one process sent them all on time in scripts/bench_window.py)
-    max_concurrency: int = 4096
-    max_per_miner: int = 16  # ... to one miner: a slow miner cannot hold the others' slots
-    background: float = plan.BACKGROUND  # share of each budget sampled outside windows
-    image_size: int = 1024
-    retention_periods: int = 96
-    min_period_share: float = 0.5  # a fresh start with less of the period left waits for the next
-    weight_retries: int = 3
-    max_backoff_s: float = 60.0
-    max_check_wait_s: float = 120.0  # at a period's end, for its results still being checked
-    max_drain_s: float = 30.0  # ... for its requests still out (at most a tenth of the period)
-    check: str = "gpu"  # reference models: gpu (production), cpu (tiny, local subnet) or off
-    check_rate: float = 0.1
-    check_queue: int = 256
-    tokenizers: str = "production"  # counting chat prompts: production, or tiny (local subnet)
-    share_reports: bool = True  # exchange window reports with the other validators and pool them
-    report_timeout_s: float = 5.0  # for one validator's report
-    max_report_wait_s: float = 30.0  # at a period's end, for reports still missing (at most
-    #                                  a tenth of the period)
-
 
 # Connections kept to miners, idle ones included: a pool smaller than the subnet closes one
 # miner's idle connection to open another's (scripts/bench_scoring.py, 256 miners, 64 in flight:
@@ -85,7 +55,8 @@ class Validator:
         self.wallet = wallet
         self.keypair = wallet.hotkey  # loaded once; signing with it is ~30x cheaper
         self.chain = chain
-        self.store = store
+        self.store = store  # for the rooms that call it from threads, and for tests
+        self.async_store = AsyncStore(store)  # this class's coroutines reach the database here
         self.settings = settings
         self.client = SignedClient(self.keypair, max_connections=max(
             POOL_CONNECTIONS, settings.max_concurrency * 2))
@@ -99,6 +70,8 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
+        # when `used` may be re-derived (replica.py sets a fresh one whenever it takes the lease)
+        self.takeover = Takeover(self.async_store, self.traffic.recorder)
         self.metrics = ValidatorMetrics(lambda: self.checker)
         self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
@@ -143,17 +116,18 @@ class Validator:
     async def follow(self) -> None:
         """In a replica that does not run the loop: serve the period the loop planned (its
         budgets are in the shared store) until it ends."""
-        period = self.store.latest_period()
+        period = await self.async_store.latest_period()
         if period is None or period == self.book.period:
             return
         metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
         self.metagraph = metagraph  # any process on the database serves its reports to peers
-        self.book.open(period, self.store.contenders(period), metagraph, self._recent_quality())
+        self.book.open(period, await self.async_store.contenders(period), metagraph,
+                       await self._recent_quality())
         log.info("serving period %d as planned by the process running the loop", period)
 
-    def _recent_quality(self) -> dict[tuple[str, str], float]:
+    async def _recent_quality(self) -> dict[tuple[str, str], float]:
         """Each scored contender's recent quality: the organic API's routing weight."""
-        return {key: s.quality for key, s in self.store.states().items()}
+        return {key: s.quality for key, s in (await self.async_store.states()).items()}
 
     async def close(self) -> None:
         self.traffic.recorder.flush()  # records of requests cut off by the stop
@@ -166,7 +140,7 @@ class Validator:
     async def _step(self) -> int:
         """Run the current period if it is due (1), or wait for the next one (0)."""
         period, left = await self._current()
-        info = self.store.period(period)
+        info = await self.async_store.period(period)
         if info and info.finished:
             await asyncio.sleep(left)
             return 0
@@ -181,10 +155,10 @@ class Validator:
         """Score the periods a previous run began but did not close (it stopped in them): what
         it recorded counts; nothing is sent for them any more."""
         period, _ = await self._current()
-        for old in self.store.unfinished(before=period):
+        for old in await self.async_store.unfinished(before=period):
             log.info("closing period %d, left unfinished", old)
-            self.store.rederive_used(old)  # reservations of requests cut off by a crash
-            await self._close(old, self.store.contenders(old),
+            await self.takeover.rederive_used(old)  # reservations cut off by a crash
+            await self._close(old, await self.async_store.contenders(old),
                               await self.chain.metagraph(old * self.settings.period_blocks))
 
     async def _period_s(self) -> float:
@@ -203,12 +177,12 @@ class Validator:
         pb = self.settings.period_blocks
         metagraph = await self.chain.metagraph(period * pb)
         self.metagraph = metagraph
-        resumed = self.store.period(period) is not None
+        resumed = await self.async_store.period(period) is not None
         contenders, share = await self._open(period, metagraph)
         if resumed:  # reservations of requests a crash cut off are not spent
-            self.store.rederive_used(period)
+            await self.takeover.rederive_used(period)
         _, left = await self._current()
-        self.book.open(period, contenders, metagraph, self._recent_quality())
+        self.book.open(period, contenders, metagraph, await self._recent_quality())
         self.begin_sending()
         background = plan.background_plan(contenders, left, self.settings.background, self.rng)
         log.info("period %d: %d contenders, share %.3f, %d background requests%s", period,
@@ -238,19 +212,20 @@ class Validator:
     async def _open(self, period: int, metagraph: Metagraph) -> tuple[list[Contender], float]:
         """This period's contenders and share: from the store when resuming, else asked of the
         miners and stored now."""
-        info = self.store.period(period)
+        info = await self.async_store.period(period)
         if info is not None:
-            return self.store.contenders(period), info.share
+            return await self.async_store.contenders(period), info.share
         start = period * self.settings.period_blocks
         miners = [n for n in metagraph.neurons if n.hotkey != self.hotkey]
         signed = await fetch_capacities(self.client, miners, self.settings.capacity_timeout_s,
                                         self.chain.netuid, period)
         declared = {hotkey: d.declared() for hotkey, d in signed.items()}
-        previous = [(c.hotkey, c.task) for c in self.store.contenders(period - 1)]
+        previous = [(c.hotkey, c.task) for c in await self.async_store.contenders(period - 1)]
         opening = open_period(metagraph, declared, previous, self.hotkey)
         stakes = {n.hotkey: n.stake for n in metagraph.validators() if n.stake > 0}
-        self.store.begin_period(period, start, await self.chain.block_hash(start), opening.share,
-                                time.time(), opening.contenders, stakes, signed.values())
+        await self.async_store.begin_period(
+            period, start, await self.chain.block_hash(start), opening.share, time.time(),
+            opening.contenders, stakes, signed.values())
         return opening.contenders, opening.share
 
     async def _follow_blocks(self, period: int, contenders: list[Contender],
@@ -272,15 +247,16 @@ class Validator:
                 for b in await self._openings(seen, min(head + 1, end)):
                     until = max(until, b + w)
                     if head < b + w:
-                        window = self._note_window(period, b, head, block_time)
+                        window = await self._note_window(period, b, head, block_time)
                         schedules.append(asyncio.create_task(
                             self._run_window(period, window, contenders, metagraph)))
                 seen = head + 1
             await asyncio.sleep(min(block_time / 4, 1.0))
 
-    def _note_window(self, period: int, block: int, head: int, block_time: float) -> plan.Window:
+    async def _note_window(self, period: int, block: int, head: int,
+                           block_time: float) -> plan.Window:
         seconds = plan.window_blocks(self.settings.period_blocks) * block_time
-        window = self.store.add_window(period, plan.Window(
+        window = await self.async_store.add_window(period, plan.Window(
             block, time.time() - (head - block) * block_time, seconds))
         log.info("period %d: audit window opened at block %d (%.0fs)", period, block, seconds)
         return window
@@ -292,8 +268,9 @@ class Validator:
         remaining = window.started_at + window.seconds - time.time()
         if remaining <= 0:
             return
-        sends = plan.window_plan(contenders, self.book.used(), self.settings.period_blocks,
-                                 remaining, remaining / window.seconds, self.rng)
+        sends = plan.window_plan(contenders, await self.async_store.call(self.book.used),
+                                 self.settings.period_blocks, remaining,
+                                 remaining / window.seconds, self.rng)
         need = plan.required_concurrency(sends, remaining)
         if need > self.settings.max_concurrency:
             log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
@@ -304,13 +281,14 @@ class Validator:
             await asyncio.wait(launched)
         await asyncio.sleep(max(window.started_at + window.seconds - time.time(), 0))
         if self.settings.share_reports:
-            self._share(period, window, contenders, metagraph, await self._period_end(period))
+            await self._share(period, window, contenders, metagraph,
+                              await self._period_end(period))
 
-    def _share(self, period: int, window: plan.Window, contenders: list[Contender],
-               metagraph: Metagraph, until: float, restart: bool = False) -> None:
+    async def _share(self, period: int, window: plan.Window, contenders: list[Contender],
+                     metagraph: Metagraph, until: float, restart: bool = False) -> None:
         """Store this validator's report of ``window`` and fetch the others' until ``until``
         (unix time), unless that is under way (``restart``: anew, until ``until``)."""
-        self.sharing.own_report(period, window, contenders)
+        await self.sharing.own_report(period, window, contenders)
         task = self._collecting.get(window.block)
         if task is not None and not task.done():
             if not restart:
@@ -327,9 +305,11 @@ class Validator:
         if not self.settings.share_reports:
             return
         wait = min(self.settings.max_report_wait_s, await self._period_s() / 10)
-        for window in self.store.windows(period):
-            self._share(period, window, contenders, metagraph, time.time() + wait, restart=True)
-        blocks = {w.block for w in self.store.windows(period)}
+        windows = await self.async_store.windows(period)
+        for window in windows:
+            await self._share(period, window, contenders, metagraph, time.time() + wait,
+                              restart=True)
+        blocks = {w.block for w in windows}
         tasks = [t for b, t in self._collecting.items() if b in blocks]
         if tasks:
             await asyncio.wait(tasks, timeout=wait)
@@ -405,7 +385,10 @@ class Validator:
         if neuron is None:  # contenders come from this metagraph: never here
             return
         async with self._miner_gate(c.hotkey), self._gate:
-            reserved_in = await self.store.io(self.book.reserve, (c.hotkey, c.task), units, s.cap)
+            if not self.traffic.admits():
+                return  # the store refuses records: nothing is sent that it could not record
+            reserved_in = await self.async_store.call(self.book.reserve, (c.hotkey, c.task), units,
+                                                      s.cap)
             if reserved_in is None:
                 return  # organic traffic served its part, or the budget is spent
             await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,
@@ -417,34 +400,43 @@ class Validator:
         return self._gates[hotkey]
 
     async def _close(self, period: int, contenders: list[Contender], metagraph: Metagraph) -> None:
-        """Score the period (``core.period.close_period``), store every contender's state, set
-        weights. Miners silent to this validator that declared to a peer are contenders too
-        (``core.validator.measure``)."""
-        self.store.seal(period)  # a request still running is recorded in the next period
-        if self.settings.share_reports:
-            held = declared_in(self.store, period, self.store.reports(period))
-            for hotkey, (a, b) in held.proofs.items():
-                log.warning("period %d: %s signed two declarations (%s and %s): its period is "
-                            "forfeited", period, hotkey, a.capacities, b.capacities)
-            found = unplanned(held, contenders, metagraph)
-            if found:
-                log.info("period %d: %d contenders of miners silent to this validator that "
-                         "declared to others", period, len(found))
-                self.store.add_contenders(period, found)
-                contenders = self.store.contenders(period)
-        measured, poolings = measure_period(self.store, period, contenders,
-                                            self.settings.period_blocks,
-                                            pooled=self.settings.share_reports)
-        closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
-                               self.store.states(), metagraph.n_uids,
-                               {k: n for k, (_, n) in measured.items()})
-        for pooling in poolings:
-            self.store.note_pooling(period, pooling)
-            self.metrics.pooled(pooling)
-        self.store.finish_period(period, closing.states)
-        self.metrics.closed(period, closing.rows)
-        print(period_table(period, self.store.windows(period), closing,
-                           poolings={p.block: p for p in poolings}), flush=True)
+        """Score the period and store every contender's state (``close_in_store``, in the
+        store's thread: it reads every record of the period), then set weights."""
+        closing = await self.async_store.run(
+            close_in_store, period, contenders, metagraph, self.settings, self.metrics)
         await self.weights.send(closing.weights, metagraph)
         await self.weights.watch(await self.chain.metagraph())
-        self.store.prune(period - self.settings.retention_periods)
+        await self.async_store.prune(period - self.settings.retention_periods)
+
+
+def close_in_store(store: Store, period: int, contenders: list[Contender], metagraph: Metagraph,
+                   settings: Settings, metrics: ValidatorMetrics) -> Closing:
+    """A period's close up to its weights, blocking (a thread's work: ``Validator._close``):
+    seal it, score it (``core.period.close_period``) with miners silent to this validator that
+    declared to a peer as contenders too (``core.validator.measure``), store every contender's
+    state, and show the period's table and metrics."""
+    store.seal(period)  # a request still running is recorded in the next period
+    if settings.share_reports:
+        held = declared_in(store, period, store.reports(period))
+        for hotkey, (a, b) in held.proofs.items():
+            log.warning("period %d: %s signed two declarations (%s and %s): its period is "
+                        "forfeited", period, hotkey, a.capacities, b.capacities)
+        found = unplanned(held, contenders, metagraph)
+        if found:
+            log.info("period %d: %d contenders of miners silent to this validator that "
+                     "declared to others", period, len(found))
+            store.add_contenders(period, found)
+            contenders = store.contenders(period)
+    measured, poolings = measure_period(store, period, contenders, settings.period_blocks,
+                                        pooled=settings.share_reports)
+    closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
+                           store.states(), metagraph.n_uids,
+                           {k: n for k, (_, n) in measured.items()})
+    for pooling in poolings:
+        store.note_pooling(period, pooling)
+        metrics.pooled(pooling)
+    store.finish_period(period, closing.states)
+    metrics.closed(period, closing.rows)
+    print(period_table(period, store.windows(period), closing,
+                       poolings={p.block: p for p in poolings}), flush=True)
+    return closing

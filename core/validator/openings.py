@@ -1,10 +1,13 @@
-"""Asking a miner to open steps of an image answer's trajectory (docs/protocol.md §8), right after
-receipt and for the steps the checker drew then (``core.checking.trajectory.pick_steps``): what
-the miner sends is read up to what an honest opening of those steps takes, and nothing in it is
-trusted before the checker hashes it against the commitment."""
+"""Asking a miner to open an image answer it gave by reference (docs/protocol.md §8), right after
+receipt: its full PNGs with the latents of the steps the checker drew then
+(``core.checking.trajectory.pick_steps``), or the PNGs alone for organic traffic. What the miner
+sends is read up to what an honest opening takes, and nothing in it is trusted before it is
+hashed against the commitment."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import random
 from collections.abc import Callable, Coroutine
@@ -12,8 +15,15 @@ from dataclasses import replace
 from typing import Any
 
 from core.chain import Neuron
+from core.checking.images import verified_pngs
 from core.checking.service import Job
-from core.checking.trajectory import Openings, latents_needed, openings_of, pick_steps
+from core.checking.trajectory import (
+    OpeningProblem,
+    Openings,
+    latents_needed,
+    openings_of,
+    pick_steps,
+)
 from core.errors import PeerFault
 from core.protocol import (
     TRAJECTORY_PATH,
@@ -37,11 +47,11 @@ class OpeningFailed(PeerFault):
 
 async def fetch_openings(client: SignedClient, neuron: Neuron, request: ImageRequest,
                          response: ImageResponse, steps: tuple[int, ...]) -> Openings:
-    """The miner's latents that open ``steps`` of ``response`` (``latents_needed``), as bytes;
-    raises OpeningFailed whatever goes wrong."""
+    """The miner's latents that open ``steps`` of ``response`` (``latents_needed``; none for no
+    steps) and its full PNGs, as bytes; raises OpeningFailed whatever goes wrong."""
     if not response.trajectory or not response.trajectory[0]:
         raise OpeningFailed("the answer commits no trajectory")
-    asked = latents_needed(steps, len(response.trajectory[0]))
+    asked = latents_needed(steps, len(response.trajectory[0])) if steps else []
     message = TrajectoryRequest(task=request.task, key=commitment_key(response.trajectory),
                                 latents=asked)
     try:
@@ -55,6 +65,22 @@ async def fetch_openings(client: SignedClient, neuron: Neuron, request: ImageReq
         raise
     except Exception as e:  # a miner's answer can fail in any way
         raise OpeningFailed(f"{type(e).__name__}: {e}"[:200]) from None
+
+
+async def with_images(client: SignedClient, neuron: Neuron, request: ImageRequest,
+                      response: ImageResponse) -> ImageResponse:
+    """An organic answer by reference with its full PNGs, fetched at once (the API's client
+    gets them) and verified against its proofs (``verified_pngs``, off the event loop: a 1024-px
+    PNG takes milliseconds to decode); raises OpeningFailed, logged at WARNING naming the miner,
+    when the miner does not send them or they are not the committed ones."""
+    try:
+        pngs = (await fetch_openings(client, neuron, request, response, ())).images
+        await asyncio.to_thread(verified_pngs, request, response, pngs)
+    except (OpeningFailed, OpeningProblem) as e:
+        log.warning("uid %d (%s) did not send the images of its organic %s answer: %s",
+                    neuron.uid, neuron.hotkey, request.task, e)
+        raise OpeningFailed(str(e)) from None
+    return response.model_copy(update={"images": [base64.b64encode(p).decode() for p in pngs]})
 
 
 def opener(client: SignedClient, rng: random.Random) -> Callable[[Job], Coroutine[Any, Any, Job]]:

@@ -11,33 +11,56 @@ are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
+from typing import TypeVar
 
 from core.budget import Contender
 from core.chain import Neuron
+from core.errors import Unavailable
 from core.protocol import (
     ChatChunk,
     ChatRequest,
-    ChatToken,
     ImageRequest,
     ImageResponse,
     TaskRequest,
 )
+from core.sampling_mix import ORGANIC, SamplingMix
+from core.storage import StorageError
 from core.validator.book import PeriodBook
-from core.validator.sampling_mix import ORGANIC, SamplingMix
 from core.validator.traffic import Attempt, Result, Traffic
 
 MAX_ATTEMPTS = 3
+# the longest a user's request waits on the store: a database away is a fast 503, not a 500 after
+# the driver's own 10-22 s of connecting
+STORE_TIMEOUT_S = 2.0
+T = TypeVar("T")
 
 
-class NoCapacity(Exception):
+class NoCapacity(Unavailable):
     """No contender of the task has budget left for the request this period."""
 
 
-class AllFailed(Exception):
+class AllFailed(Unavailable):
     """Every miner tried failed the request."""
+
+
+class StoreAway(Unavailable):
+    """The store failed, or did not answer within STORE_TIMEOUT_S: nothing can be served until
+    it is back."""
+
+
+async def from_store(call: Awaitable[T], timeout_s: float | None = STORE_TIMEOUT_S) -> T:
+    """The store's answer to ``call`` (``store.io(...)``) within ``timeout_s``, or StoreAway. A
+    call cut short goes on in the store's thread; the user's request does not wait for it, so a
+    call whose effect must be settled by its caller (a reservation) is given no deadline."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except (StorageError, TimeoutError) as e:
+        raise StoreAway(f"the store is unavailable ({type(e).__name__})") from e
 
 
 class Organic:
@@ -64,7 +87,12 @@ class Organic:
         reserved in the period book; ``tried`` collects their hotkeys."""
         prompt, units = self.traffic.cost(message)
         for _ in range(self.max_attempts):
-            claimed = await self.book.store.io(self._claim, message.task, units, tried)
+            if not self.traffic.admits():  # records wait for the store: none is added to them
+                raise StoreAway("the store refuses request records; try again shortly")
+            # no deadline: units reserved after the request gave up would never be settled (the
+            # API's key check, just before, found the store answering within its deadline)
+            claimed = await from_store(self.book.store.io(self._claim, message.task, units,
+                                                          tried), timeout_s=None)
             if claimed is None:
                 return
             neuron, period = claimed
@@ -94,21 +122,21 @@ class Organic:
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Token chunks as they arrive, then a final chunk with the units (the prompt as counted
         here). Raises NoCapacity or AllFailed (before or during the stream) when no miner can
-        finish it."""
+        finish it, StoreAway when the store cannot reserve its units."""
         self.mix.record(request)
-        sent: list[ChatToken] = []
+        sent = 0  # tokens the client has (a retry with the same seed repeats them)
         tried: set[str] = set()
         async for attempt in self._attempts(request, tried):
             result = Result()
             async with aclosing(self.traffic.chat(attempt, result)) as stream:  # closed (and
                 async for _ in stream:  # recorded) at once when our client goes away
-                    if len(result.tokens) > len(sent):
-                        fresh = result.tokens[len(sent):]
-                        sent.extend(fresh)
-                        yield ChatChunk(tokens=fresh)
+                    if len(result.tokens) > sent:
+                        fresh = result.tokens.span(sent)
+                        sent = len(result.tokens)
+                        yield fresh
             if result.answer is not None:
                 yield ChatChunk(done=True, prompt_tokens=attempt.prompt_tokens,
-                                completion_tokens=len(sent))
+                                completion_tokens=sent)
                 return
         raise self._give_up(request.task, tried)
 

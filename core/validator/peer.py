@@ -8,6 +8,11 @@ answer is this validator's own report of the window asked, signed for the caller
 ``POST /feedback`` answers any registered hotkey, signed with btauth/1 for this validator, what
 this validator measured of that hotkey's own contenders (``core.validator.feedback``), at most
 once every FEEDBACK_INTERVAL_S per hotkey (429 sooner).
+
+Requests are admitted one by one once their bodies are in (``core.transport.slots``,
+PEER_SLOTS). Until its signature is checked a caller is unproven (a hotkey is public: claiming
+one proves nothing), so its body, a few bytes, must arrive within PEER_BODY_TIMEOUT_S, and one
+address may have at most BODIES_PER_ADDRESS bodies arriving at once.
 """
 
 from __future__ import annotations
@@ -20,28 +25,42 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import Refusal
 from core.feedback import FEEDBACK_INTERVAL_S, FEEDBACK_PATH, FeedbackRequest
 from core.protocol import PROTOCOL_VERSION
 from core.transport.admission import admit_signed
-from core.transport.auth import Gate, Refused
-from core.transport.limits import BodyLimit
+from core.transport.auth import Gate
+from core.transport.limits import BodyLimit, BodyTimeout
+from core.transport.slots import RequestSlots, SlotLimits
 from core.window_report import REPORT_PATH, ReportRequest
 
 MAX_BODY = 4096  # a report request is a block number
+PEER_BODY_TIMEOUT_S = 3.0  # for those 4 KiB at most, sent with the headers
+# permitted validators ask for a window's report at about the same time; miners ask for feedback
+PEER_SLOTS = SlotLimits(concurrency=64, queue=512, wait_s=5.0)
+BODIES_PER_ADDRESS = 8
 
 
 def refuse(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"version": PROTOCOL_VERSION, "error": reason}, status_code=status)
 
 
-def build_peer_app(validator, *, body_timeout_s: float = 30.0,
-                   public_metrics: bool = False) -> FastAPI:
-    """``validator``: a ``core.validator.loop.Validator`` (its metagraph says who may ask)."""
+def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
+                   public_metrics: bool = False, slots: SlotLimits = PEER_SLOTS) -> FastAPI:
+    """``validator``: a ``core.validator.loop.Validator`` (its metagraph says who may ask).
+    ``body_timeout_s`` is capped at PEER_BODY_TIMEOUT_S."""
+    body_timeout_s = min(body_timeout_s, PEER_BODY_TIMEOUT_S)
     gate = Gate(validator.hotkey)
     miners = Gate(validator.hotkey, validators_only=False)  # its own nonces: miners fill no
     asked_at: dict[str, float] = {}  # hotkey -> last feedback; at most one per registered hotkey
     app = FastAPI(title="SN19 validator", version=PROTOCOL_VERSION, docs_url=None,
                   redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestSlots, limits=slots, reject=refuse,
+                       exempt=frozenset({"/health", "/metrics"}))
+    # bodies read before a slot is taken (then at once in ``admit_signed``): a few bytes, so
+    # reading one before the headers are screened costs nothing
+    app.add_middleware(BodyTimeout, seconds=body_timeout_s, reject=refuse,
+                       per_address=BODIES_PER_ADDRESS)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY, reject=refuse)
 
     @app.exception_handler(StarletteHTTPException)
@@ -66,13 +85,13 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
         try:
             caller, raw = await admit_signed(request, gate, validator.metagraph, body_timeout_s,
                                              "this validator")
-        except Refused as e:
+        except Refusal as e:
             return refuse(e.status, e.reason)
         try:
             asked = ReportRequest.model_validate(raw)
         except ValidationError:
             return refuse(422, "expected {\"block\": <window's opening block>}")
-        answer = validator.sharing.answer(asked.block, caller.hotkey)
+        answer = await validator.sharing.answer(asked.block, caller.hotkey)
         if answer is None:
             return refuse(404, f"no report of a window at block {asked.block} (yet)")
         body, headers = answer
@@ -86,7 +105,7 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
             caller, raw = await admit_signed(request, miners, validator.metagraph,
                                              body_timeout_s, "this validator")
             FeedbackRequest.model_validate(raw)
-        except Refused as e:
+        except Refusal as e:
             return refuse(e.status, e.reason)
         except ValidationError:
             return refuse(422, "expected {} or {\"version\": ...}")
@@ -96,7 +115,7 @@ def build_peer_app(validator, *, body_timeout_s: float = 30.0,
         for hotkey in [h for h in asked_at if validator.metagraph.by_hotkey(h) is None]:
             del asked_at[hotkey]  # deregistered: the map stays within the metagraph
         asked_at[caller.hotkey] = now
-        answer = feedback_for(validator.store, validator.hotkey, caller.hotkey)
+        answer = await validator.async_store.run(feedback_for, validator.hotkey, caller.hotkey)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     return app

@@ -2,6 +2,11 @@
 organic traffic from the shared store, and exactly one runs the period loop (capacities,
 synthetic plan, scoring, weights), the one holding the store's lease. The others try to take the
 lease every ``poll_s``; when its holder dies, one of them has the loop within about that long.
+
+A process that takes the lease re-derives ``used`` of the periods it resumes (the reservations of
+requests a dead holder cut off are not spent), but only once that holder's requests are known to
+be over (``Takeover``): never under requests still in flight, whose records would then settle
+against reservations no longer counted.
 """
 
 from __future__ import annotations
@@ -9,13 +14,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiohttp
 
-from core.chain import ChainError
-from core.storage import StorageError
+from core.errors import Unavailable
+from core.storage import AsyncStore
+from core.storage.base import Lease
+from core.storage.sqlite import FileLease
+from core.validator.recorder import Recorder
 
 log = logging.getLogger("validator.replica")
+# what the period loop and its followers meet in the ordinary course (the chain or the database
+# away, a peer's connection gone): logged in a line; anything else also with its traceback
+EXPECTED_FAILURES = (Unavailable, OSError, aiohttp.ClientError, TimeoutError)
+
+# How long a lease holder that lost its lease may still have synthetic requests whose records are
+# not written, once it has seen the loss (it checks every poll): its loop cancels them at once,
+# their records are written or journaled, a write waiting up to the pool's 10 s for a connection
+# (``core.storage.postgres.POOL_WAIT_S``), and journaled ones are written back within a second of
+# the store answering it (``core.validator.recorder.RETRY_S``).
+STOP_S = 12.0
+
+
+class Takeover:
+    """When this process may re-derive a period's ``used`` from its records: once per period
+    after it took the lease, and only when the period's previous leader is known dead, that is
+    ``settle_s`` after the lease became ours (``settle_s()``: by then the previous holder has
+    seen its lease gone and stopped every request it sent as leader), and once this process's
+    own journal is written back (its own records all stored). Organic requests other live
+    replicas have in flight at that moment are not seen (docs/protocol.md §6)."""
+
+    def __init__(self, store: AsyncStore, recorder: Recorder, settle_s: float = 0.0):
+        self.store, self.recorder, self.settle_s = store, recorder, settle_s
+        self.since = time.monotonic()
+        self._done: set[int] = set()
+
+    async def rederive_used(self, period: int) -> None:
+        if period in self._done:  # a retried step: nothing of ours was cut off since
+            return
+        await self.recorder.drained()
+        wait = self.since + self.settle_s - time.monotonic()
+        if wait > 0:
+            log.info("period %d: its used is re-derived in %.0fs, once the previous leader's "
+                     "requests are over", period, wait)
+            await asyncio.sleep(wait)
+        await self.store.rederive_used(period)
+        self._done.add(period)
+
+
+def settle_s(lease: Lease, poll_s: float) -> float:
+    """How long after taking ``lease`` its previous holder is known dead: at once for SQLite's
+    file lock, which only its holder's death (or release) frees; ``2 x poll + STOP_S`` for
+    PostgreSQL's, which a live holder loses with its connection."""
+    return 0.0 if isinstance(lease, FileLease) else 2 * poll_s + STOP_S
 
 
 async def lead_or_follow(validator, periods: int | None, poll_s: float = 5.0) -> None:
@@ -23,14 +75,16 @@ async def lead_or_follow(validator, periods: int | None, poll_s: float = 5.0) ->
     another does; returns when this process has run ``periods`` periods (None: never)."""
     lease = validator.store.lease(f"period-loop:{validator.hotkey}")
     while True:
-        if lease.acquire():
+        if await validator.async_store.call(lease.acquire):  # PostgreSQL: a round trip
             log.info("this process runs the period loop")
             validator.leading = True
+            validator.takeover = Takeover(validator.async_store, validator.traffic.recorder,
+                                          settle_s=settle_s(lease, poll_s))
             work = asyncio.create_task(validator.periods(periods))
             try:
                 while not work.done():
                     await asyncio.wait({work}, timeout=poll_s)
-                    if not work.done() and not lease.held():
+                    if not work.done() and not await validator.async_store.call(lease.held):
                         log.error("the period loop's lease is lost (its database connection "
                                   "broke): stopping the loop here; a replica takes it over")
                         break
@@ -45,6 +99,6 @@ async def lead_or_follow(validator, periods: int | None, poll_s: float = 5.0) ->
                 lease.release()
         try:
             await validator.follow()
-        except (ChainError, StorageError, OSError, aiohttp.ClientError, TimeoutError) as e:
+        except EXPECTED_FAILURES as e:
             log.warning("cannot follow the period loop's plan (%s: %s)", type(e).__name__, e)
         await asyncio.sleep(poll_s)

@@ -3,7 +3,9 @@
 After each audit window a validator stores its own report (``own_report``) and serves it to the
 other permitted validators (``answer``, on the peer endpoint it announces). It fetches theirs
 (``collect``) until it holds them all or its period's close stops waiting, and the period's
-close pools what it holds (``core.validator.measure``).
+close pools what it holds (``core.validator.measure``). Its own report is made from the
+records as the database sums them, in the store's thread (``own_report_of``): a window's
+records never pass through the event loop.
 
 A fetched report is taken only when everything about it checks out: it answers this request
 (btauth/1 headers signed by the validator asked, for this validator, for this window, fresh and
@@ -30,11 +32,12 @@ from pydantic import ValidationError
 from core.budget import Contender
 from core.chain import Metagraph, Neuron, SubtensorChain
 from core.declaration import problem
+from core.errors import PeerFault
 from core.plan import Window
 from core.protocol import MAJOR, major_of
-from core.records import period_outcomes
+from core.records import outcome_tallies, window_outcomes
 from core.scoring import Tally
-from core.storage import Store
+from core.storage import AsyncStore, Store
 from core.transport.auth import NONCE_RETENTION_S
 from core.transport.client import SignedClient, TooLarge
 from core.validator.metrics import ValidatorMetrics
@@ -52,7 +55,7 @@ log = logging.getLogger("validator.sharing")
 OUTSIDE_PERIODS = 16  # periods back a report's outside-window requests may reach
 
 
-class Rejected(Exception):
+class Rejected(PeerFault):
     """A report refused: ``reason`` is one word for the metric, the message says why."""
 
     def __init__(self, reason: str, message: str):
@@ -65,7 +68,7 @@ class Sharing:
                  metrics: ValidatorMetrics, *, timeout_s: float = 5.0):
         self.client = client
         self.keypair = keypair
-        self.store = store
+        self.store = AsyncStore(store)  # a coroutine's only way to the database
         self.chain = chain
         self.netuid = chain.netuid
         self.timeout_s = timeout_s
@@ -76,44 +79,23 @@ class Sharing:
     def hotkey(self) -> str:
         return self.keypair.ss58_address
 
-    def own_report(self, period: int, window: Window, contenders: Sequence[Contender]) -> bool:
-        """Store this validator's report of ``window`` from its records, with the declarations
-        the miners gave it for the period and what it asked outside windows since the window
-        before (``outside_since``) (once: a report served never changes); True if stored now."""
-        if self.store.report(window.block, self.hotkey) is not None:
+    async def own_report(self, period: int, window: Window,
+                         contenders: Sequence[Contender]) -> bool:
+        """Store this validator's report of ``window`` (``own_report_of``, in the store's
+        thread) once: a report served never changes; True if stored now."""
+        if self.hotkey in await self.store.reporters(window.block):
             return False
-        measured = period_outcomes(contenders, self.store.records(period), [window])
-        outcomes = {key: o.windows[0] for key, (o, _) in measured.items()}
-        report = report_of(self.netuid, self.hotkey, window.block, outcomes,
-                           self.store.declarations(period).values(),
-                           self.outside_since(period, window, contenders))
-        return self.store.add_report(period, report, time.time())
+        report = await self.store.run(own_report_of, self.netuid, self.hotkey, period, window,
+                                      contenders)
+        return await self.store.add_report(period, report, time.time())
 
-    def outside_since(self, period: int, window: Window, contenders: Sequence[Contender]
-                      ) -> dict[tuple[str, str], Tally]:
-        """What this validator asked each contender between the end of the window before
-        ``window`` (in this period or up to ``OUTSIDE_PERIODS`` earlier) and ``window``'s start:
-        every request outside windows falls in exactly one report, so the reports pool all of
-        them, those sent after a period's last window in the next period's first."""
-        since, first = 0.0, period
-        for p in range(period, max(period - OUTSIDE_PERIODS, -1), -1):
-            first = p
-            earlier = [w for w in self.store.windows(p) if w.block < window.block]
-            if earlier:
-                last = max(earlier, key=lambda w: w.block)
-                since = last.started_at + last.seconds
-                break
-        records = [r for p in range(first, period + 1) for r in self.store.records(p)
-                   if since <= r.at < window.started_at]
-        return {key: o.other for key, (o, _) in period_outcomes(contenders, records).items()}
-
-    def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
+    async def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
         """Own report of the window at ``block`` and btauth/1 headers that sign it for
         ``caller`` (None while there is none)."""
-        report = self.store.report(block, self.hotkey)
-        if report is None:
+        stored = await self.store.report_body(block, self.hotkey)
+        if stored is None:
             return None
-        body = report.model_dump_json().encode()
+        body = stored.encode()
         headers = http_auth.sign(self.keypair, method=SIGNED_METHOD, path=signed_path(block),
                                  body=body, receiver_ss58=caller)
         return body, {**headers, "Content-Type": "application/json"}
@@ -148,7 +130,8 @@ class Sharing:
         if neuron is None or not neuron.validator_permit or neuron.stake <= 0:
             raise Rejected("not-validator", "the signer holds no validator permit")
         try:
-            report = WindowReport.model_validate_json(reply.body)
+            # a full report (256 miners x every task) takes 30-150 ms to check: beside the loop
+            report = await asyncio.to_thread(WindowReport.model_validate_json, reply.body)
         except ValidationError as e:
             raise Rejected("invalid", f"not a valid report: {e.error_count()} error(s), first: "
                                       f"{json.dumps(e.errors()[0]['msg'])}") from None
@@ -171,7 +154,7 @@ class Sharing:
         held or the clock passes ``until``."""
         peers = [n for n in metagraph.validators() if n.hotkey != self.hotkey and n.stake > 0]
         while True:
-            held = self.store.reports(period).get(block, {})
+            held = await self.store.reporters(block)
             missing = [p for p in peers if p.hotkey not in held]
             if not missing:
                 return
@@ -207,6 +190,35 @@ class Sharing:
             return False
         if report is None:
             return False
-        if self.store.add_report(period, report, time.time()):
+        if await self.store.add_report(period, report, time.time()):
             self.metrics.reports.labels("fetched", "").inc()
         return True
+
+
+def own_report_of(store: Store, netuid: int, hotkey: str, period: int, window: Window,
+                  contenders: Sequence[Contender]) -> WindowReport:
+    """This validator's report of ``window`` from its records as the store sums them, with the
+    declarations the miners gave it for the period and what it asked outside windows since the
+    window before (``outside_since``)."""
+    groups = store.tallied(period, period, window.started_at,
+                           window.started_at + window.seconds, window)
+    return report_of(netuid, hotkey, window.block, window_outcomes(contenders, window, groups),
+                     store.declarations(period).values(),
+                     outside_since(store, period, window, contenders))
+
+
+def outside_since(store: Store, period: int, window: Window, contenders: Sequence[Contender]
+                  ) -> dict[tuple[str, str], Tally]:
+    """What this validator asked each contender between the end of the window before
+    ``window`` (in this period or up to ``OUTSIDE_PERIODS`` earlier) and ``window``'s start:
+    every request outside windows falls in exactly one report, so the reports pool all of
+    them, those sent after a period's last window in the next period's first."""
+    since, first = 0.0, period
+    for p in range(period, max(period - OUTSIDE_PERIODS, -1), -1):
+        first = p
+        earlier = [w for w in store.windows(p) if w.block < window.block]
+        if earlier:
+            last = max(earlier, key=lambda w: w.block)
+            since = last.started_at + last.seconds
+            break
+    return outcome_tallies(contenders, store.tallied(first, period, since, window.started_at))

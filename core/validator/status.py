@@ -20,7 +20,7 @@ from core.scoring import ContenderState, effective
 from core.scoring import weights as weights_of
 from core.storage import Store
 from core.validator.measure import measure_period
-from core.validator.report import period_table
+from core.validator.period_table import period_table
 
 
 class UnknownContender(SetupError):

@@ -22,7 +22,7 @@ from core.checking.service import Checker, Job
 from core.protocol import (
     ChatChunk,
     ChatRequest,
-    ChatToken,
+    ChatTokens,
     ImageRequest,
     ImageResponse,
     TaskRequest,
@@ -32,7 +32,7 @@ from core.scoring import speed_quality
 from core.storage import StorageError, Store
 from core.tasks import TASKS
 from core.transport.client import SignedClient
-from core.validator import dispatch
+from core.validator import dispatch, openings
 from core.validator.counting import PromptCounter
 from core.validator.recorder import Recorder
 from core.validator.watch import StreamWatch
@@ -64,8 +64,8 @@ class Result:
     miner answered."""
 
     record: RequestRecord | None = None
-    answer: tuple[list[ChatToken], ChatChunk] | ImageResponse | None = None
-    tokens: list[ChatToken] = field(default_factory=list)
+    answer: tuple[ChatTokens, ChatChunk] | ImageResponse | None = None
+    tokens: ChatTokens = field(default_factory=ChatTokens)
 
 
 class Traffic:
@@ -73,6 +73,11 @@ class Traffic:
                  checker: Checker | None):
         self.client, self.counter, self.store, self.checker = client, counter, store, checker
         self.recorder = Recorder(store)
+
+    def admits(self) -> bool:
+        """Whether a new request may be sent: only while the store takes records
+        (``Recorder.admits``), so that every request sent can be recorded."""
+        return self.recorder.admits()
 
     def cost(self, message: TaskRequest) -> tuple[int, int]:
         """(prompt tokens as counted here, units to reserve): the most the request can cost, and
@@ -94,10 +99,10 @@ class Traffic:
         return result
 
     async def chat(self, attempt: Attempt, result: Result
-                   ) -> AsyncGenerator[list[ChatToken], None]:
-        """The miner's tokens as they arrive (for a client to relay). Each wait for the next line
-        runs in the consuming task, bounded by the request's deadline and, after the first
-        tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
+                   ) -> AsyncGenerator[ChatChunk, None]:
+        """The miner's lines of tokens as they arrive (for a client to relay). Each wait for the
+        next line runs in the consuming task, bounded by the request's deadline and, after the
+        first tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
         message = attempt.message
         assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
@@ -109,12 +114,12 @@ class Traffic:
         try:
             while outcome is None:
                 chunk: ChatChunk = await watch.next(stream)
-                result.tokens.extend(chunk.tokens)
+                result.tokens.add(chunk)
                 watch.started = bool(result.tokens)  # once it has begun, a silence is a stall
                 if chunk.done:
                     outcome, result.answer = Outcome.OK, (result.tokens, chunk)
-                if chunk.tokens:
-                    yield chunk.tokens
+                if chunk.ids:
+                    yield chunk
             await dispatch.drain(stream)
         except (asyncio.CancelledError, GeneratorExit):
             if outcome is None:
@@ -134,8 +139,11 @@ class Traffic:
         outcome = Outcome.INVALID
         assert isinstance(attempt.message, ImageRequest)
         try:
-            result.answer = await dispatch.image(self.client, attempt.neuron, attempt.message)
-            outcome = Outcome.OK
+            answer = await dispatch.image(self.client, attempt.neuron, attempt.message)
+            if attempt.organic:  # an answer by reference: its client gets the full PNGs
+                answer = await openings.with_images(self.client, attempt.neuron,
+                                                    attempt.message, answer)
+            result.answer, outcome = answer, Outcome.OK
         except asyncio.CancelledError:
             outcome = self._gave_up(attempt.message.task, started, attempt.reserved)
             raise
@@ -173,10 +181,13 @@ class Traffic:
             log.warning("uid %d refused our signed request to %s (401/403) after admitting our "
                         "capacity call this period: counted as failed", attempt.neuron.uid, task)
         try:
-            record_id, period = await self.recorder.finish(record, attempt.reserved)
-        except StorageError as e:  # its reservation stays counted: never an overspend
+            written = await self.recorder.finish(record, attempt.reserved)
+        except StorageError as e:  # the journal is full: its reservation stays counted
             log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
             return
+        if written is None:  # in the journal, stored once the store is back; not checked
+            return
+        record_id, period = written
         result.record = replace(record, period=period)
         if result.answer is not None and self.checker:
             self.checker.offer(Job(record_id, period, task, attempt.message, result.answer,

@@ -192,7 +192,8 @@ class WeightSetter:
                 log.warning("setting weights failed (%s); retrying in %.0fs", e, delay)
                 await asyncio.sleep(delay)
                 continue
-            self.store.note_weights(sent.block, time.time(), weights, sent.reveal_round)
+            await self.store.io(self.store.note_weights, sent.block, time.time(), weights,
+                                sent.reveal_round)
             result = "set" if sent.reveal_round is None else "committed"
             self.metrics.weights.labels(result).inc()
             log.info("weights %s at block %d for %d uids%s", result, sent.block, len(weights),
@@ -209,11 +210,11 @@ class WeightSetter:
         if me is None:
             return
         rules = await self.chain.weight_rules()
-        pending = self.store.pending_commit()
+        pending = await self.store.io(self.store.pending_commit)
         if pending is not None:
             block, weights, _ = pending
             if await self.chain.weights_of(me.uid) == quantised(weights, rules.max_weight):
-                self.store.note_revealed(block)
+                await self.store.io(self.store.note_revealed, block)
                 self.metrics.weights.labels("revealed").inc()
                 log.info("weights committed at block %d are revealed", block)
         last = await self.chain.last_update(me.uid)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from core.backends import ChatEngine, Engine
+from core.errors import Refusal
 from core.openai_wire import DONE, CompletionBody, chunk_event, finish_reason, usage_event
 from core.protocol import (
     PATHS,
@@ -35,10 +36,6 @@ from core.transport.limits import BodyLimit, BodyTimeout
 
 if TYPE_CHECKING:
     from core.backends.diffusers_images import DiffusersImages
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int = 1,
@@ -82,11 +79,11 @@ def build_worker_app(task_id: str, engine: Engine, token: str, concurrency: int 
     async def authorized(request: Request) -> None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise _Unauthorized()
+            raise Refusal(401, "missing or wrong worker token")
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(_, __):
-        return fail(401, "missing or wrong worker token")
+    @app.exception_handler(Refusal)
+    async def refused(_, e: Refusal):
+        return fail(e.status, e.reason)
 
     def engine_down() -> JSONResponse | None:
         """A 503 while the engine is dead (a crashed vLLM engine core), so probes see it."""

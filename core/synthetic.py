@@ -2,7 +2,7 @@
 synthetic request, that a miner cannot tell from its users' requests (so cannot serve while
 refusing those): prompts from a corpus of real ones (``core.request_shapes``), sampling
 parameters and conversation shapes as the organic API recently forwarded them
-(``core.validator.sampling_mix``), images and masks made for each request, and every choice from
+(``core.sampling_mix``), images and masks made for each request, and every choice from
 the ``rng`` given, a ``random.SystemRandom`` in the validator (nothing a miner can replay)."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from core.request_shapes import (
     noise_and_mask,
     prompt_budget,
 )
+from core.sampling_mix import ORGANIC, Sampling, SamplingMix
 from core.tasks import TASKS, Kind
-from core.validator.sampling_mix import ORGANIC, Sampling, SamplingMix
 
 SEED_BITS = 62  # as the organic API draws a seed its client left out
 FITS = 6  # tries to find a conversation the tokenizer counts within the prompt's budget
