@@ -1,29 +1,52 @@
 """A validator killed (SIGKILL) in an audit window, restarted: every recorded request, the
 period's budgets and the window are still there, the period resumes where it stopped, and what it
-spent is exactly what its records say."""
+spent is exactly what its records say. Its peers are answered at once: its report of the window
+is served to another validator before the period ends, not only from its close on."""
 
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
+from bittensor import http_auth
 
 from core.localchain import LocalSubnet
 from core.storage import open_store
+from core.window_report import REPORT_PATH, ReportRequest
 from devtools.localproc import free_port, make_wallet, neuron, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-PERIOD = 60  # blocks of 1 s: windows of 5 blocks
+PERIOD = 120  # blocks of 1 s: windows of 10 blocks, the period's in its third quarter
+
+
+def report_served(port: int, asker, validator: str, block: int) -> bool:
+    """Whether the validator's peer endpoint answers ``asker``'s signed request for its report
+    of the window at ``block`` with the report."""
+    body = ReportRequest(block=block).model_dump_json().encode()
+    headers = {**http_auth.sign(asker, method="POST", path=REPORT_PATH, body=body,
+                                receiver_ss58=validator), "Content-Type": "application/json"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{REPORT_PATH}", data=body,
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status == 200
+    except (urllib.error.HTTPError, OSError):  # 404 until it holds one, 503 unsynced, down
+        return False
 
 
 def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
                               age_blocks=100 * PERIOD)
-    chain.open_windows(PERIOD, 1)  # an audit window in each period the validator may run
+    # an audit window in each period the validator may run, ending 30 blocks before the period
+    chain.open_windows(PERIOD, 1, end_margin=30)
     wallets = tmp_path / "wallets"
     validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
+    peer = make_wallet(wallets, "peer").hotkey  # another validator, asking for reports
     chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True,
                    registered_at=0)
+    chain.register(peer.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
     port = free_port()
     chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
                    endpoint=f"http://127.0.0.1:{port}")
@@ -31,7 +54,7 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]
     db = str(tmp_path / "v.sqlite3")
-    # a window asks 7200 x 5/60 = 600 tokens (2 requests); the background 25% (6 requests)
+    # a window asks 7200 x 10/120 = 600 tokens (2 requests); the background 25% (6 requests)
     vargs = [*common, "--wallet-name", "validator", "--db", db, "--port", "0", "--periods", "1",
              "--check", "cpu", "--background", "0.25"]
     procs = [neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"), "--wallet-name",
@@ -63,10 +86,23 @@ def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
         store.close()
         assert not open_store(db).period(period).finished
 
+        # restarted once the window is over: its report is made from what was recorded in it
+        wait_for(lambda: chain.ledger.head() >= window.block + PERIOD // 12, 60, "the window over")
         log = tmp_path / "second.log"
+        peer_port = free_port()
         with open(log, "w") as out:
-            second = neuron("validator", vargs, stdout=out, stderr=subprocess.STDOUT)
+            second = neuron("validator", [*vargs[:vargs.index("--port") + 1], str(peer_port),
+                                          *vargs[vargs.index("--port") + 2:], "--host",
+                                          "127.0.0.1", "--no-announce"],
+                            stdout=out, stderr=subprocess.STDOUT)
             procs.append(second)
+            served_at = wait_for(lambda: (report_served(peer_port, peer,
+                                                        validator.hotkey.ss58_address,
+                                                        window.block)
+                                          and chain.ledger.head()) or second.poll() is not None,
+                                 120, "the restarted validator serving its window report")
+            assert served_at is not True, "it ended before serving its report"
+            assert served_at < (period + 1) * PERIOD, "served only from the period's close on"
             assert second.wait(timeout=120) == 0
         after = open_store(db)
         assert after.period(period).finished

@@ -140,6 +140,8 @@ class Validator:
     async def _step(self) -> int:
         """Run the current period if it is due (1), or wait for the next one (0)."""
         period, left = await self._current()
+        if self.metagraph is None:  # a start that waits for its period still answers its peers
+            self.metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
         info = await self.async_store.period(period)
         if info and info.finished:
             await asyncio.sleep(left)
@@ -237,6 +239,7 @@ class Validator:
         w = plan.window_blocks(pb)
         start, end = period * pb, (period + 1) * pb
         block_time = await self.chain.block_time()
+        noted = {x.block: x for x in await self.async_store.windows(period)}
         # blocks before ``seen`` are examined; the period ends at ``until``
         seen, until = start, end
         while True:
@@ -250,6 +253,11 @@ class Validator:
                         window = await self._note_window(period, b, head, block_time)
                         schedules.append(asyncio.create_task(
                             self._run_window(period, window, contenders, metagraph)))
+                    elif b in noted and self.settings.share_reports:  # it ended while this
+                        # process was away (a restart): its report now, not at the close
+                        schedules.append(asyncio.create_task(self._share(
+                            period, noted[b], contenders, metagraph,
+                            await self._period_end(period))))
                 seen = head + 1
             await asyncio.sleep(min(block_time / 4, 1.0))
 
