@@ -268,7 +268,7 @@ async def serve(validator, args) -> None:
 
     apps = []
     if args.port:
-        apps.append((build_peer_app(validator, body_timeout_s=args.body_timeout,
+        apps.append((build_peer_app(validator.peer_services(), body_timeout_s=args.body_timeout,
                                     public_metrics=args.public_metrics), args.host, args.port))
     if args.api_port:
         from core.validator.api import DEFAULT_SLOTS, build_api

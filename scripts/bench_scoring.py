@@ -178,10 +178,10 @@ async def dispatch_figures(requests: int, concurrency: int, processes: int) -> N
             # miners in turn as the ceiling sends them and as a window's plan spreads them: all
             # of one miner's first would need 64 connections to each miner in turn
             sends = [plan.Send(0.0, c, 20, None) for _ in range(per_miner) for c in contenders]
-            validator.begin_sending()
+            validator.sender.begin()
             t = time.perf_counter()
-            await validator.schedule(metagraph, sends)
-            await validator.sent()
+            await validator.sender.schedule(metagraph, sends)
+            await validator.sender.sent()
             elapsed = time.perf_counter() - t
         records = store.records(1)
         ok = sum(r.outcome.value == "ok" for r in records)

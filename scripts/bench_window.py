@@ -42,7 +42,6 @@ PERIOD_BLOCKS, BLOCK_SECONDS = 300, 12.0  # production: a window sends W/300 of 
 def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> None:
     """One process answering as ``len(ports)`` miners: each request's signature verified for the
     port's hotkey (``//miner{i}``), then its tokens streamed at the task's production speed."""
-    import random
 
     from aiohttp import web
     from bittensor import http_auth
@@ -58,7 +57,6 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
                for i, port in enumerate(ports)}
     nonces = http_auth.InMemoryNonceStore()
     arrivals: list[float] = []
-    rng = random.Random(first_index)
 
     async def chat(request: web.Request) -> web.StreamResponse:
         arrivals.append(time.time())
@@ -81,8 +79,8 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
         while sent < n:
             await asyncio.sleep(tick)
             due = min(n, int((time.monotonic() - began) / per_token) + 1)
-            tokens = [ChatToken(token_id=rng.randrange(5, 261), text="a", logprob=-1.0)
-                      for _ in range(due - sent)]
+            # the tiny tokenizer's "a": the validator checks a line's text against its ids
+            tokens = [ChatToken(token_id=69, text="a", logprob=-1.0) for _ in range(due - sent)]
             sent = due
             await response.write(ChatChunk.of(tokens).model_dump_json().encode() + b"\n")
         final = ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=n)
@@ -172,10 +170,10 @@ async def run(a) -> None:
             # the window's rate over --seconds rather than its 300 (the share left = seconds/300)
             left = a.seconds / (window * BLOCK_SECONDS)
             sends = plan.window_plan(contenders, {}, PERIOD_BLOCKS, a.seconds, left=left)
-            validator.begin_sending()
+            validator.sender.begin()
             cpu0, t0, start = cpu_seconds(), time.perf_counter(), time.time()
-            await validator.schedule(metagraph, sends)
-            await validator.sent()
+            await validator.sender.schedule(metagraph, sends)
+            await validator.sender.sent()
             wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
             records = store.records(period)
             ok = [r for r in records if r.outcome.value == "ok"]

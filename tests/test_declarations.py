@@ -34,13 +34,13 @@ from core.pooling import report_cap
 from core.protocol import CAPACITY_PATH, CapacityRequest, CapacityResponse
 from core.records import Outcome, RequestRecord, period_outcomes
 from core.scoring import Tally, WindowOutcome
-from core.storage import open_store
+from core.storage import AsyncStore, open_store
 from core.transport.auth import Gate
 from core.transport.client import SignedClient
 from core.validator.dispatch import fetch_capacities
 from core.validator.measure import declared_in, measure_period, unplanned
 from core.validator.metrics import ValidatorMetrics
-from core.validator.peer import build_peer_app
+from core.validator.peer import PeerServices, build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import MAX_DECLARATIONS, WindowReport, report_of
 from devtools.localproc import free_port
@@ -358,11 +358,10 @@ def test_a_report_carrying_a_forged_declaration_is_rejected_and_logged(tmp_path,
         async def metagraph(self, block=None):
             return graph
 
-    class Peer:
-        hotkey = peer.ss58_address
-        metagraph = graph
-        metrics = ValidatorMetrics()
-        sharing = Sharing(SignedClient(peer), peer, theirs, Subnet(), metrics)
+    metrics = ValidatorMetrics()
+    services = PeerServices(peer.ss58_address, lambda: graph, metrics,
+                            Sharing(SignedClient(peer), peer, theirs, Subnet(), metrics),
+                            AsyncStore(theirs))
 
     mine = open_store(str(tmp_path / "me.sqlite3"))
 
@@ -376,7 +375,7 @@ def test_a_report_carrying_a_forged_declaration_is_rejected_and_logged(tmp_path,
             await sharing.client.close()
         return sharing.metrics, refused.value
 
-    with serving(build_peer_app(Peer()), port), caplog.at_level(logging.WARNING):
+    with serving(build_peer_app(services), port), caplog.at_level(logging.WARNING):
         metrics, refused = asyncio.run(collect())
     assert refused.reason == "declaration" and "not signed by its hotkey" in str(refused)
     assert metrics.reports.labels("rejected", "declaration")._value.get() == 1

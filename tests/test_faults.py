@@ -236,7 +236,7 @@ def test_while_the_store_refuses_records_no_request_is_sent(tmp_path):
     graph = Metagraph(1500, (Neuron(0, "5miner", "c", 0.0, False,
                                     f"http://127.0.0.1:{free_port()}", 0),))  # nobody there
     v.book.open(5, [contender], graph, {})
-    v.begin_sending()
+    v.sender.begin()
     assert store.reserve(5, "5miner", task, 10)  # a request whose record the store refused
     v.traffic.recorder.journal.keep(Entry(
         RequestRecord(5, "5miner", task, False, Outcome.OK, 10, 0.5, None, 1.0), 10))
@@ -244,12 +244,12 @@ def test_while_the_store_refuses_records_no_request_is_sent(tmp_path):
     image = TextToImageRequest(task=task, prompt="x", steps=10, height=64, width=64)
 
     async def main():
-        await v._send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
+        await v.sender.send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
         with pytest.raises(StoreAway):
             await organic.image(image)
         refused = store.spent(5)[("5miner", task)][1]
         v.traffic.recorder.flush()  # the store takes the journal back
-        await v._send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
+        await v.sender.send_one(graph, plan.Send(0.0, contender, 10, None), time.time())
         await v.client.close()
         return refused
 

@@ -14,7 +14,7 @@ from core.scoring import ContenderState
 from core.storage import AsyncStore, open_store
 from core.validator.feedback import feedback_for
 from core.validator.metrics import ValidatorMetrics
-from core.validator.peer import build_peer_app
+from core.validator.peer import PeerServices, build_peer_app
 from devtools.localproc import make_wallet
 
 
@@ -42,14 +42,9 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
                            Neuron(1, alice.ss58_address, "c", 0.0, False, None, 0),
                            Neuron(2, bob.ss58_address, "c", 0.0, False, None, 0)))
 
-    class Validator:
-        hotkey = me.ss58_address
-        metagraph = graph
-        metrics = ValidatorMetrics()
-        sharing = None
-
-    Validator.async_store = AsyncStore(store)
-    client = TestClient(build_peer_app(Validator()))
+    services = PeerServices(me.ss58_address, lambda: graph, ValidatorMetrics(), None,
+                            AsyncStore(store))
+    client = TestClient(build_peer_app(services))
 
     def ask(signer, receiver=me.ss58_address, body=None, headers=None):
         body = body or FeedbackRequest().model_dump_json().encode()
@@ -143,14 +138,9 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
 
     import asyncio
 
-    class Validator:
-        hotkey = me
-        metagraph = asyncio.run(chain.chain().metagraph())
-        metrics = ValidatorMetrics()
-        sharing = None
-
-    Validator.async_store = AsyncStore(store)
-    with serving(build_peer_app(Validator()), port):
+    graph = asyncio.run(chain.chain().metagraph())
+    services = PeerServices(me, lambda: graph, ValidatorMetrics(), None, AsyncStore(store))
+    with serving(build_peer_app(services), port):
         run = subprocess.run(
             [sys.executable, "neurons/miner.py", "--feedback", "--network",
              f"local:{tmp_path / 'chain'}", "--wallet-name", "miner", "--wallet-path",

@@ -29,8 +29,8 @@ from core.records import Outcome, period_outcomes
 from core.scoring import ContenderState
 from core.storage import AsyncStore, Store
 from core.tasks import TASK_IDS
+from core.validator.closer import close_in_store
 from core.validator.feedback import feedback_for
-from core.validator.loop import close_in_store
 from core.validator.metrics import ValidatorMetrics
 from core.validator.settings import Settings
 from core.validator.sharing import Sharing, own_report_of

@@ -19,7 +19,7 @@ from bittensor.sp_core import Keypair
 from core.metagraph import Metagraph, Neuron
 from core.transport.server import ServerLimits, raise_open_files_limit
 from core.validator.metrics import ValidatorMetrics
-from core.validator.peer import BODIES_PER_ADDRESS, build_peer_app
+from core.validator.peer import BODIES_PER_ADDRESS, PeerServices, build_peer_app
 from core.window_report import REPORT_PATH, ReportRequest
 from devtools.localproc import free_port
 from tests.servers import serving_here
@@ -33,20 +33,17 @@ ATTACKER = "127.0.0.2"  # another address on loopback: the server sees two hosts
 MANY = [f"127.0.1.{i}" for i in range(1, MAX_CONNECTIONS // BODIES_PER_ADDRESS + 1)]
 
 
-class Sharing:
+class Reports:
     async def answer(self, block: int, hotkey: str):
         return None  # no report held: a proper request is answered 404
 
 
-class Peer:
-    """What the peer endpoint uses of a validator."""
-
-    def __init__(self, me: Keypair, asker: Keypair):
-        self.hotkey = me.ss58_address
-        self.metagraph = Metagraph(1, (Neuron(0, me.ss58_address, "c", 100.0, True, None, 0),
-                                       Neuron(1, asker.ss58_address, "c", 100.0, True, None, 0)))
-        self.metrics = ValidatorMetrics()
-        self.sharing = Sharing()
+def services(me: Keypair, asker: Keypair) -> PeerServices:
+    """What the peer endpoint uses of a validator: a metagraph of it and the asker."""
+    graph = Metagraph(1, (Neuron(0, me.ss58_address, "c", 100.0, True, None, 0),
+                          Neuron(1, asker.ss58_address, "c", 100.0, True, None, 0)))
+    return PeerServices(me.ss58_address, lambda: graph, ValidatorMetrics(), Reports(),
+                        None)  # type: ignore[arg-type]  # no feedback asked here
 
 
 class Attacker:
@@ -85,7 +82,7 @@ class Attacker:
 def test_slow_and_withheld_requests_cannot_keep_a_validator_out(attack, caplog):
     raise_open_files_limit()  # both ends of every connection are in this process
     me, asker = Keypair.create_from_uri("//validator"), Keypair.create_from_uri("//asker")
-    app = build_peer_app(Peer(me, asker))
+    app = build_peer_app(services(me, asker))
     options = ServerLimits(HEADER_TIMEOUT_S, MAX_CONNECTIONS).uvicorn_options()
     body = ReportRequest(block=600).model_dump_json().encode()
 

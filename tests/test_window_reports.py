@@ -25,11 +25,11 @@ from core.records import (
     window_outcomes,
 )
 from core.scoring import Tally, WindowOutcome
-from core.storage import open_store
+from core.storage import AsyncStore, open_store
 from core.transport.client import SignedClient
 from core.validator.measure import measure_period
 from core.validator.metrics import ValidatorMetrics
-from core.validator.peer import build_peer_app
+from core.validator.peer import PeerServices, build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import REPORT_PATH, ReportRequest, WindowReport, report_of
 from devtools.localproc import ROOT, free_port, make_wallet
@@ -250,13 +250,11 @@ def test_the_peer_endpoint_answers_permitted_validators_only(tmp_path):
                            Neuron(1, peer.ss58_address, "c", 5.0, True, None, 0),
                            Neuron(2, outsider.ss58_address, "c", 0.0, False, None, 0)))
 
-    class Validator:
-        hotkey = me.ss58_address
-        metagraph = graph
-        metrics = ValidatorMetrics()
-        sharing = Sharing(SignedClient(me), me, store, Subnet(graph), metrics)
-
-    client = TestClient(build_peer_app(Validator()))
+    metrics = ValidatorMetrics()
+    services = PeerServices(me.ss58_address, lambda: graph, metrics,
+                            Sharing(SignedClient(me), me, store, Subnet(graph), metrics),
+                            AsyncStore(store))
+    client = TestClient(build_peer_app(services))
 
     def ask(signer, block: int):
         body = ReportRequest.model_construct(block=block).model_dump_json().encode()

@@ -7,12 +7,15 @@ Every step of a period is stored as it happens (budgets when the period opens, e
 opens, each request when it ends, contender states when the period closes), so a restarted
 validator resumes the period it was in: windows are found again from the block hashes and only
 the part of one still to come is sent.
+
+Its rooms: the period clock (``clock.py``: the head's period, window openings), the sender
+(``sender.py``: a period's synthetic requests and their limits), the closer (``closer.py``:
+scoring, states, weights); window reports travel through ``sharing.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -21,25 +24,25 @@ import bittensor as bt
 
 from core import plan
 from core.budget import Contender
-from core.chain import ChainError, Metagraph, SubtensorChain
+from core.chain import Metagraph, SubtensorChain
 from core.checking.service import Checker
-from core.period import Closing, close_period, open_period
+from core.period import open_period
 from core.storage import AsyncStore, Store
-from core.synthetic import synthetic_request
-from core.tasks import TASKS, Kind
 from core.transport.client import SignedClient
 from core.validator import openings
 from core.validator.api import ApiServices
 from core.validator.book import PeriodBook
+from core.validator.clock import PeriodClock
+from core.validator.closer import Closer
 from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
-from core.validator.measure import declared_in, measure_period, unplanned
 from core.validator.metrics import ValidatorMetrics
-from core.validator.period_table import period_table
+from core.validator.peer import PeerServices
 from core.validator.replica import EXPECTED_FAILURES, Takeover
+from core.validator.sender import Sender
 from core.validator.settings import Settings
 from core.validator.sharing import Sharing
-from core.validator.traffic import Attempt, Traffic, log_failures
+from core.validator.traffic import Traffic
 from core.validator.weights import WeightSetter
 
 log = logging.getLogger("validator")
@@ -76,13 +79,22 @@ class Validator:
         self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
         self.weights = WeightSetter(chain, wallet, store, self.metrics, settings.weight_retries)
+        self.clock = PeriodClock(chain, settings.period_blocks)
+        self.sender = Sender(settings, self.traffic, self.book, self.async_store, self.counter,
+                             self.rng)
+        self.closer = Closer(settings, self.async_store, chain, self.weights, self.metrics)
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
-        self._hashes: dict[int, str] = {}  # recent block hashes: window draws look back
 
     @property
     def hotkey(self) -> str:
         return self.keypair.ss58_address
+
+    def peer_services(self) -> PeerServices:
+        """What the peer endpoint uses of this validator, and nothing more."""
+        return PeerServices(self.hotkey, lambda: self.metagraph, self.metrics,
+                            self.sharing if self.settings.share_reports else None,
+                            self.async_store)
 
     def api_services(self) -> ApiServices:
         """What the organic API uses of this validator, and nothing more."""
@@ -139,14 +151,14 @@ class Validator:
 
     async def _step(self) -> int:
         """Run the current period if it is due (1), or wait for the next one (0)."""
-        period, left = await self._current()
+        period, left = await self.clock.current()
         if self.metagraph is None:  # a start that waits for its period still answers its peers
             self.metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
         info = await self.async_store.period(period)
         if info and info.finished:
             await asyncio.sleep(left)
             return 0
-        if info is None and left < self.settings.min_period_share * await self._period_s():
+        if info is None and left < self.settings.min_period_share * await self.clock.period_s():
             log.info("period %d has %.0fs left: waiting for the next one", period, left)
             await asyncio.sleep(left)
             return 0
@@ -156,21 +168,12 @@ class Validator:
     async def close_unfinished(self) -> None:
         """Score the periods a previous run began but did not close (it stopped in them): what
         it recorded counts; nothing is sent for them any more."""
-        period, _ = await self._current()
+        period, _ = await self.clock.current()
         for old in await self.async_store.unfinished(before=period):
             log.info("closing period %d, left unfinished", old)
             await self.takeover.rederive_used(old)  # reservations cut off by a crash
-            await self._close(old, await self.async_store.contenders(old),
+            await self.closer.close(old, await self.async_store.contenders(old),
                               await self.chain.metagraph(old * self.settings.period_blocks))
-
-    async def _period_s(self) -> float:
-        return self.settings.period_blocks * await self.chain.block_time()
-
-    async def _current(self) -> tuple[int, float]:
-        block = await self.chain.block()
-        period = block // self.settings.period_blocks
-        end = (period + 1) * self.settings.period_blocks
-        return period, (end - block) * await self.chain.block_time()
 
     async def run_period(self, period: int) -> None:
         """Open the period at its start block, send the background sample, follow its blocks
@@ -183,33 +186,33 @@ class Validator:
         contenders, share = await self._open(period, metagraph)
         if resumed:  # reservations of requests a crash cut off are not spent
             await self.takeover.rederive_used(period)
-        _, left = await self._current()
+        _, left = await self.clock.current()
         self.book.open(period, contenders, metagraph, await self._recent_quality())
-        self.begin_sending()
+        self.sender.begin()
         background = plan.background_plan(contenders, left, self.settings.background, self.rng)
         log.info("period %d: %d contenders, share %.3f, %d background requests%s", period,
                  len(contenders), share, len(background), " (resumed)" if resumed else "")
-        schedules = [asyncio.create_task(self.schedule(metagraph, background))]
+        schedules = [asyncio.create_task(self.sender.schedule(metagraph, background))]
         try:
             await self._follow_blocks(period, contenders, metagraph, schedules)
             for task in schedules:  # nothing more goes out; what is out may finish, briefly
                 task.cancel()
-            drain = min(self.settings.max_drain_s, await self._period_s() / 10)
-            await asyncio.wait_for(self.sent(), drain)
+            drain = min(self.settings.max_drain_s, await self.clock.period_s() / 10)
+            await asyncio.wait_for(self.sender.sent(), drain)
         except TimeoutError:
             log.info("period %d: %d requests still out at its end: cancelled", period,
-                     len(self._in_flight))
+                     len(self.sender.in_flight))
         finally:
-            for task in schedules + list(self._in_flight):
+            for task in schedules + list(self.sender.in_flight):
                 task.cancel()
-            pending = set(schedules) | self._in_flight
+            pending = set(schedules) | self.sender.in_flight
             if pending:
                 await asyncio.wait(pending)
         await self._gather_reports(period, contenders, metagraph)
         if self.checker:  # a check still queued after this counts for nothing: bound the wait
-            await self.checker.drain(period, timeout=min(await self._period_s() / 2,
+            await self.checker.drain(period, timeout=min(await self.clock.period_s() / 2,
                                                           self.settings.max_check_wait_s))
-        await self._close(period, contenders, metagraph)
+        await self.closer.close(period, contenders, metagraph)
 
     async def _open(self, period: int, metagraph: Metagraph) -> tuple[list[Contender], float]:
         """This period's contenders and share: from the store when resuming, else asked of the
@@ -247,7 +250,7 @@ class Validator:
             if head >= until:
                 return
             if head >= seen:
-                for b in await self._openings(seen, min(head + 1, end)):
+                for b in await self.clock.openings(seen, min(head + 1, end)):
                     until = max(until, b + w)
                     if head < b + w:
                         window = await self._note_window(period, b, head, block_time)
@@ -257,7 +260,7 @@ class Validator:
                         # process was away (a restart): its report now, not at the close
                         schedules.append(asyncio.create_task(self._share(
                             period, noted[b], contenders, metagraph,
-                            await self._period_end(period))))
+                            await self.clock.period_end(period))))
                 seen = head + 1
             await asyncio.sleep(min(block_time / 4, 1.0))
 
@@ -284,13 +287,13 @@ class Validator:
             log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
                         "over --max-concurrency %d: it cannot all be sent in time",
                         window.block, need, self.settings.max_concurrency)
-        launched = await self.schedule(metagraph, sends)
+        launched = await self.sender.schedule(metagraph, sends)
         if launched:
             await asyncio.wait(launched)
         await asyncio.sleep(max(window.started_at + window.seconds - time.time(), 0))
         if self.settings.share_reports:
             await self._share(period, window, contenders, metagraph,
-                              await self._period_end(period))
+                              await self.clock.period_end(period))
 
     async def _share(self, period: int, window: plan.Window, contenders: list[Contender],
                      metagraph: Metagraph, until: float, restart: bool = False) -> None:
@@ -312,7 +315,7 @@ class Validator:
         for the others' still missing (they finish the same window at about the same time)."""
         if not self.settings.share_reports:
             return
-        wait = min(self.settings.max_report_wait_s, await self._period_s() / 10)
+        wait = min(self.settings.max_report_wait_s, await self.clock.period_s() / 10)
         windows = await self.async_store.windows(period)
         for window in windows:
             await self._share(period, window, contenders, metagraph, time.time() + wait,
@@ -325,126 +328,3 @@ class Validator:
             task = self._collecting.pop(b, None)
             if task is not None and not task.done():
                 task.cancel()
-
-    async def _period_end(self, period: int) -> float:
-        """The unix time ``period`` ends, from the head's block and the block time."""
-        head = await self.chain.block()
-        block_time = await self.chain.block_time()
-        return time.time() + ((period + 1) * self.settings.period_blocks - head) * block_time
-
-    async def _openings(self, lo: int, hi: int) -> list[int]:
-        """Blocks in [lo, hi) that open a window, from their hashes (and enough earlier ones to
-        know whether a window was open at ``lo``)."""
-        pb = self.settings.period_blocks
-        back = 2 * plan.window_blocks(pb)
-        first = lo - back
-        for _ in range(64):
-            hashes = [await self._block_hash(b) for b in range(first, hi)]
-            anchor, opened = plan.openings(first, hashes, pb)
-            if anchor <= lo:
-                return [b for b in opened if b >= lo]
-            first -= back
-        raise ChainError(f"no block before {lo} settles whether a window is open there")
-
-    async def _block_hash(self, block: int) -> str:
-        if block not in self._hashes:
-            self._hashes[block] = await self.chain.block_hash(block)
-            if len(self._hashes) > 4 * self.settings.period_blocks:
-                for old in sorted(self._hashes)[:self.settings.period_blocks]:
-                    del self._hashes[old]
-        return self._hashes[block]
-
-    def begin_sending(self) -> None:
-        """Fresh concurrency limits and in-flight set for a period's synthetic requests."""
-        self._gate = asyncio.Semaphore(self.settings.max_concurrency)
-        self._gates: dict[str, asyncio.Semaphore] = {}
-        self._in_flight: set[asyncio.Task] = set()
-
-    async def sent(self) -> None:
-        """Wait until every request launched so far has ended (and been recorded)."""
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
-
-    async def schedule(self, metagraph: Metagraph, sends: list[plan.Send]) -> list[asyncio.Task]:
-        """Launch each send at its time (seconds from now); returns the requests launched."""
-        t0, unix0 = time.monotonic(), time.time()
-        launched = []
-        for s in sends:
-            await asyncio.sleep(max(t0 + s.at - time.monotonic(), 0))
-            task = asyncio.create_task(self._send_one(metagraph, s, unix0 + s.at))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-            task.add_done_callback(lambda t: log_failures([t]))
-            launched.append(task)
-        return launched
-
-    async def _send_one(self, metagraph: Metagraph, s: plan.Send, planned_at: float) -> None:
-        """Send one synthetic request once its miner has a free slot, if it still fits its cap
-        and the budget; recorded (in the slice it was planned for) and settled however it ends
-        (``Traffic``)."""
-        c = s.contender
-        build = functools.partial(synthetic_request, c.task, s.units, self.rng,
-                                  self.settings.image_size, self.counter)
-        # an image and its mask take 30-90 ms to make: off the event loop, like every other wait
-        message = build() if TASKS[c.task].kind is Kind.CHAT else await asyncio.to_thread(build)
-        prompt, units = self.traffic.cost(message)
-        # the miner's own slots first: waiting for a slow miner never holds a slot of the others
-        neuron = metagraph.by_hotkey(c.hotkey)
-        if neuron is None:  # contenders come from this metagraph: never here
-            return
-        async with self._miner_gate(c.hotkey), self._gate:
-            if not self.traffic.admits():
-                return  # the store refuses records: nothing is sent that it could not record
-            reserved_in = await self.async_store.call(self.book.reserve, (c.hotkey, c.task), units,
-                                                      s.cap)
-            if reserved_in is None:
-                return  # organic traffic served its part, or the budget is spent
-            await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,
-                                            planned_at=planned_at))
-
-    def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:
-        if hotkey not in self._gates:
-            self._gates[hotkey] = asyncio.Semaphore(self.settings.max_per_miner)
-        return self._gates[hotkey]
-
-    async def _close(self, period: int, contenders: list[Contender], metagraph: Metagraph) -> None:
-        """Score the period and store every contender's state (``close_in_store``, in the
-        store's thread: it reads every record of the period), then set weights."""
-        closing = await self.async_store.run(
-            close_in_store, period, contenders, metagraph, self.settings, self.metrics)
-        await self.weights.send(closing.weights, metagraph)
-        await self.weights.watch(await self.chain.metagraph())
-        await self.async_store.prune(period - self.settings.retention_periods)
-
-
-def close_in_store(store: Store, period: int, contenders: list[Contender], metagraph: Metagraph,
-                   settings: Settings, metrics: ValidatorMetrics) -> Closing:
-    """A period's close up to its weights, blocking (a thread's work: ``Validator._close``):
-    seal it, score it (``core.period.close_period``) with miners silent to this validator that
-    declared to a peer as contenders too (``core.validator.measure``), store every contender's
-    state, and show the period's table and metrics."""
-    store.seal(period)  # a request still running is recorded in the next period
-    if settings.share_reports:
-        held = declared_in(store, period, store.reports(period))
-        for hotkey, (a, b) in held.proofs.items():
-            log.warning("period %d: %s signed two declarations (%s and %s): its period is "
-                        "forfeited", period, hotkey, a.capacities, b.capacities)
-        found = unplanned(held, contenders, metagraph)
-        if found:
-            log.info("period %d: %d contenders of miners silent to this validator that "
-                     "declared to others", period, len(found))
-            store.add_contenders(period, found)
-            contenders = store.contenders(period)
-    measured, poolings = measure_period(store, period, contenders, settings.period_blocks,
-                                        pooled=settings.share_reports)
-    closing = close_period(contenders, {k: o for k, (o, _) in measured.items()},
-                           store.states(), metagraph.n_uids,
-                           {k: n for k, (_, n) in measured.items()})
-    for pooling in poolings:
-        store.note_pooling(period, pooling)
-        metrics.pooled(pooling)
-    store.finish_period(period, closing.states)
-    metrics.closed(period, closing.rows)
-    print(period_table(period, store.windows(period), closing,
-                       poolings={p.block: p for p in poolings}), flush=True)
-    return closing

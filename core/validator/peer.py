@@ -18,6 +18,9 @@ address may have at most BODIES_PER_ADDRESS bodies arriving at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,11 +30,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import Refusal
 from core.feedback import FEEDBACK_INTERVAL_S, FEEDBACK_PATH, FeedbackRequest
+from core.metagraph import Metagraph
 from core.protocol import PROTOCOL_VERSION
+from core.storage import AsyncStore
 from core.transport.admission import admit_signed
 from core.transport.auth import Gate
 from core.transport.limits import BodyLimit, BodyTimeout
 from core.transport.slots import RequestSlots, SlotLimits
+from core.validator.metrics import ValidatorMetrics
 from core.window_report import REPORT_PATH, ReportRequest
 
 MAX_BODY = 4096  # a report request is a block number
@@ -45,13 +51,29 @@ def refuse(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"version": PROTOCOL_VERSION, "error": reason}, status_code=status)
 
 
-def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
+class ReportAnswers(Protocol):
+    async def answer(self, block: int, caller: str) -> tuple[bytes, dict[str, str]] | None:
+        """This validator's report of the window at ``block``, signed for ``caller``."""
+
+
+@dataclass(frozen=True)
+class PeerServices:
+    """What the peer endpoint uses of a validator, and nothing more
+    (``core.validator.loop.Validator.peer_services``)."""
+
+    hotkey: str
+    metagraph: Callable[[], Metagraph | None]  # the current period's: who may ask (None: unsynced)
+    metrics: ValidatorMetrics
+    reports: ReportAnswers | None  # None: this validator shares no reports
+    store: AsyncStore  # what feedback reads
+
+
+def build_peer_app(services: PeerServices, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
                    public_metrics: bool = False, slots: SlotLimits = PEER_SLOTS) -> FastAPI:
-    """``validator``: a ``core.validator.loop.Validator`` (its metagraph says who may ask).
-    ``body_timeout_s`` is capped at PEER_BODY_TIMEOUT_S."""
+    """``body_timeout_s`` is capped at PEER_BODY_TIMEOUT_S."""
     body_timeout_s = min(body_timeout_s, PEER_BODY_TIMEOUT_S)
-    gate = Gate(validator.hotkey)
-    miners = Gate(validator.hotkey, validators_only=False)  # its own nonces: miners fill no
+    gate = Gate(services.hotkey)
+    miners = Gate(services.hotkey, validators_only=False)  # its own nonces: miners fill no
     asked_at: dict[str, float] = {}  # hotkey -> last feedback; at most one per registered hotkey
     app = FastAPI(title="SN19 validator", version=PROTOCOL_VERSION, docs_url=None,
                   redoc_url=None, openapi_url=None)
@@ -69,7 +91,7 @@ def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "hotkey": validator.hotkey, "version": PROTOCOL_VERSION}
+        return {"status": "ok", "hotkey": services.hotkey, "version": PROTOCOL_VERSION}
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -77,13 +99,13 @@ def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
         if not public_metrics and (request.client is None
                                    or request.client.host not in ("127.0.0.1", "::1")):
             return refuse(404, "Not Found")
-        return Response(generate_latest(validator.metrics.registry),
+        return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
     @app.post(REPORT_PATH)
     async def window_report(request: Request):
         try:
-            caller, raw = await admit_signed(request, gate, validator.metagraph, body_timeout_s,
+            caller, raw = await admit_signed(request, gate, services.metagraph(), body_timeout_s,
                                              "this validator")
         except Refusal as e:
             return refuse(e.status, e.reason)
@@ -91,7 +113,8 @@ def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
             asked = ReportRequest.model_validate(raw)
         except ValidationError:
             return refuse(422, "expected {\"block\": <window's opening block>}")
-        answer = await validator.sharing.answer(asked.block, caller.hotkey)
+        answer = (await services.reports.answer(asked.block, caller.hotkey)
+                  if services.reports is not None else None)
         if answer is None:
             return refuse(404, f"no report of a window at block {asked.block} (yet)")
         body, headers = answer
@@ -102,8 +125,9 @@ def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
         from core.validator.feedback import feedback_for
 
         try:
-            caller, raw = await admit_signed(request, miners, validator.metagraph,
-                                             body_timeout_s, "this validator")
+            graph = services.metagraph()
+            caller, raw = await admit_signed(request, miners, graph, body_timeout_s,
+                                             "this validator")
             FeedbackRequest.model_validate(raw)
         except Refusal as e:
             return refuse(e.status, e.reason)
@@ -112,10 +136,10 @@ def build_peer_app(validator, *, body_timeout_s: float = PEER_BODY_TIMEOUT_S,
         now = time.monotonic()
         if now - asked_at.get(caller.hotkey, -FEEDBACK_INTERVAL_S) < FEEDBACK_INTERVAL_S:
             return refuse(429, f"at most one feedback request every {FEEDBACK_INTERVAL_S:g} s")
-        for hotkey in [h for h in asked_at if validator.metagraph.by_hotkey(h) is None]:
+        for hotkey in [h for h in asked_at if graph is not None and graph.by_hotkey(h) is None]:
             del asked_at[hotkey]  # deregistered: the map stays within the metagraph
         asked_at[caller.hotkey] = now
-        answer = await validator.async_store.run(feedback_for, validator.hotkey, caller.hotkey)
+        answer = await services.store.run(feedback_for, services.hotkey, caller.hotkey)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     return app

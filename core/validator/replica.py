@@ -15,14 +15,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 import aiohttp
 
 from core.errors import Unavailable
-from core.storage import AsyncStore
+from core.storage import AsyncStore, Store
 from core.storage.base import Lease
 from core.storage.sqlite import FileLease
 from core.validator.recorder import Recorder
+from core.validator.traffic import Traffic
 
 log = logging.getLogger("validator.replica")
 # what the period loop and its followers meet in the ordinary course (the chain or the database
@@ -70,7 +72,25 @@ def settle_s(lease: Lease, poll_s: float) -> float:
     return 0.0 if isinstance(lease, FileLease) else 2 * poll_s + STOP_S
 
 
-async def lead_or_follow(validator, periods: int | None, poll_s: float = 5.0) -> None:
+class PeriodLoop(Protocol):
+    """What a replica uses of its validator (``core.validator.loop.Validator``)."""
+
+    store: Store
+    async_store: AsyncStore
+    traffic: Traffic
+    leading: bool  # whether this process runs the period loop (the organic API reads it)
+    takeover: Takeover
+
+    @property
+    def hotkey(self) -> str: ...
+
+    async def periods(self, periods: int | None = None) -> None: ...
+
+    async def follow(self) -> None: ...
+
+
+async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: float = 5.0
+                         ) -> None:
     """Run the period loop while this process holds the lease, follow the loop's plan while
     another does; returns when this process has run ``periods`` periods (None: never)."""
     lease = validator.store.lease(f"period-loop:{validator.hotkey}")
