@@ -44,7 +44,7 @@ def serve_simulated_miner(port: int) -> None:
         message = ChatRequest.model_validate_json(await request.read())
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        token = ChatToken(token_id=70, text="a", logprob=-0.5)
+        token = ChatToken(token_id=69, text="a", logprob=-0.5)  # what id 69 decodes to
         left = message.max_tokens
         while left:
             n = min(left, 16)

@@ -49,7 +49,7 @@ async def ttft_direct(client, url: str, miner: str, request) -> float:
     async for status, line in client.stream(url, "/chat", miner, request, 120, MAX_CHAT_LINE_BYTES):
         if status != 200:
             raise RuntimeError(f"miner answered {status}: {line[:200]!r}")
-        if first is None and b'"tokens":[{' in line:
+        if first is None and b'"ids":[' in line and b'"ids":[]' not in line:
             first = time.perf_counter() - t
     if first is None:
         raise RuntimeError("no token came back")

@@ -11,6 +11,11 @@ and their floors measured in the same run on the same tokens:
   the engines hand them over) to the lines it writes (``core.miner.app.wire_lines``), new and
   old; its floor: the same lines' content, already plain lists, written as JSON and nothing else
   (``pydantic_core.to_json``).
+- validator_text: the validator's line reading as above plus the check that each line's text
+  is what its ids decode to (``core.validator.dispatch.ChatText``, the task's tokenizer: the
+  local subnet's byte-level one here, production tokenizers are not on this machine), on honest
+  lines of the tiny engine's text (a token a byte, non-ASCII split over tokens); its reference,
+  validator_new_tiny, the same lines read without the check, in the same run.
 - bytes per token of each format.
 
 Each at --per-line tokens a line: 1 (a line per token), 10 (what a line every 0.2 s, the miner's
@@ -35,6 +40,8 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as checked_dataclass
 from pydantic_core import from_json, to_json
 
+from core.backends import tiny
+from core.backends.tokens import Detokenizer
 from core.cli import parser
 from core.miner.app import wire_lines
 from core.protocol import (
@@ -47,7 +54,7 @@ from core.protocol import (
     ChatTokens,
     Message,
 )
-from core.validator.dispatch import ChatLines
+from core.validator.dispatch import ChatLines, ChatText
 
 STREAM_TOKENS = 1280  # tokens of one answer: a whole number of lines at 1, 10 and 128 a line
 # what tokens' texts look like: mostly short pieces of words, some non-ASCII, some escaped in JSON
@@ -127,6 +134,24 @@ def new_validator(lines: list[bytes], request: ChatRequest) -> int:
     return len(kept)
 
 
+def honest_lines(tokenizer, seed: int, per_line: int) -> list[bytes]:
+    """An answer of STREAM_TOKENS tokens whose text is its ids' (as the engines detokenize)."""
+    rng, text = random.Random(seed), ""
+    while len(tokenizer.encode(text, add_special_tokens=False)) < STREAM_TOKENS:
+        text += "".join(rng.choice(PIECES) for _ in range(64))
+    ids = tokenizer.encode(text, add_special_tokens=False)[:STREAM_TOKENS]
+    pieces = Detokenizer(tokenizer)
+    return new_lines([ChatToken(i, pieces.add(i), -rng.expovariate(1.0)) for i in ids], per_line)
+
+
+def text_validator(lines: list[bytes], request: ChatRequest, tokenizer) -> int:
+    """``new_validator`` with each line's text checked against its ids (traffic's reading)."""
+    judge, text, kept = ChatLines(request, 10), ChatText(tokenizer), ChatTokens()
+    for line in lines:
+        kept.add(text.read(judge.read(line)))
+    return len(kept)
+
+
 def old_validator(lines: list[bytes], request: ChatRequest) -> int:
     """Protocol 7's validator: each line parsed into token objects, counted and kept."""
     kept: list[OldToken] = []
@@ -162,11 +187,17 @@ def measure(per_line: int, streams: int, repeats: int) -> None:
     old = [old_lines(a, per_line) for a in old_answers]
     assert all(new_validator(lines, request) == STREAM_TOKENS for lines in new)
     assert all(old_validator(lines, request) == STREAM_TOKENS for lines in old)
+    tokenizer = tiny.chat_tokenizer()
+    honest = [honest_lines(tokenizer, seed, per_line) for seed in range(streams)]
+    assert all(text_validator(lines, request, tokenizer) == STREAM_TOKENS for lines in honest)
     plain_new = [plain_lines(a, per_line, True) for a in answers]
     plain_old = [plain_lines(a, per_line, False) for a in answers]
     figures = {
         "validator_new": lambda: [new_validator(lines, request) for lines in new],
         "validator_old": lambda: [old_validator(lines, request) for lines in old],
+        "validator_new_tiny": lambda: [new_validator(lines, request) for lines in honest],
+        "validator_text_tiny": lambda: [text_validator(lines, request, tokenizer)
+                                        for lines in honest],
         "validator_floor_new": lambda: [from_json(x) for lines in new for x in lines],
         "validator_floor_old": lambda: [from_json(x) for lines in old for x in lines],
         "miner_new": lambda: [new_lines(a, per_line) for a in answers],
@@ -182,6 +213,8 @@ def measure(per_line: int, streams: int, repeats: int) -> None:
               f"{cpu[f'{side}_new'] / cpu[f'{side}_floor_new']:.2f} ratio")
         print(f"{side}_old_over_new_{per_line}_per_line: "
               f"{cpu[f'{side}_old'] / cpu[f'{side}_new']:.2f} ratio")
+    print(f"validator_text_over_new_tiny_{per_line}_per_line: "
+          f"{cpu['validator_text_tiny'] / cpu['validator_new_tiny']:.2f} ratio")
     for name, lines in (("new", new), ("old", old)):
         size = sum(len(x) for answer in lines for x in answer)
         print(f"bytes_per_token_{name}_{per_line}_per_line: {size / total:.1f} B", flush=True)

@@ -40,7 +40,7 @@ class HeldMiner:
         self.release = asyncio.Event()
 
     async def chat_chunks(self, client, neuron, message, prompt_tokens):
-        yield ChatChunk.of([ChatToken(7, "hi", -0.5)])
+        yield ChatChunk.of([ChatToken(69, "a", -0.5)])
         await self.release.wait()
         yield ChatChunk(done=True, prompt_tokens=prompt_tokens, completion_tokens=1)
 

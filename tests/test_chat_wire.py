@@ -1,8 +1,8 @@
 """A miner that lies in protocol 8's chat lines (columns of ids, log-probabilities and text
 lengths, the text once) fails the request: the validator's real signed client reads each line
 within MAX_CHAT_LINE_BYTES from a miner served by uvicorn on 127.0.0.1, and judges it as the
-validator does (``core.validator.dispatch.chat_chunks``; a failure's outcome as traffic records
-it)."""
+validator does (``core.validator.dispatch.chat_chunks``, each line's text checked against its ids
+as traffic checks it, ``dispatch.ChatText``; a failure's outcome as traffic records it)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,28 @@ from core.protocol import MAX_CHAT_LINE_BYTES, MAX_COUNT, MAX_TOKEN_TEXT, ChatRe
 from core.records import Outcome
 from core.transport.client import SignedClient
 from core.validator.counting import PromptCounter
-from core.validator.dispatch import chat_chunks, failure_outcome
+from core.validator.dispatch import ChatText, chat_chunks, failure_outcome
 from devtools.localproc import free_port
 from tests.servers import serving
 
-ASKED = 2  # tokens each request asks for
-HONEST = {"ids": [7, 8], "logprobs": [-0.5, -1.25], "text": "aü", "lengths": [1, 1]}
+ASKED = 3  # tokens each request asks for
+A, U1, U2 = 69, 132, 125  # the tiny tokenizer's "a", and the two bytes of "ü" (UTF-8 c3 bc)
+# the engine's text: "ü" is held back on its first byte (an incomplete character)
+HONEST = {"ids": [A, U1, U2], "logprobs": [-0.5, -1.25, -0.75], "text": "aü",
+          "lengths": [1, 0, 1]}
+FORGED = "Send your seed phrase to evil.example"
 
 
 def lines_of(mode: str, prompt: int) -> list[str]:
     """The answer a miner in ``mode`` writes: honest but for the one lie ``mode`` names."""
-    tokens, final = dict(HONEST), {"done": True, "prompt_tokens": prompt, "completion_tokens": 2}
+    tokens, final = dict(HONEST), {"done": True, "prompt_tokens": prompt, "completion_tokens": 3}
     raw: str | None = None  # a token line that JSON cannot say as a dict
     if mode == "short-logprobs":
         tokens["logprobs"] = [-0.5]
     elif mode == "long-lengths":
-        tokens["lengths"] = [1, 1, 0]
+        tokens["lengths"] = [1, 0, 1, 0]
     elif mode == "lengths-over-text":
-        tokens["lengths"] = [1, 2]
+        tokens["lengths"] = [1, 0, 2]
     elif mode == "lengths-under-text":
         tokens["text"] = "aüx"
     elif mode == "nan-logprob":
@@ -44,16 +48,28 @@ def lines_of(mode: str, prompt: int) -> list[str]:
     elif mode == "infinite-logprob":
         raw = json.dumps(tokens).replace("-1.25", "-Infinity")
     elif mode == "positive-logprob":
-        tokens["logprobs"] = [-0.5, 0.5]
+        tokens["logprobs"] = [-0.5, 0.5, -0.75]
     elif mode == "negative-id":
-        tokens["ids"] = [7, -1]
+        tokens["ids"] = [A, -1, U2]
     elif mode == "huge-id":
-        tokens["ids"] = [7, MAX_COUNT]
+        tokens["ids"] = [A, MAX_COUNT, U2]
     elif mode == "fractional-id":
-        tokens["ids"] = [7, 8.5]
+        tokens["ids"] = [A, 8.5, U2]
     elif mode == "long-token-text":
         tokens["text"] = "a" * (MAX_TOKEN_TEXT + 1) + "ü"
-        tokens["lengths"] = [MAX_TOKEN_TEXT + 1, 1]
+        tokens["lengths"] = [MAX_TOKEN_TEXT + 1, 0, 1]
+    elif mode == "forged-text":  # honest ids and logprobs, another text (the relay's attack)
+        tokens["text"], tokens["lengths"] = FORGED, [len(FORGED), 0, 0]
+    elif mode == "text-ahead-of-ids":  # "ü" before the byte that completes it
+        tokens["text"], tokens["lengths"] = "aü", [1, 1, 0]
+        tokens = {k: v[:2] if isinstance(v, list) else v for k, v in tokens.items()}
+        final["completion_tokens"] = 2
+    elif mode == "text-held-back":  # "a" left out: an engine holds back incomplete text only
+        tokens["text"], tokens["lengths"] = "ü", [0, 0, 1]
+    elif mode == "another-character":  # the same ids, a look-alike text
+        tokens["text"] = "aü".replace("ü", "u")
+    elif mode == "stop-cut-short":  # the text a stop sequence would end early: cut
+        tokens["text"], tokens["lengths"] = "a", [1, 0, 0]
     elif mode == "lone-surrogate":
         raw = json.dumps(tokens).replace("\\u00fc", "\\udcff")
     elif mode == "oversize-line":  # valid JSON, but longer than a validator reads
@@ -62,11 +78,11 @@ def lines_of(mode: str, prompt: int) -> list[str]:
         raw = json.dumps({"tokens": [{"token_id": 7, "text": "a", "logprob": -0.5},
                                      {"token_id": 8, "text": "ü", "logprob": -1.25}]})
     elif mode == "more-than-asked":
-        tokens = {"ids": [7, 8, 9], "logprobs": [-0.5, -1.25, -2.0], "text": "aüb",
-                  "lengths": [1, 1, 1]}
-        final["completion_tokens"] = 3
+        tokens = {"ids": [A, U1, U2, A], "logprobs": [-0.5, -1.25, -0.75, -2.0],
+                  "text": "aüa", "lengths": [1, 0, 1, 1]}
+        final["completion_tokens"] = 4
     elif mode == "completion-count-lie":
-        final["completion_tokens"] = 3
+        final["completion_tokens"] = 4
     elif mode == "prompt-count-lie":
         final["prompt_tokens"] = prompt + 1
     elif mode == "no-final-line":
@@ -79,7 +95,9 @@ def lines_of(mode: str, prompt: int) -> list[str]:
 LIES = ["short-logprobs", "long-lengths", "lengths-over-text", "lengths-under-text",
         "nan-logprob", "infinite-logprob", "positive-logprob", "negative-id", "huge-id",
         "fractional-id", "long-token-text", "lone-surrogate", "oversize-line", "protocol-7-line",
-        "more-than-asked", "completion-count-lie", "prompt-count-lie", "no-final-line"]
+        "more-than-asked", "completion-count-lie", "prompt-count-lie", "no-final-line",
+        "forged-text", "text-ahead-of-ids", "text-held-back", "another-character",
+        "stop-cut-short"]
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +123,11 @@ def judged(miner: Neuron, mode: str) -> tuple[Outcome, list]:
 
     async def read():
         client, chunks = SignedClient(Keypair.create_from_uri("//V")), []
+        counter = PromptCounter("tiny")
+        text = ChatText(counter.tokenizer(message.task))
         try:
-            async for chunk in chat_chunks(client, miner, message,
-                                           PromptCounter("tiny").prompt_tokens(message)):
-                chunks.append(chunk)
+            async for chunk in chat_chunks(client, miner, message, counter.prompt_tokens(message)):
+                chunks.append(text.read(chunk))
                 if chunk.done:
                     return Outcome.OK, chunks
             raise AssertionError("chat_chunks ended without a final line or a failure")
@@ -123,8 +142,8 @@ def judged(miner: Neuron, mode: str) -> tuple[Outcome, list]:
 def test_an_honest_answer_is_read_token_by_token(miner):
     outcome, chunks = judged(miner, "honest")
     assert outcome is Outcome.OK
-    assert [(t.token_id, t.text, t.logprob) for t in chunks[0].tokens] == [(7, "a", -0.5),
-                                                                         (8, "ü", -1.25)]
+    assert [(t.token_id, t.text, t.logprob) for t in chunks[0].tokens] == [
+        (A, "a", -0.5), (U1, "", -1.25), (U2, "ü", -0.75)]
 
 
 @pytest.mark.parametrize("mode", LIES)

@@ -1,5 +1,6 @@
 """The organic API in-process against real miner apps on 127.0.0.1: keys, limits, routing,
-failover mid-stream, and organic units reducing the synthetic plan."""
+failover mid-stream (an engine that fails, or a miner whose text is not its tokens'), and organic
+units reducing the synthetic plan."""
 
 import asyncio
 import base64
@@ -47,6 +48,25 @@ class FailsMidStream(TransformersChat):
                     raise RuntimeError("GPU fell off the bus")
 
 
+FORGED = "Send your seed phrase to evil.example"
+
+
+class ForgesText(TransformersChat):
+    """A miner with the right model, honest ids and logprobs, and a text of its own (the relay's
+    attack): the client must never see it, and the answer is invalid."""
+
+    def __init__(self, chat: TransformersChat):
+        super().__init__(chat.model, chat.tokenizer)
+
+    async def stream(self, request):
+        from core.protocol import ChatToken
+
+        forged = False
+        async for batch in super().stream(request):
+            yield [ChatToken(t.token_id, "" if forged else FORGED, t.logprob) for t in batch]
+            forged = True
+
+
 @pytest.fixture(scope="module")
 def engines():
     chat = load_engine("chat-llama-3")
@@ -55,6 +75,7 @@ def engines():
         "good": {"chat-llama-3": chat, "proteus-text-to-image": image},
         "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},
         "stalls": {"chat-llama-3": FailsMidStream(chat, "stalls"), "proteus-text-to-image": image},
+        "forges": {"chat-llama-3": ForgesText(chat), "proteus-text-to-image": image},
     }
 
 
@@ -151,9 +172,10 @@ async def stream_chat(net, body: dict, max_attempts: int = 3):
     return r.status_code, events
 
 
-# an engine error is a 5xx (or a stream cut short: invalid); a stall is a timeout
-@pytest.mark.parametrize("net, failed", [("broken", {"invalid", "5xx"}), ("stalls", {"timeout"})],
-                         indirect=["net"])
+# an engine error is a 5xx (or a stream cut short: invalid); a stall is a timeout; a text that
+# is not the tokens' is invalid, and none of it reaches the client
+@pytest.mark.parametrize("net, failed", [("broken", {"invalid", "5xx"}), ("stalls", {"timeout"}),
+                                         ("forges", {"invalid"})], indirect=["net"])
 def test_a_miner_failing_mid_stream_is_replaced_unseen(net, failed, engines, monkeypatch):
     from core.protocol import ChatRequest
     from core.validator import dispatch
@@ -170,7 +192,7 @@ def test_a_miner_failing_mid_stream_is_replaced_unseen(net, failed, engines, mon
     expected = "".join(t.text for t in engines["good"]["chat-llama-3"].tokens(ChatRequest(
         task="chat-llama-3", messages=[{"role": "user", "content": "hello"}], max_tokens=30,
         temperature=0.8, seed=42)))
-    assert text == expected
+    assert text == expected and "evil" not in text
     records = {r.hotkey: r for r in store.records(7)}
     assert records[hotkeys["broken"]].outcome.value in failed
     assert records[hotkeys["good"]].outcome.value == "ok" and records[hotkeys["good"]].organic

@@ -43,7 +43,7 @@ def chat_miner(after_final: str) -> tuple[FastAPI, set]:
                           completion_tokens=1)
 
         async def lines():
-            yield ChatChunk.of([ChatToken(token_id=7, text="a", logprob=-1.0)]
+            yield ChatChunk.of([ChatToken(token_id=69, text="a", logprob=-1.0)]
                                ).model_dump_json() + "\n"
             yield final.model_dump_json() + "\n"
             if after_final == "end":

@@ -32,8 +32,12 @@ class Detokenizer:
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
         decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        text = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        # the ids' own text, no spaces "cleaned up" (Llama 3.1's config asks for it): what the
+        # validator decodes them to (``core.validator.dispatch.ChatText``) and vLLM sends
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True,
+                        clean_up_tokenization_spaces=False)
+        text = decode(self.ids[self.prefix:], skip_special_tokens=True,
+                      clean_up_tokenization_spaces=False)
         if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(self.ids)

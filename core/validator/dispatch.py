@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from functools import partial
 
 import aiohttp
 from pydantic import ValidationError
@@ -134,7 +135,8 @@ class ChatLines:
     (or more lines than tokens and the final one), a final line whose counts differ from the
     validator's (``prompt_tokens`` as counted here, the completion as received) or that ends
     before ``message.min_tokens`` (nothing may end such a request early: no end of sequence, and
-    no stop sequence, which it cannot carry)."""
+    no stop sequence, which it cannot carry). A line's text is checked against its ids by
+    ``ChatText`` (traffic reads each line through both)."""
 
     __slots__ = ("message", "prompt_tokens", "tokens", "lines")
 
@@ -157,6 +159,80 @@ class ChatLines:
                            or self.tokens < message.min_tokens):
             raise MinerFailed(Outcome.INVALID)
         return chunk
+
+
+class ChatText:
+    """A chat answer's text bound to its token ids (docs/protocol.md §5): the validator decodes
+    the ids itself, line by line, with the task's tokenizer (the one it counts prompts with),
+    and ``read`` raises MinerFailed (invalid) for a line whose text is not what its ids decode
+    to, before anything of that line is kept or relayed.
+
+    The decode is vLLM's incremental one at line granularity, without the tokenizer's clean-up
+    of spaces: each line decodes a window from the last committed offset (with context before
+    it, so a tokenizer that strips a leading space decodes it in place) and commits the new
+    text unless it ends in an incomplete character (U+FFFD: a multi-byte character split over
+    tokens), held back until the tokens that complete it arrive. After each line the miner's
+    text so far must be the committed text, and may go on into the held-back text (an engine
+    holds a step back while it ends in an incomplete character; its steps need not be the
+    lines'), never past it: text that is not the ids' is never accepted, however it is split.
+    So the client's text, and the stop sequences the API finds in it, are the ids'. A decoder
+    that strips the completion's first space without context may leave it out (once)."""
+
+    __slots__ = ("decode", "ids", "prefix", "read_at", "unsaid", "pending", "into", "began")
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "_tokenizer", None)  # a fast tokenizer's own (Rust) decoder:
+        if backend is not None:  # no clean-up of spaces, less than half the cost of ``decode``
+            self.decode = partial(backend.decode, skip_special_tokens=True)
+        else:
+            self.decode = partial(tokenizer.decode, skip_special_tokens=True,
+                                  clean_up_tokenization_spaces=False)
+        self.ids: list[int] = list(tokenizer.encode(".", add_special_tokens=False))  # context
+        self.prefix, self.read_at = 0, len(self.ids)
+        self.unsaid = ""  # committed text the miner has not sent yet
+        self.pending = ""  # held back: the text after the committed, ending incomplete
+        self.into = ""  # what of ``pending`` the miner has sent already
+        self.began = False  # the miner has sent text
+
+    def read(self, chunk: ChatChunk) -> ChatChunk:
+        if chunk.ids:
+            self.ids += chunk.ids
+            window = self.ids[self.prefix:]
+            before = self.decode(window[:self.read_at - self.prefix])
+            new = self.decode(window)[len(before):]
+            if not new.startswith(self.into):
+                self._lie(chunk.text, new)
+            if new.endswith("\ufffd"):
+                self.pending = new
+            else:
+                self.unsaid += new[len(self.into):]
+                self.pending = self.into = ""
+                self.prefix, self.read_at = self.read_at, len(self.ids)
+        said = chunk.text
+        if said and not self.began:
+            self.began = True
+            if self.unsaid[:1] == " " and said[:1] != " ":
+                self.unsaid = self.unsaid[1:]
+        unsaid = self.unsaid
+        if len(said) <= len(unsaid):
+            if not unsaid.startswith(said):
+                self._lie(said, unsaid)
+            self.unsaid = unsaid[len(said):]
+        else:
+            if not said.startswith(unsaid) or not self.pending.startswith(
+                    said[len(unsaid):], len(self.into)):
+                self._lie(said, unsaid + self.pending[len(self.into):])
+            self.into += said[len(unsaid):]
+            self.unsaid = ""
+        if self.unsaid:  # an engine never holds back complete text
+            self._lie(said, self.unsaid)
+        return chunk
+
+    @staticmethod
+    def _lie(said: str, decoded: str):
+        log.info("a chat line's text is not its ids' (%s; decoded %s)", shown(said),
+                 shown(decoded))
+        raise MinerFailed(Outcome.INVALID)
 
 
 async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest,

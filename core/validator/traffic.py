@@ -100,9 +100,11 @@ class Traffic:
 
     async def chat(self, attempt: Attempt, result: Result
                    ) -> AsyncGenerator[ChatChunk, None]:
-        """The miner's lines of tokens as they arrive (for a client to relay). Each wait for the
-        next line runs in the consuming task, bounded by the request's deadline and, after the
-        first tokens, by CHAT_STALL_S; the record is written when the stream ends in any way."""
+        """The miner's lines of tokens as they arrive (for a client to relay), each line's text
+        checked against its ids before it is kept or yielded (``dispatch.ChatText``). Each wait
+        for the next line runs in the consuming task, bounded by the request's deadline and,
+        after the first tokens, by CHAT_STALL_S; the record is written when the stream ends in
+        any way."""
         message = attempt.message
         assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
@@ -110,10 +112,11 @@ class Traffic:
         watch = StreamWatch(loop.time() + dispatch.timeout_for(message.task, attempt.reserved),
                             dispatch.CHAT_STALL_S)
         stream = dispatch.chat_chunks(self.client, attempt.neuron, message, attempt.prompt_tokens)
+        text = dispatch.ChatText(self.counter.tokenizer(message.task))  # loaded: it counted
         outcome: Outcome | None = None
         try:
             while outcome is None:
-                chunk: ChatChunk = await watch.next(stream)
+                chunk: ChatChunk = text.read(await watch.next(stream))  # its text is its ids'
                 result.tokens.add(chunk)
                 watch.started = bool(result.tokens)  # once it has begun, a silence is a stall
                 if chunk.done:
