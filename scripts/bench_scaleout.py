@@ -145,8 +145,8 @@ def _replica(dsn: str, seconds: float, in_flight: int, start, counts) -> None:
             key = (options[(i + done) % len(options)][0].hotkey, "chat-llama-3")
             period = await store.io(book.reserve, key, 10)
             if period is not None:  # the request served 7 of the 10 reserved: settled with it
-                await store.io(store.finish_request, RequestRecord(
-                    period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10)
+                await store.io(store.finish_requests, [(RequestRecord(
+                    period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10)])
             done += 1
         return done
 

@@ -44,6 +44,7 @@ from core.validator.peer import PeerServices, build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import MAX_DECLARATIONS, WindowReport, report_of
 from devtools.localproc import free_port
+from tests.records import record
 from tests.servers import serving
 
 NETUID, PERIOD, PB = 19, 7, 60
@@ -288,7 +289,7 @@ def period_store(tmp_path, planned: list[Contender], own: list[SignedDeclaration
     window = store.add_window(PERIOD, Window(BLOCK, 1000.0, 25.0))
     for c in planned:
         for i in range(SLICES):
-            store.record(RequestRecord(PERIOD, c.hotkey, CHAT, False, Outcome.OK, 64, 0.1,
+            record(store, RequestRecord(PERIOD, c.hotkey, CHAT, False, Outcome.OK, 64, 0.1,
                                        None, 1000.5 + 5 * i))
     if mine is None:
         mine = {k: o.windows[0] for k, (o, _) in

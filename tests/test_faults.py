@@ -21,6 +21,7 @@ from core.validator.counting import PromptCounter
 from core.validator.loop import Settings, Validator
 from core.validator.traffic import Attempt, Traffic
 from devtools.localproc import free_port, lone_validator, make_wallet
+from tests.records import record
 from tests.servers import serving
 
 
@@ -143,16 +144,16 @@ def test_a_full_disk_is_a_clear_error_and_what_was_written_stays(tmp_path):
     from core.records import RequestRecord
 
     store = open_store(str(tmp_path / "v.sqlite3"))
-    store.record(RequestRecord(1, "hk", "inpaint", False, Outcome.OK, 10, 0.1, 1.0))
+    record(store, RequestRecord(1, "hk", "inpaint", False, Outcome.OK, 10, 0.1, 1.0))
     pages = store.db._db.execute("PRAGMA page_count").fetchone()[0]
     store.db._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL
     with pytest.raises(StorageError, match=r"v\.sqlite3: .*database or disk is full"):
         for i in range(10_000):
-            store.record(RequestRecord(1, "hk" * 50, "inpaint", False, Outcome.OK, i, 0.1))
+            record(store, RequestRecord(1, "hk" * 50, "inpaint", False, Outcome.OK, i, 0.1))
     written = store.records(1)
     assert written[0].units == 10 and len(written) >= 1  # nothing half-written or corrupted
     store.db._db.execute("PRAGMA max_page_count=1073741823")  # space again: writes resume
-    store.record(RequestRecord(1, "hk", "inpaint", False, Outcome.OK, 7, 0.1))
+    record(store, RequestRecord(1, "hk", "inpaint", False, Outcome.OK, 7, 0.1))
     assert store.records(1)[-1].units == 7 and store.db._db.execute(
         "PRAGMA integrity_check").fetchone()[0] == "ok"
 

@@ -16,6 +16,7 @@ from core.validator.feedback import feedback_for
 from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import PeerServices, build_peer_app
 from devtools.localproc import make_wallet
+from tests.records import record
 
 
 def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
@@ -33,10 +34,10 @@ def test_a_miner_reads_its_own_rows_only_and_signed(tmp_path):
         (bob.ss58_address, "inpaint"): ContenderState(declared=40, demonstrated=40, credited=40,
                                                       reliability=1.0)})
     for outcome, quality in ((Outcome.OK, 1.0), (Outcome.OK, 0.0), (Outcome.TIMEOUT, 0.0)):
-        record_id = store.record(RequestRecord(3, alice.ss58_address, "chat-llama-3", False,
+        record_id = record(store, RequestRecord(3, alice.ss58_address, "chat-llama-3", False,
                                                outcome, 100.0, 1.0, quality, 0.0))
     store.set_quality(record_id - 1, 0.0, "reported logprobs differ from the model's")
-    store.record(RequestRecord(3, bob.ss58_address, "inpaint", False, Outcome.OK, 20.0, 1.0,
+    record(store, RequestRecord(3, bob.ss58_address, "inpaint", False, Outcome.OK, 20.0, 1.0,
                                1.0, 0.0))
     graph = Metagraph(60, (Neuron(0, me.ss58_address, "c", 10.0, True, None, 0),
                            Neuron(1, alice.ss58_address, "c", 0.0, False, None, 0),
@@ -84,13 +85,13 @@ def test_feedback_shows_the_scored_periods_cancels_and_timeouts_not_the_running_
     store.begin_period(3, 900, "0x1", 1.0, 0.0, contenders)
     ended = [Outcome.OK] * 2 + [Outcome.ABANDONED] * 21 + [Outcome.TIMEOUT] * 3
     for outcome in ended:
-        store.record(RequestRecord(3, me, "chat-llama-3", False, outcome, 100.0, 1.0, None, 0.0))
-    store.record(RequestRecord(3, other, "chat-llama-3", False, Outcome.SERVER_ERROR, 100.0, 1.0))
+        record(store, RequestRecord(3, me, "chat-llama-3", False, outcome, 100.0, 1.0, None, 0.0))
+    record(store, RequestRecord(3, other, "chat-llama-3", False, Outcome.SERVER_ERROR, 100.0, 1.0))
     store.finish_period(3, {(me, "chat-llama-3"): ContenderState(
         declared=1000, demonstrated=700, credited=700, reliability=0.9)})
     store.begin_period(4, 1200, "0x2", 1.0, 0.0, contenders)
     for _ in range(2):
-        store.record(RequestRecord(4, me, "chat-llama-3", False, Outcome.OK, 100.0, 1.0))
+        record(store, RequestRecord(4, me, "chat-llama-3", False, Outcome.OK, 100.0, 1.0))
 
     answer = feedback_for(store, "5Validator", me)
     assert (answer.period, answer.running) == (3, 4)
@@ -131,10 +132,10 @@ def test_the_miner_prints_each_validators_feedback(tmp_path):
                        [Contender(1, mine, "chat-llama-3", 900, 900, 0)])
     store.finish_period(1, {(mine, "chat-llama-3"): ContenderState(
         declared=900, demonstrated=900, credited=900, reliability=1.0, scored=((75.0, 1.0),))})
-    store.record(RequestRecord(1, mine, "chat-llama-3", False, Outcome.TIMEOUT, 50.0, 9.0))
+    record(store, RequestRecord(1, mine, "chat-llama-3", False, Outcome.TIMEOUT, 50.0, 9.0))
     store.begin_period(2, 120, "0x2", 1.0, 0.0,
                        [Contender(1, mine, "chat-llama-3", 900, 900, 0)])
-    store.record(RequestRecord(2, mine, "chat-llama-3", False, Outcome.OK, 50.0, 1.0))
+    record(store, RequestRecord(2, mine, "chat-llama-3", False, Outcome.OK, 50.0, 1.0))
 
     import asyncio
 

@@ -13,6 +13,7 @@ from core.storage import StorageError
 from core.validator.journal import Journal
 from core.validator.recorder import Recorder
 from tests.flaky_store import make_flaky, used_and_records
+from tests.records import record
 
 TARGETS = [Contender(1, "hk1", "inpaint", 1000.0, 1000.0, 7)]
 
@@ -177,7 +178,7 @@ def test_a_full_sqlite_file_keeps_the_records_until_it_has_space_again(tmp_path)
     store.db.execute(f"PRAGMA max_page_count={pages}")  # the file may not grow: fill it
     with pytest.raises(StorageError, match="database or disk is full"):
         for _ in range(100_000):
-            store.record(rec(units=0.0))  # records of nothing: Σ units stays as it is
+            record(store, rec(units=0.0))  # records of nothing: Σ units stays as it is
     recorder = Recorder(store, retry_s=0.05)
 
     async def main():

@@ -8,6 +8,7 @@ import itertools
 from core.budget import Contender
 from core.records import Outcome, RequestRecord
 from core.spending import admits, landing
+from tests.records import finish
 
 
 def test_a_request_fits_in_what_is_left_and_a_planned_one_only_under_its_cap():
@@ -47,4 +48,4 @@ def test_the_store_lands_late_records_where_the_rule_says(store):
         sealed[seal] = True
         for period in (3, 4, 5):
             r = RequestRecord(period, "hk", "inpaint", False, Outcome.OK, 1.0, 0.1)
-            assert store.finish_request(r, 1.0)[1] == landing(period, sealed), (seal, period)
+            assert finish(store, r, 1.0)[1] == landing(period, sealed), (seal, period)

@@ -16,6 +16,7 @@ from core.scoring import ContenderState, weights
 from core.storage import open_store
 from core.validator.status import UnknownContender, snapshot, status
 from devtools.localproc import ROOT
+from tests.records import record
 
 CONTENDERS = [Contender(1, "hk1", "chat-llama-3", 1000.0, 1000.0, 0),
               Contender(2, "hk2", "chat-llama-3", 500.0, 500.0, 0),
@@ -69,9 +70,9 @@ def test_one_weights_line_that_agrees_with_the_table_finished_and_in_progress(st
     store.begin_period(6, 1800, "0x2", 1.0, 0.0, CONTENDERS)
     store.add_window(6, Window(1850, 1000.0, 60.0))
     for at in (1001.0, 1013.0, 1025.0, 1037.0, 1049.0):
-        store.record(RequestRecord(6, "hk1", "chat-llama-3", False, Outcome.TIMEOUT, 50, 9.0,
+        record(store, RequestRecord(6, "hk1", "chat-llama-3", False, Outcome.TIMEOUT, 50, 9.0,
                                    None, at))
-        store.record(RequestRecord(6, "hk2", "chat-llama-3", False, Outcome.OK, 50, 1.0, None, at))
+        record(store, RequestRecord(6, "hk2", "chat-llama-3", False, Outcome.OK, 50, 1.0, None, at))
     running = status(store, 300)
     assert "== period 6 ==" in running and running.count("weights:") == 1
     assert printed_weights(running) == pytest.approx(table_weights(running), abs=1e-3)

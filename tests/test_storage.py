@@ -18,6 +18,7 @@ from core.storage import AsyncStore, StorageError, Store, open_store
 from core.storage.schema import MIGRATIONS
 from core.storage.store import PeriodInfo
 from core.window_report import report_of
+from tests.records import finish, record
 
 TARGETS = [Contender(1, "hk1", "inpaint", 100.0, 50.0, 7),
            Contender(2, "hk2", "chat-llama-3", 3000.0, 1500.0, 9)]
@@ -95,10 +96,10 @@ def test_records_round_trip_in_order(store):
         rec(4, Outcome.TIMEOUT, quality=None),
     ]
     for r in records:
-        store.record(r)
+        record(store, r)
     assert store.records(3) == records[:2] and store.records(4) == records[2:]
     other = RequestRecord(3, "hk2", "chat-llama-3", True, Outcome.OK, 64.0, 0.2, None, 2.0)
-    store.record(other)
+    record(store, other)
     assert store.records(3, "hk1") == records[:2] and store.records(3, "hk2") == [other]
 
 
@@ -155,7 +156,7 @@ def test_weights_and_prune(store):
     assert store.last_weights() == (130, {1: 0.5})
     for p in (1, 2, 3):
         store.begin_period(p, p * 10, "0x", 1.0, 0.0, TARGETS)
-        store.record(rec(p))
+        record(store, rec(p))
     store.prune(before_period=3)
     assert store.records(1) == [] and store.contenders(2) == [] and store.period(2) is None
     assert len(store.records(3)) == 1 and store.period(3) is not None
@@ -164,7 +165,7 @@ def test_weights_and_prune(store):
 def test_migrations_are_recorded_and_reapplying_is_a_no_op(tmp_path):
     path = str(tmp_path / "v.sqlite3")
     first = open_store(path)
-    first.record(rec(1))
+    record(first, rec(1))
     first.close()
     again = open_store(path)
     assert again.version == len(MIGRATIONS) and len(again.records(1)) == 1
@@ -291,7 +292,7 @@ def test_a_record_is_written_when_its_caller_is_cancelled_waiting_on_postgresql(
     record = RequestRecord(5, "hk1", "inpaint", False, Outcome.OK, 10, 0.5)
 
     async def main():
-        task = asyncio.create_task(store.io(store.finish_request, record, 10))
+        task = asyncio.create_task(store.io(finish, store, record, 10))
         await asyncio.sleep(0)  # the call has gone to its thread
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -326,9 +327,9 @@ def used_and_recorded(store, period):
 def test_a_request_is_settled_with_its_record_and_used_is_their_sum(store):
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     assert store.reserve(5, "hk1", "inpaint", 30)
-    assert store.finish_request(rec(5, units=20.0), reserved=30) == (1, 5)  # served less
+    assert finish(store, rec(5, units=20.0), reserved=30) == (1, 5)  # served less
     assert store.reserve(5, "hk1", "inpaint", 20)
-    store.finish_request(rec(5, Outcome.TIMEOUT, units=20.0, quality=None), reserved=20)
+    finish(store, rec(5, Outcome.TIMEOUT, units=20.0, quality=None), reserved=20)
     assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (40.0, 40.0)
 
 
@@ -336,21 +337,21 @@ def test_a_request_ending_after_its_period_was_sealed_lands_in_the_next(store):
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     assert store.reserve(5, "hk1", "inpaint", 20)  # in flight while period 5 closes
     store.seal(5)
-    _, period = store.finish_request(rec(5, units=15.0), reserved=20)
+    _, period = finish(store, rec(5, units=15.0), reserved=20)
     assert period == 6 and store.records(5) == [] and store.records(6)[0].units == 15.0
     assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (0.0, 0.0)
     store.begin_period(6, 1800, "0x", 1.0, 0.0, TARGETS)  # begins after: counts it in
     assert used_and_recorded(store, 6)[("hk1", "inpaint")] == (15.0, 15.0)
     assert store.reserve(6, "hk1", "inpaint", 10)
     store.seal(6)
-    _, period = store.finish_request(rec(6, units=10.0), reserved=10)
+    _, period = finish(store, rec(6, units=10.0), reserved=10)
     assert period == 7  # past every sealed period, even with none open yet
 
 
 def test_used_is_rederived_from_records_after_a_crash(store):
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     assert store.reserve(5, "hk1", "inpaint", 20) and store.reserve(5, "hk1", "inpaint", 20)
-    store.finish_request(rec(5, units=20.0), reserved=20)  # the other never ended: a kill -9
+    finish(store, rec(5, units=20.0), reserved=20)  # the other never ended: a kill -9
     store.rederive_used(5)
     assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (20.0, 20.0)
 
@@ -389,14 +390,14 @@ def test_a_check_that_ends_after_its_period_closed_counts_at_the_next_close(stor
     from core.validator.measure import measure_period
 
     store.begin_period(3, 900, "0x3", 1.0, 0.0, TARGETS[:1])
-    in_time, late = store.record(rec(3, quality=None)), store.record(rec(3, quality=None))
+    in_time, late = record(store, rec(3, quality=None)), record(store, rec(3, quality=None))
     store.set_quality(in_time, 0.5)
     store.seal(3)  # period 3 closes: its records are read now
     store.begin_period(4, 1200, "0x4", 1.0, 0.0, TARGETS[:1])
     store.set_quality(late, 0.0, "images differ")  # ended after period 3's close
     assert store.late_checks(3) == [] and store.late_checks(4) == [("hk1", "inpaint", 0.0)]
     assert [r.quality for r in store.records(3)] == [0.5, 0.0]
-    store.record(rec(4, quality=1.0))
+    record(store, rec(4, quality=1.0))
     measured, _ = measure_period(store, 4, TARGETS[:1], 300, pooled=False)
     outcome, requests = measured[("hk1", "inpaint")]
     assert requests == 1 and (outcome.quality_sum, outcome.quality_n) == (1.0, 2)

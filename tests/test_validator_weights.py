@@ -17,6 +17,7 @@ from core.validator.loop import Settings, Validator
 from core.validator.status import status
 from core.validator.weights import WEIGHTS_VERSION_KEY
 from devtools.localproc import make_wallet
+from tests.records import record
 
 
 @pytest.fixture
@@ -227,10 +228,10 @@ def test_status_shows_the_latest_period(setup):
     store.begin_period(7, 2100, "0x1", 0.25, 0.0, [Contender(3, "hk", "inpaint", 400.0, 100.0, 0),
                                                    Contender(4, "hk4", "inpaint", 40.0, 10.0, 0)])
     store.add_window(7, Window(2150, 1000.0, 60.0))
-    store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, 1.0, 1010.0))
-    store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.RATE_LIMITED, 20, 0.1, None,
+    record(store, RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, 1.0, 1010.0))
+    record(store, RequestRecord(7, "hk", "inpaint", False, Outcome.RATE_LIMITED, 20, 0.1, None,
                                1020.0))
-    store.record(RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, None, 5000.0))
+    record(store, RequestRecord(7, "hk", "inpaint", False, Outcome.OK, 20, 1.0, None, 5000.0))
     store.note_weights(2000, 0.0, {3: 1.0})
     text = status(store, 300)
     assert (

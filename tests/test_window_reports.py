@@ -33,6 +33,7 @@ from core.validator.peer import PeerServices, build_peer_app
 from core.validator.sharing import Rejected, Sharing
 from core.window_report import REPORT_PATH, ReportRequest, WindowReport, report_of
 from devtools.localproc import ROOT, free_port, make_wallet
+from tests.records import record
 
 PB = 60
 STAKES = {"v45": 45.0, "v35": 35.0, "v20": 20.0}
@@ -117,7 +118,7 @@ def test_the_period_is_measured_from_the_pooled_reports_once_they_cover_the_stak
     store.begin_period(2, 120, "0x1", 0.45, 0.0, [c], STAKES)
     store.add_window(2, Window(150, 1000.0, 5.0))
     for i in range(SLICES):  # this validator (v45) was served every request
-        store.record(RequestRecord(2, "miner", "chat-llama-3", False, Outcome.OK, 64, 0.1,
+        record(store, RequestRecord(2, "miner", "chat-llama-3", False, Outcome.OK, 64, 0.1,
                                    None, 1000.2 + i))
     mine = measure_period(store, 2, [c], PB)[0][("miner", "chat-llama-3")][0]
     assert mine.windows[0].served == 1.0 and not mine.windows[0].pooled
@@ -288,7 +289,7 @@ def test_a_report_carries_what_was_asked_outside_windows_since_the_window_before
         store.add_window(period, Window(block, start, 10.0))
 
     def rec(period, at, outcome=Outcome.OK):
-        store.record(RequestRecord(period, "miner", "chat-llama-3", False, outcome, 64, 0.1,
+        record(store, RequestRecord(period, "miner", "chat-llama-3", False, outcome, 64, 0.1,
                                    None, at))
 
     rec(2, 990.0)  # before the first window: in its report
@@ -326,7 +327,7 @@ def test_the_stores_sums_make_the_same_report_as_every_record_read(store):
             c = rng.choice(contenders + [Contender(9, "stranger", "inpaint", 1.0, 1.0, 0)])
             at = rng.choice([rng.uniform(990.0, 1045.0), rng.choice(edges),
                              rng.choice(edges) - 1e-9])
-            store.record(RequestRecord(period, c.hotkey, c.task, rng.random() < 0.2,
+            record(store, RequestRecord(period, c.hotkey, c.task, rng.random() < 0.2,
                                        rng.choice(list(Outcome)), float(rng.randint(1, 512)),
                                        0.1, None, at))
     records = store.records(3)

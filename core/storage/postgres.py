@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zlib
 from collections.abc import Callable
@@ -138,7 +139,13 @@ class AdvisoryLease:
             return False
 
     def release(self) -> None:
-        self._held = False
+        """Give the lock up at once: unlocked before the connection closes, since the server
+        frees a closed session's locks only once it has seen the close (a process taking the
+        lease right after could find it still held)."""
+        held, self._held = self._held, False
         if self._conn is not None:
+            if held:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
             self._conn.close()
             self._conn = None

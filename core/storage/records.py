@@ -16,18 +16,13 @@ _COLUMNS = "period, hotkey, task, organic, outcome, units, latency_s, quality, a
 
 
 class RecordRoom(Room):
-    def finish_request(self, r: RequestRecord, reserved: float) -> tuple[int, int]:
-        """Store a request's record and settle the ``reserved`` units it held in ``r.period``, in
-        one transaction; returns (record id, period recorded in).
-
-        A request that ends after its period was sealed for scoring (``seal``) is recorded where
-        ``core.spending.landing`` says, and its units move there with it."""
-        return self.finish_requests([(r, reserved)])[0]
-
     def finish_requests(self, finished: list[tuple[RequestRecord, float]]
                         ) -> list[tuple[int, int]]:
-        """``finish_request`` for each (record, reserved), all in one transaction (one commit for
-        requests that ended together: ``core.validator.recorder``)."""
+        """Store each request's record and settle the ``reserved`` units it held in its period,
+        all in one transaction (one commit for requests that ended together:
+        ``core.validator.recorder``); returns each (record id, period recorded in). A request
+        that ends after its period was sealed for scoring (``seal``) is recorded where
+        ``core.spending.landing`` says, and its units move there with it."""
         out: list[tuple[int, int]] = []
         with self._guard(), self.db.transaction():
             landed: dict[int, int] = {}  # period asked -> period recorded in
@@ -52,10 +47,6 @@ class RecordRoom(Room):
         PostgreSQL holds those rows against a concurrent ``seal``)."""
         return {p: bool(s) for p, s in self.db.execute(
             f"SELECT period, sealed FROM periods WHERE period >= ?{self.db.row_lock}", (period,))}
-
-    def record(self, r: RequestRecord) -> int:
-        """Store a record whose units were reserved as they are (nothing to settle)."""
-        return self.finish_request(r, r.units)[0]
 
     def seal(self, period: int) -> None:
         """No record lands in ``period`` any more (its close reads them next): a request still

@@ -5,7 +5,7 @@ how well it has done, and the metagraph to reach it.
 What the budgets have spent lives in the store, not here: every reservation is one atomic
 statement there, so API replicas on one PostgreSQL database never spend a contender beyond its
 budget together. Units are reserved before a request and settled with its record after
-(``Store.finish_request``). Its methods are plain (blocking) calls of the store: a coroutine
+(``Store.finish_requests``). Its methods are plain (blocking) calls of the store: a coroutine
 makes them in the store's threads (``AsyncStore.call``, ``Store.io``), never on its event loop.
 """
 

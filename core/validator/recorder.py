@@ -62,7 +62,7 @@ class Recorder:
             await waiter
 
     async def finish(self, record: RequestRecord, reserved: float) -> tuple[int, int] | None:
-        """Store ``record`` and settle the ``reserved`` units it held (``Store.finish_request``):
+        """Store ``record`` and settle the ``reserved`` units it held (``Store.finish_requests``):
         (record id, period recorded in), or None when the store refused it and it waits in the
         journal. Raises StorageError when the journal is full too (the record is lost)."""
         finished = _Finished(Entry(record, reserved), asyncio.get_running_loop().create_future())
