@@ -15,6 +15,17 @@ committed (``swap_png``), none sent (``withhold_png``), a thumbnail of another i
 (``wrong_thumbnail``). The check's seconds are set against a full regeneration's, the same
 requests on the same machine in the same run.
 
+Then answers that commit and open their honest trajectory but deliver an altered copy of its image
+(committed as sent: its sha256 and its RGB thumbnail), each caught by the comparison of the PNG
+with the reference's decode of the miner's final latent (full-resolution RGB: the mean and the
+worst 8x8 block's mean of the per-channel difference) or not: the colour gone (``greyscale``),
+negated at the same luma (``chroma_negated``), red and blue swapped (``red_blue_swap``), a black
+box over 4% (``black_box``), red spam text over the whole image (``spam_text``), a 1-px +-60
+checkerboard (``checkerboard``); for each, the smallest of the two measures and of the 32x32 RGB
+thumbnail distance ``--check gpu`` judges by. The honest figures beside them: the same measures
+for honest answers (0 when miner and reference decode alike), and the decode's numerical noise
+stressed by rounding the final latent to float16 before decoding (``honest_fp16_latent_*``).
+
 The honest miner serves on ``--device`` (float16 on CUDA, as the diffusers back end loads; float32
 on the CPU); the reference re-runs on ``--reference-device``. Requests are drawn like the
 validator's synthetic ones (8-24 steps), text-to-image, image-to-image and inpaint, at ``--size``
@@ -121,6 +132,51 @@ def inverted(png: bytes) -> bytes:
     return out.getvalue()
 
 
+def edited(png: bytes, kind: str) -> bytes:
+    """The PNG altered as the cheat ``kind`` alters it."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    a = np.asarray(image, dtype=np.float32)
+    w, h = image.size
+    if kind == "greyscale":
+        image = image.convert("L").convert("RGB")
+    elif kind == "chroma_negated":
+        luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        image = Image.fromarray(np.clip(2 * luma[..., None] - a, 0, 255).astype(np.uint8))
+    elif kind == "red_blue_swap":
+        image = Image.fromarray(a[..., ::-1].astype(np.uint8))
+    elif kind == "black_box":
+        ImageDraw.Draw(image).rectangle([0, 0, w // 5 - 1, h // 5 - 1], fill=(0, 0, 0))
+    elif kind == "spam_text":
+        draw = ImageDraw.Draw(image)
+        for row in range(0, h, 24):
+            draw.text((4, row), "BUY SCAMCOIN evil.example " * 3, fill=(255, 0, 0))
+    elif kind == "checkerboard":
+        board = ((np.indices((h, w)).sum(0) % 2) * 2 - 1)[..., None] * 60
+        image = Image.fromarray(np.clip(a + board, 0, 255).astype(np.uint8))
+    else:
+        raise ValueError(kind)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+EDITS = ("greyscale", "chroma_negated", "red_blue_swap", "black_box", "spam_text",
+         "checkerboard")
+
+
+def decode_latent(engine, latent):
+    """The engine's VAE decode of a batch latent, as the pipeline decodes it (PIL images)."""
+    import torch
+
+    pipe = engine.pipeline
+    with torch.inference_mode():
+        x = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(x, output_type="pil")
+
+
 def run_recording(engine, request, **extra):
     """PNGs and the batch latent after each step of ``engine``'s pipeline for ``request``."""
     import torch
@@ -210,10 +266,20 @@ def main() -> None:
         a.full = 1
     size = 64 if a.quick else a.size
 
+    import numpy as np
+
     from core.backends.diffusers_images import DiffusersImages
-    from core.checking.images import check_images, distance
+    from core.checking.images import (
+        check_images,
+        colour,
+        decoded,
+        differences,
+        distance,
+        pixels,
+        thumbnail,
+    )
     from core.checking.trajectory import K_STEPS, STEP_TOLERANCE, pick_steps, replay
-    from core.protocol import pipeline_steps, png_digest
+    from core.protocol import commitment_key, pipeline_steps, png_digest
 
     requests = draw_requests(n, size, seed=a.seed)
     honest_requests = draw_requests(n_honest, size, seed=a.seed + 2)
@@ -246,6 +312,21 @@ def main() -> None:
             base64.b64decode(p.thumbnail))).decode()}) for p in answer.proofs]
         return answer.model_copy(update={"proofs": proofs}), store
 
+    def altered(r, kind):
+        """The honest trajectory committed and opened; its PNGs altered (``edited``) and
+        committed as sent."""
+        from PIL import Image
+
+        from core.backends.diffusers_images import proof
+
+        answer, store = served(r)
+        opened = store.open(commitment_key(answer.trajectory), [])
+        assert opened is not None
+        pngs = [edited(p, kind) for p in opened[1]]
+        proofs = [proof(Image.open(io.BytesIO(p)), p) for p in pngs]
+        return (answer.model_copy(update={"proofs": proofs}),
+                Sending(store, lambda kept: [edited(p, kind) for p in kept]))
+
     cheats = {
         "half_steps_forged": lambda r: (forged_half(honest[r.task], r, forger), forger.kept),
         "half_steps_cached": lambda r: (cached_half(honest[r.task], r, forger), forger.kept),
@@ -260,12 +341,15 @@ def main() -> None:
         "withhold_png": lambda r: sending(r, lambda kept: []),
         "wrong_thumbnail": other_thumbnails,
     }
+    for kind in EDITS:  # the honest trajectory, an altered copy of its image
+        cheats[kind] = (lambda k: lambda r: altered(r, k))(kind)
     for r in requests[:len(TASKS)]:  # first calls are slower (allocations, kernel choice)
         reference[r.task].generate(r)
     # CPU seconds of this process, not wall time: other work on the machine inflates wall time
     # of both unevenly
     check_s, regenerate_s, honest_fails, honest_distance = [], [], 0, 0.0
     honest_error = opened_share = 0.0
+    honest_mean = honest_block = stress_mean = stress_block = 0.0
     for r in honest_requests:
         answer, store = served(r)
         steps = pick_steps(answer, rng)
@@ -281,12 +365,22 @@ def main() -> None:
         assert openings is not None
         honest_distance = max(honest_distance, max(
             distance(x, y) for x, y in zip(openings.images, regenerated)))
+        for x, y in zip(openings.images, regenerated):
+            mean, block = differences(decoded(x), decoded(y))
+            honest_mean, honest_block = max(honest_mean, mean), max(honest_block, block)
         if r in honest_requests[:a.full]:  # every step re-run: the honest error's max
             every = tuple(range(pipeline_steps(r)))
             full = open_answer(store, r, answer, every)
             assert full is not None
             honest_error = max(honest_error, *replay(reference[r.task], r, full, len(every))
                                .errors.values())
+            # the decode's numerical noise, stressed: the final latent rounded to float16
+            final = run_recording(reference[r.task], r)[1][-1]
+            exact = decode_latent(reference[r.task], final)
+            rounded = decode_latent(reference[r.task], final.half().float())
+            for x, y in zip(exact, rounded):
+                mean, block = differences(pixels(x), pixels(y))
+                stress_mean, stress_block = max(stress_mean, mean), max(stress_block, block)
     print(f"# miner on {a.device}, reference on {a.reference_device}, {size}x{size} pixels, "
           f"{K_STEPS} drawn steps + step 0, step tolerance {STEP_TOLERANCE}")
     print(f"images_per_kind: {n} count")
@@ -295,6 +389,10 @@ def main() -> None:
     print(f"honest_false_fails_upper_95: {min(1.0, 3 / n_honest):.4f} share")
     print(f"honest_distance_max: {honest_distance:.4f} share")
     print(f"honest_step_error_max: {honest_error:.3g} ratio")
+    print(f"honest_pixel_mean_max: {honest_mean:.5f} share")
+    print(f"honest_block_max: {honest_block:.5f} share")
+    print(f"honest_fp16_latent_pixel_mean_max: {stress_mean:.5f} share")
+    print(f"honest_fp16_latent_block_max: {stress_block:.5f} share")
     print(f"full_reruns: {min(a.full, n_honest)} count")
     print(f"check_cpu_seconds_mean: {sum(check_s) / n_honest:.4f} s")
     print(f"regenerate_cpu_seconds_mean: {sum(regenerate_s) / n_honest:.4f} s")
@@ -304,12 +402,25 @@ def main() -> None:
     faked_errors: list[float] = []
     for kind, cheat in cheats.items():
         caught, reasons = 0, set()
-        for r in requests:
+        smallest = [math.inf] * 4  # pixel mean, block, thumbnail distance, colour gap
+        # quick: one request per altered image (the test's time limit)
+        tried = requests[:1] if a.quick and kind in EDITS else requests
+        for r in tried:
             answer, store = cheat(r)
             steps = pick_steps(answer, rng)
-            verdict = check_images(reference[r.task], r, answer, open_answer(store, r, answer,
-                                                                             steps))
+            openings = open_answer(store, r, answer, steps)
+            verdict = check_images(reference[r.task], r, answer, openings)
             caught += not verdict.passed
+            if kind in EDITS:  # against the honest PNGs (the reference's decode: honest 0)
+                assert openings is not None and isinstance(store, Sending)
+                kept = store.store.open(commitment_key(answer.trajectory), [])
+                assert kept is not None
+                for x, y in zip(openings.images, kept[1]):
+                    ours = thumbnail(y)
+                    gap = np.abs(colour(thumbnail(x)) - colour(ours)).mean()
+                    figures = (*differences(decoded(x), decoded(y)), distance(x, y),
+                               float(gap / max(np.abs(colour(ours)).mean(), 1e-9)))
+                    smallest = [min(m, f) for m, f in zip(smallest, figures)]
             reasons.add(verdict.reason.split(" (")[0].split(" by ")[0][:40])
             if kind == "half_steps_cached" and r in requests[:a.full]:  # where reuse lands
                 every = tuple(range(pipeline_steps(r)))
@@ -317,9 +428,14 @@ def main() -> None:
                 assert full is not None
                 errors = replay(reference[r.task], r, full, len(every)).errors
                 faked_errors += [e for j, e in errors.items() if j % 2 == 1]
-        print(f"{kind}_caught: {caught / n:.4f} share")
-        print(f"{kind}_count: {n} count")
+        print(f"{kind}_caught: {caught / len(tried):.4f} share")
+        print(f"{kind}_count: {len(tried)} count")
         print(f"# {kind} reasons: {sorted(reasons)}")
+        if kind in EDITS:
+            print(f"{kind}_pixel_mean_min: {smallest[0]:.4f} share")
+            print(f"{kind}_block_min: {smallest[1]:.4f} share")
+            print(f"{kind}_thumbnail_rgb_min: {smallest[2]:.4f} share")
+            print(f"{kind}_colour_gap_over_colour_min: {smallest[3]:.4f} ratio")
         if kind == "other_model":  # the name the earlier benchmark printed it under
             print(f"rule_catches_cheat_other_model: {caught / n:.4f} share")
     print(f"half_steps_cached_faked_step_error_min: {min(faked_errors):.3g} ratio")

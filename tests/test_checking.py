@@ -3,9 +3,13 @@ engines: each cheat scores 0, honest answers pass."""
 
 import asyncio
 import base64
+import dataclasses
+import io
 import random
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from core.backends import load_engine, tiny_seed
 from core.backends.transformers_chat import TransformersChat
@@ -25,6 +29,7 @@ from core.protocol import (
 )
 from core.records import Outcome, RequestRecord
 from core.storage import open_store
+from tests.records import record
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +190,110 @@ def test_a_cached_image_for_a_new_seed_fails(images):
     assert not verdict.passed and "step 0 re-runs" in verdict.reason
 
 
+def greyscale(image: Image.Image) -> Image.Image:
+    return image.convert("L").convert("RGB")
+
+
+def chroma_negated(image: Image.Image) -> Image.Image:
+    """The same luma, every colour turned to its opposite."""
+    a = np.asarray(image, dtype=np.float32)
+    luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return Image.fromarray(np.clip(2 * luma[..., None] - a, 0, 255).astype(np.uint8))
+
+
+def red_blue_swapped(image: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(image)[..., ::-1].copy())
+
+
+def black_box(image: Image.Image) -> Image.Image:
+    """A black square over 4% of the image."""
+    out = image.copy()
+    w, h = out.size
+    ImageDraw.Draw(out).rectangle([0, 0, w // 5 - 1, h // 5 - 1], fill=(0, 0, 0))
+    return out
+
+
+def spam_text(image: Image.Image) -> Image.Image:
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    for row in range(0, out.size[1], 24):
+        draw.text((4, row), "BUY SCAMCOIN evil.example " * 3, fill=(255, 0, 0))
+    return out
+
+
+def checkerboard(image: Image.Image) -> Image.Image:
+    """+-60 on alternate pixels: the same at 32x32 as the image."""
+    a = np.asarray(image, dtype=np.float32)
+    board = ((np.indices(a.shape[:2]).sum(0) % 2) * 2 - 1)[..., None] * 60
+    return Image.fromarray(np.clip(a + board, 0, 255).astype(np.uint8))
+
+
+COLOUR = [greyscale, chroma_negated, red_blue_swapped]
+LOCAL = [black_box, spam_text, checkerboard]
+
+
+def tampered(response, openings, edit):
+    """The honest answer and openings with ``edit`` applied to the PNG, committed as sent (its
+    sha256, and the RGB thumbnail of the edited image), as a miner delivering an altered copy of
+    the image its honest trajectory decodes to would."""
+    from core.backends.diffusers_images import png, proof
+
+    image = edit(Image.open(io.BytesIO(openings.images[0])).convert("RGB"))
+    data = png(image)
+    forged = response.model_copy(update={"proofs": [proof(image, data)]})
+    return forged, dataclasses.replace(openings, images=[data])
+
+
+@pytest.mark.parametrize("edit", COLOUR + LOCAL, ids=lambda e: e.__name__)
+def test_an_altered_copy_of_the_honest_image_fails(images, edit):
+    """The honest trajectory committed and opened, its image altered (colour gone, swapped or
+    negated at the same luma; a black box over 4%; red spam text; a +-60 checkerboard): the
+    comparison with the decode of the miner's final latent, in RGB at full resolution, fails it
+    (every one passed the 32x32 grey comparison)."""
+    engine = images["proteus-text-to-image"]
+    for seed in range(3):
+        request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
+                                     height=64, width=64, seed=seed)
+        honest = respond(engine, request)
+        openings = opened(engine, request, honest)
+        assert check_images(engine, request, honest, openings).passed
+        forged, sent = tampered(honest, openings, edit)
+        verdict = check_images(engine, request, forged, sent)
+        assert not verdict.passed and "from its final latent" in verdict.reason, verdict.reason
+
+
+@pytest.mark.parametrize("edit", COLOUR, ids=lambda e: e.__name__)
+def test_a_colour_altered_copy_fails_the_whole_image_comparison_too(images, edit):
+    """As ``--check gpu`` judges (the image regenerated whole, 32x32 RGB thumbnails)."""
+    engine = images["proteus-text-to-image"]
+    for seed in range(3):
+        request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
+                                     height=64, width=64, seed=seed)
+        honest = respond(engine, request)
+        openings = opened(engine, request, honest)
+        assert check_images(engine, request, honest, openings, tolerance=None).passed
+        forged, sent = tampered(honest, openings, edit)
+        verdict = check_images(engine, request, forged, sent, tolerance=None)
+        assert not verdict.passed and "differ from the reference's" in verdict.reason, (
+            verdict.reason)
+
+
+def test_a_thumbnail_without_the_images_colour_fails(images):
+    """The PNG honest, its proof's thumbnail a grey copy: the thumbnails compare in RGB."""
+    engine = images["proteus-text-to-image"]
+    request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
+                                 height=64, width=64, seed=0)
+    honest = respond(engine, request)
+    small = Image.open(io.BytesIO(base64.b64decode(honest.proofs[0].thumbnail)))
+    out = io.BytesIO()
+    greyscale(small.convert("RGB")).save(out, format="PNG")
+    proof = honest.proofs[0].model_copy(update={"thumbnail": base64.b64encode(
+        out.getvalue()).decode()})
+    forged = honest.model_copy(update={"proofs": [proof]})
+    verdict = check_images(engine, request, forged, opened(engine, request, honest))
+    assert not verdict.passed and "thumbnail is" in verdict.reason, verdict.reason
+
+
 def test_charging_more_steps_than_requested_fails(images):
     engine = images["proteus-text-to-image"]
     request = TextToImageRequest(task="proteus-text-to-image", prompt="a", steps=3, height=64,
@@ -223,7 +332,7 @@ def test_checker_samples_queues_boundedly_and_writes_quality(chat, tmp_path):
     tokens, final = answer(chat, request)
 
     async def main():
-        ids = [store.record(RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
+        ids = [record(store, RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
                                           final.units, 0.1)) for _ in range(4)]
         for i in ids:  # four jobs before the worker first runs, into a queue of two
             checker.submit(Job(i, 7, "chat-llama-3", request, (tokens, final), 0.1, final.units))
@@ -319,7 +428,7 @@ def test_a_failed_check_stores_why_for_the_miners_feedback(chat, tmp_path):
     overcharged = final.model_copy(update={"prompt_tokens": final.prompt_tokens + 50})
 
     async def main():
-        record_id = store.record(RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
+        record_id = record(store, RequestRecord(7, "hk", "chat-llama-3", False, Outcome.OK,
                                                overcharged.units, 0.1))
         checker.submit(Job(record_id, 7, "chat-llama-3", request, (tokens, overcharged), 0.1,
                            overcharged.units))
