@@ -16,7 +16,7 @@ from core.backends.transformers_chat import TransformersChat
 from core.checking.chat import check_chat
 from core.checking.images import check_images
 from core.checking.service import Checker, Job, quality_of
-from core.checking.trajectory import latents_needed, openings_of, pick_steps
+from core.checking.trajectory import STEP_TOLERANCE, latents_needed, openings_of, pick_steps
 from core.protocol import (
     ChatChunk,
     ChatRequest,
@@ -244,36 +244,33 @@ def tampered(response, openings, edit):
     return forged, dataclasses.replace(openings, images=[data])
 
 
+def altered_verdicts(engine, edit, tolerance):
+    """For 3 seeds: the honest answer passes ``check_images`` at ``tolerance`` (asserted), and the
+    verdict on its copy altered by ``edit``."""
+    for seed in range(3):
+        request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
+                                     height=64, width=64, seed=seed)
+        honest = respond(engine, request)
+        openings = opened(engine, request, honest)
+        assert check_images(engine, request, honest, openings, tolerance=tolerance).passed
+        forged, sent = tampered(honest, openings, edit)
+        yield check_images(engine, request, forged, sent, tolerance=tolerance)
+
+
 @pytest.mark.parametrize("edit", COLOUR + LOCAL, ids=lambda e: e.__name__)
 def test_an_altered_copy_of_the_honest_image_fails(images, edit):
     """The honest trajectory committed and opened, its image altered (colour gone, swapped or
     negated at the same luma; a black box over 4%; red spam text; a +-60 checkerboard): the
     comparison with the decode of the miner's final latent, in RGB at full resolution, fails it
     (every one passed the 32x32 grey comparison)."""
-    engine = images["proteus-text-to-image"]
-    for seed in range(3):
-        request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
-                                     height=64, width=64, seed=seed)
-        honest = respond(engine, request)
-        openings = opened(engine, request, honest)
-        assert check_images(engine, request, honest, openings).passed
-        forged, sent = tampered(honest, openings, edit)
-        verdict = check_images(engine, request, forged, sent)
+    for verdict in altered_verdicts(images["proteus-text-to-image"], edit, STEP_TOLERANCE):
         assert not verdict.passed and "from its final latent" in verdict.reason, verdict.reason
 
 
 @pytest.mark.parametrize("edit", COLOUR, ids=lambda e: e.__name__)
 def test_a_colour_altered_copy_fails_the_whole_image_comparison_too(images, edit):
     """As ``--check gpu`` judges (the image regenerated whole, 32x32 RGB thumbnails)."""
-    engine = images["proteus-text-to-image"]
-    for seed in range(3):
-        request = TextToImageRequest(task="proteus-text-to-image", prompt="a red boat", steps=4,
-                                     height=64, width=64, seed=seed)
-        honest = respond(engine, request)
-        openings = opened(engine, request, honest)
-        assert check_images(engine, request, honest, openings, tolerance=None).passed
-        forged, sent = tampered(honest, openings, edit)
-        verdict = check_images(engine, request, forged, sent, tolerance=None)
+    for verdict in altered_verdicts(images["proteus-text-to-image"], edit, None):
         assert not verdict.passed and "differ from the reference's" in verdict.reason, (
             verdict.reason)
 
