@@ -60,11 +60,8 @@ def test_a_failed_check_names_the_miner_at_warning(caplog, monkeypatch):
     written = []
 
     class Store:
-        def set_quality(self, record_id, quality, why):
+        async def set_quality(self, record_id, quality, why):
             written.append((record_id, quality, why))
-
-        async def io(self, fn, *args):
-            return fn(*args)
 
     monkeypatch.setattr(service, "quality_of", lambda job, mode: (0.0, "a lie (figures)"))
 
@@ -122,13 +119,10 @@ def test_results_the_store_refuses_wait_and_are_written_in_order_once_it_is_back
     written, away = [], [True]
 
     class Store:
-        def set_quality(self, record_id, quality, why):
+        async def set_quality(self, record_id, quality, why):
             if away[0]:
                 raise StorageError("database is locked")
             written.append(record_id)
-
-        async def io(self, fn, *args):
-            return fn(*args)
 
     monkeypatch.setattr(service, "quality_of", lambda job, mode: (1.0, None))
 

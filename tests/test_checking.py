@@ -28,7 +28,7 @@ from core.protocol import (
     commitment_key,
 )
 from core.records import Outcome, RequestRecord
-from core.storage import open_store
+from core.storage import AsyncStore, open_store
 from tests.records import record
 
 
@@ -322,7 +322,7 @@ def test_a_failed_check_is_quality_zero_and_a_passed_one_the_speed_factor(chat):
 
 def test_checker_samples_queues_boundedly_and_writes_quality(chat, tmp_path):
     store = open_store(str(tmp_path / "v.sqlite3"))
-    checker = Checker(store, "cpu", rate=0.0, max_queue=2)
+    checker = Checker(AsyncStore(store), "cpu", rate=0.0, max_queue=2)
     wanted = [checker.wants(7, "hk", "chat-llama-3") for _ in range(20)]
     assert sum(wanted) == 1  # one drawn answer of the period; rate 0: no more
     request = chat_request(8)
@@ -419,7 +419,7 @@ def test_a_failed_check_stores_why_for_the_miners_feedback(chat, tmp_path):
     from core.checking.service import Checker
 
     store = open_store(str(tmp_path / "v.sqlite3"))
-    checker = Checker(store, "cpu", rate=1.0)
+    checker = Checker(AsyncStore(store), "cpu", rate=1.0)
     request = chat_request(9)
     tokens, final = answer(chat, request)
     overcharged = final.model_copy(update={"prompt_tokens": final.prompt_tokens + 50})

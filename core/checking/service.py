@@ -35,6 +35,7 @@ from core.errors import Unavailable
 from core.metagraph import Neuron
 from core.protocol import ChatChunk, ChatRequest, ChatToken, ImageRequest, ImageResponse
 from core.scoring import speed_quality
+from core.storage import AsyncStore
 from core.tasks import TASKS
 
 log = logging.getLogger("validator.checking")
@@ -147,7 +148,7 @@ class Stats:
 
 
 class Checker:
-    def __init__(self, store, mode: str, *, rate: float = 0.1, max_queue: int = 256,
+    def __init__(self, store: AsyncStore, mode: str, *, rate: float = 0.1, max_queue: int = 256,
                  rng: random.Random | None = None,
                  opener: Callable[[Job], Coroutine[Any, Any, Job]] | None = None):
         """``opener``: what a job needs from the miner after receipt (an image answer's
@@ -276,7 +277,7 @@ class Checker:
         self._unwritten.append((record_id, quality, head))
         while self._unwritten:
             try:
-                await self.store.io(self.store.set_quality, *self._unwritten[0])
+                await self.store.set_quality(*self._unwritten[0])
             except Unavailable as e:
                 log.warning("%d check results wait for the store: %s", len(self._unwritten), e)
                 return

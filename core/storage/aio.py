@@ -60,6 +60,7 @@ class AsyncStore:
     prune = _off(Store.prune)
     # records
     seal = _off(Store.seal)
+    set_quality = _off(Store.set_quality)
     # reports
     add_report = _off(Store.add_report)
     report_body = _off(Store.report_body)
@@ -68,3 +69,6 @@ class AsyncStore:
     # states
     finish_period = _off(Store.finish_period)
     states = _off(Store.states)
+    note_weights = _off(Store.note_weights)
+    pending_commit = _off(Store.pending_commit)
+    note_revealed = _off(Store.note_revealed)

@@ -68,8 +68,8 @@ class Validator:
         # timing jitter, prompts, seeds and images: the system's secrets, never from the chain
         self.rng = random.SystemRandom()
         self.checker = None if settings.check == "off" else Checker(
-            store, settings.check, rate=settings.check_rate, max_queue=settings.check_queue,
-            opener=openings.opener(self.client, self.rng))
+            self.async_store, settings.check, rate=settings.check_rate,
+            max_queue=settings.check_queue, opener=openings.opener(self.client, self.rng))
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
@@ -78,7 +78,8 @@ class Validator:
         self.metrics = ValidatorMetrics(lambda: self.checker)
         self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
-        self.weights = WeightSetter(chain, wallet, store, self.metrics, settings.weight_retries)
+        self.weights = WeightSetter(chain, wallet, self.async_store, self.metrics,
+                                    settings.weight_retries)
         self.clock = PeriodClock(chain, settings.period_blocks)
         self.sender = Sender(settings, self.traffic, self.book, self.async_store, self.counter,
                              self.rng)

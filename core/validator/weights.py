@@ -37,7 +37,7 @@ from bittensor.settings import U16_MAX
 
 from core.chain import ChainError, Metagraph, RateLimited, SubtensorChain
 from core.protocol import PROTOCOL_VERSION
-from core.storage import Store
+from core.storage import AsyncStore
 from core.validator.metrics import ValidatorMetrics
 
 log = logging.getLogger("validator")
@@ -85,7 +85,7 @@ def quantised(weights: dict[int, float], max_weight: float) -> dict[int, int]:
 class WeightSetter:
     backoff_s = 1.0  # the first retry after a lost connection; doubled each time
 
-    def __init__(self, chain: SubtensorChain, wallet: bt.Wallet, store: Store,
+    def __init__(self, chain: SubtensorChain, wallet: bt.Wallet, store: AsyncStore,
                  metrics: ValidatorMetrics, retries: int = 3):
         self.chain = chain
         self.wallet = wallet
@@ -192,8 +192,7 @@ class WeightSetter:
                 log.warning("setting weights failed (%s); retrying in %.0fs", e, delay)
                 await asyncio.sleep(delay)
                 continue
-            await self.store.io(self.store.note_weights, sent.block, time.time(), weights,
-                                sent.reveal_round)
+            await self.store.note_weights(sent.block, time.time(), weights, sent.reveal_round)
             result = "set" if sent.reveal_round is None else "committed"
             self.metrics.weights.labels(result).inc()
             log.info("weights %s at block %d for %d uids%s", result, sent.block, len(weights),
@@ -210,11 +209,11 @@ class WeightSetter:
         if me is None:
             return
         rules = await self.chain.weight_rules()
-        pending = await self.store.io(self.store.pending_commit)
+        pending = await self.store.pending_commit()
         if pending is not None:
             block, weights, _ = pending
             if await self.chain.weights_of(me.uid) == quantised(weights, rules.max_weight):
-                await self.store.io(self.store.note_revealed, block)
+                await self.store.note_revealed(block)
                 self.metrics.weights.labels("revealed").inc()
                 log.info("weights committed at block %d are revealed", block)
         last = await self.chain.last_update(me.uid)
