@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from core import collector, plan
+from core import collector
+from core.chain_time import PERIOD_BLOCKS
 from core.errors import SetupError
 
 
@@ -65,7 +66,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="hotkey name in that wallet")
     p.add_argument("--wallet-path", "--wallet.path", default="~/.bittensor/wallets",
                    help="folder of wallets")
-    p.add_argument("--period-blocks", type=int, default=plan.PERIOD_BLOCKS,
+    p.add_argument("--period-blocks", type=int, default=PERIOD_BLOCKS,
                    help="blocks per scoring period (300 = 60 min at 12 s); miners and "
                         "validators must use the same")
     add_log_level(p)

@@ -19,11 +19,13 @@ from core.budget import Contender
 from core.request_shapes import smallest_request
 from core.tasks import TASKS
 
-PERIOD_BLOCKS = 300  # a scoring period (docs/protocol.md §2): every flag's and setting's default
-BLOCK_SECONDS = 12.0  # the chain's block time, where seconds are needed before the chain says
 SLICES = 5  # a window is credited by its worst slice (docs/protocol.md §4)
 WINDOWS_PER_PERIOD = 12  # a window lasts period_blocks / 12 blocks
 BACKGROUND = 0.01  # default share of each budget sent outside windows (liveness, quality checks)
+# Requests a window sends one contender before they grow (``synthetic_size``): the most any
+# contender was asked at protocol 8's caps (576,000 tokens / 12 windows / 300 tokens, stake
+# share 1), so the worst-slice statistics stay those measured then (docs/protocol.md §3.5)
+WINDOW_REQUESTS = 160
 
 
 def window_blocks(period_blocks: int) -> int:
@@ -93,11 +95,21 @@ class Send:
     cap: float | None  # it goes only while the contender's use this period is under it
 
 
+def synthetic_size(task_id: str, want: float) -> int:
+    """Units of each request that sends ``want`` units: the task's synthetic size, grown toward
+    its largest when that many would be more than ``WINDOW_REQUESTS``. A validator's cost is
+    mostly per request, so a large declaration is tested in larger requests, and no contender
+    gets fewer than ``WINDOW_REQUESTS`` a window where it would have had more."""
+    task = TASKS[task_id]
+    grown = math.ceil(want / WINDOW_REQUESTS) if want > 0 else 0
+    return max(task.units_per_synthetic, min(grown, task.largest_synthetic))
+
+
 def requests_for(c: Contender, want: float, used: float) -> tuple[int, int]:
     """(count, units each) of the requests that send ``want`` units to ``c``: whole requests of
-    the task's synthetic size, the nearest count, at least one where the budget (``used`` of it
-    spent) allows one of at least ``smallest_request``; (0, 0) when it allows none."""
-    per = TASKS[c.task].units_per_synthetic
+    ``synthetic_size``, the nearest count, at least one where the budget (``used`` of it spent)
+    allows one of at least ``smallest_request``; (0, 0) when it allows none."""
+    per = synthetic_size(c.task, want)
     size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
     if size < smallest_request(c.task) or want <= 0:
         return 0, 0
@@ -138,12 +150,12 @@ def window_plan(contenders: Sequence[Contender], used: dict[tuple[str, str], flo
 def background_plan(contenders: Sequence[Contender], seconds: float, share: float = BACKGROUND,
                     rng: random.Random | None = None) -> list[Send]:
     """The background sample outside windows: ``share`` of each budget (rounded to whole
-    requests, so a small budget may get none) spread over ``seconds``; bounded by the budget
-    alone, so it keeps sampling after a window or organic traffic."""
+    requests of ``synthetic_size``, so a small budget may get none) spread over ``seconds``;
+    bounded by the budget alone, so it keeps sampling after a window or organic traffic."""
     rng = rng or random.Random()
     sends = []
     for c in contenders:
-        per = TASKS[c.task].units_per_synthetic
+        per = synthetic_size(c.task, share * c.budget)
         n = round(share * c.budget / per)
         for i in range(n):
             sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, per, None))

@@ -18,7 +18,7 @@ from core.declaration import MAX_PERIOD, SignedDeclaration
 from core.tasks import TASKS, Kind
 
 # 8: chat lines carry their tokens in columns (``ChatChunk``)
-PROTOCOL_VERSION = "8.0.0"
+PROTOCOL_VERSION = "9.0.0"
 MAJOR = int(PROTOCOL_VERSION.split(".")[0])
 
 # One endpoint per synapse; the task kind names the endpoint of its work.

@@ -36,6 +36,9 @@ class Strategy:
     setup: Setup  # named "strategy"
     twin: Setup  # named "twin": honest, of the strategy's mean capacity (its cost)
     limit: bool = False  # a measured limit of the rules, reported rather than asserted
+    # earns what its twin does (asserted as such): it changes nothing but how many UIDs serve,
+    # and a UID's registration, not modelled here, makes it a loss
+    even: bool = False
 
 
 def _twin(s: Setup) -> Setup:
@@ -43,9 +46,9 @@ def _twin(s: Setup) -> Setup:
 
 
 def _strategy(name: str, about: str, limit: bool = False, twin: Setup | None = None,
-              **behaviour) -> Strategy:
+              even: bool = False, **behaviour) -> Strategy:
     setup = Setup("strategy", **{"capacity": C, "declared": (C,), **behaviour}, honest=False)
-    return Strategy(name, about, setup, twin or _twin(setup), limit)
+    return Strategy(name, about, setup, twin or _twin(setup), limit, even)
 
 
 def strategies() -> list[Strategy]:
@@ -76,6 +79,8 @@ def strategies() -> list[Strategy]:
         _strategy("one GPU for 2 tasks", "declares all of one GPU for each of two tasks",
                   tasks=("inpaint", "proteus-text-to-image"),
                   twin=Setup("twin", C, (C / 2,), ("inpaint", "proteus-text-to-image"))),
+        _strategy("split under the cap", "runs its one node as 2 UIDs, each declaring and "
+                  "serving half of it", even=True, capacity=C, declared=(C / 2, C / 2)),
         _strategy("split above the cap", f"serves 2x the task's cap ({CAP:g}) as 2 UIDs; its "
                   "twin runs one UID, clamped at the cap", limit=True, capacity=2 * CAP,
                   declared=(CAP, CAP), twin=Setup("twin", 2 * CAP, (CAP,))),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from core import collector
+from core.chain_time import BLOCK_SECONDS
 from core.cli import (
     CliError,
     add_common_args,
@@ -37,7 +38,6 @@ from core.miner.config import (
     task_load,
 )
 from core.miner.settings import MinerSettings
-from core.plan import BLOCK_SECONDS
 from core.tasks import TASKS
 
 log = logging.getLogger("miner")

@@ -1,4 +1,4 @@
-"""The incentive game under protocol 6, simulated with the project's real period step and Yuma.
+"""The incentive game of docs/protocol.md, simulated with the project's real period step and Yuma.
 
 Runs every strategy of ``core.scenarios`` beside an honest twin of the same cost, in a pool of
 honest miners and ten validators (stakes 30% down to 1%, two organic-heavy), and prints per
@@ -62,7 +62,7 @@ def format_table(rows: list[tuple[Verdict, Verdict]], periods: int) -> str:
              f"{'(own)':>7}  about"]
     for pooled, own in rows:
         s = pooled.strategy
-        mark = "  [measured limit]" if s.limit else ""
+        mark = "  [measured limit]" if s.limit else "  [even]" if s.even else ""
         lines.append(f"{s.name:<34} {pooled.ratio:>7.3f} {own.ratio:>9.3f} "
                      f"{min(pooled.vtrust.values()):>10.4f} {min(own.vtrust.values()):>7.4f}  "
                      f"{s.about}{mark}")

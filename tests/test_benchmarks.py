@@ -64,6 +64,15 @@ def test_bench_synthetic_quick_prints_its_figures():
     assert 0.8 < out["synthetic_share_vs_expected"] < 1.2, out
 
 
+def test_bench_request_size_quick_prints_its_figures():
+    out = figures("bench_request_size.py", "--quick")
+    # the protocol's growth sends a capped contender 4x fewer requests of 4x the size
+    assert out["requests_per_window_at_cap_none"] == 4 * out["requests_per_window_at_cap_160"]
+    assert out["request_size_at_cap_160"] == 1200 and out["request_size_at_cap_none"] == 300
+    for label in ("40", "160", "none"):
+        assert out[f"overclaim_1_05_{label}"] < 1 and out[f"honest_failing_0_2pct_{label}"] > 0.9
+
+
 def test_bench_checker_tolerance_on_transformers_quick_prints_its_figures():
     out = figures("bench_checker_tolerance.py", "--quick", "--engine", "transformers")
     assert out["completions_per_kind"] == 8 and out["rule_false_fails_honest_fp32"] == 0, out

@@ -130,9 +130,9 @@ def test_shipped_configs_load():
 
 
 def test_declaration_is_clamped(tmp_path):
-    config = load_config(write(tmp_path, "tasks:\n  inpaint: {capacity: 99999}\n"
+    config = load_config(write(tmp_path, "tasks:\n  inpaint: {capacity: 999999}\n"
                                          "  chat-mixtral: {capacity: 0.4}\n"))
-    assert config.declaration() == {"inpaint": 4000.0}
+    assert config.declaration() == {"inpaint": 240_000.0}
 
 
 def test_clamp_declaration_drops_unknown_and_junk():

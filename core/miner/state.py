@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from core.capacity import clamp_declaration
 from core.chain import Metagraph, SubtensorChain
+from core.chain_time import BLOCK_SECONDS
 from core.declaration import SignedDeclaration
 from core.miner.latch import DeclarationLatch, WrongPeriod
 from core.miner.limits import Ledger, Slots
 from core.miner.pool import Pool
-from core.plan import BLOCK_SECONDS
 from core.transport.auth import Gate
 
 # The next period's declaration is signed only this close to its start: a validator whose view of

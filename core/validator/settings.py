@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import plan
+from core.chain_time import PERIOD_BLOCKS
 
 
 @dataclass(frozen=True)
 class Settings:
-    period_blocks: int = plan.PERIOD_BLOCKS
+    period_blocks: int = PERIOD_BLOCKS
     capacity_timeout_s: float = 12.0
     # synthetic requests in flight at once, all miners together: 256 miners x max_per_miner, so
     # only the per-miner limit binds in a full subnet (a window at stake share 1 and today's caps
