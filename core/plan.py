@@ -105,11 +105,13 @@ def synthetic_size(task_id: str, want: float) -> int:
     return max(task.units_per_synthetic, min(grown, task.largest_synthetic))
 
 
-def requests_for(c: Contender, want: float, used: float) -> tuple[int, int]:
+def requests_for(c: Contender, want: float, used: float, rate: float | None = None
+                 ) -> tuple[int, int]:
     """(count, units each) of the requests that send ``want`` units to ``c``: whole requests of
-    ``synthetic_size``, the nearest count, at least one where the budget (``used`` of it spent)
-    allows one of at least ``smallest_request``; (0, 0) when it allows none."""
-    per = synthetic_size(c.task, want)
+    ``synthetic_size`` for ``rate`` (the whole window's units; ``want`` when None), the nearest
+    count, at least one where the budget (``used`` of it spent) allows one of at least
+    ``smallest_request``; (0, 0) when it allows none."""
+    per = synthetic_size(c.task, want if rate is None else rate)
     size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
     if size < smallest_request(c.task) or want <= 0:
         return 0, 0
@@ -123,12 +125,12 @@ def spread(n: int, rng: random.Random) -> list[float]:
     return [(i + rng.uniform(0.1, 0.9)) / n for i in range(n)]
 
 
-def _spread(c: Contender, want: float, used: float, seconds: float,
+def _spread(c: Contender, want: float, used: float, seconds: float, rate: float,
             rng: random.Random) -> list[Send]:
     """``requests_for`` over ``seconds`` (``spread``). Each carries the cap that keeps organic
     traffic first: it goes only while the units used since ``used`` are fewer than the plan up
     to and including it."""
-    n, size = requests_for(c, want, used)
+    n, size = requests_for(c, want, used, rate)
     return [Send(at * seconds, c, size, used + size * (i + 1))
             for i, at in enumerate(spread(n, rng))]
 
@@ -138,12 +140,14 @@ def window_plan(contenders: Sequence[Contender], used: dict[tuple[str, str], flo
                 rng: random.Random | None = None) -> list[Send]:
     """A window's synthetic requests: each contender's full declared rate for the ``left``
     share of the window still to come (1 unless the validator joins it late), spread evenly over
-    those ``seconds``. ``used``: each contender's units spent this period so far (organic traffic
+    those ``seconds``, in requests of the size of the whole window's (a late join sends fewer,
+    not smaller). ``used``: each contender's units spent this period so far (organic traffic
     in the window then counts toward the window first)."""
     rng = rng or random.Random()
     sends = [s for c in contenders
              for s in _spread(c, left * window_units(c, period_blocks),
-                              used.get((c.hotkey, c.task), 0.0), seconds, rng)]
+                              used.get((c.hotkey, c.task), 0.0), seconds,
+                              window_units(c, period_blocks), rng)]
     return sorted(sends, key=lambda s: s.at)
 
 
@@ -160,6 +164,29 @@ def background_plan(contenders: Sequence[Contender], seconds: float, share: floa
         for i in range(n):
             sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, per, None))
     return sorted(sends, key=lambda s: s.at)
+
+
+def shard(contenders: Sequence[Contender], members: Sequence[str], member: str
+          ) -> list[Contender]:
+    """The contenders ``member`` sends a window's requests to, when the processes ``members``
+    share the window (docs/protocol.md §6): every task of a miner to one process (its
+    ``--max-per-miner`` holds), miners placed largest first on the least-loaded process by
+    their window's expected seconds of work, so the processes carry about equal loads. Every
+    process computes the same split from the same inputs; ``member`` outside ``members``
+    sends nothing."""
+    if member not in members:
+        return []
+    work: dict[str, float] = {}
+    for c in contenders:
+        task = TASKS[c.task]
+        work[c.hotkey] = work.get(c.hotkey, 0.0) + c.budget * task.seconds_per_unit
+    load = {m: 0.0 for m in sorted(members)}
+    owner: dict[str, str] = {}
+    for hotkey in sorted(work, key=lambda h: (-work[h], h)):
+        least = min(load, key=lambda m: (load[m], m))
+        owner[hotkey] = least
+        load[least] += work[hotkey]
+    return [c for c in contenders if owner[c.hotkey] == member]
 
 
 def required_concurrency(sends: Sequence[Send], seconds: float) -> float:

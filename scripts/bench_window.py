@@ -10,16 +10,22 @@ declared rate) at stake share 1.0 for ``--seconds`` with the real sender (signed
 requests, answers read within their bounds, units counted, every request recorded in SQLite),
 on uvloop as ``neurons/validator.py`` runs it.
 
-For each multiple of today's caps (every miner declaring ``multiple`` x the cap of both chat
-tasks; 1 is the whole subnet at today's caps, ~82,000 tokens/s): tokens/s and requests/s
-received, the share of requests that reached their miner within ``--late`` seconds of their
-planned time and the share answered ok, the validator's CPU seconds per million tokens and its
-CPU share of the wall time, and its peak RSS. A multiple is sustained when 99% of its requests
-are on time and 99% ok; the largest sustained one is printed last. On this machine the
-simulated miners share its cores with the validator: the CPU per million tokens is the figure
-that carries to a validator's own machine.
+Every miner declares the cap of both chat tasks (``core.tasks``: one 8-GPU node each), and the
+validator's load is set by its stake share (``--shares``): at share ``s`` it sends
+``s x miners x Σ caps / 3,600 s`` tokens a second in a window (256 miners: s x 8.74 M tokens/s),
+in the plan's requests (larger ones for large budgets: ``plan.synthetic_size``). For each share:
+tokens/s, requests/s and MB/s received, the share of requests that reached their miner within
+``--late`` seconds of their planned time and the share answered ok, CPU seconds per million
+tokens of the validator (this process) and of the simulated miners (their processes, measured
+apart: the harness's cost is not the validator's), the validator's CPU share of the wall time
+and its peak RSS. A share is sustained when 99% of its requests are on time and 99% ok. Last,
+the largest sustained share, that share per validator core used, and the projection: cores a
+validator of share 0.05 / 0.25 / 1.0 needs for a full subnet of 256 miners at the caps, from
+the CPU per million tokens of the largest sustained share. On this machine the miners share its
+2 cores with the validator, which bounds the shares it can sustain; the CPU per million tokens
+is the figure that carries to a validator's own machine.
 
-    python scripts/bench_window.py [--multiples 0.25,0.5,1,2] [--seconds 20]
+    python scripts/bench_window.py [--shares 0.0025,0.005,0.01,0.02] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # core/ and devtools/
 
+from core.chain_time import BLOCK_SECONDS, PERIOD_BLOCKS, PERIOD_SECONDS
+
 CHAT_TASKS = ("chat-llama-3", "chat-mixtral")
-PERIOD_BLOCKS, BLOCK_SECONDS = 300, 12.0  # production: a window sends W/300 of a declaration
+SUBNET_MINERS = 256  # the projection's subnet
+PROJECTED_SHARES = (0.05, 0.25, 1.0)
 
 
 def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> None:
@@ -57,6 +66,7 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
                for i, port in enumerate(ports)}
     nonces = http_auth.InMemoryNonceStore()
     arrivals: list[float] = []
+    written = [0]  # bytes of answers sent: what the validator received
 
     async def chat(request: web.Request) -> web.StreamResponse:
         arrivals.append(time.time())
@@ -82,16 +92,21 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
             # the tiny tokenizer's "a": the validator checks a line's text against its ids
             tokens = [ChatToken(token_id=69, text="a", logprob=-1.0) for _ in range(due - sent)]
             sent = due
-            await response.write(ChatChunk.of(tokens).model_dump_json().encode() + b"\n")
+            line = ChatChunk.of(tokens).model_dump_json().encode() + b"\n"
+            written[0] += len(line)
+            await response.write(line)
         final = ChatChunk(done=True, prompt_tokens=prompt, completion_tokens=n)
-        await response.write(final.model_dump_json().encode() + b"\n")
+        line = final.model_dump_json().encode() + b"\n"
+        written[0] += len(line)
+        await response.write(line)
         await response.write_eof()
         return response
 
     async def arrived(_: web.Request) -> web.Response:
+        """Arrival times since the last call, this process's CPU seconds and bytes sent so far."""
         times = list(arrivals)
         arrivals.clear()
-        return web.json_response(times)
+        return web.json_response({"times": times, "cpu": cpu_seconds(), "bytes": written[0]})
 
     async def main():
         app = web.Application(client_max_size=2**20)
@@ -106,15 +121,20 @@ def serve_simulated_miners(ports: list[int], first_index: int, tick: float) -> N
     asyncio.run(main())
 
 
-async def arrivals(ports: list[int]) -> list[float]:
+async def arrivals(ports: list[int]) -> tuple[list[float], float, int]:
+    """Requests' arrival times at the miner processes answering ``ports`` (one port each) since
+    the last call, and those processes' CPU seconds and answer bytes so far."""
     import aiohttp
 
     async with aiohttp.ClientSession() as s:
         out: list[float] = []
+        cpu, sent = 0.0, 0
         for port in ports:
             async with s.get(f"http://127.0.0.1:{port}/arrivals") as r:
-                out.extend(json.loads(await r.read()))
-        return out
+                answer = json.loads(await r.read())
+                out.extend(answer["times"])
+                cpu, sent = cpu + answer["cpu"], sent + answer["bytes"]
+        return out, cpu, sent
 
 
 def cpu_seconds() -> float:
@@ -157,15 +177,17 @@ async def run(a) -> None:
         tokenizers="tiny", period_blocks=PERIOD_BLOCKS))
     metagraph = await validator.chain.metagraph()
     window = plan.window_blocks(PERIOD_BLOCKS)
+    caps = {task: float(TASKS[task].max_capacity) for task in CHAT_TASKS}
     print(f"miners: {a.miners} count")
     print(f"window_seconds: {a.seconds:.0f} s")
-    sustained = 0.0
+    miner_ports = [g[0] for g, _ in groups]
+    _, miners_cpu, miners_bytes = await arrivals(miner_ports)
+    sustained, sustained_cpu, cores_used = 0.0, None, None
     try:
-        for period, multiple in enumerate(a.multiples):
-            declared = {task: multiple * TASKS[task].max_capacity for task in CHAT_TASKS}
-            contenders = [Contender(n.uid, n.hotkey, task, declared[task], declared[task], 0)
-                          for n in metagraph.neurons if n.endpoint for task in CHAT_TASKS]
-            store.begin_period(period, 0, "0x", 1.0, 0.0, contenders)
+        for period, share in enumerate(a.shares):
+            contenders = [Contender(n.uid, n.hotkey, task, cap, cap * share, 0)
+                          for n in metagraph.neurons if n.endpoint for task, cap in caps.items()]
+            store.begin_period(period, 0, "0x", share, 0.0, contenders)
             validator.book.open(period, contenders, metagraph, {})
             # the window's rate over --seconds rather than its 300 (the share left = seconds/300)
             left = a.seconds / (window * BLOCK_SECONDS)
@@ -178,37 +200,74 @@ async def run(a) -> None:
             records = store.records(period)
             ok = [r for r in records if r.outcome.value == "ok"]
             tokens = sum(r.units for r in ok)
-            got = sorted(await arrivals([g[0] for g, _ in groups]))
+            got, miners_now, bytes_now = await arrivals(miner_ports)
+            harness_cpu, miners_cpu = miners_now - miners_cpu, miners_now
+            received, miners_bytes = bytes_now - miners_bytes, bytes_now
+            got.sort()
             planned = sorted(start + s.at for s in sends)
             late = [max(0.0, t - p) for t, p in zip(got, planned)]
             on_time = sum(x <= a.late for x in late) / max(len(sends), 1)
             ok_share = len(ok) / max(len(sends), 1)
-            name = f"x{multiple:g}".replace(".", "_")
+            name = f"share_{share:g}".replace(".", "_")
             print(f"{name}_requests_planned: {len(sends)} count")
+            print(f"{name}_request_size: {max((s.units for s in sends), default=0)} tokens")
             planned_units = sum(s.units for s in sends)
             # rates over the window's length: every request was planned in it, and one sent
             # late shows in the on-time share; the wall time adds the last answers' drain
             print(f"{name}_requests_per_s: {len(records) / a.seconds:.1f} req/s")
             print(f"{name}_tokens_per_s: {tokens / a.seconds:.0f} tokens/s")
+            print(f"{name}_received_mb_per_s: {received / a.seconds / 1e6:.2f} MB/s")
             print(f"{name}_tokens_over_planned: {tokens / max(planned_units, 1):.4f} ratio")
             print(f"{name}_wall: {wall:.1f} s")
             print(f"{name}_on_time_share: {on_time:.4f} share")
             print(f"{name}_lateness_p99: {late[int(0.99 * (len(late) - 1))] if late else 0:.3f} s")
             print(f"{name}_ok_share: {ok_share:.4f} share")
-            print(f"{name}_validator_cpu_per_million_tokens: {cpu / max(tokens, 1) * 1e6:.2f} s")
+            per_million = cpu / max(tokens, 1) * 1e6
+            print(f"{name}_validator_cpu_per_million_tokens: {per_million:.2f} s")
+            print(f"{name}_miners_cpu_per_million_tokens: "
+                  f"{harness_cpu / max(tokens, 1) * 1e6:.2f} s")
             print(f"{name}_validator_cpu_share: {cpu / wall:.3f} share")
             print(f"{name}_peak_rss: "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
                   flush=True)
             if on_time >= 0.99 and ok_share >= 0.99:
-                sustained = max(sustained, multiple)
+                # its cores: the window's tokens/s at what each cost (the drain after the
+                # window, in the wall time, is not part of a steady window's load)
+                sustained, sustained_cpu, cores_used = share, per_million, cpu / a.seconds
             else:
-                break  # a larger multiple will not do better
+                break  # a larger share will not do better
     finally:
         await validator.client.close()
         for s in servers:
             s.terminate()
-    print(f"largest_sustained_multiple_of_caps: {sustained:g} ratio")
+    print(f"largest_sustained_share: {sustained:g} share")
+    if sustained_cpu is None or not cores_used:
+        return
+    print(f"sustained_share_per_validator_core: {sustained / cores_used:.4f} share")
+    # a full subnet at the caps: tokens/s a validator of share s receives in a window
+    full = SUBNET_MINERS * sum(caps.values()) / PERIOD_SECONDS
+    for projected in PROJECTED_SHARES:
+        name = f"projection_share_{projected:g}".replace(".", "_")
+        print(f"{name}_tokens_per_s: {projected * full:.0f} tokens/s")
+        print(f"{name}_validator_cores: {projected * full * sustained_cpu / 1e6:.1f} cores")
+        print(f"{name}_requests_in_flight: {in_flight(caps, projected):.0f} count")
+
+
+def in_flight(caps: dict[str, float], share: float) -> float:
+    """Requests a validator of ``share`` keeps in flight through a window at production speed
+    when ``SUBNET_MINERS`` miners declare ``caps`` (``plan.required_concurrency`` of the
+    window's requests, counted rather than listed)."""
+    from core import plan
+    from core.budget import Contender
+    from core.tasks import TASKS
+
+    seconds = plan.window_blocks(PERIOD_BLOCKS) * BLOCK_SECONDS
+    busy = 0.0
+    for task, cap in caps.items():
+        c = Contender(0, "hk", task, cap, cap * share, 0)
+        n, size = plan.requests_for(c, plan.window_units(c, PERIOD_BLOCKS), 0.0)
+        busy += n * TASKS[task].expected_seconds(size)
+    return SUBNET_MINERS * busy / seconds
 
 
 def main() -> None:
@@ -218,8 +277,9 @@ def main() -> None:
     p.add_argument("--miners", type=int, default=256, help="simulated miners")
     p.add_argument("--miner-processes", type=int, default=2, help="processes serving them")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each window")
-    p.add_argument("--multiples", default="0.25,0.5,1,2",
-                   help="multiples of today's caps to try, in order (stops at the first missed)")
+    p.add_argument("--shares", default="0.0025,0.005,0.01,0.02",
+                   help="the validator's stake shares to try, in order, every miner declaring "
+                        "the caps (stops at the first not sustained)")
     p.add_argument("--tick", type=float, default=0.2, help="seconds between a stream's lines")
     p.add_argument("--late", type=float, default=1.0,
                    help="seconds after its planned time a request still counts as on time")
@@ -230,11 +290,12 @@ def main() -> None:
                    help="run the validator on asyncio's own loop, not uvloop as the neuron does")
     p.add_argument("--profile", metavar="FILE",
                    help="write a cProfile of the validator process (this one) to FILE")
-    p.add_argument("--quick", action="store_true", help="16 miners, one 4-second window (tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="16 miners, one 4-second window at share 0.01 (tests)")
     a = p.parse_args()
-    a.multiples = [float(x) for x in a.multiples.split(",")]
+    a.shares = [float(x) for x in a.shares.split(",")]
     if a.quick:
-        a.miners, a.miner_processes, a.seconds, a.multiples = 16, 1, 4.0, [1.0]
+        a.miners, a.miner_processes, a.seconds, a.shares = 16, 1, 4.0, [0.01]
     from core.cli import run_loop
     from devtools.profiling import run_profiled
 

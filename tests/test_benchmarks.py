@@ -102,10 +102,19 @@ def test_bench_checking_small_run_prints_its_figures():
 
 def test_bench_window_quick_prints_its_figures():
     out = figures("bench_window.py", "--quick")
-    assert out["miners"] == 16 and out["x1_requests_planned"] > 0, out
+    assert out["miners"] == 16 and out["share_0_01_requests_planned"] > 0, out
     # every planned request was answered by the simulated miners and counted by the validator
-    assert out["x1_ok_share"] == 1.0 and 0.9 < out["x1_tokens_over_planned"] <= 1.0, out
-    assert out.get("x1_validator_cpu_per_million_tokens", 0) > 0, out
+    assert out["share_0_01_ok_share"] == 1.0, out
+    assert 0.9 < out["share_0_01_tokens_over_planned"] <= 1.0, out
+    # in the requests of a production window's size (0.01 x 768,000 tokens / 160 = 480), not
+    # of the 4-second window's
+    assert out["share_0_01_request_size"] == 480, out
+    for name in ("validator", "miners"):
+        assert out.get(f"share_0_01_{name}_cpu_per_million_tokens", 0) > 0, out
+    assert out.get("share_0_01_received_mb_per_s", 0) > 0, out
+    # the projection scales the measured cost: cores grow with the share
+    cores = [out[f"projection_share_{s}_validator_cores"] for s in ("0_05", "0_25", "1")]
+    assert 0 < cores[0] < cores[1] < cores[2] and cores[2] == pytest.approx(20 * cores[0], 0.01)
 
 
 def test_bench_wire_quick_prints_its_figures():

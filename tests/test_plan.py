@@ -132,3 +132,29 @@ def test_a_large_declaration_is_tested_in_larger_requests_never_fewer_than_befor
     assert plan.requests_for(image, plan.window_units(image, pb), 0.0) == (1000, 20)
     background = plan.background_plan([cap], 3600.0, rng=random.Random(4))
     assert {s.units for s in background} == {largest} and len(background) == 768
+
+
+def test_a_late_join_sends_fewer_requests_of_the_whole_windows_size():
+    c = Contender(1, "hk", "chat-llama-3", 9.216e6, 9.216e6, 0)  # 768,000 tokens a window
+    whole = plan.window_plan([c], {}, 300, 300.0, rng=random.Random(5))
+    late = plan.window_plan([c], {}, 300, 30.0, left=0.1, rng=random.Random(5))
+    assert {s.units for s in whole} == {s.units for s in late} == {1200}
+    assert len(whole) == 640 and len(late) == 64
+
+
+def test_a_window_is_shared_by_processes_each_miner_to_one_and_loads_about_equal():
+    rng = random.Random(6)
+    cs = [Contender(uid, f"hk{uid}", task, b, b, 0) for uid in range(40)
+          for task, b in (("chat-llama-3", rng.uniform(1e5, 9e7)), ("inpaint", 2e4))]
+    members = ["b", "a", "c"]
+    parts = {m: plan.shard(cs, members, m) for m in members}
+    assert sorted((c.hotkey, c.task) for p in parts.values() for c in p) == sorted(
+        (c.hotkey, c.task) for c in cs)  # each contender exactly once
+    for m, part in parts.items():
+        others = {c.hotkey for n, p in parts.items() if n != m for c in p}
+        assert not {c.hotkey for c in part} & others  # a miner's tasks stay together
+    load = {m: sum(c.budget * (0.02 if c.task == "chat-llama-3" else 0.12) for c in p)
+            for m, p in parts.items()}
+    assert max(load.values()) < 1.25 * min(load.values())
+    assert plan.shard(cs, ["a"], "a") == cs and plan.shard(cs, ["a"], "z") == []
+    assert plan.shard(list(reversed(cs)), members, "a") == list(reversed(parts["a"]))

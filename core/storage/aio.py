@@ -56,6 +56,13 @@ class AsyncStore:
     add_window = _off(Store.add_window)
     windows = _off(Store.windows)
     note_pooling = _off(Store.note_pooling)
+    # the processes sharing windows
+    beat = _off(Store.beat)
+    live = _off(Store.live)
+    share_window = _off(Store.share_window)
+    window_members = _off(Store.window_members)
+    shard_done = _off(Store.shard_done)
+    shards = _off(Store.shards)
     rederive_used = _off(Store.rederive_used)
     prune = _off(Store.prune)
     # records

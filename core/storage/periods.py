@@ -153,10 +153,13 @@ class PeriodRoom(Room):
                   "AND r.task = targets.task) WHERE period = ?", (period,))
 
     def prune(self, before_period: int) -> None:
-        """Drop request records and plans older than the retention window."""
+        """Drop request records and plans older than the retention window, and the processes
+        not seen since the oldest period kept began."""
         with self._guard(), self.db.transaction():
-            for table in ("requests", "targets", "windows", "reports", "declarations",
-                          "periods"):
+            self.db.execute("DELETE FROM senders WHERE seen < (SELECT COALESCE(MIN(started_at), "
+                            "0) FROM periods WHERE period >= ?)", (before_period,))
+            for table in ("requests", "targets", "windows", "window_senders", "reports",
+                          "declarations", "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
 
 

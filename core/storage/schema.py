@@ -91,4 +91,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN counted_in BIGINT",
         "CREATE INDEX requests_counted_in ON requests (counted_in) WHERE counted_in IS NOT NULL",
     ),
+    (
+        # the processes that share a validator's windows (docs/protocol.md §6): each alive
+        # since ``seen``; per window, those sharing it and what each sent (NULL: still sending)
+        """CREATE TABLE senders (
+            member TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE window_senders (
+            period BIGINT NOT NULL, block BIGINT NOT NULL, member TEXT NOT NULL, requests INTEGER,
+            done DOUBLE PRECISION, PRIMARY KEY (block, member))""",
+    ),
 )

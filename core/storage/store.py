@@ -1,6 +1,7 @@
 """What the validator stores, over either database, as one object made of rooms by domain:
 periods and their budgets (``periods``), request records (``records``), window reports
-(``reports``), contender states and weights (``states``), API keys (``keys``). Every write
+(``reports``), contender states and weights (``states``), API keys (``keys``), the processes
+sharing its windows (``senders``). Every write
 commits before it returns.
 
 Its methods block (a local file, or a round trip across a network): threads and tests call them
@@ -20,6 +21,7 @@ from core.storage.periods import PeriodInfo, PeriodRoom
 from core.storage.records import RecordRoom
 from core.storage.reports import ReportRoom
 from core.storage.schema import MIGRATIONS
+from core.storage.senders import SenderRoom
 from core.storage.states import STATE_VERSION, StateRoom
 
 __all__ = ["STATE_VERSION", "ApiKey", "Database", "PeriodInfo", "StorageError", "Store"]
@@ -27,7 +29,7 @@ __all__ = ["STATE_VERSION", "ApiKey", "Database", "PeriodInfo", "StorageError", 
 T = TypeVar("T")
 
 
-class Store(PeriodRoom, RecordRoom, ReportRoom, StateRoom, KeyRoom):
+class Store(PeriodRoom, RecordRoom, ReportRoom, StateRoom, KeyRoom, SenderRoom):
     def __init__(self, db: Database):
         self.db = db
         self.version = self.migrate()

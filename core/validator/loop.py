@@ -41,6 +41,7 @@ from core.validator.peer import PeerServices
 from core.validator.replica import EXPECTED_FAILURES, Takeover
 from core.validator.sender import Sender
 from core.validator.settings import Settings
+from core.validator.shards import Shards
 from core.validator.sharing import Sharing
 from core.validator.traffic import Traffic
 from core.validator.weights import WeightSetter
@@ -84,6 +85,8 @@ class Validator:
         self.sender = Sender(settings, self.traffic, self.book, self.async_store, self.counter,
                              self.rng)
         self.closer = Closer(settings, self.async_store, chain, self.weights, self.metrics)
+        self.shards = Shards(self.async_store)  # this process's part of each window
+        self._parts: set[asyncio.Task] = set()  # parts of windows the loop's process shared
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
 
@@ -128,15 +131,28 @@ class Validator:
 
     async def follow(self) -> None:
         """In a replica that does not run the loop: serve the period the loop planned (its
-        budgets are in the shared store) until it ends."""
+        budgets are in the shared store) until it ends, and send this process's part of each
+        of its windows (``shards.py``) that has begun since the last call."""
         period = await self.async_store.latest_period()
-        if period is None or period == self.book.period:
+        if period is None:
             return
-        metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
-        self.metagraph = metagraph  # any process on the database serves its reports to peers
-        self.book.open(period, await self.async_store.contenders(period), metagraph,
-                       await self._recent_quality())
-        log.info("serving period %d as planned by the process running the loop", period)
+        if period != self.book.period:
+            metagraph = await self.chain.metagraph(period * self.settings.period_blocks)
+            self.metagraph = metagraph  # any process on the database serves its reports
+            self.book.open(period, await self.async_store.contenders(period), metagraph,
+                           await self._recent_quality())
+            self.sender.begin()
+            log.info("serving period %d as planned by the process running the loop", period)
+        for window in await self.async_store.windows(period):
+            if window.started_at + window.seconds <= time.time() or self.metagraph is None:
+                continue
+            members = await self.async_store.window_members(window.block)
+            if self.shards.member in members:  # shared with this process: its part, once
+                part = asyncio.create_task(self._send_part(
+                    window, self.shards.mine(list(self.book.contenders.values()), members),
+                    self.metagraph))
+                self._parts.add(part)
+                part.add_done_callback(self._parts.discard)
 
     async def _recent_quality(self) -> dict[tuple[str, str], float]:
         """Each scored contender's recent quality: the organic API's routing weight."""
@@ -275,26 +291,44 @@ class Validator:
 
     async def _run_window(self, period: int, window: plan.Window, contenders: list[Contender],
                           metagraph: Metagraph) -> None:
-        """Every contender's full declared rate for what is left of ``window``; once its
-        requests have ended, its report is stored and the others' are fetched."""
-        remaining = window.started_at + window.seconds - time.time()
-        if remaining <= 0:
-            return
-        sends = plan.window_plan(contenders, await self.async_store.call(self.book.used),
-                                 self.settings.period_blocks, remaining,
-                                 remaining / window.seconds, self.rng)
-        need = plan.required_concurrency(sends, remaining)
-        if need > self.settings.max_concurrency:
-            log.warning("window at block %d needs ~%.0f requests in flight at production speed, "
-                        "over --max-concurrency %d: it cannot all be sent in time",
-                        window.block, need, self.settings.max_concurrency)
-        launched = await self.sender.schedule(metagraph, sends)
-        if launched:
-            await asyncio.wait(launched)
-        await asyncio.sleep(max(window.started_at + window.seconds - time.time(), 0))
+        """Every contender's full declared rate for what is left of ``window``, shared with the
+        validator's other live processes (``shards.py``); once every part has ended, its
+        report is stored and the others' are fetched."""
+        members = await self.shards.share(period, window.block)
+        await self._send_part(window, self.shards.mine(contenders, members), metagraph)
+        end = window.started_at + window.seconds
+        await asyncio.sleep(max(end - time.time(), 0))
+        if len(members) > 1 and not await self.shards.others_done(
+                window.block, end + self.settings.max_drain_s):
+            log.warning("window at block %d: a process sharing it has not ended its part; "
+                        "its report holds what was recorded", window.block)
         if self.settings.share_reports:
             await self._share(period, window, contenders, metagraph,
                               await self.clock.period_end(period))
+
+    async def _send_part(self, window: plan.Window, contenders: list[Contender],
+                         metagraph: Metagraph) -> None:
+        """This process's part of ``window``: ``contenders``' full declared rate for what is
+        left of it, once; then notes the part ended, with the requests it sent."""
+        if not self.shards.claim(window.block):
+            return
+        remaining = window.started_at + window.seconds - time.time()
+        sent = 0
+        if remaining > 0 and contenders:
+            sends = plan.window_plan(contenders, await self.async_store.call(self.book.used),
+                                     self.settings.period_blocks, remaining,
+                                     remaining / window.seconds, self.rng)
+            need = plan.required_concurrency(sends, remaining)
+            if need > self.settings.max_concurrency:
+                log.warning("window at block %d needs ~%.0f requests in flight at production "
+                            "speed, over --max-concurrency %d: it cannot all be sent in time",
+                            window.block, need, self.settings.max_concurrency)
+            launched = await self.sender.schedule(metagraph, sends)
+            if launched:
+                await asyncio.wait(launched)
+            sent = sum(1 for t in launched
+                       if not t.cancelled() and t.exception() is None and t.result())
+        await self.shards.done(window.block, sent)
 
     async def _share(self, period: int, window: plan.Window, contenders: list[Contender],
                      metagraph: Metagraph, until: float, restart: bool = False) -> None:

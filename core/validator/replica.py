@@ -1,7 +1,8 @@
 """One validator as several processes (API replicas on one PostgreSQL database): each serves
-organic traffic from the shared store, and exactly one runs the period loop (capacities,
-synthetic plan, scoring, weights), the one holding the store's lease. The others try to take the
-lease every ``poll_s``; when its holder dies, one of them has the loop within about that long.
+organic traffic from the shared store and sends its part of each audit window (``shards.py``),
+and exactly one runs the period loop (capacities, synthetic plan, scoring, weights), the one
+holding the store's lease. The others try to take the lease every ``poll_s``; when its holder
+dies, one of them has the loop within about that long.
 
 A process that takes the lease re-derives ``used`` of the periods it resumes (the reservations of
 requests a dead holder cut off are not spent), but only once that holder's requests are known to
@@ -24,6 +25,7 @@ from core.storage import AsyncStore, Store
 from core.storage.base import Lease
 from core.storage.sqlite import FileLease
 from core.validator.recorder import Recorder
+from core.validator.shards import Shards
 from core.validator.traffic import Traffic
 
 log = logging.getLogger("validator.replica")
@@ -80,6 +82,7 @@ class PeriodLoop(Protocol):
     traffic: Traffic
     leading: bool  # whether this process runs the period loop (the organic API reads it)
     takeover: Takeover
+    shards: Shards  # this process's part of each window
 
     @property
     def hotkey(self) -> str: ...
@@ -103,6 +106,7 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
             work = asyncio.create_task(validator.periods(periods))
             try:
                 while not work.done():
+                    await _beat(validator, poll_s)
                     await asyncio.wait({work}, timeout=poll_s)
                     if not work.done() and not await validator.async_store.call(lease.held):
                         log.error("the period loop's lease is lost (its database connection "
@@ -117,8 +121,18 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
                         await work
                 validator.leading = False
                 lease.release()
+        await _beat(validator, poll_s)
         try:
             await validator.follow()
         except EXPECTED_FAILURES as e:
             log.warning("cannot follow the period loop's plan (%s: %s)", type(e).__name__, e)
         await asyncio.sleep(poll_s)
+
+
+async def _beat(validator: PeriodLoop, poll_s: float) -> None:
+    """This process is alive, and shares the windows that open (``shards.py``); while the
+    database is away it is not, and the windows that open then are sent without it."""
+    try:
+        await validator.shards.beat(poll_s)
+    except EXPECTED_FAILURES as e:
+        log.warning("cannot say this process is alive (%s: %s)", type(e).__name__, e)

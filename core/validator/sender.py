@@ -56,10 +56,10 @@ class Sender:
             launched.append(task)
         return launched
 
-    async def send_one(self, metagraph: Metagraph, s: plan.Send, planned_at: float) -> None:
+    async def send_one(self, metagraph: Metagraph, s: plan.Send, planned_at: float) -> bool:
         """Send one synthetic request once its miner has a free slot, if it still fits its cap
         and the budget; recorded (in the slice it was planned for) and settled however it ends
-        (``Traffic``)."""
+        (``Traffic``). True if it was sent."""
         c = s.contender
         build = functools.partial(synthetic_request, c.task, s.units, self.rng,
                                   self.settings.image_size, self.counter)
@@ -69,16 +69,17 @@ class Sender:
         # the miner's own slots first: waiting for a slow miner never holds a slot of the others
         neuron = metagraph.by_hotkey(c.hotkey)
         if neuron is None:  # contenders come from this metagraph: never here
-            return
+            return False
         async with self._miner_gate(c.hotkey), self._gate:
             if not self.traffic.admits():
-                return  # the store refuses records: nothing is sent that it could not record
+                return False  # the store refuses records: nothing is sent it could not record
             reserved_in = await self.store.call(self.book.reserve, (c.hotkey, c.task), units,
                                                 s.cap)
             if reserved_in is None:
-                return  # organic traffic served its part, or the budget is spent
+                return False  # organic traffic served its part, or the budget is spent
             await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,
                                             planned_at=planned_at))
+            return True
 
     def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:
         if hotkey not in self._gates:
