@@ -7,9 +7,11 @@ from core.records import RequestRecord
 from core.storage import Store
 
 
-def finish(store: Store, r: RequestRecord, reserved: float) -> tuple[int, int]:
-    """``r`` stored, settling the ``reserved`` units it held: (record id, period recorded in)."""
-    return store.finish_requests([(r, reserved)])[0]
+def finish(store: Store, r: RequestRecord, reserved: float, held: int | None = None
+           ) -> tuple[int, int]:
+    """``r`` stored, settling the ``reserved`` units it held (hold ``held``): (record id,
+    period recorded in)."""
+    return store.finish_requests([(r, reserved, held)])[0]
 
 
 def record(store: Store, r: RequestRecord) -> int:

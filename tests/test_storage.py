@@ -218,7 +218,7 @@ def test_concurrent_reservations_from_many_connections_never_overspend(postgres_
     stores[0].begin_period(5, 1500, "0xabc", 1.0, 0.0, TARGETS)
 
     def spend(store) -> int:
-        return sum(store.reserve(5, "hk1", "inpaint", 3) for _ in range(20))
+        return sum(store.reserve(5, "hk1", "inpaint", 3) is not None for _ in range(20))
 
     with ThreadPoolExecutor(8) as pool:
         granted = sum(pool.map(spend, stores))
@@ -348,12 +348,27 @@ def test_a_request_ending_after_its_period_was_sealed_lands_in_the_next(store):
     assert period == 7  # past every sealed period, even with none open yet
 
 
-def test_used_is_rederived_from_records_after_a_crash(store):
+def test_what_a_dead_process_held_is_given_back_and_nothing_a_live_one_holds(store):
+    """docs/protocol.md §6: each reservation is held in its process's name until its record
+    settles it; giving back a process's holds leaves ``used == Σ records`` whether its records
+    come before, after (a process cut off, not dead) or never (a kill -9), and leaves another
+    process's holds, with their requests still in flight, counted."""
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
-    assert store.reserve(5, "hk1", "inpaint", 20) and store.reserve(5, "hk1", "inpaint", 20)
-    finish(store, rec(5, units=20.0), reserved=20)  # the other never ended: a kill -9
-    store.rederive_used(5)
-    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (20.0, 20.0)
+    me = store.member
+    store.member = "dead"
+    dead = [store.reserve(5, "hk1", "inpaint", 10) for _ in range(4)]
+    store.member = me
+    mine = store.reserve(5, "hk1", "inpaint", 10)  # live, in flight
+    assert all(dead) and mine and store.holders() == {"dead", me}
+    finish(store, rec(5, units=6.0), reserved=10, held=dead[0])  # recorded before
+    assert store.release(["dead"]) == 30.0 and store.holders() == {me}
+    finish(store, rec(5, units=7.0), reserved=10, held=dead[1])  # recorded after: in full
+    # dead[2] and dead[3] are never recorded; our own request is still in flight
+    budget_used, recorded = used_and_recorded(store, 5)[("hk1", "inpaint")]
+    assert recorded == 13.0 and budget_used == 13.0 + 10.0  # ours stays reserved
+    finish(store, rec(5, units=4.0), reserved=10, held=mine)
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (17.0, 17.0)
+    assert store.holders() == set() and store.release(["dead", me]) == 0.0
 
 
 def test_the_database_and_the_nonce_store_are_private_to_their_user(tmp_path):

@@ -1,14 +1,15 @@
-"""A replica that takes over the period loop re-derives ``used`` only once the previous leader's
-requests are over (core/validator/replica.py, ``Takeover``), on a real PostgreSQL server with the
-real lease: two stores stand for the two processes; the leader's store connection is cut while
-its requests are in flight (its lease's session terminated, its statements refused), the
-follower takes the lease, and the leader's records, journaled meanwhile, are written when its
-connection is back. Afterwards ``used == Σ records`` for the period; re-deriving at once, as a
-takeover did before, leaves ``used`` short by the reservations it wiped."""
+"""What a stopped process held of the budgets is given back, and nothing a live one holds
+(core/validator/replica.py, ``give_back``; docs/protocol.md §6), on a real PostgreSQL server with
+the real lease: two stores stand for the two processes; the leader's store connection is cut
+while its requests are in flight (its lease's session terminated, its statements refused), the
+follower takes the lease and gives back what stopped processes hold. Whether the leader was
+alive, cut off past its beats or dead, ``used == Σ records`` for the period afterwards; with its
+requests in flight and alive, nothing of them was given back under them."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import psycopg
@@ -18,12 +19,12 @@ from core.budget import Contender
 from core.records import Outcome, RequestRecord
 from core.storage import AsyncStore, open_store
 from core.validator.recorder import Recorder
-from core.validator.replica import Takeover
+from core.validator.replica import give_back
+from core.validator.shards import Shards
 from tests.flaky_store import make_flaky, used_and_records
 
 TARGETS = [Contender(1, "hk1", "inpaint", 1000.0, 1000.0, 7)]
 IN_FLIGHT = 8
-SETTLE_S = 10.0  # far above what the leader's records take to end and be written back here
 
 
 @pytest.fixture
@@ -39,43 +40,46 @@ def cut_session(dsn: str, pid: int) -> None:
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
-@pytest.mark.parametrize("settle_s", [SETTLE_S, 0.0], ids=["known-dead", "at-once"])
-def test_a_takeover_rederives_used_only_once_the_old_leaders_requests_are_over(dsn, settle_s):
+@pytest.mark.parametrize("leader_is", ["alive", "cut-off", "dead"])
+def test_a_takeover_gives_back_only_what_stopped_processes_held(dsn, leader_is):
     leader, follower = open_store(dsn), open_store(dsn)
     leader.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     mine, theirs = leader.lease("period-loop:v"), follower.lease("period-loop:v")
+    shards = Shards(AsyncStore(follower), follower.member)  # its live_s: 3 polls of 5 s
     try:
         assert mine.acquire() and not theirs.acquire()
-        for _ in range(IN_FLIGHT):  # the leader's requests in flight
-            assert leader.reserve(5, "hk1", "inpaint", 10)
+        # the leader said it was alive just now, or long ago (cut off past its beats, or dead)
+        leader.beat(leader.member, time.time() - (0 if leader_is == "alive" else 100))
+        holds = [leader.reserve(5, "hk1", "inpaint", 10) for _ in range(IN_FLIGHT)]
+        assert all(holds)  # the leader's requests in flight
         flaky = make_flaky(leader, "server closed the connection unexpectedly")
         recorder = Recorder(leader, retry_s=0.05)
 
-        async def main():
+        async def main() -> float:
             # the cut: the lease's session ends on the server, every other statement fails
             assert mine._conn is not None
             cut_session(dsn, mine._conn.info.backend_pid)
             flaky.refusing = True
             assert not mine.held()
             assert theirs.acquire()  # the follower takes the loop
-            takeover = Takeover(AsyncStore(follower), Recorder(follower), settle_s=settle_s)
-            rederived = asyncio.create_task(takeover.rederive_used(5))
-            await asyncio.sleep(0)  # it has begun (at once, or waiting for the settle time)
-            ended = await asyncio.gather(*(
-                recorder.finish(RequestRecord(5, "hk1", "inpaint", False, Outcome.OK, 6.0, 0.5,
-                                              None, 1.0), 10) for _ in range(IN_FLIGHT)))
-            assert ended == [None] * IN_FLIGHT  # journaled: the leader cannot write them
-            flaky.refusing = False  # its connection is back
+            if leader_is == "dead":  # its requests never end: nothing is ever recorded
+                return await give_back(AsyncStore(follower), shards)
+            ended = await asyncio.gather(*(recorder.finish(RequestRecord(
+                5, "hk1", "inpaint", False, Outcome.OK, 6.0, 0.5, None, 1.0), 10, held)
+                for held in holds))
+            assert ended == [None] * IN_FLIGHT  # journaled meanwhile
+            given = await give_back(AsyncStore(follower), shards)
+            flaky.refusing = False  # its connection is back: the journal is written
             await asyncio.wait_for(recorder.drained(), 30)
-            await asyncio.wait_for(rederived, SETTLE_S + 30)
+            return given
 
-        asyncio.run(main())
+        given = asyncio.run(main())
         (used, recorded), = used_and_records(follower, 5).values()
-        assert recorded == IN_FLIGHT * 6.0
-        if settle_s:
-            assert used == recorded
-        else:  # the reservations were wiped under the requests, which then settled against them
-            assert used == recorded - IN_FLIGHT * 10.0
+        assert recorded == (0.0 if leader_is == "dead" else IN_FLIGHT * 6.0)
+        assert used == recorded
+        # alive, nothing it held was given back under its requests in flight
+        assert given == (0.0 if leader_is == "alive" else IN_FLIGHT * 10.0)
+        assert follower.holders() == set()
     finally:
         theirs.release()
         mine.release()
@@ -83,16 +87,18 @@ def test_a_takeover_rederives_used_only_once_the_old_leaders_requests_are_over(d
         follower.close()
 
 
-def test_a_file_lock_is_known_dead_at_once_a_postgresql_lease_after_its_holder_stops(
-        tmp_path, dsn):
-    """SQLite's lease (an flock) is freed only by its holder's death; PostgreSQL's also by a
-    live holder's broken connection, which then needs a poll to notice and its requests to end."""
-    from core.validator.replica import STOP_S, settle_s
-
-    lite, pg = open_store(str(tmp_path / "v.sqlite3")), open_store(dsn)
+def test_a_file_lock_gives_back_every_other_process_at_once(tmp_path):
+    """SQLite's lease (an flock) is freed only by its holder's death: its next holder gives back
+    what any other process held at once, however recently it said it was alive."""
+    dead, restarted = (open_store(str(tmp_path / "v.sqlite3")) for _ in range(2))
     try:
-        assert settle_s(lite.lease("period-loop:v"), 5.0) == 0.0
-        assert settle_s(pg.lease("period-loop:v"), 5.0) == 10.0 + STOP_S
+        dead.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+        dead.beat(dead.member, time.time())
+        assert dead.reserve(5, "hk1", "inpaint", 10)
+        shards = Shards(AsyncStore(restarted), restarted.member)
+        assert asyncio.run(give_back(AsyncStore(restarted), shards)) == 0.0  # seen alive
+        assert asyncio.run(give_back(AsyncStore(restarted), shards, everyone_else=True)) == 10.0
+        assert restarted.spent(5)[("hk1", "inpaint")] == (1000.0, 0.0)
     finally:
-        lite.close()
-        pg.close()
+        dead.close()
+        restarted.close()

@@ -63,7 +63,8 @@ class AsyncStore:
     window_members = _off(Store.window_members)
     shard_done = _off(Store.shard_done)
     shards = _off(Store.shards)
-    rederive_used = _off(Store.rederive_used)
+    holders = _off(Store.holders)
+    release = _off(Store.release)
     prune = _off(Store.prune)
     # records
     seal = _off(Store.seal)

@@ -57,6 +57,7 @@ class Room:
     them); its methods block, so a coroutine reaches them through ``core.storage.aio``."""
 
     db: Database
+    member: str  # this process, as the rows it holds name it: a fresh id each time it starts
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

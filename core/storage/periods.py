@@ -15,6 +15,9 @@ from core.pooling import Pooling
 from core.storage.base import Room
 
 SETTLE = "UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND task = ?"
+_USED_FROM_RECORDS = ("UPDATE targets SET used = (SELECT COALESCE(SUM(r.units), 0) FROM requests r "
+                      "WHERE r.period = targets.period AND r.hotkey = targets.hotkey "
+                      "AND r.task = targets.task) WHERE period = ?")
 _ADD_TARGETS = ("INSERT INTO targets (period, uid, hotkey, task, declared, budget, registered_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, hotkey, task) DO NOTHING")
 # ``core.spending.admits`` as a condition on a contender's row: the units, then the cap if any
@@ -53,7 +56,8 @@ class PeriodRoom(Room):
             self.db.executemany(
                 "INSERT INTO declarations VALUES (?, ?, ?) ON CONFLICT (period, hotkey) DO NOTHING",
                 [(period, d.hotkey, d.model_dump_json()) for d in declarations])
-            self.rederive_used(period)  # requests recorded here before it began (late records)
+            # requests recorded here before it began (late records); nothing is held in it yet
+            self.db.execute(_USED_FROM_RECORDS, (period,))
 
     def add_contenders(self, period: int, contenders: list[Contender]) -> None:
         """Contenders of a begun period it did not plan (those found at its close: a miner
@@ -122,15 +126,22 @@ class PeriodRoom(Room):
     # -- budgets: what each contender of a period has spent, shared by every replica --
 
     def reserve(self, period: int, hotkey: str, task: str, units: float,
-                cap: float | None = None) -> bool:
+                cap: float | None = None) -> int | None:
         """Spend ``units`` of the contender's budget if ``core.spending.admits`` them, in one
-        statement: concurrent replicas never spend beyond the budget."""
+        statement (concurrent replicas never spend beyond the budget), and note them held by
+        this process (``member``) until the request's record settles them
+        (``finish_requests``): the hold's id, or None when the budget does not admit them."""
         condition, args = _ADMITS, (units, period, hotkey, task, units)  # type: str, tuple
         if cap is not None:
             condition, args = condition + _UNDER_CAP, args + (cap,)
-        rows = self._run("UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? "
-                         f"AND task = ? AND {condition} RETURNING used", args)
-        return bool(rows)
+        with self._guard(), self.db.transaction():
+            if not self.db.execute("UPDATE targets SET used = used + ? WHERE period = ? AND "
+                                   f"hotkey = ? AND task = ? AND {condition} RETURNING used",
+                                   args):
+                return None
+            return self.db.execute("INSERT INTO held (member, period, hotkey, task, units) "
+                                   "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                   (self.member, period, hotkey, task, units))[0][0]
 
     def settle(self, period: int, hotkey: str, task: str, delta: float) -> None:
         """Correct a reservation by what the request really used (``delta`` may be negative)."""
@@ -145,12 +156,28 @@ class PeriodRoom(Room):
             sql, args = sql + " AND task = ?", (period, task)
         return {(hk, t): (budget, used) for hk, t, budget, used in self._run(sql, args)}
 
-    def rederive_used(self, period: int) -> None:
-        """Set every contender's ``used`` to the units of its records: after a crash, the
-        reservations of requests that never finished are not counted as spent."""
-        self._run("UPDATE targets SET used = (SELECT COALESCE(SUM(r.units), 0) FROM requests r "
-                  "WHERE r.period = targets.period AND r.hotkey = targets.hotkey "
-                  "AND r.task = targets.task) WHERE period = ?", (period,))
+    def holders(self) -> set[str]:
+        """The processes holding reservations of requests not recorded yet."""
+        return {m for (m,) in self._run("SELECT DISTINCT member FROM held")}
+
+    def release(self, members: Iterable[str]) -> float:
+        """Give back what ``members`` (processes known dead, or cut off) hold, in every period:
+        their requests never settled, so their units are not spent. A record of one of those
+        requests that arrives after all (a process that was cut off, not dead) then counts its
+        units in full (``finish_requests``): ``used == Σ records`` whatever the order. Returns
+        the units given back."""
+        members = sorted(set(members))
+        if not members:
+            return 0.0
+        among = ", ".join("?" * len(members))
+        with self._guard(), self.db.transaction():
+            rows = self.db.execute(f"SELECT period, hotkey, task, SUM(units) FROM held WHERE "
+                                   f"member IN ({among}) GROUP BY period, hotkey, task",
+                                   tuple(members))
+            for period, hotkey, task, units in rows:
+                self.db.execute(SETTLE, (-units, period, hotkey, task))
+            self.db.execute(f"DELETE FROM held WHERE member IN ({among})", tuple(members))
+        return float(sum(units for *_, units in rows))
 
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window, and the processes
@@ -158,7 +185,7 @@ class PeriodRoom(Room):
         with self._guard(), self.db.transaction():
             self.db.execute("DELETE FROM senders WHERE seen < (SELECT COALESCE(MIN(started_at), "
                             "0) FROM periods WHERE period >= ?)", (before_period,))
-            for table in ("requests", "targets", "windows", "window_senders", "reports",
+            for table in ("requests", "held", "targets", "windows", "window_senders", "reports",
                           "declarations", "periods"):
                 self.db.execute(f"DELETE FROM {table} WHERE period < ?", (before_period,))
 

@@ -16,17 +16,22 @@ _COLUMNS = "period, hotkey, task, organic, outcome, units, latency_s, quality, a
 
 
 class RecordRoom(Room):
-    def finish_requests(self, finished: list[tuple[RequestRecord, float]]
+    def finish_requests(self, finished: list[tuple[RequestRecord, float, int | None]]
                         ) -> list[tuple[int, int]]:
-        """Store each request's record and settle the ``reserved`` units it held in its period,
-        all in one transaction (one commit for requests that ended together:
-        ``core.validator.recorder``); returns each (record id, period recorded in). A request
-        that ends after its period was sealed for scoring (``seal``) is recorded where
-        ``core.spending.landing`` says, and its units move there with it."""
+        """Store each request's record and settle the ``reserved`` units it held in its period
+        (its hold, by id, ends: ``reserve``), all in one transaction (one commit for requests
+        that ended together: ``core.validator.recorder``); returns each (record id, period
+        recorded in). A request that ends after its period was sealed for scoring (``seal``) is
+        recorded where ``core.spending.landing`` says, and its units move there with it. One
+        whose hold was given back (``release``: its process was taken for dead) counts its
+        units in full."""
         out: list[tuple[int, int]] = []
         with self._guard(), self.db.transaction():
             landed: dict[int, int] = {}  # period asked -> period recorded in
-            for r, reserved in finished:
+            for r, reserved, held in finished:
+                if held is not None and not self.db.execute(
+                        "DELETE FROM held WHERE id = ? RETURNING id", (held,)):
+                    reserved = 0.0  # given back already: nothing of it is counted
                 if r.period not in landed:
                     landed[r.period] = landing(r.period, self._sealed_from(r.period))
                 period = landed[r.period]

@@ -92,10 +92,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX requests_counted_in ON requests (counted_in) WHERE counted_in IS NOT NULL",
     ),
     (
-        # the processes that share a validator's windows (docs/protocol.md §6): each alive
-        # since ``seen``; per window, those sharing it and what each sent (NULL: still sending)
+        # the processes of a validator on one database (docs/protocol.md §6): each alive since
+        # ``seen``; per window, those sharing it and what each sent (NULL: still sending)
         """CREATE TABLE senders (
             member TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL)""",
+        # what each process holds of a budget for a request not recorded yet, so that what a
+        # dead process held is given back and nothing a live one holds (docs/protocol.md §6)
+        """CREATE TABLE held (
+            id {id}, member TEXT NOT NULL, period BIGINT NOT NULL, hotkey TEXT NOT NULL,
+            task TEXT NOT NULL, units DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX held_member ON held (member)",
         """CREATE TABLE window_senders (
             period BIGINT NOT NULL, block BIGINT NOT NULL, member TEXT NOT NULL, requests INTEGER,
             done DOUBLE PRECISION, PRIMARY KEY (block, member))""",

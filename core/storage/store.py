@@ -11,6 +11,7 @@ each in one of the store's threads (``Store.io``)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -32,6 +33,7 @@ T = TypeVar("T")
 class Store(PeriodRoom, RecordRoom, ReportRoom, StateRoom, KeyRoom, SenderRoom):
     def __init__(self, db: Database):
         self.db = db
+        self.member = uuid.uuid4().hex
         self.version = self.migrate()
         self._threads: ThreadPoolExecutor | None = None
 

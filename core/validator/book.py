@@ -12,10 +12,20 @@ makes them in the store's threads (``AsyncStore.call``, ``Store.io``), never on 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from core.budget import Contender
 from core.chain import Metagraph
 from core.storage import Store
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Units spent of a contender's budget for one request: the period, and the id of their
+    hold in the store (``Store.reserve``) that the request's record ends."""
+
+    period: int
+    held: int
 
 
 class PeriodBook:
@@ -49,14 +59,16 @@ class PeriodBook:
                 out.append((contender, (budget - used) * self.quality.get(key, 1.0)))
         return out
 
-    def reserve(self, key: tuple[str, str], units: float, cap: float | None = None) -> int | None:
+    def reserve(self, key: tuple[str, str], units: float, cap: float | None = None
+                ) -> Reservation | None:
         """Spend ``units`` if they fit in the budget (and, with ``cap``, while less than ``cap``
         is used: a planned request goes only while organic traffic has not served its part):
-        the period they were spent in, or None."""
+        the period they were spent in and their hold, or None."""
         period = self.period
         if period is None:
             return None
-        return period if self.store.reserve(period, *key, units, cap) else None
+        held = self.store.reserve(period, *key, units, cap)
+        return None if held is None else Reservation(period, held)
 
     def capacity(self) -> dict[str, dict[str, float]]:
         """Per task: this validator's budget and what is left of it this period."""

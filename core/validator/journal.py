@@ -8,9 +8,9 @@ period loop's ``max_concurrency``, 4,096, plus the API's streams). A record beyo
 the caller hears a ``StorageError`` and its reservation stays counted (``used`` then exceeds the
 records by its units: the budget is under-spent, never over-spent).
 
-It lives in memory only: a validator stopped or killed while it holds records loses them, and the
-next process to run the period loop re-derives ``used`` from the records it finds
-(``core.validator.replica.Takeover``), so ``used == Σ records`` still holds for the period.
+It lives in memory only: a validator stopped or killed while it holds records loses them; their
+reservations are held in the store in this process's name and given back once it is known dead
+(``core.validator.replica``), so ``used == Σ records`` still holds for the period.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ JOURNAL_MAX = 65_536
 
 @dataclass(frozen=True)
 class Entry:
-    """A finished request to store: its record and the units reserved for it."""
+    """A finished request to store: its record, the units reserved for it and the id of their
+    hold (``Store.reserve``; None for units never reserved in the store)."""
 
     record: RequestRecord
     reserved: float
+    held: int | None = None
 
-    def pair(self) -> tuple[RequestRecord, float]:
-        return self.record, self.reserved
+    def row(self) -> tuple[RequestRecord, float, int | None]:
+        """What ``Store.finish_requests`` takes of it."""
+        return self.record, self.reserved, self.held
 
 
 class Journal:

@@ -38,7 +38,7 @@ from core.validator.counting import PromptCounter
 from core.validator.dispatch import fetch_capacities
 from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import PeerServices
-from core.validator.replica import EXPECTED_FAILURES, Takeover
+from core.validator.replica import EXPECTED_FAILURES
 from core.validator.sender import Sender
 from core.validator.settings import Settings
 from core.validator.shards import Shards
@@ -74,8 +74,6 @@ class Validator:
         self.counter = PromptCounter(settings.tokenizers)
         self.counter.load()  # a validator that cannot count what it pays for does not start
         self.traffic = Traffic(self.client, self.counter, store, self.checker)
-        # when `used` may be re-derived (replica.py sets a fresh one whenever it takes the lease)
-        self.takeover = Takeover(self.async_store, self.traffic.recorder)
         self.metrics = ValidatorMetrics(lambda: self.checker)
         self.sharing = Sharing(self.client, self.keypair, store, chain, self.metrics,
                                timeout_s=settings.report_timeout_s)
@@ -85,7 +83,8 @@ class Validator:
         self.sender = Sender(settings, self.traffic, self.book, self.async_store, self.counter,
                              self.rng)
         self.closer = Closer(settings, self.async_store, chain, self.weights, self.metrics)
-        self.shards = Shards(self.async_store)  # this process's part of each window
+        # this process among the validator's (replica.py): its holds, its part of each window
+        self.shards = Shards(self.async_store, store.member)
         self._parts: set[asyncio.Task] = set()  # parts of windows the loop's process shared
         self.metagraph: Metagraph | None = None  # the current period's: who may fetch reports
         self._collecting: dict[int, asyncio.Task] = {}  # window block -> fetching others' reports
@@ -188,7 +187,6 @@ class Validator:
         period, _ = await self.clock.current()
         for old in await self.async_store.unfinished(before=period):
             log.info("closing period %d, left unfinished", old)
-            await self.takeover.rederive_used(old)  # reservations cut off by a crash
             await self.closer.close(old, await self.async_store.contenders(old),
                               await self.chain.metagraph(old * self.settings.period_blocks))
 
@@ -201,8 +199,6 @@ class Validator:
         self.metagraph = metagraph
         resumed = await self.async_store.period(period) is not None
         contenders, share = await self._open(period, metagraph)
-        if resumed:  # reservations of requests a crash cut off are not spent
-            await self.takeover.rederive_used(period)
         _, left = await self.clock.current()
         self.book.open(period, contenders, metagraph, await self._recent_quality())
         self.sender.begin()

@@ -29,7 +29,7 @@ from core.protocol import (
 )
 from core.sampling_mix import ORGANIC, SamplingMix
 from core.storage import StorageError
-from core.validator.book import PeriodBook
+from core.validator.book import PeriodBook, Reservation
 from core.validator.traffic import Attempt, Result, Traffic
 
 MAX_ATTEMPTS = 3
@@ -95,15 +95,16 @@ class Organic:
                                                           tried), timeout_s=None)
             if claimed is None:
                 return
-            neuron, period = claimed
-            if neuron is not None and period is not None:
-                yield Attempt(neuron, message, prompt, units, period, organic=True)
+            neuron, reserved = claimed
+            if neuron is not None and reserved is not None:
+                yield Attempt(neuron, message, prompt, units, reserved.period, organic=True,
+                              held=reserved.held)
 
     def _claim(self, task: str, units: float, tried: set[str]
-               ) -> tuple[Neuron | None, int | None] | None:
-        """The next miner to try and the period its units were reserved in (None when they no
-        longer fit), picked and reserved in one call (one trip to a thread on PostgreSQL); None
-        when no contender is left."""
+               ) -> tuple[Neuron | None, Reservation | None] | None:
+        """The next miner to try and its units' reservation (None when they no longer fit),
+        picked and reserved in one call (one trip to a thread on PostgreSQL); None when no
+        contender is left."""
         contender = self._pick(task, units, tried)
         if contender is None:
             return None

@@ -61,11 +61,14 @@ class Recorder:
             self._waiting.append(waiter)
             await waiter
 
-    async def finish(self, record: RequestRecord, reserved: float) -> tuple[int, int] | None:
-        """Store ``record`` and settle the ``reserved`` units it held (``Store.finish_requests``):
-        (record id, period recorded in), or None when the store refused it and it waits in the
-        journal. Raises StorageError when the journal is full too (the record is lost)."""
-        finished = _Finished(Entry(record, reserved), asyncio.get_running_loop().create_future())
+    async def finish(self, record: RequestRecord, reserved: float, held: int | None = None
+                     ) -> tuple[int, int] | None:
+        """Store ``record`` and settle the ``reserved`` units it held (hold ``held``:
+        ``Store.finish_requests``): (record id, period recorded in), or None when the store
+        refused it and it waits in the journal. Raises StorageError when the journal is full too
+        (the record is lost, its units held until this process is known dead)."""
+        finished = _Finished(Entry(record, reserved, held),
+                             asyncio.get_running_loop().create_future())
         self._queue.append(finished)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
@@ -90,7 +93,7 @@ class Recorder:
                     continue
                 try:
                     written = await self.store.io(self.store.finish_requests,
-                                                  [f.entry.pair() for f in batch])
+                                                  [f.entry.row() for f in batch])
                 except StorageError as e:
                     self._to_journal(batch, e)
                 except Exception as e:  # a bug, not the store: every caller hears of it
@@ -115,7 +118,7 @@ class Recorder:
             chunk = self.journal.take(CHUNK)
             self._writing_back = True
             try:
-                await self.store.io(self.store.finish_requests, [e.pair() for e in chunk])
+                await self.store.io(self.store.finish_requests, [e.row() for e in chunk])
             except StorageError as e:
                 self.journal.put_back(chunk)
                 _log_refusal(e, len(self.journal), "still")
@@ -156,13 +159,14 @@ class Recorder:
     def flush(self) -> None:
         """Write the journal and what is queued now, blocking the caller: for an event loop that
         is closing (``Validator.close``), where no batch would run any more. What the store
-        still refuses is lost with this process (logged); the next leader re-derives ``used``."""
+        still refuses is lost with this process (logged); what it held is given back once this
+        process is known dead (``core.validator.replica.give_back``)."""
         batch = self._take()
         pending = [*self.journal.take(len(self.journal)), *(f.entry for f in batch)]
         if not pending:
             return
         try:
-            written = self.store.finish_requests([e.pair() for e in pending])
+            written = self.store.finish_requests([e.row() for e in pending])
         except StorageError as e:
             log.error("%d request records not written at the stop: %s", len(pending), e)
             self.journal.put_back(pending[:len(pending) - len(batch)])

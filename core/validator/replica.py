@@ -4,10 +4,14 @@ and exactly one runs the period loop (capacities, synthetic plan, scoring, weigh
 holding the store's lease. The others try to take the lease every ``poll_s``; when its holder
 dies, one of them has the loop within about that long.
 
-A process that takes the lease re-derives ``used`` of the periods it resumes (the reservations of
-requests a dead holder cut off are not spent), but only once that holder's requests are known to
-be over (``Takeover``): never under requests still in flight, whose records would then settle
-against reservations no longer counted.
+What a process holds of the budgets for requests not recorded yet is held in its name in the
+store (``Store.reserve``), and given back once that process is known dead (``give_back``): by the
+process that runs the loop, at once for every other process when the lease is SQLite's file lock
+(only its holder's death frees it), and every poll for the processes that have not said they are
+alive within ``LIVE_POLLS`` polls. Nothing a live process holds is given back, so the organic and
+window requests other processes have in flight keep their reservations; a record of a request
+whose hold was given back (its process was cut off, not dead) counts its units in full, so
+``used == Σ records`` in any order (docs/protocol.md §6).
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ import aiohttp
 
 from core.errors import Unavailable
 from core.storage import AsyncStore, Store
-from core.storage.base import Lease
 from core.storage.sqlite import FileLease
-from core.validator.recorder import Recorder
 from core.validator.shards import Shards
 from core.validator.traffic import Traffic
 
@@ -32,46 +34,6 @@ log = logging.getLogger("validator.replica")
 # what the period loop and its followers meet in the ordinary course (the chain or the database
 # away, a peer's connection gone): logged in a line; anything else also with its traceback
 EXPECTED_FAILURES = (Unavailable, OSError, aiohttp.ClientError, TimeoutError)
-
-# How long a lease holder that lost its lease may still have synthetic requests whose records are
-# not written, once it has seen the loss (it checks every poll): its loop cancels them at once,
-# their records are written or journaled, a write waiting up to the pool's 10 s for a connection
-# (``core.storage.postgres.POOL_WAIT_S``), and journaled ones are written back within a second of
-# the store answering it (``core.validator.recorder.RETRY_S``).
-STOP_S = 12.0
-
-
-class Takeover:
-    """When this process may re-derive a period's ``used`` from its records: once per period
-    after it took the lease, and only when the period's previous leader is known dead, that is
-    ``settle_s`` after the lease became ours (``settle_s()``: by then the previous holder has
-    seen its lease gone and stopped every request it sent as leader), and once this process's
-    own journal is written back (its own records all stored). Organic requests other live
-    replicas have in flight at that moment are not seen (docs/protocol.md §6)."""
-
-    def __init__(self, store: AsyncStore, recorder: Recorder, settle_s: float = 0.0):
-        self.store, self.recorder, self.settle_s = store, recorder, settle_s
-        self.since = time.monotonic()
-        self._done: set[int] = set()
-
-    async def rederive_used(self, period: int) -> None:
-        if period in self._done:  # a retried step: nothing of ours was cut off since
-            return
-        await self.recorder.drained()
-        wait = self.since + self.settle_s - time.monotonic()
-        if wait > 0:
-            log.info("period %d: its used is re-derived in %.0fs, once the previous leader's "
-                     "requests are over", period, wait)
-            await asyncio.sleep(wait)
-        await self.store.rederive_used(period)
-        self._done.add(period)
-
-
-def settle_s(lease: Lease, poll_s: float) -> float:
-    """How long after taking ``lease`` its previous holder is known dead: at once for SQLite's
-    file lock, which only its holder's death (or release) frees; ``2 x poll + STOP_S`` for
-    PostgreSQL's, which a live holder loses with its connection."""
-    return 0.0 if isinstance(lease, FileLease) else 2 * poll_s + STOP_S
 
 
 class PeriodLoop(Protocol):
@@ -81,8 +43,7 @@ class PeriodLoop(Protocol):
     async_store: AsyncStore
     traffic: Traffic
     leading: bool  # whether this process runs the period loop (the organic API reads it)
-    takeover: Takeover
-    shards: Shards  # this process's part of each window
+    shards: Shards  # this process among the validator's: its part of each window
 
     @property
     def hotkey(self) -> str: ...
@@ -101,18 +62,23 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
         if await validator.async_store.call(lease.acquire):  # PostgreSQL: a round trip
             log.info("this process runs the period loop")
             validator.leading = True
-            validator.takeover = Takeover(validator.async_store, validator.traffic.recorder,
-                                          settle_s=settle_s(lease, poll_s))
+            await _beat(validator, poll_s)
+            # a file lock's previous holder is dead: what it held goes back before the loop
+            await give_back(validator.async_store, validator.shards,
+                            everyone_else=isinstance(lease, FileLease))
             work = asyncio.create_task(validator.periods(periods))
             try:
                 while not work.done():
-                    await _beat(validator, poll_s)
                     await asyncio.wait({work}, timeout=poll_s)
-                    if not work.done() and not await validator.async_store.call(lease.held):
+                    if work.done():
+                        break
+                    if not await validator.async_store.call(lease.held):
                         log.error("the period loop's lease is lost (its database connection "
                                   "broke): stopping the loop here; a replica takes it over")
                         break
-                else:
+                    await _beat(validator, poll_s)
+                    await give_back(validator.async_store, validator.shards)
+                if work.done():
                     return work.result()
             finally:
                 if not work.done():
@@ -127,6 +93,25 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
         except EXPECTED_FAILURES as e:
             log.warning("cannot follow the period loop's plan (%s: %s)", type(e).__name__, e)
         await asyncio.sleep(poll_s)
+
+
+async def give_back(store: AsyncStore, shards: Shards, everyone_else: bool = False) -> float:
+    """Give back what the processes known dead hold of the budgets: every process but this one
+    (``everyone_else``), or those that have not said they are alive within ``LIVE_POLLS`` polls.
+    Returns the units given back."""
+    try:
+        holders = await store.holders() - {shards.member}
+        if not everyone_else:
+            holders -= set(await store.live(time.time() - shards.live_s))
+        units = await store.release(holders) if holders else 0.0
+    except EXPECTED_FAILURES as e:
+        log.warning("cannot give back what stopped processes held (%s: %s)",
+                    type(e).__name__, e)
+        return 0.0
+    if holders:
+        log.info("gave back %.0f units of budgets held by %d stopped process(es)", units,
+                 len(holders))
+    return units
 
 
 async def _beat(validator: PeriodLoop, poll_s: float) -> None:

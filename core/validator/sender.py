@@ -73,12 +73,11 @@ class Sender:
         async with self._miner_gate(c.hotkey), self._gate:
             if not self.traffic.admits():
                 return False  # the store refuses records: nothing is sent it could not record
-            reserved_in = await self.store.call(self.book.reserve, (c.hotkey, c.task), units,
-                                                s.cap)
-            if reserved_in is None:
+            reserved = await self.store.call(self.book.reserve, (c.hotkey, c.task), units, s.cap)
+            if reserved is None:
                 return False  # organic traffic served its part, or the budget is spent
-            await self.traffic.send(Attempt(neuron, message, prompt, units, reserved_in,
-                                            planned_at=planned_at))
+            await self.traffic.send(Attempt(neuron, message, prompt, units, reserved.period,
+                                            planned_at=planned_at, held=reserved.held))
             return True
 
     def _miner_gate(self, hotkey: str) -> asyncio.Semaphore:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
 
 from core import plan
@@ -21,9 +20,9 @@ LIVE_POLLS = 3  # a process is alive while it said so within this many of its po
 
 
 class Shards:
-    def __init__(self, store: AsyncStore, member: str | None = None):
+    def __init__(self, store: AsyncStore, member: str):
         self.store = store
-        self.member = member or uuid.uuid4().hex  # this process, for as long as it runs
+        self.member = member  # this process, as the store names it (``Store.member``)
         self.live_s = LIVE_POLLS * 5.0
         self._claimed: set[int] = set()  # windows whose part this process has begun
 

@@ -42,7 +42,8 @@ log = logging.getLogger("validator.traffic")
 
 @dataclass(frozen=True)
 class Attempt:
-    """A request to one miner with its units already reserved in ``reserved_in``."""
+    """A request to one miner with its units already reserved in ``reserved_in`` (their hold in
+    the store: ``held``)."""
 
     neuron: Neuron
     message: TaskRequest
@@ -52,6 +53,7 @@ class Attempt:
     organic: bool = False
     planned_at: float | None = None  # unix time it was planned for: its window slice (the miner's
     #                                  slowness, which can hold it at the validator, moves none)
+    held: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -184,7 +186,7 @@ class Traffic:
             log.warning("uid %d refused our signed request to %s (401/403) after admitting our "
                         "capacity call this period: counted as failed", attempt.neuron.uid, task)
         try:
-            written = await self.recorder.finish(record, attempt.reserved)
+            written = await self.recorder.finish(record, attempt.reserved, attempt.held)
         except StorageError as e:  # the journal is full: its reservation stays counted
             log.error("request to uid %d not recorded: %s", attempt.neuron.uid, e)
             return
