@@ -46,6 +46,9 @@ OUTCOME_REASONS = {
     "401/403": "the miner refused the validator's signature or permit: counts as failed",
     "abandoned": "the validator stopped waiting (its period ended, its client left) while the "
                  "request was still within its expected time: not scored",
+    "late": "not sent: a slice after its window slice ended it still waited for a slot (your "
+            "earlier answers at this validator were still running past what your declared rate "
+            "needs): counts as failed",
 }
 
 

@@ -22,10 +22,7 @@ from core.tasks import TASKS
 SLICES = 5  # a window is credited by its worst slice (docs/protocol.md §4)
 WINDOWS_PER_PERIOD = 12  # a window lasts period_blocks / 12 blocks
 BACKGROUND = 0.01  # default share of each budget sent outside windows (liveness, quality checks)
-# Requests a window sends one contender before they grow (``synthetic_size``): the most any
-# contender was asked at protocol 8's caps (576,000 tokens / 12 windows / 300 tokens, stake
-# share 1), so the worst-slice statistics stay those measured then (docs/protocol.md §3.5)
-WINDOW_REQUESTS = 160
+LATE_GRACE_S = 5.0  # the least a planned request may go out after its slice (``Window.send_by``)
 
 
 def window_blocks(period_blocks: int) -> int:
@@ -75,6 +72,17 @@ class Window:
     started_at: float
     seconds: float
 
+    def send_by(self, at: float) -> float | None:
+        """The latest a request planned at ``at`` may go out (unix time): one slice after the
+        end of the slice it falls in, at least ``LATE_GRACE_S``, so that an event loop's or a
+        thread's ordinary delay never makes it late, while a backlog behind a miner's full
+        slots does within a slice; None outside the window."""
+        part = self.slice_of(at)
+        if part is None:
+            return None
+        length = self.seconds / SLICES
+        return self.started_at + (part + 1) * length + max(length, LATE_GRACE_S)
+
     def slice_of(self, at: float) -> int | None:
         """The slice a request sent at ``at`` belongs to; None outside the window."""
         if not self.started_at <= at < self.started_at + self.seconds:
@@ -95,23 +103,11 @@ class Send:
     cap: float | None  # it goes only while the contender's use this period is under it
 
 
-def synthetic_size(task_id: str, want: float) -> int:
-    """Units of each request that sends ``want`` units: the task's synthetic size, grown toward
-    its largest when that many would be more than ``WINDOW_REQUESTS``. A validator's cost is
-    mostly per request, so a large declaration is tested in larger requests, and no contender
-    gets fewer than ``WINDOW_REQUESTS`` a window where it would have had more."""
-    task = TASKS[task_id]
-    grown = math.ceil(want / WINDOW_REQUESTS) if want > 0 else 0
-    return max(task.units_per_synthetic, min(grown, task.largest_synthetic))
-
-
-def requests_for(c: Contender, want: float, used: float, rate: float | None = None
-                 ) -> tuple[int, int]:
+def requests_for(c: Contender, want: float, used: float) -> tuple[int, int]:
     """(count, units each) of the requests that send ``want`` units to ``c``: whole requests of
-    ``synthetic_size`` for ``rate`` (the whole window's units; ``want`` when None), the nearest
-    count, at least one where the budget (``used`` of it spent) allows one of at least
-    ``smallest_request``; (0, 0) when it allows none."""
-    per = synthetic_size(c.task, want if rate is None else rate)
+    the task's synthetic size, the nearest count, at least one where the budget (``used`` of it
+    spent) allows one of at least ``smallest_request``; (0, 0) when it allows none."""
+    per = TASKS[c.task].units_per_synthetic
     size = int(min(per, c.budget - used))  # never beyond the budget, organic and synthetic
     if size < smallest_request(c.task) or want <= 0:
         return 0, 0
@@ -125,12 +121,12 @@ def spread(n: int, rng: random.Random) -> list[float]:
     return [(i + rng.uniform(0.1, 0.9)) / n for i in range(n)]
 
 
-def _spread(c: Contender, want: float, used: float, seconds: float, rate: float,
+def _spread(c: Contender, want: float, used: float, seconds: float,
             rng: random.Random) -> list[Send]:
     """``requests_for`` over ``seconds`` (``spread``). Each carries the cap that keeps organic
     traffic first: it goes only while the units used since ``used`` are fewer than the plan up
     to and including it."""
-    n, size = requests_for(c, want, used, rate)
+    n, size = requests_for(c, want, used)
     return [Send(at * seconds, c, size, used + size * (i + 1))
             for i, at in enumerate(spread(n, rng))]
 
@@ -140,26 +136,24 @@ def window_plan(contenders: Sequence[Contender], used: dict[tuple[str, str], flo
                 rng: random.Random | None = None) -> list[Send]:
     """A window's synthetic requests: each contender's full declared rate for the ``left``
     share of the window still to come (1 unless the validator joins it late), spread evenly over
-    those ``seconds``, in requests of the size of the whole window's (a late join sends fewer,
-    not smaller). ``used``: each contender's units spent this period so far (organic traffic
+    those ``seconds``. ``used``: each contender's units spent this period so far (organic traffic
     in the window then counts toward the window first)."""
     rng = rng or random.Random()
     sends = [s for c in contenders
              for s in _spread(c, left * window_units(c, period_blocks),
-                              used.get((c.hotkey, c.task), 0.0), seconds,
-                              window_units(c, period_blocks), rng)]
+                              used.get((c.hotkey, c.task), 0.0), seconds, rng)]
     return sorted(sends, key=lambda s: s.at)
 
 
 def background_plan(contenders: Sequence[Contender], seconds: float, share: float = BACKGROUND,
                     rng: random.Random | None = None) -> list[Send]:
     """The background sample outside windows: ``share`` of each budget (rounded to whole
-    requests of ``synthetic_size``, so a small budget may get none) spread over ``seconds``;
-    bounded by the budget alone, so it keeps sampling after a window or organic traffic."""
+    requests, so a small budget may get none) spread over ``seconds``; bounded by the budget
+    alone, so it keeps sampling after a window or organic traffic."""
     rng = rng or random.Random()
     sends = []
     for c in contenders:
-        per = synthetic_size(c.task, share * c.budget)
+        per = TASKS[c.task].units_per_synthetic
         n = round(share * c.budget / per)
         for i in range(n):
             sends.append(Send((i + rng.uniform(0.1, 0.9)) * seconds / n, c, per, None))
@@ -187,6 +181,16 @@ def shard(contenders: Sequence[Contender], members: Sequence[str], member: str
         owner[hotkey] = least
         load[least] += work[hotkey]
     return [c for c in contenders if owner[c.hotkey] == member]
+
+
+def miner_concurrency(sends: Sequence[Send], seconds: float) -> dict[str, float]:
+    """``required_concurrency`` of each miner's sends (all its tasks): what its own slots at
+    the validator must hold for its declared rate to be asked."""
+    busy: dict[str, float] = {}
+    for s in sends:
+        hotkey = s.contender.hotkey
+        busy[hotkey] = busy.get(hotkey, 0.0) + TASKS[s.contender.task].expected_seconds(s.units)
+    return {h: b / seconds if seconds > 0 else math.inf for h, b in busy.items()}
 
 
 def required_concurrency(sends: Sequence[Send], seconds: float) -> float:

@@ -25,6 +25,10 @@ class Outcome(str, Enum):
     # Not the miner's doing, so never scored: the validator (period end) or its client gave up on
     # a request still within its expected time.
     ABANDONED = "abandoned"
+    # Not sent: a slice after its window slice ended it still waited for a slot (the miner's
+    # own, sized for its declared rate, held by its slow answers; or the validator's). Counted
+    # as asked and not served: a rate that was not asked is never credited (docs/protocol.md §3)
+    LATE = "late"
 
 
 NOT_SCORED = frozenset({Outcome.ABANDONED})

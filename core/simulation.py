@@ -30,6 +30,7 @@ from core.period import Opening, close_period, open_period
 from core.pooling import pool, pool_outside, report_cap
 from core.records import NOT_SCORED, Outcome, RequestRecord, tally
 from core.scoring import PeriodOutcome, Tally, WindowOutcome, forfeited
+from core.tasks import TASKS
 from core.yuma import epoch
 
 START_PERIOD = 100
@@ -393,7 +394,7 @@ def _other_traffic(opened, owner, capacity: dict[str, float], validators: dict[s
     asked: dict[tuple[str, str, str], tuple[float, int]] = {}
     for v, op in opened.items():
         for c in op.contenders:
-            per = plan.synthetic_size(c.task, plan.BACKGROUND * c.budget)
+            per = TASKS[c.task].units_per_synthetic
             n_bg = round(plan.BACKGROUND * c.budget / per)
             organic = validators[v].organic * c.budget * (1 - in_windows)
             units = n_bg * per + organic

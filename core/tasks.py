@@ -39,8 +39,7 @@ class Task:
     unit: Unit
     weight: float
     max_capacity: int  # node_capacity(streams_per_gpu, seconds_per_unit)
-    units_per_synthetic: int  # a synthetic request's size, until a window asks many (plan.py)
-    largest_synthetic: int  # the most a synthetic request grows to in a window (plan.py)
+    units_per_synthetic: int
     model: str
     overhead_s: float
     seconds_per_unit: float
@@ -63,36 +62,33 @@ def node_capacity(streams_per_gpu: int, seconds_per_unit: float) -> int:
     return round(NODE_GPUS * streams_per_gpu * PERIOD_SECONDS / seconds_per_unit)
 
 
-def _t(id, kind, unit, weight, streams, per_request, largest, model, overhead_s, s_per_unit
-       ) -> Task:
-    return Task(id, kind, unit, weight, node_capacity(streams, s_per_unit), per_request, largest,
-                model, overhead_s, s_per_unit, streams)
+def _t(id, kind, unit, weight, streams, per_request, model, overhead_s, s_per_unit) -> Task:
+    return Task(id, kind, unit, weight, node_capacity(streams, s_per_unit), per_request, model,
+                overhead_s, s_per_unit, streams)
 
 
 # Streams a GPU serves at the expected speed: an 8B model on vLLM batches 64 streams of 50
 # tokens/s on one 80 GB GPU; Mixtral-8x7B (bf16, ~94 GB) runs on two GPUs, 64 streams of 33
 # tokens/s each, so 32 a GPU; an SDXL pipeline makes one 1024 px image at a time.
-# A chat request grows to 1,200 tokens in a window that asks many (24.5 s and 36.5 s expected,
-# within a 60-s slice); an image request keeps its model's step count, which users send too.
 _K, _U = Kind, Unit
 _ROWS = (
-    _t("chat-llama-3", _K.CHAT, _U.TOKENS, 0.20, 64, 300, 1200,
+    _t("chat-llama-3", _K.CHAT, _U.TOKENS, 0.20, 64, 300,
        "meta-llama/Meta-Llama-3.1-8B-Instruct", 0.5, 0.02),
-    _t("chat-mixtral", _K.CHAT, _U.TOKENS, 0.15, 32, 300, 1200,
+    _t("chat-mixtral", _K.CHAT, _U.TOKENS, 0.15, 32, 300,
        "mistralai/Mixtral-8x7B-Instruct-v0.1", 0.5, 0.03),
-    _t("proteus-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.15, 1, 10, 10,
+    _t("proteus-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.15, 1, 10,
        "dataautogpt3/ProteusV0.4-Lightning", 1.0, 0.12),
-    _t("playground-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.10, 1, 50, 50,
+    _t("playground-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.10, 1, 50,
        "playgroundai/playground-v2.5-1024px-aesthetic", 1.0, 0.12),
-    _t("dreamshaper-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.05, 1, 10, 10,
+    _t("dreamshaper-text-to-image", _K.TEXT_TO_IMAGE, _U.STEPS, 0.05, 1, 10,
        "Lykon/dreamshaper-xl-lightning", 1.0, 0.12),
-    _t("proteus-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.10, 1, 10, 10,
+    _t("proteus-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.10, 1, 10,
        "dataautogpt3/ProteusV0.4-Lightning", 1.0, 0.12),
-    _t("playground-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.05, 1, 50, 50,
+    _t("playground-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.05, 1, 50,
        "playgroundai/playground-v2.5-1024px-aesthetic", 1.0, 0.12),
-    _t("dreamshaper-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.05, 1, 10, 10,
+    _t("dreamshaper-image-to-image", _K.IMAGE_TO_IMAGE, _U.STEPS, 0.05, 1, 10,
        "Lykon/dreamshaper-xl-lightning", 1.0, 0.12),
-    _t("inpaint", _K.INPAINT, _U.STEPS, 0.15, 1, 20, 20,
+    _t("inpaint", _K.INPAINT, _U.STEPS, 0.15, 1, 20,
        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", 1.0, 0.12),
 )
 

@@ -64,10 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--capacity-timeout", type=float, default=DEFAULTS.capacity_timeout_s,
                    help="seconds to wait for each miner's capacity synapse")
     p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,
-                   help="synthetic requests in flight at once, all miners together (a window at "
-                        "stake share 1 with today's caps keeps about 2,200 in flight)")
+                   help="synthetic requests in flight at once in this process, all miners "
+                        "together (a window at stake share 0.05 keeps about 10,000 in flight "
+                        "when every miner declares the caps)")
     p.add_argument("--max-per-miner", type=int, default=DEFAULTS.max_per_miner,
-                   help="synthetic requests in flight at once to one miner (a slow miner holds "
+                   help="synthetic requests in flight at once to one miner beyond twice what "
+                        "its window keeps in flight at the expected speed (a slow miner holds "
                         "no more slots than this)")
     p.add_argument("--background", type=fraction, default=DEFAULTS.background,
                    help="share of each contender's budget sent outside audit windows, spread "

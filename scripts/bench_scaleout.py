@@ -143,10 +143,11 @@ def _replica(dsn: str, seconds: float, in_flight: int, start, counts) -> None:
             if not options:
                 break
             key = (options[(i + done) % len(options)][0].hotkey, "chat-llama-3")
-            period = await store.io(book.reserve, key, 10)
-            if period is not None:  # the request served 7 of the 10 reserved: settled with it
+            reserved = await store.io(book.reserve, key, 10)
+            if reserved is not None:  # the request served 7 of the 10 reserved: settled with it
                 await store.io(store.finish_requests, [(RequestRecord(
-                    period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10)])
+                    reserved.period, key[0], "chat-llama-3", True, Outcome.OK, 7, 0.01), 10,
+                    reserved.held)])
             done += 1
         return done
 

@@ -13,7 +13,7 @@ on uvloop as ``neurons/validator.py`` runs it.
 Every miner declares the cap of both chat tasks (``core.tasks``: one 8-GPU node each), and the
 validator's load is set by its stake share (``--shares``): at share ``s`` it sends
 ``s x miners x Σ caps / 3,600 s`` tokens a second in a window (256 miners: s x 8.74 M tokens/s),
-in the plan's requests (larger ones for large budgets: ``plan.synthetic_size``). For each share:
+in the plan's requests. For each share:
 tokens/s, requests/s and MB/s received, the share of requests that reached their miner within
 ``--late`` seconds of their planned time and the share answered ok, CPU seconds per million
 tokens of the validator (this process) and of the simulated miners (their processes, measured
@@ -193,6 +193,7 @@ async def run(a) -> None:
             left = a.seconds / (window * BLOCK_SECONDS)
             sends = plan.window_plan(contenders, {}, PERIOD_BLOCKS, a.seconds, left=left)
             validator.sender.begin()
+            validator.sender.make_room(metagraph, sends, a.seconds)  # as the loop does
             cpu0, t0, start = cpu_seconds(), time.perf_counter(), time.time()
             await validator.sender.schedule(metagraph, sends)
             await validator.sender.sent()
@@ -210,7 +211,6 @@ async def run(a) -> None:
             ok_share = len(ok) / max(len(sends), 1)
             name = f"share_{share:g}".replace(".", "_")
             print(f"{name}_requests_planned: {len(sends)} count")
-            print(f"{name}_request_size: {max((s.units for s in sends), default=0)} tokens")
             planned_units = sum(s.units for s in sends)
             # rates over the window's length: every request was planned in it, and one sent
             # late shows in the on-time share; the wall time adds the last answers' drain
@@ -272,6 +272,7 @@ def in_flight(caps: dict[str, float], share: float) -> float:
 
 def main() -> None:
     from core.cli import parser
+    from core.validator.settings import DEFAULTS
 
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--miners", type=int, default=256, help="simulated miners")
@@ -283,9 +284,10 @@ def main() -> None:
     p.add_argument("--tick", type=float, default=0.2, help="seconds between a stream's lines")
     p.add_argument("--late", type=float, default=1.0,
                    help="seconds after its planned time a request still counts as on time")
-    p.add_argument("--max-concurrency", type=int, default=8192,
+    p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,
                    help="the validator's requests in flight, all miners together")
-    p.add_argument("--max-per-miner", type=int, default=64, help="in flight to one miner")
+    p.add_argument("--max-per-miner", type=int, default=DEFAULTS.max_per_miner,
+                   help="in flight to one miner beyond twice what its window keeps in flight")
     p.add_argument("--plain-asyncio", action="store_true",
                    help="run the validator on asyncio's own loop, not uvloop as the neuron does")
     p.add_argument("--profile", metavar="FILE",

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local subnet in a temp folder with real bittensor wallets and keypairs."""
+"""Shared fixtures: local subnets in a temp folder with real bittensor wallets and keypairs, the
+tiny engines, and stores on each database."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import settings
 
 from core.chain import SubtensorChain
 from core.localchain import LocalSubnet
-from devtools.localproc import make_wallet
+from tests.chains import OWN, Net, new_net
 
 # CI runs the property and fuzz tests on fixed examples, so a submission lands or fails on its code
 # alone; local runs keep drawing new examples (and keep finding what they find).
@@ -40,10 +41,22 @@ class Subnet:
 
 
 @pytest.fixture
-def subnet(tmp_path) -> Subnet:
-    local = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=10, age_blocks=1000)
-    miner = make_wallet(tmp_path / "wallets", "miner")
-    local.register(miner.hotkey.ss58_address, miner.coldkeypub.ss58_address, registered_at=0)
+def make_net(tmp_path):
+    """A factory of local subnets in the test's tmp_path: ``make_net(wallets="w", **create)`` is
+    ``tests.chains.new_net(tmp_path, wallets, **create)`` (the chain in tmp_path/"chain", the
+    wallets in tmp_path/wallets)."""
+
+    def make(wallets: str = "w", **create) -> Net:
+        return new_net(tmp_path, wallets, **create)
+
+    return make
+
+
+@pytest.fixture
+def subnet(make_net) -> Subnet:
+    net = make_net("wallets", block_time=1.0, tempo=10, age_blocks=1000)
+    local = net.local
+    miner = net.miner(coldkey=OWN)
     keys = {name: Keypair.create_from_uri(f"//{name}")
             for name in ("Alice", "Bob", "Carol", "Dave", "Eve")}
     local.register(
@@ -62,6 +75,43 @@ def subnet(tmp_path) -> Subnet:
         local, local.chain(), miner, keys["Alice"], keys["Bob"], keys["Carol"], keys["Eve"],
         keys["Dave"]
     )
+
+
+IMAGE_TASKS = ("proteus-text-to-image", "proteus-image-to-image", "inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat():
+    """The tiny chat-llama-3 engine (``TransformersChat.tiny(tiny_seed("chat-llama-3"))``, as
+    ``load_engine`` builds it): it keeps no state between requests, so one per worker process."""
+    from core.backends import load_engine
+
+    return load_engine("chat-llama-3")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_reference():
+    """A second copy of ``tiny_chat``, a separate object: the validator's own."""
+    from core.backends import load_engine
+
+    return load_engine("chat-llama-3")
+
+
+@pytest.fixture(scope="module")
+def tiny_images():
+    """The tiny image engines by task (``load_engine``), one set per test module: an engine keeps
+    the trajectories of the answers it made, so modules do not share them."""
+    from core.backends import load_engine
+
+    return {t: load_engine(t) for t in IMAGE_TASKS}
+
+
+@pytest.fixture(scope="module")
+def tiny_image_references():
+    """A second set of ``tiny_images``, separate engines: the validator's own."""
+    from core.backends import load_engine
+
+    return {t: load_engine(t) for t in IMAGE_TASKS}
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,13 @@ import aiohttp
 import pytest
 from bittensor.sp_core import Keypair
 
-from core.localchain import LocalSubnet
 from core.protocol import ChatChunk, ChatToken
 from core.storage import StorageError, open_store
 from core.transport.server import ServerLimits, raise_open_files_limit
 from core.validator import dispatch, keys
 from core.validator.api import DEFAULT_SLOTS, build_api
 from core.validator.organic import STORE_TIMEOUT_S
-from devtools.localproc import free_port, make_wallet
+from devtools.localproc import free_port
 from tests.organic_net import open_period
 from tests.servers import serving_here
 
@@ -46,12 +45,10 @@ class HeldMiner:
 
 
 @pytest.fixture
-def planned(tmp_path, monkeypatch):
+def planned(tmp_path, make_net, monkeypatch):
     """A validator's chain and store with one miner (reached only through the fake dispatch)."""
-    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=10_000)
-    wallet = make_wallet(tmp_path / "w", "validator")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True,
-                   registered_at=0)
+    net = make_net(age_blocks=10_000)
+    chain, wallet = net.local, net.validator(stake=100)
     chain.register(Keypair.create_from_uri("//fast").ss58_address, "c", registered_at=0,
                    endpoint="http://127.0.0.1:9")
     miner = HeldMiner()

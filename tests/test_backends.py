@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backends import load_engine, tiny_seed
+from core.backends import load_engine
 from core.backends.diffusers_images import DiffusersImages
 from core.backends.spec import EngineSpec
-from core.backends.transformers_chat import TransformersChat
 from core.protocol import ChatRequest, ImageToImageRequest, InpaintRequest, TextToImageRequest
 from core.tasks import Kind
 
@@ -24,14 +23,13 @@ def ids(engine, request=CHAT):
 
 
 @pytest.fixture(scope="module")
-def chat():
-    return TransformersChat.tiny(tiny_seed("chat-llama-3"))
+def chat(tiny_chat):
+    return tiny_chat
 
 
 @pytest.fixture(scope="module")
-def images():
-    return DiffusersImages(DiffusersImages.tiny_pipeline(tiny_seed("proteus-text-to-image")),
-                           Kind.TEXT_TO_IMAGE)
+def images(tiny_images):
+    return tiny_images["proteus-text-to-image"]
 
 
 def test_chat_is_deterministic_for_a_seed_and_varies_with_it(chat):

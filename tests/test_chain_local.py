@@ -11,6 +11,7 @@ from bittensor._generated.storage import SubtensorModule as st
 from core.chain import ChainError, RateLimited, connect
 from core.localchain import FolderSubstrate, LedgerError, LocalSubnet
 from devtools.localproc import make_wallet
+from tests.chains import OWN
 
 
 def run(coro):
@@ -18,15 +19,12 @@ def run(coro):
 
 
 @pytest.fixture
-def net(tmp_path):
+def net(make_net):
     """A subnet of a validator (uid 0), two miners (1, 2) and a second validator (3)."""
-    local = LocalSubnet.create(tmp_path / "chain", block_time=0.25, tempo=8, age_blocks=1000)
-    wallets = {name: make_wallet(tmp_path / "w", name) for name in ("v", "m1", "m2", "v2")}
-    for name, w in wallets.items():
-        local.register(w.hotkey.ss58_address, w.coldkeypub.ss58_address, registered_at=0,
-                       stake=100.0 if name.startswith("v") else 0.0,
-                       validator_permit=name.startswith("v"))
-    return local, wallets
+    net = make_net(block_time=0.25, tempo=8, age_blocks=1000)
+    wallets = {name: net.validator(name, stake=100.0, coldkey=OWN) if name.startswith("v")
+               else net.miner(name, coldkey=OWN) for name in ("v", "m1", "m2", "v2")}
+    return net.local, wallets
 
 
 def test_metagraph_reads_the_subnets_alpha_stake_permits_and_registrations(subnet):

@@ -13,7 +13,7 @@ import pytest
 
 from core.localchain import FolderSubstrate, LocalSubnet
 from core.storage import open_store
-from devtools.localproc import free_port, make_wallet, neuron, wait_for, wait_healthy
+from devtools.localproc import free_port, neuron, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -23,14 +23,11 @@ def served_port(local: LocalSubnet, hotkey: str) -> int | None:
     return None if n is None or n.axon is None else n.axon.port
 
 
-def test_neurons_restarted_within_the_serving_rate_limit_keep_serving(tmp_path):
-    local = LocalSubnet.create(tmp_path / "chain", block_time=1.0, age_blocks=1000,
-                               serving_rate_limit=10_000)
-    wallets = tmp_path / "w"
-    miner, validator = make_wallet(wallets, "miner"), make_wallet(wallets, "validator")
-    local.register(miner.hotkey.ss58_address, registered_at=0)
-    local.register(validator.hotkey.ss58_address, stake=100, validator_permit=True,
-                   registered_at=0)
+def test_neurons_restarted_within_the_serving_rate_limit_keep_serving(tmp_path, make_net):
+    net = make_net(block_time=1.0, age_blocks=1000, serving_rate_limit=10_000)
+    local, wallets = net.local, net.wallets
+    miner = net.miner(coldkey=None)
+    validator = net.validator(stake=100, coldkey=None)
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 7200}\n")
     common = ["--network", f"local:{local.folder}", "--wallet-path", str(wallets),
               "--log-level", "INFO"]
@@ -82,17 +79,14 @@ def restarted_within_the_limit(local: LocalSubnet, start, hotkey: str, logs) -> 
 PERIOD = 60  # blocks of 0.5 s
 
 
-def test_commit_reveal_with_a_tempo_of_two_periods_and_a_reregistered_uid(tmp_path):
-    local = LocalSubnet.create(tmp_path / "chain", block_time=0.5, tempo=2 * PERIOD,
-                               age_blocks=100 * PERIOD, commit_reveal=True,
-                               reveal_period_epochs=1, serving_rate_limit=50)
+def test_commit_reveal_with_a_tempo_of_two_periods_and_a_reregistered_uid(tmp_path, make_net):
+    net = make_net(block_time=0.5, tempo=2 * PERIOD, age_blocks=100 * PERIOD, commit_reveal=True,
+                   reveal_period_epochs=1, serving_rate_limit=50)
+    local, wallets = net.local, net.wallets
     local.open_windows(PERIOD, 2)
-    wallets = tmp_path / "w"
-    validator = make_wallet(wallets, "validator")
-    miners = [make_wallet(wallets, f"miner{i}") for i in range(2)]
-    local.register(validator.hotkey.ss58_address, stake=1000, validator_permit=True,
-                   registered_at=0)
-    uids = [local.register(m.hotkey.ss58_address, registered_at=0) for m in miners]
+    net.validator(stake=1000, coldkey=None)
+    miners = [net.miner(f"miner{i}", coldkey=None) for i in range(2)]
+    uids = [net.uids[f"miner{i}"] for i in range(2)]
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 7200}\n")
     common = ["--network", f"local:{local.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]
@@ -130,7 +124,7 @@ def test_commit_reveal_with_a_tempo_of_two_periods_and_a_reregistered_uid(tmp_pa
 
             wait_for(period_opened, 120, "the validator's period opened")
             # the second miner's uid is taken by a newcomer while the period runs
-            newcomer = make_wallet(wallets, "newcomer")
+            newcomer = net.wallet("newcomer")
             local.register(newcomer.hotkey.ss58_address, uid=uids[1])
             assert v.wait(timeout=240) == 0, log_path.read_text()[-3000:]
         text = log_path.read_text()

@@ -33,19 +33,18 @@ from tests.records import record
 
 
 @pytest.fixture(scope="module")
-def chat():
-    return load_engine("chat-llama-3")
+def chat(tiny_chat):
+    return tiny_chat
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_engine("chat-llama-3")  # the validator's own copy
+def reference(tiny_chat_reference):
+    return tiny_chat_reference  # the validator's own copy
 
 
 @pytest.fixture(scope="module")
-def images():
-    return {t: load_engine(t)
-            for t in ("proteus-text-to-image", "proteus-image-to-image", "inpaint")}
+def images(tiny_images):
+    return tiny_images
 
 
 def chat_request(seed, temperature=0.8, top_p=0.95, max_tokens=48):

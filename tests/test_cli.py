@@ -123,13 +123,10 @@ def test_the_miner_s_actions_may_be_named_as_a_first_word():
     assert wrong.returncode == 2 and "unrecognized arguments: calibrat" in wrong.stderr
 
 
-def test_a_wildcard_address_is_not_announced(tmp_path):
-    from core.localchain import LocalSubnet
-
-    wallet = make_wallet(tmp_path / "w", "v")
-    chain = LocalSubnet.create(tmp_path / "chain")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
-                   registered_at=0)
+def test_a_wildcard_address_is_not_announced(tmp_path, make_net):
+    net = make_net()
+    chain = net.local
+    net.validator("v", stake=1)
     out = run("neurons/validator.py", "--network", f"local:{chain.folder}", "--wallet-path",
               str(tmp_path / "w"), "--wallet-name", "v", "--check", "gpu", "--tokenizers",
               "production", "--db", str(tmp_path / "v.sqlite3"))

@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
-from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
+from devtools.localproc import free_ports, lone_validator, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -23,17 +22,12 @@ PERIOD = 30
 CLIENTS = 100
 
 
-def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
-                              age_blocks=100 * PERIOD)
-    wallets = tmp_path / "wallets"
-    validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    chain.register(
-        validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
-    )
+def test_dropped_streams_leave_one_record_each_and_the_budget_as_recorded(tmp_path, make_net):
+    net = make_net("wallets", block_time=1.0, tempo=PERIOD, age_blocks=100 * PERIOD)
+    chain, wallets = net.local, net.wallets
+    net.validator(stake=1000)
     miner_port, api_port = free_ports(2)
-    chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
-                   endpoint=f"http://127.0.0.1:{miner_port}")
+    net.miner(endpoint=f"http://127.0.0.1:{miner_port}")
     (tmp_path / "miner.yml").write_text(
         "tasks:\n  chat-llama-3: {capacity: 100000, group: cpu}\ngroups:\n  cpu: {concurrency: 4}\n"
     )

@@ -12,7 +12,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from core.chain import Neuron
-from core.localchain import LocalSubnet
 from core.protocol import ChatRequest, TextToImageRequest
 from core.records import Outcome
 from core.storage import StorageError, open_store
@@ -20,18 +19,16 @@ from core.transport.client import SignedClient
 from core.validator.counting import PromptCounter
 from core.validator.loop import Settings, Validator
 from core.validator.traffic import Attempt, Traffic
-from devtools.localproc import free_port, lone_validator, make_wallet
+from devtools.localproc import free_port, lone_validator
 from tests.records import record
 from tests.servers import serving
 
 
-def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, caplog):
+def test_the_loop_keeps_running_through_a_chain_outage(tmp_path, make_net, caplog):
     """The node drops the connection on two metagraph reads: bittensor raises its own error,
     the adapter turns it into the project's ChainError, the loop logs a line and retries."""
-    local = LocalSubnet.create(tmp_path / "chain", block_time=0.2, tempo=5, age_blocks=1000)
-    wallet = make_wallet(tmp_path / "w", "v")
-    local.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
-                   registered_at=0)
+    net = make_net(block_time=0.2, tempo=5, age_blocks=1000)
+    local, wallet = net.local, net.validator("v", stake=1)
     local.fail("runtime_call", "connection", 2)
     store = open_store(str(tmp_path / "v.sqlite3"))
     v = Validator(
@@ -114,10 +111,10 @@ def test_a_hanging_miner_times_out_and_a_garbage_one_is_invalid(bad_miner, tmp_p
 
 
 @pytest.mark.process
-def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=30, age_blocks=3000)
-    wallet = make_wallet(tmp_path / "w", "v")
-    chain.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
+def test_sigterm_stops_the_validator_cleanly_with_nothing_lost(tmp_path, make_net):
+    net = make_net(block_time=1.0, tempo=30, age_blocks=3000)
+    chain = net.local
+    net.validator("v", stake=1)
     db = str(tmp_path / "v.sqlite3")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(tmp_path / "w"),
               "--period-blocks", "30"]
@@ -182,16 +179,14 @@ def test_a_refused_signature_after_an_admitted_capacity_call_fails(bad_miner, tm
     assert outcome.asked == outcome.other.failed == 4  # a refusal: failed, never unscored
 
 
-def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, caplog):
+def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, make_net, caplog):
     """A replica that does not hold the loop's lease reads the period's metagraph to serve its
     plan: bittensor's errors on those reads are logged and retried, never the follower's end."""
     from core.budget import Contender
     from core.validator.replica import lead_or_follow
 
-    local = LocalSubnet.create(tmp_path / "chain", block_time=0.2, age_blocks=1000)
-    wallet = make_wallet(tmp_path / "w", "v")
-    local.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
-                   registered_at=0)
+    net = make_net(block_time=0.2, age_blocks=1000)
+    local, wallet = net.local, net.validator("v", stake=1)
     store = open_store(str(tmp_path / "v.sqlite3"))
     store.begin_period(3, 900, "0x0", 1.0, 0.0, [Contender(0, "hk", "inpaint", 10, 10, 0)])
     v = Validator(wallet, local.chain(), store,
@@ -215,7 +210,7 @@ def test_a_replica_follower_keeps_following_through_chain_failures(tmp_path, cap
     assert caplog.text.count("cannot follow the period loop's plan") == 3
 
 
-def test_while_the_store_refuses_records_no_request_is_sent(tmp_path):
+def test_while_the_store_refuses_records_no_request_is_sent(tmp_path, make_net):
     """Admission follows the store's health: while a record waits in the journal, the loop sends
     no synthetic request and the API refuses organic ones (StoreAway: a fast 503), reserving
     nothing; once the journal is written back both go again, and ``used == Σ records``."""
@@ -227,8 +222,8 @@ def test_while_the_store_refuses_records_no_request_is_sent(tmp_path):
     from core.validator.organic import Organic, StoreAway
     from tests.flaky_store import used_and_records
 
-    local = LocalSubnet.create(tmp_path / "chain", block_time=0.2, age_blocks=1000)
-    wallet = make_wallet(tmp_path / "w", "v")
+    net = make_net(block_time=0.2, age_blocks=1000)
+    local, wallet = net.local, net.wallet("v")  # not registered
     store = open_store(str(tmp_path / "v.sqlite3"))
     task = "proteus-text-to-image"
     contender = Contender(0, "5miner", task, 100.0, 100.0, 0)

@@ -110,23 +110,20 @@ def test_feedback_shows_the_scored_periods_cancels_and_timeouts_not_the_running_
 
 
 @pytest.mark.process
-def test_the_miner_prints_each_validators_feedback(tmp_path):
+def test_the_miner_prints_each_validators_feedback(tmp_path, make_net):
     """A miner process asks a validator's peer endpoint over HTTP, as an operator would."""
     import subprocess
     import sys
 
-    from core.localchain import LocalSubnet
     from devtools.localproc import ROOT, free_port
     from tests.servers import serving
 
-    wallets = tmp_path / "w"
-    validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    me, mine = validator.hotkey.ss58_address, miner.hotkey.ss58_address
     port = free_port()
-    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=100)
-    chain.register(me, "c", stake=10, validator_permit=True, registered_at=0,
-                   endpoint=f"http://127.0.0.1:{port}")
-    chain.register(mine, "c", registered_at=0)
+    net = make_net(age_blocks=100)
+    chain, wallets = net.local, net.wallets
+    validator = net.validator(stake=10, endpoint=f"http://127.0.0.1:{port}")
+    miner = net.miner()
+    me, mine = validator.hotkey.ss58_address, miner.hotkey.ss58_address
     store = open_store(str(tmp_path / "v.sqlite3"))
     store.begin_period(1, 60, "0x1", 1.0, 0.0,
                        [Contender(1, mine, "chat-llama-3", 900, 900, 0)])

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.config import MinerConfig, TaskEntry
 from core.miner.latch import DeclarationLatch
@@ -24,7 +23,7 @@ from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
 from core.validator.loop import Settings, Validator
-from devtools.localproc import make_wallet
+from tests.chains import new_net
 
 pytestmark = [pytest.mark.property]
 
@@ -60,11 +59,9 @@ def miner(tmp_path_factory):
     from core.backends import load_engine
 
     tmp = tmp_path_factory.mktemp("fuzz-miner")
-    chain = LocalSubnet.create(tmp / "chain", age_blocks=1000)
-    wallet = make_wallet(tmp / "w", "miner")
-    chain.register(wallet.hotkey.ss58_address, "c", registered_at=0)
-    validator = make_wallet(tmp / "w", "validator").hotkey
-    chain.register(validator.ss58_address, "c", stake=10, validator_permit=True, registered_at=0)
+    net = new_net(tmp, age_blocks=1000)
+    chain, wallet = net.local, net.miner()
+    validator = net.validator(stake=10).hotkey
     config = MinerConfig(tasks={"chat-llama-3": TaskEntry(capacity=10**5),
                                 "proteus-text-to-image": TaskEntry(capacity=10**4)})
     engines = {t: load_engine(t, e) for t, e in config.tasks.items()}
@@ -153,11 +150,8 @@ def _api():
     """The organic API of a validator in a period with no capacity (valid requests: 503), and a
     key; built at import because schemathesis' from_fixture does not work with pytest 9."""
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-api-"))
-    chain = LocalSubnet.create(tmp / "chain", age_blocks=1000)
-    wallet = make_wallet(tmp / "w", "validator")
-    chain.register(
-        wallet.hotkey.ss58_address, "c", stake=10, validator_permit=True, registered_at=0
-    )
+    net = new_net(tmp, age_blocks=1000)
+    chain, wallet = net.local, net.validator(stake=10)
     store = open_store(str(tmp / "v.sqlite3"))
     validator = Validator(wallet, chain.chain(), store, Settings(check="off", tokenizers="tiny"))
     validator.book.open(1, [], None, {})

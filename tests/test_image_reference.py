@@ -15,7 +15,6 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from core.backends import load_engine
 from core.checking.images import THUMBNAIL_MATCH, check_images, png_size, thumbnail
 from core.checking.trajectory import pick_steps
 from core.protocol import ImageResponse, TextToImageRequest, png_digest
@@ -34,8 +33,8 @@ REQUEST = TextToImageRequest(task=T2I, prompt="a lighthouse", steps=6, height=64
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_engine(T2I)
+def reference(tiny_image_references):
+    return tiny_image_references[T2I]
 
 
 @pytest.fixture

@@ -10,24 +10,19 @@ import httpx
 import openai
 import pytest
 
-from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator import keys
-from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
+from devtools.localproc import free_ports, lone_validator, neuron, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 PERIOD = 30
 
 
-def test_openai_client_streams_chat_and_generates_images(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
-                              age_blocks=100 * PERIOD)
-    wallets = tmp_path / "wallets"
-    validator = make_wallet(wallets, "validator")
-    chain.register(
-        validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True, registered_at=0
-    )
+def test_openai_client_streams_chat_and_generates_images(tmp_path, make_net):
+    net = make_net("wallets", block_time=1.0, tempo=PERIOD, age_blocks=100 * PERIOD)
+    chain, wallets = net.local, net.wallets
+    net.validator(stake=1000)
     (tmp_path / "miner.yml").write_text(
         # what these CPU miners can serve in a period, at its full rate in an audit window
         "tasks:\n  chat-llama-3: {capacity: 3000}\n  proteus-text-to-image: {capacity: 60}\n")
@@ -41,11 +36,7 @@ def test_openai_client_streams_chat_and_generates_images(tmp_path):
     procs = []
     try:
         for i, port in enumerate(miner_ports):
-            wallet = make_wallet(wallets, f"miner{i}")
-            chain.register(
-                wallet.hotkey.ss58_address, "c", registered_at=0,
-                endpoint=f"http://127.0.0.1:{port}",
-            )
+            net.miner(f"miner{i}", endpoint=f"http://127.0.0.1:{port}")
             procs.append(neuron("miner", [*common, "--config", str(tmp_path / "miner.yml"),
                                           "--wallet-name", f"miner{i}", "--host", "127.0.0.1",
                                           "--port", str(port), "--min-stake", "0",

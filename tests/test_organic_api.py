@@ -11,9 +11,7 @@ import pytest
 from bittensor.sp_core import Keypair
 
 from core import plan
-from core.backends import load_engine
 from core.backends.transformers_chat import TransformersChat
-from core.localchain import LocalSubnet
 from core.miner.app import MinerSettings, MinerState, build_app
 from core.miner.latch import DeclarationLatch
 from core.miner.limits import Slots
@@ -23,7 +21,7 @@ from core.transport.auth import Gate
 from core.validator import keys
 from core.validator.api import build_api
 from core.validator.organic import Organic
-from devtools.localproc import free_ports, make_wallet
+from devtools.localproc import free_ports
 from tests.organic_net import CONFIG, open_period
 from tests.servers import serving
 
@@ -68,9 +66,9 @@ class ForgesText(TransformersChat):
 
 
 @pytest.fixture(scope="module")
-def engines():
-    chat = load_engine("chat-llama-3")
-    image = load_engine("proteus-text-to-image")
+def engines(tiny_chat, tiny_images):
+    chat = tiny_chat
+    image = tiny_images["proteus-text-to-image"]
     return {
         "good": {"chat-llama-3": chat, "proteus-text-to-image": image},
         "broken": {"chat-llama-3": FailsMidStream(chat, "breaks"), "proteus-text-to-image": image},
@@ -80,14 +78,11 @@ def engines():
 
 
 @pytest.fixture
-def net(tmp_path, engines, request):
+def net(tmp_path, make_net, engines, request):
     """A good miner and a bad one ("broken" unless the test names another kind of engines)."""
     engines = {**engines, "broken": engines[getattr(request, "param", "broken")]}
-    chain = LocalSubnet.create(tmp_path / "chain", age_blocks=10_000)
-    wallet = make_wallet(tmp_path / "w", "validator")
-    chain.register(
-        wallet.hotkey.ss58_address, "c", stake=100, validator_permit=True, registered_at=0
-    )
+    local_net = make_net(age_blocks=10_000)
+    chain, wallet = local_net.local, local_net.validator(stake=100)
     ports = free_ports(2)
     apps = {}
     for name, port in zip(("broken", "good"), ports):

@@ -105,43 +105,6 @@ def test_slices_cut_the_window_in_five():
 
 
 
-def test_a_large_declaration_is_tested_in_larger_requests_never_fewer_than_before():
-    """docs/protocol.md §3.5: up to WINDOW_REQUESTS a window, requests keep the task's synthetic
-    size; above, they grow to its largest, so a contender is never asked in fewer requests than
-    WINDOW_REQUESTS where it would have had more, and the requests sent still add up to the
-    full rate."""
-    pb, llama = 300, "chat-llama-3"
-    per, largest = 300, 1200
-    for budget in (3_000.0, 576_000.0, 4e6, 1.2e7, 9.216e7):
-        c = Contender(1, "hk", llama, budget, budget, 0)
-        want = plan.window_units(c, pb)
-        n, size = plan.requests_for(c, want, 0.0)
-        sends = plan.window_plan([c], {}, pb, 300.0, rng=random.Random(3))
-        assert len(sends) == n and {s.units for s in sends} == {size}
-        assert abs(n * size - want) <= size / 2
-        if want <= per * plan.WINDOW_REQUESTS:
-            assert size == per
-        else:
-            assert per < size <= largest and n >= plan.WINDOW_REQUESTS - 1
-            assert size == largest or n <= plan.WINDOW_REQUESTS + 1
-    # at the cap a share-1 window is 7.68 M tokens: 6,400 requests of 1,200, not 25,600 of 300
-    cap = Contender(1, "hk", llama, 9.216e7, 9.216e7, 0)
-    assert plan.requests_for(cap, plan.window_units(cap, pb), 0.0) == (6400, largest)
-    # an image request keeps its model's steps whatever the declaration
-    image = Contender(1, "hk", "inpaint", 240_000.0, 240_000.0, 0)
-    assert plan.requests_for(image, plan.window_units(image, pb), 0.0) == (1000, 20)
-    background = plan.background_plan([cap], 3600.0, rng=random.Random(4))
-    assert {s.units for s in background} == {largest} and len(background) == 768
-
-
-def test_a_late_join_sends_fewer_requests_of_the_whole_windows_size():
-    c = Contender(1, "hk", "chat-llama-3", 9.216e6, 9.216e6, 0)  # 768,000 tokens a window
-    whole = plan.window_plan([c], {}, 300, 300.0, rng=random.Random(5))
-    late = plan.window_plan([c], {}, 300, 30.0, left=0.1, rng=random.Random(5))
-    assert {s.units for s in whole} == {s.units for s in late} == {1200}
-    assert len(whole) == 640 and len(late) == 64
-
-
 def test_a_window_is_shared_by_processes_each_miner_to_one_and_loads_about_equal():
     rng = random.Random(6)
     cs = [Contender(uid, f"hk{uid}", task, b, b, 0) for uid in range(40)

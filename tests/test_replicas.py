@@ -18,10 +18,10 @@ import httpx
 import psycopg
 import pytest
 
-from core.localchain import LocalSubnet
 from core.storage import Store, open_store
 from core.validator import keys
-from devtools.localproc import free_ports, lone_validator, make_wallet, neuron, wait_healthy
+from devtools.localproc import free_ports, lone_validator, neuron, wait_healthy
+from tests.chains import new_net
 from tests.flaky_store import used_and_records
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -61,14 +61,11 @@ def two_replicas(postgres_dsn: str, tmp_path, capacity: int) -> Iterator[Replica
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     dsn = f"{postgres_dsn}?options=-csearch_path%3D{schema}"
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=0.5, tempo=40, age_blocks=100_000)
-    validator = make_wallet(tmp_path / "wallets", "validator")
-    chain.register(validator.hotkey.ss58_address, "cv", stake=10_000.0, validator_permit=True,
-                   registered_at=0)
-    miner = make_wallet(tmp_path / "wallets", "miner")
+    net = new_net(tmp_path, "wallets", block_time=0.5, tempo=40, age_blocks=100_000)
+    chain = net.local
+    net.validator(stake=10_000.0, coldkey="cv")
     miner_port, *api_ports = free_ports(3)
-    chain.register(miner.hotkey.ss58_address, "cm", registered_at=0,
-                   endpoint=f"http://127.0.0.1:{miner_port}")
+    miner = net.miner(coldkey="cm", endpoint=f"http://127.0.0.1:{miner_port}")
     (tmp_path / "miner.yml").write_text(
         f"tasks:\n  proteus-text-to-image: {{capacity: {capacity}}}\n")
     store = open_store(dsn)

@@ -11,10 +11,9 @@ import urllib.request
 import pytest
 from bittensor import http_auth
 
-from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.window_report import REPORT_PATH, ReportRequest
-from devtools.localproc import free_port, make_wallet, neuron, wait_for, wait_healthy
+from devtools.localproc import free_port, neuron, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -36,20 +35,15 @@ def report_served(port: int, asker, validator: str, block: int) -> bool:
         return False
 
 
-def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path):
-    chain = LocalSubnet.create(tmp_path / "chain", block_time=1.0, tempo=PERIOD,
-                              age_blocks=100 * PERIOD)
+def test_killed_validator_resumes_its_period_with_nothing_lost(tmp_path, make_net):
+    net = make_net("wallets", block_time=1.0, tempo=PERIOD, age_blocks=100 * PERIOD)
+    chain, wallets = net.local, net.wallets
     # an audit window in each period the validator may run, ending 30 blocks before the period
     chain.open_windows(PERIOD, 1, end_margin=30)
-    wallets = tmp_path / "wallets"
-    validator, miner = make_wallet(wallets, "validator"), make_wallet(wallets, "miner")
-    peer = make_wallet(wallets, "peer").hotkey  # another validator, asking for reports
-    chain.register(validator.hotkey.ss58_address, "c", stake=1000, validator_permit=True,
-                   registered_at=0)
-    chain.register(peer.ss58_address, "c", stake=1, validator_permit=True, registered_at=0)
+    validator = net.validator(stake=1000)
+    peer = net.validator("peer", stake=1).hotkey  # another validator, asking for reports
     port = free_port()
-    chain.register(miner.hotkey.ss58_address, "c", registered_at=0,
-                   endpoint=f"http://127.0.0.1:{port}")
+    miner = net.miner(endpoint=f"http://127.0.0.1:{port}")
     (tmp_path / "miner.yml").write_text("tasks:\n  chat-llama-3: {capacity: 7200}\n")
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PERIOD), "--log-level", "INFO"]

@@ -14,7 +14,6 @@ import torch
 from pydantic import ValidationError
 
 from core import sampler
-from core.backends import load_engine
 from core.checking.chat import check_chat, evidence, statistical
 from core.protocol import ChatChunk, ChatRequest, ChatToken
 
@@ -94,13 +93,13 @@ def test_min_tokens_is_bounded_by_max_tokens_and_not_asked_with_stop_sequences()
 
 
 @pytest.fixture(scope="module")
-def chat():
-    return load_engine("chat-llama-3")
+def chat(tiny_chat):
+    return tiny_chat
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_engine("chat-llama-3")
+def reference(tiny_chat_reference):
+    return tiny_chat_reference
 
 
 def request(seed: int, temperature: float = 0.8, top_p: float = 0.95, min_tokens: int = 48):

@@ -31,7 +31,8 @@ import pytest
 from core.localchain import LocalSubnet
 from core.storage import open_store
 from core.validator.measure import declared_in
-from devtools.localproc import ROOT, free_ports, make_wallet, neuron, wait_healthy
+from devtools.localproc import ROOT, free_ports, neuron, wait_healthy
+from tests.chains import OWN, new_net
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -109,15 +110,12 @@ class Net:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared-reports")
-    chain = LocalSubnet.create(folder / "chain", block_time=BLOCK_S, tempo=PB,
-                               age_blocks=25 * PB)
-    wallets = folder / "wallets"
+    net = new_net(folder, "wallets", block_time=BLOCK_S, tempo=PB, age_blocks=25 * PB)
+    chain, wallets = net.local, net.wallets
     hotkeys, uids, miners = {}, {}, {}
     for name, stake in VALIDATORS.items():
-        w = make_wallet(wallets, name)
+        w = net.validator(name, stake=stake, coldkey=OWN)
         hotkeys[w.hotkey.ss58_address] = name
-        chain.register(w.hotkey.ss58_address, w.coldkeypub.ss58_address, stake=stake,
-                       validator_permit=True, registered_at=0)
     by_name = {n: k for k, n in hotkeys.items()}
     common = ["--network", f"local:{chain.folder}", "--wallet-path", str(wallets),
               "--period-blocks", str(PB), "--log-level", "INFO"]
@@ -125,11 +123,9 @@ def net(tmp_path_factory):
     procs = {}
     try:
         for name in MINERS:
-            w = make_wallet(wallets, name)
+            w = net.miner(name, coldkey=OWN, endpoint=f"http://127.0.0.1:{ports[name]}")
             miners[name] = w.hotkey.ss58_address
-            uids[name] = chain.register(w.hotkey.ss58_address, w.coldkeypub.ss58_address,
-                                        registered_at=0,
-                                        endpoint=f"http://127.0.0.1:{ports[name]}")
+            uids[name] = net.uids[name]
             config = folder / f"{name}.yml"
             declared = DECLARES.get(name, 1.0) * DECLARED
             config.write_text(f"tasks:\n  {CHAT}: {{capacity: {declared}}}\n")

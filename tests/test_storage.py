@@ -355,20 +355,73 @@ def test_what_a_dead_process_held_is_given_back_and_nothing_a_live_one_holds(sto
     process's holds, with their requests still in flight, counted."""
     store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     me = store.member
-    store.member = "dead"
+    store.member = "dead"  # another process on the database, as its own store names it
     dead = [store.reserve(5, "hk1", "inpaint", 10) for _ in range(4)]
+    finish(store, rec(5, units=6.0), reserved=10, held=dead[0])  # recorded before
     store.member = me
     mine = store.reserve(5, "hk1", "inpaint", 10)  # live, in flight
     assert all(dead) and mine and store.holders() == {"dead", me}
-    finish(store, rec(5, units=6.0), reserved=10, held=dead[0])  # recorded before
     assert store.release(["dead"]) == 30.0 and store.holders() == {me}
-    finish(store, rec(5, units=7.0), reserved=10, held=dead[1])  # recorded after: in full
+    store.member = "dead"  # it was cut off, not dead: one of its records arrives after all
+    finish(store, rec(5, units=7.0), reserved=10, held=dead[1])  # counted in full
+    store.member = me
     # dead[2] and dead[3] are never recorded; our own request is still in flight
     budget_used, recorded = used_and_recorded(store, 5)[("hk1", "inpaint")]
     assert recorded == 13.0 and budget_used == 13.0 + 10.0  # ours stays reserved
     finish(store, rec(5, units=4.0), reserved=10, held=mine)
     assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (17.0, 17.0)
     assert store.holders() == set() and store.release(["dead", me]) == 0.0
+
+
+def test_a_hold_number_is_never_used_twice_by_a_process(store):
+    """After a give-back, a new reservation gets a number the process never used: the record of
+    a request whose hold was given back cannot end another request's hold."""
+    store.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
+    first = store.reserve(5, "hk1", "inpaint", 10)
+    store.release([store.member])
+    second = store.reserve(5, "hk1", "inpaint", 10)
+    assert first != second
+    finish(store, rec(5, units=4.0), reserved=10, held=first)  # given back: counts in full
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (14.0, 4.0)  # second in flight
+    finish(store, rec(5, units=5.0), reserved=10, held=second)
+    assert used_and_recorded(store, 5)[("hk1", "inpaint")] == (9.0, 9.0)
+
+
+def test_a_give_back_racing_records_and_reservations_keeps_used_equal_to_records(
+        postgres_dsn):
+    """Two connections on PostgreSQL: one gives back a process's holds while that process's
+    records end them and it reserves more, in many interleavings; afterwards every hold left is
+    ended by its record, and ``used == Σ records`` (the give-back once read its holds, then
+    deleted them: a hold ended in between was given back twice)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "holdrace"')
+    dsn = f"{postgres_dsn}?options=-csearch_path%3Dholdrace"
+    process, taker = open_store(dsn), open_store(dsn)
+    try:
+        process.begin_period(5, 1500, "0x", 1.0, 0.0, [Contender(1, "hk1", "inpaint", 1e9,
+                                                                 1e9, 7)])
+
+        def serve() -> None:  # reserve, then record, 400 requests
+            for _ in range(400):
+                held = process.reserve(5, "hk1", "inpaint", 10)
+                finish(process, rec(5, units=6.0), reserved=10, held=held)
+
+        def give_back() -> None:
+            for _ in range(200):
+                taker.release([process.member])
+
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(serve), pool.submit(give_back)]:
+                f.result()
+        assert process.holders() == set()
+        assert used_and_recorded(process, 5)[("hk1", "inpaint")] == (2400.0, 2400.0)
+    finally:
+        process.close()
+        taker.close()
 
 
 def test_the_database_and_the_nonce_store_are_private_to_their_user(tmp_path):

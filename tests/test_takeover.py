@@ -9,7 +9,6 @@ requests in flight and alive, nothing of them was given back under them."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import psycopg
@@ -45,11 +44,13 @@ def test_a_takeover_gives_back_only_what_stopped_processes_held(dsn, leader_is):
     leader, follower = open_store(dsn), open_store(dsn)
     leader.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
     mine, theirs = leader.lease("period-loop:v"), follower.lease("period-loop:v")
-    shards = Shards(AsyncStore(follower), follower.member)  # its live_s: 3 polls of 5 s
+    shards = Shards(AsyncStore(follower), follower.member)
     try:
         assert mine.acquire() and not theirs.acquire()
         # the leader said it was alive just now, or long ago (cut off past its beats, or dead)
-        leader.beat(leader.member, time.time() - (0 if leader_is == "alive" else 100))
+        leader.beat(leader.member, 5.0)
+        if leader_is != "alive":
+            leader._run("UPDATE senders SET seen = seen - 100")
         holds = [leader.reserve(5, "hk1", "inpaint", 10) for _ in range(IN_FLIGHT)]
         assert all(holds)  # the leader's requests in flight
         flaky = make_flaky(leader, "server closed the connection unexpectedly")
@@ -87,18 +88,27 @@ def test_a_takeover_gives_back_only_what_stopped_processes_held(dsn, leader_is):
         follower.close()
 
 
-def test_a_file_lock_gives_back_every_other_process_at_once(tmp_path):
+def test_a_file_lock_gives_back_its_dead_holder_at_once_and_no_live_process(tmp_path):
     """SQLite's lease (an flock) is freed only by its holder's death: its next holder gives back
-    what any other process held at once, however recently it said it was alive."""
-    dead, restarted = (open_store(str(tmp_path / "v.sqlite3")) for _ in range(2))
+    what that holder held at once, however recently it said it was alive, and nothing of a third
+    process still alive on the same file."""
+    from core.storage.sqlite import FileLease
+
+    dead, alive, restarted = (open_store(str(tmp_path / "v.sqlite3")) for _ in range(3))
     try:
         dead.begin_period(5, 1500, "0x", 1.0, 0.0, TARGETS)
-        dead.beat(dead.member, time.time())
-        assert dead.reserve(5, "hk1", "inpaint", 10)
+        assert dead.lead(dead.member, 5.0) is None
+        alive.beat(alive.member, 5.0)
+        assert dead.reserve(5, "hk1", "inpaint", 10) and alive.reserve(5, "hk1", "inpaint", 10)
         shards = Shards(AsyncStore(restarted), restarted.member)
-        assert asyncio.run(give_back(AsyncStore(restarted), shards)) == 0.0  # seen alive
-        assert asyncio.run(give_back(AsyncStore(restarted), shards, everyone_else=True)) == 10.0
-        assert restarted.spent(5)[("hk1", "inpaint")] == (1000.0, 0.0)
+        assert asyncio.run(give_back(AsyncStore(restarted), shards)) == 0.0  # both seen alive
+        lease = restarted.lease("period-loop:v")
+        assert isinstance(lease, FileLease) and lease.acquire()  # the holder is dead
+        before = restarted.lead(restarted.member, 5.0)
+        assert before == dead.member
+        assert asyncio.run(give_back(AsyncStore(restarted), shards, dead=[before])) == 10.0
+        assert restarted.spent(5)[("hk1", "inpaint")] == (1000.0, 10.0)  # the live one's
+        lease.release()
     finally:
-        dead.close()
-        restarted.close()
+        for s in (dead, alive, restarted):
+            s.close()

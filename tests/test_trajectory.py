@@ -48,10 +48,9 @@ T2I = "proteus-text-to-image"
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_images, tiny_image_references):
     """A miner's engine and the validator's own reference, per kind."""
-    tasks = (T2I, "proteus-image-to-image", "inpaint")
-    return {t: load_engine(t) for t in tasks}, {t: load_engine(t) for t in tasks}
+    return tiny_images, tiny_image_references
 
 
 def t2i(steps=10, seed=3, **kw):

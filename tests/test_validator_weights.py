@@ -21,13 +21,11 @@ from tests.records import record
 
 
 @pytest.fixture
-def setup(tmp_path):
-    local = LocalSubnet.create(tmp_path / "chain", tempo=50, age_blocks=1000, block_time=0.1)
-    wallet = make_wallet(tmp_path / "w", "v")
-    local.register(wallet.hotkey.ss58_address, "c", stake=1, validator_permit=True,
-                   registered_at=0)
+def setup(tmp_path, make_net):
+    net = make_net(tempo=50, age_blocks=1000, block_time=0.1)
+    wallet = net.validator("v", stake=1)
     for i in range(3):
-        local.register(make_wallet(tmp_path / "w", f"m{i}").hotkey.ss58_address, registered_at=0)
+        net.miner(f"m{i}", coldkey=None)
     return tmp_path, wallet
 
 

@@ -14,9 +14,7 @@ import openai
 import pytest
 from bittensor import http_auth
 
-from core.backends import tiny_seed
 from core.backends.remote import OpenAIChat, WorkerError, WorkerImages
-from core.backends.transformers_chat import TransformersChat
 from core.protocol import (
     CapacityRequest,
     CapacityResponse,
@@ -54,7 +52,7 @@ def chat_request(seed: int, max_tokens: int = 12) -> ChatRequest:
                        max_tokens=max_tokens, temperature=0.8, seed=seed)
 
 
-def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server():
+def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server(tiny_chat):
     port = free_port()
     worker = start_worker(port)
     try:
@@ -97,7 +95,7 @@ def test_openai_client_streams_token_ids_logprobs_and_usage_from_a_worker_server
     tokens = [t for c in chunks[:-1] for t in c.tokens]
     assert final.done and final.completion_tokens == len(tokens) > 0
     # the same tiny model in this process samples the same tokens from the same seed
-    local = TransformersChat.tiny(tiny_seed("chat-llama-3"))
+    local = tiny_chat
     expected = list(local.tokens(chat_request(5, 40)))
     assert [t.token_id for t in tokens] == [t.token_id for t in expected]
     assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(tokens, expected))

@@ -59,8 +59,11 @@ class AsyncStore:
     # the processes sharing windows
     beat = _off(Store.beat)
     live = _off(Store.live)
+    lead = _off(Store.lead)
     share_window = _off(Store.share_window)
     window_members = _off(Store.window_members)
+    start_shard = _off(Store.start_shard)
+    unstarted = _off(Store.unstarted)
     shard_done = _off(Store.shard_done)
     shards = _off(Store.shards)
     holders = _off(Store.holders)

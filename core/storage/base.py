@@ -33,6 +33,10 @@ class Database(Protocol):
     row_lock: str  # appended to a SELECT that must wait for a concurrent update of its rows
     errors: tuple[type[Exception], ...]
     whole: str  # ``{}`` as a SQL number truncated toward zero to an integer
+    # whether a WITH may hold an UPDATE whose rows the statement goes on to use (PostgreSQL):
+    # two writes in one statement, one round trip instead of a transaction's four
+    writing_with: bool
+    now: str  # the database's clock as unix seconds, in SQL: one clock for every process
     pool_size: int  # calls that may run at once from threads (``Store.io``'s threads)
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]: ...
@@ -58,6 +62,7 @@ class Room:
 
     db: Database
     member: str  # this process, as the rows it holds name it: a fresh id each time it starts
+    holds: Iterator[int]  # the numbers of its holds, never one twice
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

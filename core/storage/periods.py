@@ -130,18 +130,25 @@ class PeriodRoom(Room):
         """Spend ``units`` of the contender's budget if ``core.spending.admits`` them, in one
         statement (concurrent replicas never spend beyond the budget), and note them held by
         this process (``member``) until the request's record settles them
-        (``finish_requests``): the hold's id, or None when the budget does not admit them."""
+        (``finish_requests``): the hold's number, or None when the budget does not admit them."""
         condition, args = _ADMITS, (units, period, hotkey, task, units)  # type: str, tuple
         if cap is not None:
             condition, args = condition + _UNDER_CAP, args + (cap,)
+        spend = (f"UPDATE targets SET used = used + ? WHERE period = ? AND hotkey = ? AND "
+                 f"task = ? AND {condition} RETURNING period")
+        seq = next(self.holds)
+        hold = (self.member, seq, period, hotkey, task, units)
+        if self.db.writing_with:
+            rows = self._run(f"WITH spent AS ({spend}) INSERT INTO held (member, seq, period, "
+                             "hotkey, task, units) SELECT ?, ?, ?, ?, ?, ? FROM spent "
+                             "RETURNING seq", args + hold)
+            return seq if rows else None
         with self._guard(), self.db.transaction():
-            if not self.db.execute("UPDATE targets SET used = used + ? WHERE period = ? AND "
-                                   f"hotkey = ? AND task = ? AND {condition} RETURNING used",
-                                   args):
+            if not self.db.execute(spend, args):
                 return None
-            return self.db.execute("INSERT INTO held (member, period, hotkey, task, units) "
-                                   "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                                   (self.member, period, hotkey, task, units))[0][0]
+            self.db.execute("INSERT INTO held (member, seq, period, hotkey, task, units) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", hold)
+        return seq
 
     def settle(self, period: int, hotkey: str, task: str, delta: float) -> None:
         """Correct a reservation by what the request really used (``delta`` may be negative)."""
@@ -170,14 +177,18 @@ class PeriodRoom(Room):
         if not members:
             return 0.0
         among = ", ".join("?" * len(members))
+        given: dict[tuple[int, str, str], float] = {}
         with self._guard(), self.db.transaction():
-            rows = self.db.execute(f"SELECT period, hotkey, task, SUM(units) FROM held WHERE "
-                                   f"member IN ({among}) GROUP BY period, hotkey, task",
-                                   tuple(members))
-            for period, hotkey, task, units in rows:
+            # one statement takes the holds: a record ending one at the same moment either
+            # ends it first (and it is not given back) or finds it gone (and counts in full)
+            for period, hotkey, task, units in self.db.execute(
+                    f"DELETE FROM held WHERE member IN ({among}) RETURNING period, hotkey, "
+                    "task, units", tuple(members)):
+                key = (period, hotkey, task)
+                given[key] = given.get(key, 0.0) + units
+            for (period, hotkey, task), units in given.items():
                 self.db.execute(SETTLE, (-units, period, hotkey, task))
-            self.db.execute(f"DELETE FROM held WHERE member IN ({among})", tuple(members))
-        return float(sum(units for *_, units in rows))
+        return sum(given.values())
 
     def prune(self, before_period: int) -> None:
         """Drop request records and plans older than the retention window, and the processes

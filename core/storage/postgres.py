@@ -30,6 +30,8 @@ class PostgresDatabase:
     row_lock = " FOR SHARE"  # waits for a concurrent seal of the period (READ COMMITTED)
     errors: tuple[type[Exception], ...] = (psycopg.Error,)  # PoolTimeout is one
     whole = "TRUNC({})"
+    writing_with = True
+    now = "EXTRACT(EPOCH FROM clock_timestamp())"  # unix time, the database's clock
 
     def __init__(self, dsn: str, pool_size: int = POOL_SIZE):
         shown = psycopg.conninfo.conninfo_to_dict(dsn)

@@ -30,7 +30,8 @@ class RecordRoom(Room):
             landed: dict[int, int] = {}  # period asked -> period recorded in
             for r, reserved, held in finished:
                 if held is not None and not self.db.execute(
-                        "DELETE FROM held WHERE id = ? RETURNING id", (held,)):
+                        "DELETE FROM held WHERE member = ? AND seq = ? RETURNING seq",
+                        (self.member, held)):
                     reserved = 0.0  # given back already: nothing of it is counted
                 if r.period not in landed:
                     landed[r.period] = landing(r.period, self._sealed_from(r.period))

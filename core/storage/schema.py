@@ -92,18 +92,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX requests_counted_in ON requests (counted_in) WHERE counted_in IS NOT NULL",
     ),
     (
-        # the processes of a validator on one database (docs/protocol.md §6): each alive since
-        # ``seen``; per window, those sharing it and what each sent (NULL: still sending)
+        # the processes of a validator on one database (docs/protocol.md §6): each alive at
+        # ``seen`` (the database's clock), saying so every ``every`` seconds, the one that runs
+        # the period loop marked; per window, those sharing it, who began each part (NULL: not
+        # yet) and what each sent (NULL: still sending)
         """CREATE TABLE senders (
-            member TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL)""",
+            member TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL,
+            every DOUBLE PRECISION NOT NULL, leads INTEGER NOT NULL DEFAULT 0)""",
         # what each process holds of a budget for a request not recorded yet, so that what a
         # dead process held is given back and nothing a live one holds (docs/protocol.md §6)
+        # (a hold is named by its process and a number that process never uses twice)
         """CREATE TABLE held (
-            id {id}, member TEXT NOT NULL, period BIGINT NOT NULL, hotkey TEXT NOT NULL,
-            task TEXT NOT NULL, units DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX held_member ON held (member)",
+            member TEXT NOT NULL, seq BIGINT NOT NULL, period BIGINT NOT NULL,
+            hotkey TEXT NOT NULL, task TEXT NOT NULL, units DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (member, seq))""",
         """CREATE TABLE window_senders (
-            period BIGINT NOT NULL, block BIGINT NOT NULL, member TEXT NOT NULL, requests INTEGER,
-            done DOUBLE PRECISION, PRIMARY KEY (block, member))""",
+            period BIGINT NOT NULL, block BIGINT NOT NULL, member TEXT NOT NULL,
+            started TEXT, requests INTEGER, done DOUBLE PRECISION,
+            PRIMARY KEY (block, member))""",
     ),
 )

@@ -27,6 +27,8 @@ class SqliteDatabase:
     row_lock = ""  # BEGIN IMMEDIATE already serialises every writer
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
     whole = "CAST({} AS INTEGER)"
+    writing_with = False
+    now = "((julianday('now') - 2440587.5) * 86400.0)"  # unix time, the database's clock
     pool_size = 2  # a call reading beside one writing
 
     def __init__(self, path: Path):

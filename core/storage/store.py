@@ -11,6 +11,7 @@ each in one of the store's threads (``Store.io``)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ class Store(PeriodRoom, RecordRoom, ReportRoom, StateRoom, KeyRoom, SenderRoom):
     def __init__(self, db: Database):
         self.db = db
         self.member = uuid.uuid4().hex
+        self.holds = itertools.count(1)  # the numbers of this process's holds (``reserve``)
         self.version = self.migrate()
         self._threads: ThreadPoolExecutor | None = None
 

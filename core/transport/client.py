@@ -35,7 +35,7 @@ class Reply:
 
 
 KEEPALIVE_S = 4.0
-PER_HOST = 64  # connections to one neuron at once
+PER_HOST = 64  # connections to one neuron at once, unless a window needs more (``widen``)
 
 
 def _reachable(endpoint: str | None) -> str:
@@ -51,6 +51,7 @@ class SignedClient:
         self._session: aiohttp.ClientSession | None = None
         self._all = asyncio.Semaphore(max_connections)
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._host_sizes: dict[str, int] = {}
 
     @property
     def hotkey(self) -> str:
@@ -59,7 +60,7 @@ class SignedClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=PER_HOST,
+                limit=self._limit, limit_per_host=0,  # ``_gate`` holds each host to its size
                 # idle connections go before the server's keep-alive (uvicorn: 5 s) closes them:
                 # reusing one it closed fails as "Server disconnected", a 5xx the miner never sent
                 keepalive_timeout=KEEPALIVE_S))
@@ -69,11 +70,26 @@ class SignedClient:
     async def _gate(self, endpoint: str):
         """A place in the pool, per host and in all, held for one exchange: what aiohttp's
         connector would otherwise make a request wait for after it was signed."""
-        host = urlsplit(endpoint).netloc
-        per_host = self._hosts.setdefault(host, asyncio.Semaphore(PER_HOST))
-        async with self._all, per_host:
+        async with self._all, self._host(urlsplit(endpoint).netloc):
             yield
 
+    def _host(self, host: str) -> asyncio.Semaphore:
+        if host not in self._hosts:
+            self._hosts[host] = asyncio.Semaphore(PER_HOST)
+            self._host_sizes[host] = PER_HOST
+        return self._hosts[host]
+
+    def widen(self, endpoint: str | None, size: int) -> None:
+        """Let ``endpoint`` hold at least ``size`` connections at once: a window's requests to
+        a miner (``core.validator.sender``) must never wait here, inside their time limit, for
+        a place the miner cannot see."""
+        if not endpoint:
+            return
+        host = urlsplit(endpoint).netloc
+        gate = self._host(host)
+        for _ in range(size - self._host_sizes[host]):
+            gate.release()
+        self._host_sizes[host] = max(size, self._host_sizes[host])
     def _sign(self, path: str, body: bytes, receiver: str) -> dict[str, str]:
         headers = http_auth.sign(self._keypair, method="POST", path=path, body=body,
                                  receiver_ss58=receiver)

@@ -4,7 +4,7 @@ writes them back, oldest first, before any record that ended after them).
 A request is sent only while this journal is empty (``Recorder.admits``): once a write fails, no new
 synthetic request starts and organic ones get a fast 503, so only requests already in flight can
 land here. Its bound, ``JOURNAL_MAX`` records (a few MB), is far above what can be in flight (the
-period loop's ``max_concurrency``, 4,096, plus the API's streams). A record beyond it is not kept:
+period loop's ``max_concurrency``, 16,384, plus the API's streams). A record beyond it is not kept:
 the caller hears a ``StorageError`` and its reservation stays counted (``used`` then exceeds the
 records by its units: the budget is under-spent, never over-spent).
 

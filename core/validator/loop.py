@@ -28,6 +28,7 @@ from core.chain import Metagraph, SubtensorChain
 from core.checking.service import Checker
 from core.period import open_period
 from core.storage import AsyncStore, Store
+from core.tasks import TASKS
 from core.transport.client import SignedClient
 from core.validator import openings
 from core.validator.api import ApiServices
@@ -35,7 +36,7 @@ from core.validator.book import PeriodBook
 from core.validator.clock import PeriodClock
 from core.validator.closer import Closer
 from core.validator.counting import PromptCounter
-from core.validator.dispatch import fetch_capacities
+from core.validator.dispatch import fetch_capacities, timeout_for
 from core.validator.metrics import ValidatorMetrics
 from core.validator.peer import PeerServices
 from core.validator.replica import EXPECTED_FAILURES
@@ -48,6 +49,10 @@ from core.validator.weights import WeightSetter
 
 log = logging.getLogger("validator")
 
+# How long after its window's last slice (and the grace a request may wait, ``plan.Window.
+# send_by``) a part may still be ending: its last requests' time limit, the longest any task's
+# synthetic request has (``dispatch.timeout_for``), with a few seconds to record them
+PART_END_S = max(timeout_for(t.id, t.units_per_synthetic) for t in TASKS.values()) + 5.0
 # Connections kept to miners, idle ones included: a pool smaller than the subnet closes one
 # miner's idle connection to open another's (scripts/bench_scoring.py, 256 miners, 64 in flight:
 # a 128-connection pool dispatched 1,213 requests/s, one of 1,024 1,781/s)
@@ -148,7 +153,7 @@ class Validator:
             members = await self.async_store.window_members(window.block)
             if self.shards.member in members:  # shared with this process: its part, once
                 part = asyncio.create_task(self._send_part(
-                    window, self.shards.mine(list(self.book.contenders.values()), members),
+                    window, list(self.book.contenders.values()), members, self.shards.member,
                     self.metagraph))
                 self._parts.add(part)
                 part.add_done_callback(self._parts.discard)
@@ -291,40 +296,61 @@ class Validator:
         validator's other live processes (``shards.py``); once every part has ended, its
         report is stored and the others' are fetched."""
         members = await self.shards.share(period, window.block)
-        await self._send_part(window, self.shards.mine(contenders, members), metagraph)
+        parts = [self._send_part(window, contenders, members, self.shards.member, metagraph)]
+        if len(members) > 1:
+            parts.append(self._take_over(window, contenders, members, metagraph))
+        await asyncio.gather(*parts)
         end = window.started_at + window.seconds
         await asyncio.sleep(max(end - time.time(), 0))
         if len(members) > 1 and not await self.shards.others_done(
-                window.block, end + self.settings.max_drain_s):
+                window.block, end + window.seconds / plan.SLICES + PART_END_S):
             log.warning("window at block %d: a process sharing it has not ended its part; "
                         "its report holds what was recorded", window.block)
         if self.settings.share_reports:
             await self._share(period, window, contenders, metagraph,
                               await self.clock.period_end(period))
 
+    async def _take_over(self, window: plan.Window, contenders: list[Contender],
+                         members: list[str], metagraph: Metagraph) -> None:
+        """The parts of ``window`` that no process has begun two polls after it opened (their
+        processes say they are alive but do not follow the loop): sent here, so that no miner
+        is asked less than its rate because a process sharing the window did not send."""
+        await asyncio.sleep(2 * self.shards.poll_s + 1)
+        late = [m for m in await self.shards.unstarted(window.block) if m != self.shards.member]
+        if late:
+            log.warning("window at block %d: %d process(es) sharing it did not begin their "
+                        "part; this process sends it", window.block, len(late))
+        await asyncio.gather(*(self._send_part(window, contenders, members, m, metagraph)
+                               for m in late))
+
     async def _send_part(self, window: plan.Window, contenders: list[Contender],
-                         metagraph: Metagraph) -> None:
-        """This process's part of ``window``: ``contenders``' full declared rate for what is
-        left of it, once; then notes the part ended, with the requests it sent."""
-        if not self.shards.claim(window.block):
+                         members: list[str], member: str, metagraph: Metagraph) -> None:
+        """``member``'s part of ``window`` (``shards.py``), if this process is first to begin
+        it: its contenders' full declared rate for what is left of the window; then notes the
+        part ended, with the requests sent."""
+        if not await self.shards.start(window.block, member):
             return
-        remaining = window.started_at + window.seconds - time.time()
+        mine = self.shards.part(contenders, members, member)
+        origin = time.time()  # the plan's time 0, whatever planning it takes
+        remaining = window.started_at + window.seconds - origin
         sent = 0
-        if remaining > 0 and contenders:
-            sends = plan.window_plan(contenders, await self.async_store.call(self.book.used),
+        if remaining > 0 and mine:
+            sends = plan.window_plan(mine, await self.async_store.call(self.book.used),
                                      self.settings.period_blocks, remaining,
                                      remaining / window.seconds, self.rng)
             need = plan.required_concurrency(sends, remaining)
             if need > self.settings.max_concurrency:
                 log.warning("window at block %d needs ~%.0f requests in flight at production "
-                            "speed, over --max-concurrency %d: it cannot all be sent in time",
+                            "speed, over --max-concurrency %d: what cannot be sent within its "
+                            "slice counts as not served (add processes: docs/operations.md)",
                             window.block, need, self.settings.max_concurrency)
-            launched = await self.sender.schedule(metagraph, sends)
+            self.sender.make_room(metagraph, sends, remaining)
+            launched = await self.sender.schedule(metagraph, sends, window, origin)
             if launched:
                 await asyncio.wait(launched)
             sent = sum(1 for t in launched
                        if not t.cancelled() and t.exception() is None and t.result())
-        await self.shards.done(window.block, sent)
+        await self.shards.done(window.block, sent, member)
 
     async def _share(self, period: int, window: plan.Window, contenders: list[Contender],
                      metagraph: Metagraph, until: float, restart: bool = False) -> None:

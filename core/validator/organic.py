@@ -91,14 +91,21 @@ class Organic:
                 raise StoreAway("the store refuses request records; try again shortly")
             # no deadline: units reserved after the request gave up would never be settled (the
             # API's key check, just before, found the store answering within its deadline)
-            claimed = await from_store(self.book.store.io(self._claim, message.task, units,
-                                                          tried), timeout_s=None)
+            def attempt_for(claimed: tuple[Neuron | None, Reservation | None] | None
+                            ) -> Attempt | None:
+                neuron, reserved = claimed or (None, None)
+                if neuron is None or reserved is None:
+                    return None
+                return Attempt(neuron, message, prompt, units, reserved.period, organic=True,
+                               held=reserved.held)
+
+            claimed = await from_store(self.traffic.reserving(self.book.store.io(
+                self._claim, message.task, units, tried), attempt_for), timeout_s=None)
             if claimed is None:
                 return
-            neuron, reserved = claimed
-            if neuron is not None and reserved is not None:
-                yield Attempt(neuron, message, prompt, units, reserved.period, organic=True,
-                              held=reserved.held)
+            attempt = attempt_for(claimed)
+            if attempt is not None:
+                yield attempt
 
     def _claim(self, task: str, units: float, tried: set[str]
                ) -> tuple[Neuron | None, Reservation | None] | None:

@@ -6,12 +6,13 @@ dies, one of them has the loop within about that long.
 
 What a process holds of the budgets for requests not recorded yet is held in its name in the
 store (``Store.reserve``), and given back once that process is known dead (``give_back``): by the
-process that runs the loop, at once for every other process when the lease is SQLite's file lock
-(only its holder's death frees it), and every poll for the processes that have not said they are
-alive within ``LIVE_POLLS`` polls. Nothing a live process holds is given back, so the organic and
-window requests other processes have in flight keep their reservations; a record of a request
-whose hold was given back (its process was cut off, not dead) counts its units in full, so
-``used == Σ records`` in any order (docs/protocol.md §6).
+process that runs the loop, at once for the loop's previous process when the lease is SQLite's
+file lock (only its holder's death frees it), and every poll for the processes that have not
+said they are alive within ``LIVE_POLLS`` of their own polls (by the database's clock). Nothing
+a live process holds is given back, so the organic and window requests other processes have in
+flight keep their reservations; a record of a request whose hold was given back (its process was
+cut off, not dead) counts its units in full, so ``used == Σ records`` in any order
+(docs/protocol.md §6).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Iterable
 from typing import Protocol
 
 import aiohttp
@@ -56,68 +57,89 @@ class PeriodLoop(Protocol):
 async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: float = 5.0
                          ) -> None:
     """Run the period loop while this process holds the lease, follow the loop's plan while
-    another does; returns when this process has run ``periods`` periods (None: never)."""
+    another does; returns when this process has run ``periods`` periods (None: never). It says
+    it is alive every ``poll_s`` all along, from a task of its own (``beating``)."""
     lease = validator.store.lease(f"period-loop:{validator.hotkey}")
-    while True:
-        if await validator.async_store.call(lease.acquire):  # PostgreSQL: a round trip
-            log.info("this process runs the period loop")
-            validator.leading = True
-            await _beat(validator, poll_s)
-            # a file lock's previous holder is dead: what it held goes back before the loop
-            await give_back(validator.async_store, validator.shards,
-                            everyone_else=isinstance(lease, FileLease))
-            work = asyncio.create_task(validator.periods(periods))
+    beats = asyncio.create_task(beating(validator.shards, poll_s))
+    try:
+        while True:
+            if await validator.async_store.call(lease.acquire):  # PostgreSQL: a round trip
+                result = await _lead(validator, lease, periods, poll_s)
+                if result is not None:
+                    return
             try:
-                while not work.done():
-                    await asyncio.wait({work}, timeout=poll_s)
-                    if work.done():
-                        break
-                    if not await validator.async_store.call(lease.held):
-                        log.error("the period loop's lease is lost (its database connection "
-                                  "broke): stopping the loop here; a replica takes it over")
-                        break
-                    await _beat(validator, poll_s)
-                    await give_back(validator.async_store, validator.shards)
-                if work.done():
-                    return work.result()
-            finally:
-                if not work.done():
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-                validator.leading = False
-                lease.release()
-        await _beat(validator, poll_s)
-        try:
-            await validator.follow()
-        except EXPECTED_FAILURES as e:
-            log.warning("cannot follow the period loop's plan (%s: %s)", type(e).__name__, e)
-        await asyncio.sleep(poll_s)
+                await validator.follow()
+            except EXPECTED_FAILURES as e:
+                log.warning("cannot follow the period loop's plan (%s: %s)", type(e).__name__, e)
+            await asyncio.sleep(poll_s)
+    finally:
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
 
 
-async def give_back(store: AsyncStore, shards: Shards, everyone_else: bool = False) -> float:
-    """Give back what the processes known dead hold of the budgets: every process but this one
-    (``everyone_else``), or those that have not said they are alive within ``LIVE_POLLS`` polls.
-    Returns the units given back."""
+async def _lead(validator: PeriodLoop, lease, periods: int | None, poll_s: float
+                ) -> bool | None:
+    """Run the period loop while the lease holds: True once ``periods`` are run, None when the
+    lease is lost (the loop stopped here)."""
+    log.info("this process runs the period loop")
+    validator.leading = True
+    store, shards = validator.async_store, validator.shards
+    try:
+        before = await store.lead(shards.member, poll_s)
+    except EXPECTED_FAILURES as e:
+        log.warning("cannot mark this process as the loop's (%s: %s)", type(e).__name__, e)
+        before = None
+    # SQLite's lease is freed only by its holder's death: what it held goes back now
+    await give_back(store, shards, dead=[before] if before and isinstance(lease, FileLease)
+                    else ())
+    work = asyncio.create_task(validator.periods(periods))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=poll_s)
+            if work.done():
+                break
+            if not await store.call(lease.held):
+                log.error("the period loop's lease is lost (its database connection broke): "
+                          "stopping the loop here; a replica takes it over")
+                return None
+            await give_back(store, shards)
+        work.result()
+        return True
+    finally:
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        validator.leading = False
+        lease.release()
+
+
+async def give_back(store: AsyncStore, shards: Shards, dead: Iterable[str] = ()) -> float:
+    """Give back what the processes known dead hold of the budgets: ``dead``, and those that
+    have not said they are alive within ``LIVE_POLLS`` of their polls (never this one). Returns
+    the units given back."""
     try:
         holders = await store.holders() - {shards.member}
-        if not everyone_else:
-            holders -= set(await store.live(time.time() - shards.live_s))
-        units = await store.release(holders) if holders else 0.0
+        stopped = (holders - set(await store.live())) | (holders & set(dead))
+        units = await store.release(stopped) if stopped else 0.0
     except EXPECTED_FAILURES as e:
         log.warning("cannot give back what stopped processes held (%s: %s)",
                     type(e).__name__, e)
         return 0.0
-    if holders:
+    if stopped:
         log.info("gave back %.0f units of budgets held by %d stopped process(es)", units,
-                 len(holders))
+                 len(stopped))
     return units
 
 
-async def _beat(validator: PeriodLoop, poll_s: float) -> None:
-    """This process is alive, and shares the windows that open (``shards.py``); while the
-    database is away it is not, and the windows that open then are sent without it."""
-    try:
-        await validator.shards.beat(poll_s)
-    except EXPECTED_FAILURES as e:
-        log.warning("cannot say this process is alive (%s: %s)", type(e).__name__, e)
+async def beating(shards: Shards, poll_s: float) -> None:
+    """Say this process is alive every ``poll_s``, whatever else it is doing (a slow chain read
+    in ``follow`` must not make it look dead); while the database is away it is not, and the
+    windows that open then are sent without it."""
+    while True:
+        try:
+            await shards.beat(poll_s)
+        except EXPECTED_FAILURES as e:
+            log.warning("cannot say this process is alive (%s: %s)", type(e).__name__, e)
+        await asyncio.sleep(poll_s)

@@ -14,11 +14,14 @@ from core.chain_time import PERIOD_BLOCKS
 class Settings:
     period_blocks: int = PERIOD_BLOCKS
     capacity_timeout_s: float = 12.0
-    # synthetic requests in flight at once, all miners together: 256 miners x max_per_miner, so
-    # only the per-miner limit binds in a full subnet (a window at stake share 1 and today's caps
-    # keeps ~2,200 in flight; one process sent them all on time in scripts/bench_window.py)
-    max_concurrency: int = 4096
-    max_per_miner: int = 16  # ... to one miner: a slow miner cannot hold the others' slots
+    # synthetic requests in flight at once, all miners together, in this process: a window of a
+    # validator of stake share 0.05 keeps ~10,600 in flight when every miner declares the caps
+    # (docs/operations.md); what cannot be sent within its slice counts as not served, so a
+    # validator whose windows need more adds processes (each has this many)
+    max_concurrency: int = 16384
+    # ... to one miner beyond twice what its window's plan keeps in flight (sender.py): a slow
+    # miner cannot hold the others' slots
+    max_per_miner: int = 16
     background: float = plan.BACKGROUND  # share of each budget sampled outside windows
     image_size: int = 1024
     retention_periods: int = 96

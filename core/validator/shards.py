@@ -16,40 +16,42 @@ from core import plan
 from core.budget import Contender
 from core.storage import AsyncStore
 
-LIVE_POLLS = 3  # a process is alive while it said so within this many of its polls
-
 
 class Shards:
     def __init__(self, store: AsyncStore, member: str):
         self.store = store
         self.member = member  # this process, as the store names it (``Store.member``)
-        self.live_s = LIVE_POLLS * 5.0
-        self._claimed: set[int] = set()  # windows whose part this process has begun
+        self.poll_s = 5.0  # how often it says it is alive (``beat``)
 
     async def beat(self, poll_s: float) -> None:
         """Say this process is alive (every ``poll_s``)."""
-        self.live_s = LIVE_POLLS * poll_s
-        await self.store.beat(self.member, time.time())
+        self.poll_s = poll_s
+        await self.store.beat(self.member, poll_s)
 
     async def share(self, period: int, block: int) -> list[str]:
         """As the window at ``block`` opens (the period loop's process): the processes alive
         now share it, this one always; a window shared before keeps its processes."""
-        live = await self.store.live(time.time() - self.live_s)
+        live = await self.store.live()
         return await self.store.share_window(period, block, sorted({*live, self.member}))
 
-    def mine(self, contenders: Sequence[Contender], members: Sequence[str]) -> list[Contender]:
-        return plan.shard(contenders, members, self.member)
+    def part(self, contenders: Sequence[Contender], members: Sequence[str], member: str
+             ) -> list[Contender]:
+        """``member``'s part of a window shared by ``members``."""
+        return plan.shard(contenders, members, member)
 
-    def claim(self, block: int) -> bool:
-        """True the first time this process takes its part of the window at ``block``: one
-        that takes over the period loop inside a window does not send its part twice."""
-        if block in self._claimed:
-            return False
-        self._claimed.add(block)
-        return True
+    async def start(self, block: int, member: str | None = None) -> bool:
+        """Begin ``member``'s part (this process's own by default) of the window at ``block``:
+        True if it is this process's to send, once (a process that takes over the loop inside a
+        window, or a part another has taken over, is not sent twice)."""
+        return await self.store.start_shard(block, member or self.member, self.member)
 
-    async def done(self, block: int, requests: int) -> None:
-        await self.store.shard_done(block, self.member, requests, time.time())
+    async def unstarted(self, block: int) -> list[str]:
+        """The parts of the window at ``block`` nobody has begun: their processes are alive by
+        their beats but not following the loop (a chain read failing, say)."""
+        return await self.store.unstarted(block)
+
+    async def done(self, block: int, requests: int, member: str | None = None) -> None:
+        await self.store.shard_done(block, member or self.member, requests, time.time())
 
     async def others_done(self, block: int, until: float, every: float = 0.5) -> bool:
         """Wait until every process sharing the window at ``block`` has ended its part, or

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from core.chain import Neuron
 from core.checking.service import Checker, Job
@@ -38,6 +39,7 @@ from core.validator.recorder import Recorder
 from core.validator.watch import StreamWatch
 
 log = logging.getLogger("validator.traffic")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,28 @@ class Traffic:
         finally:
             await self._finish(attempt, outcome, attempt.reserved if outcome is Outcome.OK else 0,
                                started, at, result)
+
+    async def reserving(self, call: Awaitable[T], attempt: Callable[[T], Attempt | None]) -> T:
+        """The store's answer to ``call``, a reservation (``PeriodBook.reserve``, in a store
+        thread, where it goes on whatever becomes of its caller). If the caller is cancelled
+        while the store makes it, the reservation made is recorded as abandoned (``attempt``:
+        the request it was for; nothing sent, nothing served) before the cancellation goes
+        on, so that every reservation ends in a record (``used == Σ records``)."""
+        made = asyncio.ensure_future(call)
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            cut = attempt(await made)
+            if cut is not None:
+                await self._finish(cut, Outcome.ABANDONED, 0, time.perf_counter(),
+                                   cut.planned_at or time.time(), Result())
+            raise
+
+    async def late(self, attempt: Attempt) -> None:
+        """Record a planned request not sent because its window slice ended while it waited for
+        a slot (``Outcome.LATE``: asked, not served)."""
+        await self._finish(attempt, Outcome.LATE, 0, time.perf_counter(),
+                           attempt.planned_at or time.time(), Result())
 
     @staticmethod
     def _gave_up(task: str, started: float, units: int) -> Outcome:
