@@ -109,6 +109,14 @@ def wait_healthy(port: int, proc: subprocess.Popen, deadline: float) -> None:
     raise RuntimeError(f"the neuron on port {port} did not answer in time")
 
 
+def stop(procs) -> None:
+    """Kill each neuron of ``procs`` still running and reap it (a test's clean-up)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(condition, timeout: float, what: str):
     """``condition()``'s first true value, asked every 0.2 s; AssertionError naming ``what``
     after ``timeout`` seconds."""

@@ -55,7 +55,7 @@ def test_hostile_image_miners_earn_no_more_than_their_honest_twin(tmp_path):
         deadline = time.monotonic() + 300  # seven processes loading torch on two cores
         for name in names:
             wait_healthy(ports[name], procs[name], deadline)
-
+        chain.open_windows(PERIOD_BLOCKS, 2)  # an audit window in each period: weights set
         db = tmp_path / "validator.sqlite3"
         run = neuron("validator", [
             *common, "--wallet-name", "validator", "--db", str(db), "--port", "0",

@@ -20,7 +20,7 @@ import pytest
 
 from core.storage import Store, open_store
 from core.validator import keys
-from devtools.localproc import free_ports, lone_validator, neuron, wait_healthy
+from devtools.localproc import free_ports, lone_validator, neuron, stop, wait_healthy
 from tests.chains import new_net
 from tests.flaky_store import used_and_records
 
@@ -91,10 +91,7 @@ def two_replicas(postgres_dsn: str, tmp_path, capacity: int) -> Iterator[Replica
             wait_healthy(port, proc, time.monotonic() + 120)
         yield Replicas(store, key, miner.hotkey.ss58_address, api_ports, replicas)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(procs)
         store.close()
 
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from core.storage import open_store
-from devtools.localproc import free_ports, lone_validator, neuron, wait_healthy
+from devtools.localproc import free_ports, lone_validator, neuron, stop, wait_healthy
 from tests.chains import new_net
 from tests.flaky_store import used_and_records
 
@@ -158,8 +158,5 @@ def test_two_processes_share_a_window_and_one_report_covers_both(postgres_dsn, t
         for used, recorded in used_and_records(store, period).values():
             assert used == pytest.approx(recorded)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(procs)
         store.close()

@@ -171,6 +171,9 @@ def test_the_organic_api_records_what_users_ask_for():
         def admits(self):
             return True
 
+        async def reserving(self, call, attempt):
+            return await call
+
     async def drain(stream):
         async for _ in stream:
             pass
