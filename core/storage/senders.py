@@ -32,10 +32,8 @@ class SenderRoom(Room):
             before = self.db.execute("SELECT member FROM senders WHERE leads = 1 AND member <> ?",
                                      (member,))
             self.db.execute("UPDATE senders SET leads = 0 WHERE leads = 1")
-            self.db.execute(f"INSERT INTO senders (member, seen, every, leads) VALUES (?, "
-                            f"{self.db.now}, ?, 1) ON CONFLICT (member) DO UPDATE SET "
-                            "seen = excluded.seen, every = excluded.every, leads = 1",
-                            (member, every))
+            self.beat(member, every)
+            self.db.execute("UPDATE senders SET leads = 1 WHERE member = ?", (member,))
         return before[0][0] if before else None
 
     def share_window(self, period: int, block: int, members: list[str]) -> list[str]:

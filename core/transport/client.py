@@ -90,6 +90,7 @@ class SignedClient:
         for _ in range(size - self._host_sizes[host]):
             gate.release()
         self._host_sizes[host] = max(size, self._host_sizes[host])
+
     def _sign(self, path: str, body: bytes, receiver: str) -> dict[str, str]:
         headers = http_auth.sign(self._keypair, method="POST", path=path, body=body,
                                  receiver_ss58=receiver)

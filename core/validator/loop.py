@@ -330,7 +330,7 @@ class Validator:
         part ended, with the requests sent."""
         if not await self.shards.start(window.block, member):
             return
-        mine = self.shards.part(contenders, members, member)
+        mine = plan.shard(contenders, members, member)
         origin = time.time()  # the plan's time 0, whatever planning it takes
         remaining = window.started_at + window.seconds - origin
         sent = 0

@@ -29,7 +29,6 @@ from core.errors import Unavailable
 from core.storage import AsyncStore, Store
 from core.storage.sqlite import FileLease
 from core.validator.shards import Shards
-from core.validator.traffic import Traffic
 
 log = logging.getLogger("validator.replica")
 # what the period loop and its followers meet in the ordinary course (the chain or the database
@@ -42,7 +41,6 @@ class PeriodLoop(Protocol):
 
     store: Store
     async_store: AsyncStore
-    traffic: Traffic
     leading: bool  # whether this process runs the period loop (the organic API reads it)
     shards: Shards  # this process among the validator's: its part of each window
 
@@ -63,10 +61,10 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
     beats = asyncio.create_task(beating(validator.shards, poll_s))
     try:
         while True:
-            if await validator.async_store.call(lease.acquire):  # PostgreSQL: a round trip
-                result = await _lead(validator, lease, periods, poll_s)
-                if result is not None:
-                    return
+            # the lease: a round trip on PostgreSQL; the loop runs while it holds
+            if (await validator.async_store.call(lease.acquire)
+                    and await _lead(validator, lease, periods, poll_s)):
+                return
             try:
                 await validator.follow()
             except EXPECTED_FAILURES as e:
@@ -78,9 +76,8 @@ async def lead_or_follow(validator: PeriodLoop, periods: int | None, poll_s: flo
             await beats
 
 
-async def _lead(validator: PeriodLoop, lease, periods: int | None, poll_s: float
-                ) -> bool | None:
-    """Run the period loop while the lease holds: True once ``periods`` are run, None when the
+async def _lead(validator: PeriodLoop, lease, periods: int | None, poll_s: float) -> bool:
+    """Run the period loop while the lease holds: True once ``periods`` are run, False when the
     lease is lost (the loop stopped here)."""
     log.info("this process runs the period loop")
     validator.leading = True
@@ -102,7 +99,7 @@ async def _lead(validator: PeriodLoop, lease, periods: int | None, poll_s: float
             if not await store.call(lease.held):
                 log.error("the period loop's lease is lost (its database connection broke): "
                           "stopping the loop here; a replica takes it over")
-                return None
+                return False
             await give_back(store, shards)
         work.result()
         return True

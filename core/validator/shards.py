@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 
-from core import plan
-from core.budget import Contender
 from core.storage import AsyncStore
 
 
@@ -22,6 +19,7 @@ class Shards:
         self.store = store
         self.member = member  # this process, as the store names it (``Store.member``)
         self.poll_s = 5.0  # how often it says it is alive (``beat``)
+        self._asked: set[tuple[int, str]] = set()  # (window block, part) asked to begin
 
     async def beat(self, poll_s: float) -> None:
         """Say this process is alive (every ``poll_s``)."""
@@ -34,16 +32,17 @@ class Shards:
         live = await self.store.live()
         return await self.store.share_window(period, block, sorted({*live, self.member}))
 
-    def part(self, contenders: Sequence[Contender], members: Sequence[str], member: str
-             ) -> list[Contender]:
-        """``member``'s part of a window shared by ``members``."""
-        return plan.shard(contenders, members, member)
-
     async def start(self, block: int, member: str | None = None) -> bool:
         """Begin ``member``'s part (this process's own by default) of the window at ``block``:
         True if it is this process's to send, once (a process that takes over the loop inside a
-        window, or a part another has taken over, is not sent twice)."""
-        return await self.store.start_shard(block, member or self.member, self.member)
+        window, or a part another has taken over, is not sent twice). A part this process has
+        asked for before is not asked of the store again (``follow`` sees a window every
+        poll)."""
+        key = (block, member or self.member)
+        if key in self._asked:
+            return False
+        self._asked.add(key)
+        return await self.store.start_shard(block, key[1], self.member)
 
     async def unstarted(self, block: int) -> list[str]:
         """The parts of the window at ``block`` nobody has begun: their processes are alive by
