@@ -1,8 +1,8 @@
 """A miner that lies in protocol 8's chat lines (columns of ids, log-probabilities and text
 lengths, the text once) fails the request: the validator's real signed client reads each line
 within MAX_CHAT_LINE_BYTES from a miner served by uvicorn on 127.0.0.1, and judges it as the
-validator does (``core.validator.dispatch.chat_chunks``, each line's text checked against its ids
-as traffic checks it, ``dispatch.ChatText``; a failure's outcome as traffic records it)."""
+validator does (``core.validator.dispatch.ChatAnswer``: each line judged and its text checked
+against its ids, ``dispatch.ChatText``; a failure's outcome as traffic records it)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from core.metagraph import Neuron
-from core.protocol import MAX_CHAT_LINE_BYTES, MAX_COUNT, MAX_TOKEN_TEXT, ChatRequest
+from core.protocol import (
+    MAX_CHAT_LINE_BYTES,
+    MAX_COUNT,
+    MAX_TOKEN_TEXT,
+    ChatChunk,
+    ChatRequest,
+    ChatTokens,
+)
 from core.records import Outcome
 from core.transport.client import SignedClient
 from core.validator.counting import PromptCounter
-from core.validator.dispatch import ChatText, chat_chunks, failure_outcome
+from core.validator.dispatch import ChatAnswer, chat_answer, failure_outcome
 from devtools.localproc import free_port
 from tests.servers import serving
 
@@ -116,23 +123,28 @@ def miner():
         yield Neuron(1, "5miner", "c", 0.0, False, url, 0)
 
 
-def judged(miner: Neuron, mode: str) -> tuple[Outcome, list]:
-    """How the validator ends the request, and the chunks it accepted before."""
+def judged(miner: Neuron, mode: str) -> tuple[Outcome, ChatTokens, ChatChunk | None]:
+    """How the validator ends the request, the tokens it accepted before, and the final line
+    it took."""
     message = ChatRequest(task="chat-llama-3", max_tokens=ASKED,
                           messages=[{"role": "user", "content": mode}])
 
     async def read():
-        client, chunks = SignedClient(Keypair.create_from_uri("//V")), []
-        counter = PromptCounter("tiny")
-        text = ChatText(counter.tokenizer(message.task))
+        client, counter, tokens = SignedClient(Keypair.create_from_uri("//V")), \
+            PromptCounter("tiny"), ChatTokens()
+        answer = ChatAnswer(message, counter.prompt_tokens(message),
+                            counter.tokenizer(message.task), tokens)
         try:
-            async for chunk in chat_chunks(client, miner, message, counter.prompt_tokens(message)):
-                chunks.append(text.read(chunk))
-                if chunk.done:
-                    return Outcome.OK, chunks
-            raise AssertionError("chat_chunks ended without a final line or a failure")
+            async with chat_answer(client, miner, message) as body:
+                while answer.final is None:
+                    block = await body.readany()
+                    if block:
+                        answer.feed(block)
+                    else:
+                        answer.end()
+            return Outcome.OK, tokens, answer.final
         except Exception as e:
-            return failure_outcome(e), chunks
+            return failure_outcome(e), tokens, answer.final
         finally:
             await client.close()
 
@@ -140,14 +152,14 @@ def judged(miner: Neuron, mode: str) -> tuple[Outcome, list]:
 
 
 def test_an_honest_answer_is_read_token_by_token(miner):
-    outcome, chunks = judged(miner, "honest")
-    assert outcome is Outcome.OK
-    assert [(t.token_id, t.text, t.logprob) for t in chunks[0].tokens] == [
+    outcome, tokens, final = judged(miner, "honest")
+    assert outcome is Outcome.OK and final is not None
+    assert [(t.token_id, t.text, t.logprob) for t in tokens] == [
         (A, "a", -0.5), (U1, "", -1.25), (U2, "ü", -0.75)]
 
 
 @pytest.mark.parametrize("mode", LIES)
 def test_a_miner_that_lies_in_its_chat_lines_fails_the_request(miner, mode):
-    outcome, chunks = judged(miner, mode)
+    outcome, _, final = judged(miner, mode)
     assert outcome is Outcome.INVALID, mode
-    assert not any(c.done for c in chunks)  # nothing it said was taken as an answer
+    assert final is None  # nothing it said was taken as an answer

@@ -24,7 +24,7 @@ def test_lines_within_the_limits_pass_and_the_deadline_ends_a_slow_start():
         watch = StreamWatch(loop.time() + 1.0, stall=10)  # 20x the first line's delay
         stream = lines([first_delay, 0.01])
         try:
-            return [await watch.next(stream), await watch.next(stream)]
+            return [await watch.wait(anext(stream)), await watch.wait(anext(stream))]
         finally:
             watch.close()
 
@@ -43,7 +43,7 @@ def test_once_started_a_silence_longer_than_the_stall_ends_it_and_lines_keep_it_
         got = []
         try:
             while len(got) < len(delays):
-                got.append(await watch.next(stream))
+                got.append(await watch.wait(anext(stream)))
                 watch.started = True
         finally:
             watch.close()
@@ -62,10 +62,10 @@ def test_the_consumers_own_time_between_lines_is_never_cut_short():
         watch = StreamWatch(loop.time() + 30, stall=0.1)
         stream = lines([0.0, 0.0])
         try:
-            await watch.next(stream)
+            await watch.wait(anext(stream))
             watch.started = True
             await asyncio.sleep(0.4)  # e.g. relaying to a slow client: longer than the stall
-            return await watch.next(stream)
+            return await watch.wait(anext(stream))
         finally:
             watch.close()
 
@@ -77,7 +77,7 @@ def test_a_cancel_from_elsewhere_stays_a_cancel():
         loop = asyncio.get_running_loop()
         watch = StreamWatch(loop.time() + 30, stall=10)
         try:
-            await watch.next(lines([5.0]))
+            await watch.wait(anext(lines([5.0])))
         finally:
             watch.close()
 
@@ -89,3 +89,27 @@ def test_a_cancel_from_elsewhere_stays_a_cancel():
             await task
 
     run(main())
+
+
+def test_after_a_pause_the_stall_counts_from_the_last_read():
+    """A reader that paused after reading (``dispatch.pause``) gives the silence it slept
+    through to the stall: a miner silent for the stall since the last read has stalled, however
+    the reader spent that time, and what came meanwhile is read."""
+    async def go(buffered: bool):
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 30, stall=0.2)
+        watch.started = True
+        arrivals: asyncio.Queue[str] = asyncio.Queue()
+        if buffered:
+            arrivals.put_nowait("came during the pause")
+        read_at = loop.time()
+        await asyncio.sleep(0.3)  # the pause: longer than the stall
+        loop.call_later(0.1, arrivals.put_nowait, "too late")  # within a stall from now
+        try:
+            return await watch.wait(arrivals.get(), read_at)
+        finally:
+            watch.close()
+
+    assert run(go(buffered=True)) == "came during the pause"
+    with pytest.raises(TimeoutError):
+        run(go(buffered=False))

@@ -117,34 +117,60 @@ class SignedClient:
                     raise TooLarge(f"more than {max_bytes} bytes")
             return Reply(r.status, bytes(data), r.headers)
 
-    async def stream(self, endpoint: str | None, path: str, receiver: str, message: BaseModel,
-                     timeout: float, max_line: int) -> AsyncIterator[tuple[int, bytes]]:
-        """POST and yield (status, line) for each non-blank line of the answer as it arrives; a
-        line longer than ``max_line`` bytes raises TooLarge (nothing longer is ever buffered)."""
+    @contextlib.asynccontextmanager
+    async def opened(self, endpoint: str | None, path: str, receiver: str, message: BaseModel,
+                     timeout: float) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST a message signed for ``receiver``; the response, whose body its caller reads
+        (``Lines`` splits it). The connection is released when the block ends."""
         endpoint = _reachable(endpoint)
         body = message.model_dump_json().encode()
         async with self._gate(endpoint), self._http().post(
             endpoint + path, data=body, headers=self._sign(path, body, receiver),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
+            yield r
+
+    async def stream(self, endpoint: str | None, path: str, receiver: str, message: BaseModel,
+                     timeout: float, max_line: int) -> AsyncIterator[tuple[int, bytes]]:
+        """POST and yield (status, line) for each non-blank line of the answer as it arrives; a
+        line longer than ``max_line`` bytes raises TooLarge (nothing longer is ever buffered)."""
+        async with self.opened(endpoint, path, receiver, message, timeout) as r:
             if r.status != 200:
                 yield r.status, b""  # the status says it all; the body is not read
                 return
-            pending = bytearray()
+            lines = Lines(max_line)
             async for block in r.content.iter_any():
-                pending += block
-                *lines, rest = pending.split(b"\n")
-                if len(rest) > max_line or any(len(line) > max_line for line in lines):
-                    raise TooLarge(f"a line over {max_line} bytes")
-                pending = bytearray(rest)
-                for line in lines:
-                    if line.strip():
-                        yield r.status, bytes(line)
-            if pending.strip():
-                yield r.status, bytes(pending)
+                for line in lines.feed(block):
+                    yield r.status, line
+            for line in lines.end():
+                yield r.status, line
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+
+
+class Lines:
+    """A streamed answer's non-blank lines from its blocks as they arrive, each at most
+    ``max_line`` bytes (TooLarge beyond: nothing longer is ever buffered). Synchronous, so a
+    reader handles every line a block brings in one step (``core.validator.traffic``)."""
+
+    __slots__ = ("max_line", "_pending")
+
+    def __init__(self, max_line: int):
+        self.max_line = max_line
+        self._pending = b""
+
+    def feed(self, block: bytes) -> list[bytes]:
+        *lines, rest = (self._pending + block).split(b"\n")
+        if len(rest) > self.max_line or any(len(line) > self.max_line for line in lines):
+            raise TooLarge(f"a line over {self.max_line} bytes")
+        self._pending = rest
+        return [line for line in lines if line.strip()]
+
+    def end(self) -> list[bytes]:
+        """The last line when the answer did not end with a newline."""
+        rest, self._pending = self._pending, b""
+        return [rest] if rest.strip() else []

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from functools import cache, partial
 
 import aiohttp
@@ -32,6 +33,7 @@ from core.protocol import (
     CapacityResponse,
     ChatChunk,
     ChatRequest,
+    ChatTokens,
     ImageRequest,
     ImageResponse,
     major_of,
@@ -39,10 +41,12 @@ from core.protocol import (
 )
 from core.records import Outcome
 from core.tasks import TASKS
-from core.transport.client import SignedClient
+from core.transport.client import Lines, SignedClient
 
 log = logging.getLogger("validator.dispatch")
 CHAT_STALL_S = 10.0  # after its first tokens, a chat stream silent this long has stalled
+PAUSE_MAX_S = 1.0  # the longest a synthetic answer's reader waits between reads (``pause``)
+PAUSE_MIN_S = 0.05  # a shorter wait is not worth a timer
 DRAIN_S = 0.1  # after the final line, the end of the answer is awaited this long: read to its
 #                end, the connection goes back to the pool; dropped, every request costs a new one
 
@@ -129,14 +133,14 @@ def failure_outcome(error: BaseException) -> Outcome:
 
 
 class ChatLines:
-    """A chat answer's lines judged one by one as they arrive (``chat_chunks``'s rules, apart
-    from the HTTP): ``read`` raises MinerFailed for a malformed line (columns that disagree in
-    length or with the text, a figure out of its bounds: ``ChatChunk``), more tokens than asked
-    (or more lines than tokens and the final one), a final line whose counts differ from the
-    validator's (``prompt_tokens`` as counted here, the completion as received) or that ends
-    before ``message.min_tokens`` (nothing may end such a request early: no end of sequence, and
-    no stop sequence, which it cannot carry). A line's text is checked against its ids by
-    ``ChatText`` (traffic reads each line through both)."""
+    """A chat answer's lines judged one by one as they arrive: ``read`` raises MinerFailed for a
+    malformed line (columns that disagree in length or with the text, a figure out of its
+    bounds: ``ChatChunk``), more tokens than asked (or more lines than tokens and the final
+    one), a final line whose counts differ from the validator's (``prompt_tokens`` as counted
+    here, the completion as received) or that ends before ``message.min_tokens`` (nothing may
+    end such a request early: no end of sequence, and no stop sequence, which it cannot
+    carry). A line's text is checked against its ids by
+    ``ChatText`` (``ChatAnswer`` reads each line through both)."""
 
     __slots__ = ("message", "prompt_tokens", "tokens", "lines")
 
@@ -242,34 +246,81 @@ def _context(tokenizer) -> tuple[int, ...]:
     return tuple(tokenizer.encode(".", add_special_tokens=False))
 
 
-async def chat_chunks(client: SignedClient, neuron: Neuron, message: ChatRequest,
-                      prompt_tokens: int):
-    """The miner's chat stream, chunk by chunk, each line read up to MAX_CHAT_LINE_BYTES and
-    judged as it comes (``ChatLines``): raises MinerFailed for an error status, a line that
-    fails, or no final line. Asked for a chunk after the final one, it reads the answer to its
-    end, whatever follows (``drain``)."""
-    judge = ChatLines(message, prompt_tokens)
-    answer = client.stream(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
-                           timeout_for(message.task, message.max_tokens), MAX_CHAT_LINE_BYTES)
-    async for status, line in answer:
-        if status != 200:
-            raise MinerFailed(status_outcome(status))
-        chunk = judge.read(line)
-        yield chunk
-        if chunk.done:
-            async for _ in answer:  # only ever asked for by ``drain``, which bounds it in time
-                pass
-            return
-    raise MinerFailed(Outcome.INVALID)  # the stream ended without its final line
+class ChatAnswer:
+    """A chat answer judged as its bytes arrive (docs/protocol.md §5): split into lines of at
+    most MAX_CHAT_LINE_BYTES, each judged (``ChatLines``) and its text checked against its ids
+    (``ChatText``) before its tokens are kept in ``tokens``; ``final`` is the final line once it
+    came, and nothing after it is read. Synchronous: the lines a block brings are handled in
+    one step, with no await per line (a window's reading is most of the validator's CPU,
+    ``scripts/bench_window.py``)."""
+
+    __slots__ = ("lines", "judge", "text", "tokens", "final")
+
+    def __init__(self, message: ChatRequest, prompt_tokens: int, tokenizer, tokens: ChatTokens):
+        self.lines = Lines(MAX_CHAT_LINE_BYTES)
+        self.judge = ChatLines(message, prompt_tokens)
+        self.text = ChatText(tokenizer)
+        self.tokens = tokens
+        self.final: ChatChunk | None = None
+
+    def feed(self, block: bytes) -> bool:
+        """Read ``block``; whether it brought tokens. Raises MinerFailed for a line that fails."""
+        return self._read(self.lines.feed(block))
+
+    def end(self) -> None:
+        """The answer ended: raises MinerFailed unless its final line came."""
+        self._read(self.lines.end())
+        if self.final is None:
+            raise MinerFailed(Outcome.INVALID)
+
+    def _read(self, lines: list[bytes]) -> bool:
+        before = len(self.tokens)
+        for line in lines:
+            if self.final is not None:
+                break
+            chunk = self.text.read(self.judge.read(line))
+            self.tokens.add(chunk)
+            if chunk.done:
+                self.final = chunk
+        return len(self.tokens) > before
 
 
-async def drain(chunks) -> None:
-    """After the final chunk of ``chat_chunks``: the rest of the answer read within DRAIN_S, so
-    that its connection is reused (an honest miner's answer ends with its final line). Whatever
-    a miner does then changes nothing of the request's outcome."""
+@contextlib.asynccontextmanager
+async def chat_answer(client: SignedClient, neuron: Neuron, message: ChatRequest
+                      ) -> AsyncIterator[aiohttp.StreamReader]:
+    """The miner's chat answer to ``message``, its body to be read (``ChatAnswer``) within its
+    time limit; raises MinerFailed for an error status."""
+    async with client.opened(neuron.endpoint, task_path(message.task), neuron.hotkey, message,
+                             timeout_for(message.task, message.max_tokens)) as r:
+        if r.status != 200:
+            raise MinerFailed(status_outcome(r.status))  # the status says it all
+        yield r.content
+
+
+def pause(message: ChatRequest, tokens: int) -> float:
+    """Seconds a reader of a synthetic answer may wait before reading on, given the ``tokens``
+    it has: half the time the rest of ``message.min_tokens`` takes at the task's expected
+    pace, at most PAUSE_MAX_S, 0 under PAUSE_MIN_S (docs/protocol.md §5). The bytes that come
+    meanwhile wait in the connection's buffer and are read together, so a window's reader
+    wakes a few times per answer, not at every line. An answer that comes at the expected pace
+    or faster cannot end during the wait: its end is seen when it comes. One that holds its
+    tokens back and sends them at once is seen at most PAUSE_MAX_S late. An answer that may end
+    any time (stop sequences: no ``min_tokens``) is read line by line."""
+    left = message.min_tokens - tokens
+    if tokens == 0 or left <= 0:
+        return 0.0
+    wait = min(PAUSE_MAX_S, 0.5 * left * TASKS[message.task].seconds_per_unit)
+    return wait if wait >= PAUSE_MIN_S else 0.0
+
+
+async def drain(body: aiohttp.StreamReader) -> None:
+    """After the final line: the rest of the answer read within DRAIN_S, so that its
+    connection is reused (an honest miner's answer ends with its final line). Whatever a miner
+    does then changes nothing of the request's outcome."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(DRAIN_S):
-            await anext(chunks, None)
+            while await body.readany():
+                pass
 
 
 async def image(client: SignedClient, neuron: Neuron, message: ImageRequest) -> ImageResponse:

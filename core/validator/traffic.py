@@ -92,42 +92,53 @@ class Traffic:
         return 0, message.units
 
     async def send(self, attempt: Attempt) -> Result:
-        """The whole exchange, recorded and settled."""
+        """The whole exchange, recorded and settled. A chat answer is read in the pauses
+        ``dispatch.pause`` allows: nobody waits for its lines."""
         result = Result()
         if isinstance(attempt.message, ChatRequest):
-            async with contextlib.aclosing(self.chat(attempt, result)) as tokens:
-                async for _ in tokens:
+            async with contextlib.aclosing(self.chat(attempt, result, relay=False)) as arrivals:
+                async for _ in arrivals:
                     pass
         else:
             await self._image(attempt, result)
         return result
 
-    async def chat(self, attempt: Attempt, result: Result
-                   ) -> AsyncGenerator[ChatChunk, None]:
-        """The miner's lines of tokens as they arrive (for a client to relay), each line's text
-        checked against its ids before it is kept or yielded (``dispatch.ChatText``). Each wait
-        for the next line runs in the consuming task, bounded by the request's deadline and,
-        after the first tokens, by CHAT_STALL_S; the record is written when the stream ends in
-        any way."""
+    async def chat(self, attempt: Attempt, result: Result, *, relay: bool = True
+                   ) -> AsyncGenerator[None, None]:
+        """Yields each time tokens arrive (``result.tokens`` has them, for a client to relay),
+        their lines' text checked against their ids before they are kept
+        (``dispatch.ChatAnswer``). Each wait for the miner runs in the consuming task, bounded
+        by the request's deadline and, after the first tokens, by CHAT_STALL_S; unless
+        ``relay``, the reader pauses between reads (``dispatch.pause``). The record is written
+        when the stream ends in any way."""
         message = attempt.message
         assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
         started, at = time.perf_counter(), attempt.planned_at or time.time()
         watch = StreamWatch(loop.time() + dispatch.timeout_for(message.task, attempt.reserved),
                             dispatch.CHAT_STALL_S)
-        stream = dispatch.chat_chunks(self.client, attempt.neuron, message, attempt.prompt_tokens)
-        text = dispatch.ChatText(self.counter.tokenizer(message.task))  # loaded: it counted
+        answer = dispatch.ChatAnswer(message, attempt.prompt_tokens,
+                                     self.counter.tokenizer(message.task),  # loaded: it counted
+                                     result.tokens)
         outcome: Outcome | None = None
         try:
-            while outcome is None:
-                chunk: ChatChunk = text.read(await watch.next(stream))  # its text is its ids'
-                result.tokens.add(chunk)
-                watch.started = bool(result.tokens)  # once it has begun, a silence is a stall
-                if chunk.done:
-                    outcome, result.answer = Outcome.OK, (result.tokens, chunk)
-                if chunk.ids:
-                    yield chunk
-            await dispatch.drain(stream)
+            async with dispatch.chat_answer(self.client, attempt.neuron, message) as body:
+                read_at: float | None = None
+                while answer.final is None:
+                    block = await watch.wait(body.readany(), read_at)
+                    read_at = None
+                    if not block:
+                        answer.end()  # the answer ended: its final line came, or it failed
+                    elif answer.feed(block):
+                        watch.started = True  # once it has begun, a silence is a stall
+                        if relay:
+                            yield
+                    if not relay and answer.final is None and (
+                            wait := dispatch.pause(message, len(result.tokens))):
+                        read_at = loop.time()
+                        await asyncio.sleep(min(wait, watch.deadline - read_at))
+                outcome, result.answer = Outcome.OK, (result.tokens, answer.final)
+                await dispatch.drain(body)
         except (asyncio.CancelledError, GeneratorExit):
             if outcome is None:
                 outcome = self._gave_up(message.task, started, attempt.reserved)
@@ -138,8 +149,6 @@ class Traffic:
             watch.close()
             served = attempt.prompt_tokens + len(result.tokens)
             await self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
-            with contextlib.suppress(Exception):  # the answer is judged: only let it go
-                await stream.aclose()  # closes the miner's connection if it is still open
 
     async def _image(self, attempt: Attempt, result: Result) -> None:
         started, at = time.perf_counter(), attempt.planned_at or time.time()

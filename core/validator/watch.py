@@ -11,6 +11,10 @@ work between lines (the API relaying to its client)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class StreamWatch:
@@ -24,12 +28,17 @@ class StreamWatch:
         self._fired = False
         self._timer: asyncio.TimerHandle | None = None
 
-    async def next(self, stream):
-        """``await anext(stream)`` within the limit; TimeoutError past it."""
+    async def wait(self, read: Awaitable[T], since: float | None = None) -> T:
+        """``await read`` within the limit, the stall counted from ``since`` (a loop time: the
+        last read, when the reader paused after it), else from now; TimeoutError past it. What
+        ``read`` has at once (bytes already buffered) is never a stall."""
         now = self._loop.time()
-        self._limit = min(self.deadline, now + self.stall) if self.started else self.deadline
-        if now >= self._limit:
+        if now >= self.deadline:
+            if close := getattr(read, "close", None):
+                close()  # a coroutine never awaited
             raise TimeoutError
+        quiet = now if since is None else since
+        self._limit = min(self.deadline, quiet + self.stall) if self.started else self.deadline
         if self._timer is not None and self._timer.when() > self._limit:
             self._timer.cancel()  # the first tokens made the limit nearer than the armed one
             self._timer = None
@@ -38,7 +47,7 @@ class StreamWatch:
         self._task = asyncio.current_task()
         self._waiting = True
         try:
-            return await anext(stream)
+            return await read
         except asyncio.CancelledError:
             if self._fired and self._task is not None and self._task.uncancel() == 0:
                 self._fired = False
