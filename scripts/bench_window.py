@@ -17,8 +17,10 @@ in the plan's requests. For each share:
 tokens/s, requests/s and MB/s received, the share of requests that reached their miner within
 ``--late`` seconds of their planned time and the share answered ok, CPU seconds per million
 tokens of the validator (this process) and of the simulated miners (their processes, measured
-apart: the harness's cost is not the validator's), the validator's CPU share of the wall time
-and its peak RSS. A share is sustained when 99% of its requests are on time and 99% ok. Last,
+apart: the harness's cost is not the validator's), against its floor in the same run (the same
+plan's requests signed and their answers read to their end on one aiohttp session, nothing else
+done: the transport's own cost), the validator's CPU share of the wall time and its peak RSS.
+A share is sustained when 99% of its requests are on time and 99% ok. Last,
 the largest sustained share, that share per validator core used, and the projection: cores a
 validator of share 0.05 / 0.25 / 1.0 needs for a full subnet of 256 miners at the caps, from
 the CPU per million tokens of the largest sustained share. On this machine the miners share its
@@ -226,6 +228,13 @@ async def run(a) -> None:
             print(f"{name}_validator_cpu_per_million_tokens: {per_million:.2f} s")
             print(f"{name}_miners_cpu_per_million_tokens: "
                   f"{harness_cpu / max(tokens, 1) * 1e6:.2f} s")
+            floor_cpu, floor_tokens = await read_floor(wallet.hotkey, metagraph, sends,
+                                                       validator.counter)
+            floor = floor_cpu / max(floor_tokens, 1) * 1e6
+            _, miners_cpu, miners_bytes = await arrivals(miner_ports)  # the floor's are not the
+            #                                                            next share's
+            print(f"{name}_floor_cpu_per_million_tokens: {floor:.2f} s")
+            print(f"{name}_validator_over_floor: {per_million / max(floor, 1e-9):.2f} ratio")
             print(f"{name}_validator_cpu_share: {cpu / wall:.3f} share")
             print(f"{name}_peak_rss: "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB",
@@ -251,6 +260,46 @@ async def run(a) -> None:
         print(f"{name}_tokens_per_s: {projected * full:.0f} tokens/s")
         print(f"{name}_validator_cores: {projected * full * sustained_cpu / 1e6:.1f} cores")
         print(f"{name}_requests_in_flight: {in_flight(caps, projected):.0f} count")
+
+
+async def read_floor(keypair, metagraph, sends, counter) -> tuple[float, int]:
+    """The floor: the same plan's requests (built beforehand, untimed) each signed, sent at its
+    planned time and its answer read to its end on one aiohttp session, nothing else done (no
+    request built, no reservation, no line read, nothing recorded). Its CPU seconds and the
+    tokens it asked (each answer is all of them: ``min_tokens`` is ``max_tokens``)."""
+    import random
+
+    import aiohttp
+    from bittensor import http_auth
+
+    from core.protocol import ChatRequest, task_path
+    from core.synthetic import synthetic_request
+
+    rng, planned, tokens = random.Random(0), [], 0
+    for s in sends:
+        message = synthetic_request(s.contender.task, s.units, rng, 64, counter)
+        assert isinstance(message, ChatRequest)  # the window's tasks are chat tasks
+        neuron = metagraph.by_hotkey(s.contender.hotkey)
+        tokens += counter.prompt_tokens(message) + message.max_tokens
+        planned.append((s.at, neuron, task_path(message.task), message.model_dump_json().encode()))
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4))
+
+    async def one(neuron, path: str, body: bytes) -> None:
+        headers = http_auth.sign(keypair, method="POST", path=path, body=body,
+                                 receiver_ss58=neuron.hotkey)
+        headers["Content-Type"] = "application/json"
+        async with session.post(neuron.endpoint + path, data=body, headers=headers) as r:
+            await r.read()
+
+    cpu0, t0, out = cpu_seconds(), time.monotonic(), []
+    try:
+        for at, neuron, path, body in planned:
+            await asyncio.sleep(max(t0 + at - time.monotonic(), 0))
+            out.append(asyncio.create_task(one(neuron, path, body)))
+        await asyncio.gather(*out)
+        return cpu_seconds() - cpu0, tokens
+    finally:
+        await session.close()
 
 
 def in_flight(caps: dict[str, float], share: float) -> float:

@@ -2,11 +2,12 @@
 validator's server limits: a burst beyond the API's concurrency is served up to it and the rest
 refused cleanly (503/429 with Retry-After, never a dropped connection); a store that fails or
 hangs is a fast 503; a client's ordinary misbehaviour logs no traceback. The miner is faked at
-``dispatch.chat_chunks`` (one token, then the end once the test releases it)."""
+``dispatch.chat_answer`` (one token, then the end once the test releases it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from core.storage import StorageError, open_store
 from core.transport.server import ServerLimits, raise_open_files_limit
 from core.validator import dispatch, keys
 from core.validator.api import DEFAULT_SLOTS, build_api
+from core.validator.counting import PromptCounter
 from core.validator.organic import STORE_TIMEOUT_S
 from devtools.localproc import free_port
 from tests.organic_net import open_period
@@ -32,16 +34,27 @@ CHAT = {"model": "chat-llama-3", "messages": [{"role": "user", "content": "hi"}]
 
 
 class HeldMiner:
-    """``dispatch.chat_chunks``' stand-in: a token at once, then the answer's end only once
-    ``release`` is set, so every stream served holds its slot until the test lets it go."""
+    """``dispatch.chat_answer``'s stand-in: an answer whose body has a token at once, then its
+    final line only once ``release`` is set, so every stream served holds its slot until the
+    test lets it go."""
 
     def __init__(self):
         self.release = asyncio.Event()
+        self.counter = PromptCounter("tiny")  # the validator's (organic_net: tokenizers tiny)
 
-    async def chat_chunks(self, client, neuron, message, prompt_tokens):
-        yield ChatChunk.of([ChatToken(69, "a", -0.5)])
-        await self.release.wait()
-        yield ChatChunk(done=True, prompt_tokens=prompt_tokens, completion_tokens=1)
+    @contextlib.asynccontextmanager
+    async def chat_answer(self, client, neuron, message):
+        final = ChatChunk(done=True, prompt_tokens=self.counter.prompt_tokens(message),
+                          completion_tokens=1)
+        blocks = [ChatChunk.of([ChatToken(69, "a", -0.5)]), final]
+
+        class Body:
+            async def readany(_):
+                if len(blocks) == 1:
+                    await self.release.wait()
+                return blocks.pop(0).model_dump_json().encode() + b"\n" if blocks else b""
+
+        yield Body()
 
 
 @pytest.fixture
@@ -52,7 +65,7 @@ def planned(tmp_path, make_net, monkeypatch):
     chain.register(Keypair.create_from_uri("//fast").ss58_address, "c", registered_at=0,
                    endpoint="http://127.0.0.1:9")
     miner = HeldMiner()
-    monkeypatch.setattr(dispatch, "chat_chunks", miner.chat_chunks)
+    monkeypatch.setattr(dispatch, "chat_answer", miner.chat_answer)
     # a held stream is neither a stall nor late, however long a busy machine takes to refuse
     # the rest of the burst
     monkeypatch.setattr(dispatch, "CHAT_STALL_S", 120.0)

@@ -8,6 +8,7 @@ store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from core.metagraph import Neuron
-from core.protocol import ChatChunk, ChatRequest, ChatToken
+from core.protocol import MAX_CHAT_LINE_BYTES, ChatChunk, ChatRequest, ChatToken, ChatTokens
 from core.records import Outcome
 from core.storage import open_store
 from core.tasks import TASKS
@@ -33,17 +34,25 @@ LINE_S = 0.05  # the miner writes a line this often (its LINE_INTERVAL_S is 0.2)
 PACE = TASKS[TASK].seconds_per_unit  # the expected pace: 100 tokens in 2 s
 
 
+PROMPT = 8  # "hello" as the tiny tokenizer counts it with the chat template
+EXPECTED_S = TASKS[TASK].expected_seconds(PROMPT + TOKENS)  # 2.66 s: the speed factor's 1
+
+
 def paced_miner(mode: str) -> tuple[FastAPI, dict]:
     """A miner that streams TOKENS tokens ``steady`` (at the expected pace, a line every
-    LINE_S), ``burst`` (5 tokens, then nothing for a second, then the rest at once) or
-    ``stall`` (5 tokens, then silence for 3 s). Returns the app and what it saw: the lines it
-    wrote and the perf_counter time of its final line."""
-    app, seen = FastAPI(), {"lines": 0, "final_at": None}
+    LINE_S), ``burst`` (5 tokens, then nothing for a second, then the rest at once), ``stall``
+    (5 tokens, then silence for 3 s), ``keepalive`` (5 tokens, then a blank line every 0.2 s
+    for 2 s, then the rest), ``late-fast`` (nothing until 0.1 s past the expected time, then
+    every token at five times the pace) or ``trickle`` (5 tokens every 0.1 s). Returns the app
+    and what it saw: the lines it wrote, the tokens it sent and the perf_counter time of its
+    final line."""
+    app, seen = FastAPI(), {"lines": 0, "sent": 0, "final_at": None}
     counter = PromptCounter("tiny")
     token = ChatToken(token_id=69, text="a", logprob=-1.0)  # the tiny tokenizer's "a"
 
     def line(n: int) -> str:
         seen["lines"] += 1
+        seen["sent"] += n
         return ChatChunk.of([token] * n).model_dump_json() + "\n"
 
     @app.post("/chat")
@@ -52,18 +61,34 @@ def paced_miner(mode: str) -> tuple[FastAPI, dict]:
         final = ChatChunk(done=True, prompt_tokens=counter.prompt_tokens(message),
                           completion_tokens=TOKENS)
 
+        async def paced(pace: float):
+            began, sent = time.perf_counter(), seen["sent"]
+            while seen["sent"] < TOKENS:
+                await asyncio.sleep(LINE_S)
+                due = min(TOKENS, sent + int((time.perf_counter() - began) / pace))
+                if due > seen["sent"]:
+                    yield line(due - seen["sent"])
+
         async def lines():
-            began, sent = time.perf_counter(), 0
             if mode == "steady":
-                while sent < TOKENS:
-                    await asyncio.sleep(LINE_S)
-                    due = min(TOKENS, int((time.perf_counter() - began) / PACE))
-                    if due > sent:
-                        yield line(due - sent)
-                        sent = due
+                async for x in paced(PACE):
+                    yield x
+            elif mode == "late-fast":
+                await asyncio.sleep(EXPECTED_S + 0.1)
+                async for x in paced(PACE / 5):
+                    yield x
+            elif mode == "trickle":
+                while seen["sent"] < TOKENS:
+                    yield line(5)
+                    await asyncio.sleep(0.1)
             else:
                 yield line(5)
-                await asyncio.sleep(1.0 if mode == "burst" else 3.0)
+                if mode == "keepalive":
+                    for _ in range(10):
+                        await asyncio.sleep(0.2)
+                        yield "\n"
+                else:
+                    await asyncio.sleep(1.0 if mode == "burst" else 3.0)
                 yield line(TOKENS - 5)
             seen["final_at"] = time.perf_counter()
             yield final.model_dump_json() + "\n"
@@ -73,10 +98,12 @@ def paced_miner(mode: str) -> tuple[FastAPI, dict]:
     return app, seen
 
 
-def send(app: FastAPI, tmp_path, message: ChatRequest, monkeypatch) -> tuple:
+def send(app: FastAPI, tmp_path, message: ChatRequest, monkeypatch,
+         cancel_after: float | None = None, seen: dict | None = None) -> tuple:
     """One request through the validator's traffic: its record, the perf_counter time at which
     the validator took the answer to have ended (its start plus the recorded latency), and the
-    reads it made of the answer."""
+    reads it made of the answer. With ``cancel_after``, the request is cancelled then (as a
+    window's end cancels it), and the tokens the miner had sent by then are returned too."""
     reads = [0]
     feed = dispatch.ChatAnswer.feed
 
@@ -93,16 +120,26 @@ def send(app: FastAPI, tmp_path, message: ChatRequest, monkeypatch) -> tuple:
             client = SignedClient(Keypair.create_from_uri("//V"))
             traffic = Traffic(client, PromptCounter("tiny"), store, None)
             prompt, units = traffic.cost(message)
+            assert prompt == PROMPT
             try:
                 began = time.perf_counter()
-                result = await traffic.send(Attempt(miner, message, prompt, units, 1))
-                return result.record, began + result.record.latency_s
+                sending = asyncio.create_task(traffic.send(Attempt(miner, message, prompt,
+                                                                   units, 1)))
+                if cancel_after is None:
+                    result = await sending
+                    return result.record, began + result.record.latency_s, None
+                await asyncio.sleep(cancel_after)
+                sent = seen["sent"] if seen else None
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+                return store.records(1)[0], None, sent
             finally:
                 await client.close()
 
-        record, ended = asyncio.run(main())
+        record, ended, sent = asyncio.run(main())
     store.close()
-    return record, ended, reads[0]
+    return (record, ended, reads[0]) if cancel_after is None else (record, sent)
 
 
 def synthetic(min_tokens: int = TOKENS) -> ChatRequest:
@@ -147,16 +184,62 @@ def test_a_silence_through_a_pause_is_a_stall_from_the_last_read(tmp_path, monke
     assert record.outcome is Outcome.TIMEOUT
 
 
-@pytest.mark.parametrize("tokens, min_tokens, expected", [
-    (0, 100, 0.0),  # before the first tokens: the time to the first is not bounded
-    (5, 0, 0.0),  # stop sequences: it may end at any time
-    (100, 100, 0.0),
-    (5, 100, 0.5 * 95 * PACE),
-    (5, 1000, dispatch.PAUSE_MAX_S),
-    (98, 100, 0.0),  # 20 ms: not worth a timer
+def test_blank_lines_do_not_keep_a_stalled_answer_alive(tmp_path, monkeypatch):
+    """Only tokens end a silence: a miner that sends blank lines (or a line's bytes a few at a
+    time) while it serves nothing has stalled all the same."""
+    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 0.5)
+    app, _ = paced_miner("keepalive")  # a blank line every 0.2 s for 2 s, all before the
+    #                                    expected time: the reader pauses (~0.95 s) throughout
+    record, _, _ = send(app, tmp_path, synthetic(), monkeypatch)
+    assert record.outcome is Outcome.TIMEOUT
+
+
+def test_an_answer_late_then_fast_is_read_line_by_line_past_its_expected_time(
+        tmp_path, monkeypatch):
+    """Past the request's expected time, where every moment costs speed, the reader never
+    pauses: a miner behind schedule that then decodes fast is seen to end as it ends."""
+    app, seen = paced_miner("late-fast")
+    record, ended, _ = send(app, tmp_path, synthetic(), monkeypatch)
+    assert record.outcome is Outcome.OK
+    assert seen["final_at"] > EXPECTED_S  # it was behind schedule
+    assert ended - seen["final_at"] < 0.3  # a pause would have cost it up to 0.9 s
+
+
+def test_a_request_cut_off_during_a_pause_records_what_had_come(tmp_path, monkeypatch):
+    """Cancelled (a window's end) while the reader paused, the request is abandoned with the
+    tokens that had come by then, read from the connection's buffer as it is cut off."""
+    app, seen = paced_miner("trickle")  # 5 tokens every 0.1 s
+    record, sent = send(app, tmp_path, synthetic(), monkeypatch, cancel_after=0.6, seen=seen)
+    assert record.outcome is Outcome.ABANDONED
+    assert sent >= 15  # the reader had read the first 5 and paused ~0.95 s
+    assert record.units - PROMPT >= sent - 5  # all but a line still on its way
+
+
+def test_nothing_after_the_final_line_is_judged_in_the_block_that_brings_it():
+    counter = PromptCounter("tiny")
+    message = synthetic(min_tokens=0)
+    tokens = ChatTokens()
+    answer = dispatch.ChatAnswer(message, PROMPT, counter.tokenizer(TASK), tokens)
+    token = ChatChunk.of([ChatToken(token_id=69, text="a", logprob=-1.0)])
+    final = ChatChunk(done=True, prompt_tokens=PROMPT, completion_tokens=1)
+    block = b"\n".join([token.model_dump_json().encode(), final.model_dump_json().encode(),
+                        b"x" * (MAX_CHAT_LINE_BYTES + 1), b""])
+    assert answer.feed(block)
+    assert answer.final == final and len(tokens) == 1
+
+
+@pytest.mark.parametrize("tokens, min_tokens, until_expected, expected", [
+    (0, 100, 10.0, 0.0),  # before the first tokens: the time to the first is not bounded
+    (5, 0, 10.0, 0.0),  # stop sequences: it may end at any time
+    (100, 100, 10.0, 0.0),
+    (5, 100, 10.0, 0.5 * 95 * PACE),
+    (5, 1000, 10.0, dispatch.PAUSE_MAX_S),
+    (98, 100, 10.0, 0.0),  # 20 ms: not worth a timer
+    (5, 1000, 0.3, 0.3),  # never past the expected time
+    (5, 1000, -1.0, 0.0),  # past it: line by line
 ])
 def test_the_pause_is_half_the_rest_at_the_expected_pace_within_its_bounds(
-        tokens, min_tokens, expected):
+        tokens, min_tokens, until_expected, expected):
     message = ChatRequest(task=TASK, max_tokens=max(min_tokens, 100), min_tokens=min_tokens,
                           messages=[{"role": "user", "content": "hello"}])
-    assert dispatch.pause(message, tokens) == pytest.approx(expected)
+    assert dispatch.pause(message, tokens, until_expected) == pytest.approx(expected)

@@ -113,3 +113,24 @@ def test_after_a_pause_the_stall_counts_from_the_last_read():
     assert run(go(buffered=True)) == "came during the pause"
     with pytest.raises(TimeoutError):
         run(go(buffered=False))
+
+
+def test_what_came_before_the_deadline_is_read_after_it():
+    """A reader that paused up to the deadline still takes what came meanwhile: only a wait
+    with nothing to read ends at the deadline."""
+    async def go(buffered: bool):
+        loop = asyncio.get_running_loop()
+        watch = StreamWatch(loop.time() + 0.1, stall=10)
+        arrivals: asyncio.Queue[str] = asyncio.Queue()
+        if buffered:
+            arrivals.put_nowait("the final line")
+        await asyncio.sleep(0.2)  # the pause, past the deadline
+        loop.call_later(0.1, arrivals.put_nowait, "too late")
+        try:
+            return await watch.wait(arrivals.get())
+        finally:
+            watch.close()
+
+    assert run(go(buffered=True)) == "the final line"
+    with pytest.raises(TimeoutError):
+        run(go(buffered=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -155,7 +155,9 @@ class SignedClient:
 class Lines:
     """A streamed answer's non-blank lines from its blocks as they arrive, each at most
     ``max_line`` bytes (TooLarge beyond: nothing longer is ever buffered). Synchronous, so a
-    reader handles every line a block brings in one step (``core.validator.traffic``)."""
+    reader handles every line a block brings in one step (``core.validator.traffic``); each
+    line is checked as it is taken, so a reader that stops at an answer's final line never
+    judges what came after it in the same block."""
 
     __slots__ = ("max_line", "_pending")
 
@@ -163,12 +165,16 @@ class Lines:
         self.max_line = max_line
         self._pending = b""
 
-    def feed(self, block: bytes) -> list[bytes]:
+    def feed(self, block: bytes) -> Iterator[bytes]:
         *lines, rest = (self._pending + block).split(b"\n")
-        if len(rest) > self.max_line or any(len(line) > self.max_line for line in lines):
-            raise TooLarge(f"a line over {self.max_line} bytes")
         self._pending = rest
-        return [line for line in lines if line.strip()]
+        for line in lines:
+            if len(line) > self.max_line:
+                raise TooLarge(f"a line over {self.max_line} bytes")
+            if line.strip():
+                yield line
+        if len(rest) > self.max_line:
+            raise TooLarge(f"a line over {self.max_line} bytes")
 
     def end(self) -> list[bytes]:
         """The last line when the answer did not end with a newline."""

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from functools import cache, partial
 
 import aiohttp
@@ -273,15 +273,15 @@ class ChatAnswer:
         if self.final is None:
             raise MinerFailed(Outcome.INVALID)
 
-    def _read(self, lines: list[bytes]) -> bool:
+    def _read(self, lines: Iterable[bytes]) -> bool:
         before = len(self.tokens)
-        for line in lines:
-            if self.final is not None:
-                break
-            chunk = self.text.read(self.judge.read(line))
-            self.tokens.add(chunk)
-            if chunk.done:
-                self.final = chunk
+        if self.final is None:
+            for line in lines:
+                chunk = self.text.read(self.judge.read(line))
+                self.tokens.add(chunk)
+                if chunk.done:
+                    self.final = chunk
+                    break  # what follows is not read
         return len(self.tokens) > before
 
 
@@ -297,19 +297,20 @@ async def chat_answer(client: SignedClient, neuron: Neuron, message: ChatRequest
         yield r.content
 
 
-def pause(message: ChatRequest, tokens: int) -> float:
+def pause(message: ChatRequest, tokens: int, until_expected: float) -> float:
     """Seconds a reader of a synthetic answer may wait before reading on, given the ``tokens``
-    it has: half the time the rest of ``message.min_tokens`` takes at the task's expected
-    pace, at most PAUSE_MAX_S, 0 under PAUSE_MIN_S (docs/protocol.md §5). The bytes that come
-    meanwhile wait in the connection's buffer and are read together, so a window's reader
-    wakes a few times per answer, not at every line. An answer that comes at the expected pace
-    or faster cannot end during the wait: its end is seen when it comes. One that holds its
-    tokens back and sends them at once is seen at most PAUSE_MAX_S late. An answer that may end
-    any time (stop sequences: no ``min_tokens``) is read line by line."""
+    it has and the seconds left ``until_expected``, the request's expected time (its speed
+    factor's, ``core.scoring``): half the time the rest of ``message.min_tokens`` takes at the
+    task's expected pace, at most PAUSE_MAX_S, never past the expected time, 0 under
+    PAUSE_MIN_S (docs/protocol.md §5). The bytes that come meanwhile wait in the connection's
+    buffer and are read together, so a window's reader wakes a few times per answer, not at
+    every line. An answer seen to end at the end of a pause ended before its expected time, so
+    the pause costs it nothing; past its expected time, and for an answer that may end any time
+    (stop sequences: no ``min_tokens``), the reader reads line by line."""
     left = message.min_tokens - tokens
     if tokens == 0 or left <= 0:
         return 0.0
-    wait = min(PAUSE_MAX_S, 0.5 * left * TASKS[message.task].seconds_per_unit)
+    wait = min(PAUSE_MAX_S, 0.5 * left * TASKS[message.task].seconds_per_unit, until_expected)
     return wait if wait >= PAUSE_MIN_S else 0.0
 
 

@@ -114,29 +114,40 @@ class Traffic:
         message = attempt.message
         assert isinstance(message, ChatRequest)
         loop = asyncio.get_running_loop()
-        started, at = time.perf_counter(), attempt.planned_at or time.time()
-        watch = StreamWatch(loop.time() + dispatch.timeout_for(message.task, attempt.reserved),
+        started, at, begun = time.perf_counter(), attempt.planned_at or time.time(), loop.time()
+        watch = StreamWatch(begun + dispatch.timeout_for(message.task, attempt.reserved),
                             dispatch.CHAT_STALL_S)
+        # the earliest the answer's speed factor can fall: its expected time at ``min_tokens``
+        expected_at = begun + TASKS[message.task].expected_seconds(
+            attempt.prompt_tokens + message.min_tokens)
         answer = dispatch.ChatAnswer(message, attempt.prompt_tokens,
                                      self.counter.tokenizer(message.task),  # loaded: it counted
                                      result.tokens)
         outcome: Outcome | None = None
         try:
             async with dispatch.chat_answer(self.client, attempt.neuron, message) as body:
-                read_at: float | None = None
-                while answer.final is None:
-                    block = await watch.wait(body.readany(), read_at)
-                    read_at = None
-                    if not block:
-                        answer.end()  # the answer ended: its final line came, or it failed
-                    elif answer.feed(block):
-                        watch.started = True  # once it has begun, a silence is a stall
-                        if relay:
-                            yield
-                    if not relay and answer.final is None and (
-                            wait := dispatch.pause(message, len(result.tokens))):
-                        read_at = loop.time()
-                        await asyncio.sleep(min(wait, watch.deadline - read_at))
+                try:
+                    fed_at: float | None = None  # when tokens last came: a stall counts from it
+                    while answer.final is None:
+                        block = await watch.wait(body.readany(), fed_at)
+                        if not block:
+                            answer.end()  # the answer ended: its final line came, or it failed
+                        elif answer.feed(block):
+                            fed_at, watch.started = loop.time(), True
+                            if relay:
+                                yield
+                        elif fed_at is not None and loop.time() - fed_at > watch.stall:
+                            raise TimeoutError  # bytes, but no tokens: still a stall
+                        now = loop.time()
+                        if not relay and answer.final is None and (wait := dispatch.pause(
+                                message, len(result.tokens), expected_at - now)):
+                            await asyncio.sleep(min(wait, watch.deadline - now))
+                except (asyncio.CancelledError, GeneratorExit):
+                    with contextlib.suppress(Exception):  # what came before it was cut off
+                        answer.feed(body.read_nowait())
+                    if answer.final is not None:
+                        outcome, result.answer = Outcome.OK, (result.tokens, answer.final)
+                    raise
                 outcome, result.answer = Outcome.OK, (result.tokens, answer.final)
                 await dispatch.drain(body)
         except (asyncio.CancelledError, GeneratorExit):

@@ -29,14 +29,10 @@ class StreamWatch:
         self._timer: asyncio.TimerHandle | None = None
 
     async def wait(self, read: Awaitable[T], since: float | None = None) -> T:
-        """``await read`` within the limit, the stall counted from ``since`` (a loop time: the
-        last read, when the reader paused after it), else from now; TimeoutError past it. What
-        ``read`` has at once (bytes already buffered) is never a stall."""
+        """``await read`` within the limit, the stall counted from ``since`` (a loop time: when
+        the stream last brought tokens), else from now; TimeoutError past it. What ``read`` has
+        at once (bytes that came while its reader paused) is taken, even past the limit."""
         now = self._loop.time()
-        if now >= self.deadline:
-            if close := getattr(read, "close", None):
-                close()  # a coroutine never awaited
-            raise TimeoutError
         quiet = now if since is None else since
         self._limit = min(self.deadline, quiet + self.stall) if self.started else self.deadline
         if self._timer is not None and self._timer.when() > self._limit:
