@@ -24,7 +24,7 @@ from core.tasks import TASKS
 from core.transport.client import SignedClient
 from core.validator import dispatch
 from core.validator.counting import PromptCounter
-from core.validator.traffic import Attempt, Traffic
+from core.validator.traffic import Attempt, Result, Traffic
 from devtools.localproc import free_port
 from tests.servers import serving
 
@@ -43,9 +43,10 @@ def paced_miner(mode: str) -> tuple[FastAPI, dict]:
     LINE_S), ``burst`` (5 tokens, then nothing for a second, then the rest at once), ``stall``
     (5 tokens, then silence for 3 s), ``keepalive`` (5 tokens, then a blank line every 0.2 s
     for 2 s, then the rest), ``late-fast`` (nothing until 0.1 s past the expected time, then
-    every token at five times the pace) or ``trickle`` (5 tokens every 0.1 s). Returns the app
-    and what it saw: the lines it wrote, the tokens it sent and the perf_counter time of its
-    final line."""
+    every token at five times the pace), ``trickle`` (5 tokens every 0.1 s, the final line 0.1 s
+    after the last) or ``lie`` (45 tokens within 0.1 s, then a final line that claims 100).
+    Returns the app and what it saw: the lines it wrote, the tokens it sent and the
+    perf_counter time of its final line."""
     app, seen = FastAPI(), {"lines": 0, "sent": 0, "final_at": None}
     counter = PromptCounter("tiny")
     token = ChatToken(token_id=69, text="a", logprob=-1.0)  # the tiny tokenizer's "a"
@@ -77,6 +78,10 @@ def paced_miner(mode: str) -> tuple[FastAPI, dict]:
                 await asyncio.sleep(EXPECTED_S + 0.1)
                 async for x in paced(PACE / 5):
                     yield x
+            elif mode == "lie":  # 45 tokens, then a final line that claims 100
+                yield line(5)
+                await asyncio.sleep(0.1)
+                yield line(40)
             elif mode == "trickle":
                 while seen["sent"] < TOKENS:
                     yield line(5)
@@ -213,6 +218,46 @@ def test_a_request_cut_off_during_a_pause_records_what_had_come(tmp_path, monkey
     assert record.outcome is Outcome.ABANDONED
     assert sent >= 15  # the reader had read the first 5 and paused ~0.95 s
     assert record.units - PROMPT >= sent - 5  # all but a line still on its way
+
+
+def test_a_lie_that_came_before_a_cut_off_is_the_miners_failure(tmp_path, monkeypatch):
+    """Cut off while the reader paused, with a lying final line in the buffer: the request is
+    invalid, as a reader line by line would have found, not abandoned with its tokens paid."""
+    app, _ = paced_miner("lie")
+    record, _ = send(app, tmp_path, synthetic(), monkeypatch, cancel_after=0.5)
+    assert record.outcome is Outcome.INVALID
+
+
+def test_a_relays_slow_client_is_never_the_miners_stall(tmp_path, monkeypatch):
+    """The organic API's client holding the stream (longer than the stall) is the client's
+    time: the miner's final line, which came meanwhile, is read and the answer is ok."""
+    monkeypatch.setattr(dispatch, "CHAT_STALL_S", 0.5)
+    app, _ = paced_miner("trickle")
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    with serving(app, free_port()) as url:
+        miner = Neuron(1, "5miner", "c", 0.0, False, url, 0)
+
+        async def main():
+            client = SignedClient(Keypair.create_from_uri("//V"))
+            traffic = Traffic(client, PromptCounter("tiny"), store, None)
+            message = synthetic(min_tokens=0)
+            prompt, units = traffic.cost(message)
+            result, held = Result(), False
+            try:
+                async with contextlib.aclosing(traffic.chat(
+                        Attempt(miner, message, prompt, units, 1, organic=True),
+                        result)) as relayed:
+                    async for _ in relayed:
+                        if len(result.tokens) == TOKENS and not held:
+                            held = True
+                            await asyncio.sleep(1.0)  # a slow client, twice the stall
+            finally:
+                await client.close()
+            return result.record
+
+        record = asyncio.run(main())
+    store.close()
+    assert record.outcome is Outcome.OK
 
 
 def test_nothing_after_the_final_line_is_judged_in_the_block_that_brings_it():

@@ -18,6 +18,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+import aiohttp
+
 from core.chain import Neuron
 from core.checking.service import Checker, Job
 from core.protocol import (
@@ -136,6 +138,7 @@ class Traffic:
                             fed_at, watch.started = loop.time(), True
                             if relay:
                                 yield
+                                fed_at = loop.time()  # the client's time is not the miner's
                         elif fed_at is not None and loop.time() - fed_at > watch.stall:
                             raise TimeoutError  # bytes, but no tokens: still a stall
                         now = loop.time()
@@ -143,10 +146,9 @@ class Traffic:
                                 message, len(result.tokens), expected_at - now)):
                             await asyncio.sleep(min(wait, watch.deadline - now))
                 except (asyncio.CancelledError, GeneratorExit):
-                    with contextlib.suppress(Exception):  # what came before it was cut off
-                        answer.feed(body.read_nowait())
-                    if answer.final is not None:
-                        outcome, result.answer = Outcome.OK, (result.tokens, answer.final)
+                    outcome = self._cut_off(answer, body)
+                    if outcome is Outcome.OK and answer.final is not None:
+                        result.answer = (result.tokens, answer.final)
                     raise
                 outcome, result.answer = Outcome.OK, (result.tokens, answer.final)
                 await dispatch.drain(body)
@@ -160,6 +162,20 @@ class Traffic:
             watch.close()
             served = attempt.prompt_tokens + len(result.tokens)
             await self._finish(attempt, outcome or Outcome.INVALID, served, started, at, result)
+
+    @staticmethod
+    def _cut_off(answer: dispatch.ChatAnswer, body: aiohttp.StreamReader) -> Outcome | None:
+        """How a chat request cut off (cancelled, or its client gone) had ended by what had
+        come: the lines waiting in the connection's buffer judged as any others (a lie in them
+        is the miner's failure, a final line an answer); None if it had not ended."""
+        rest = b""
+        with contextlib.suppress(Exception):  # a connection already closed has nothing
+            rest = body.read_nowait()
+        try:
+            answer.feed(rest)
+        except Exception as e:
+            return dispatch.failure_outcome(e)
+        return Outcome.OK if answer.final is not None else None
 
     async def _image(self, attempt: Attempt, result: Result) -> None:
         started, at = time.perf_counter(), attempt.planned_at or time.time()
