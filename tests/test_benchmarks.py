@@ -97,8 +97,9 @@ def test_bench_window_quick_prints_its_figures():
     # every planned request was answered by the simulated miners and counted by the validator
     assert out["share_0_01_ok_share"] == 1.0, out
     assert 0.9 < out["share_0_01_tokens_over_planned"] <= 1.0, out
-    for name in ("validator", "miners"):
+    for name in ("validator", "miners", "floor"):
         assert out.get(f"share_0_01_{name}_cpu_per_million_tokens", 0) > 0, out
+    assert out.get("share_0_01_validator_over_floor", 0) > 0, out
     assert out.get("share_0_01_received_mb_per_s", 0) > 0, out
     # the projection scales the measured cost: cores grow with the share
     cores = [out[f"projection_share_{s}_validator_cores"] for s in ("0_05", "0_25", "1")]

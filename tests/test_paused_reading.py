@@ -103,6 +103,25 @@ def paced_miner(mode: str) -> tuple[FastAPI, dict]:
     return app, seen
 
 
+def through_traffic(app: FastAPI, tmp_path, go):
+    """``go(traffic, miner)`` run against ``app`` served by uvicorn on 127.0.0.1, through the
+    validator's real signed client, the tiny tokenizer's counter and a SQLite store; its result."""
+    store = open_store(str(tmp_path / "v.sqlite3"))
+    with serving(app, free_port()) as url:
+        miner = Neuron(1, "5miner", "c", 0.0, False, url, 0)
+
+        async def main():
+            client = SignedClient(Keypair.create_from_uri("//V"))
+            try:
+                return await go(Traffic(client, PromptCounter("tiny"), store, None), miner)
+            finally:
+                await client.close()
+
+        out = asyncio.run(main())
+    store.close()
+    return out
+
+
 def send(app: FastAPI, tmp_path, message: ChatRequest, monkeypatch,
          cancel_after: float | None = None, seen: dict | None = None) -> tuple:
     """One request through the validator's traffic: its record, the perf_counter time at which
@@ -117,33 +136,23 @@ def send(app: FastAPI, tmp_path, message: ChatRequest, monkeypatch,
         return feed(self, block)
 
     monkeypatch.setattr(dispatch.ChatAnswer, "feed", counted)
-    store = open_store(str(tmp_path / "v.sqlite3"))
-    with serving(app, free_port()) as url:
-        miner = Neuron(1, "5miner", "c", 0.0, False, url, 0)
 
-        async def main():
-            client = SignedClient(Keypair.create_from_uri("//V"))
-            traffic = Traffic(client, PromptCounter("tiny"), store, None)
-            prompt, units = traffic.cost(message)
-            assert prompt == PROMPT
-            try:
-                began = time.perf_counter()
-                sending = asyncio.create_task(traffic.send(Attempt(miner, message, prompt,
-                                                                   units, 1)))
-                if cancel_after is None:
-                    result = await sending
-                    return result.record, began + result.record.latency_s, None
-                await asyncio.sleep(cancel_after)
-                sent = seen["sent"] if seen else None
-                sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sending
-                return store.records(1)[0], None, sent
-            finally:
-                await client.close()
+    async def go(traffic: Traffic, miner: Neuron):
+        prompt, units = traffic.cost(message)
+        assert prompt == PROMPT
+        began = time.perf_counter()
+        sending = asyncio.create_task(traffic.send(Attempt(miner, message, prompt, units, 1)))
+        if cancel_after is None:
+            result = await sending
+            return result.record, began + result.record.latency_s, None
+        await asyncio.sleep(cancel_after)
+        sent = seen["sent"] if seen else None
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        return traffic.store.records(1)[0], None, sent
 
-        record, ended, sent = asyncio.run(main())
-    store.close()
+    record, ended, sent = through_traffic(app, tmp_path, go)
     return (record, ended, reads[0]) if cancel_after is None else (record, sent)
 
 
@@ -233,30 +242,20 @@ def test_a_relays_slow_client_is_never_the_miners_stall(tmp_path, monkeypatch):
     time: the miner's final line, which came meanwhile, is read and the answer is ok."""
     monkeypatch.setattr(dispatch, "CHAT_STALL_S", 0.5)
     app, _ = paced_miner("trickle")
-    store = open_store(str(tmp_path / "v.sqlite3"))
-    with serving(app, free_port()) as url:
-        miner = Neuron(1, "5miner", "c", 0.0, False, url, 0)
 
-        async def main():
-            client = SignedClient(Keypair.create_from_uri("//V"))
-            traffic = Traffic(client, PromptCounter("tiny"), store, None)
-            message = synthetic(min_tokens=0)
-            prompt, units = traffic.cost(message)
-            result, held = Result(), False
-            try:
-                async with contextlib.aclosing(traffic.chat(
-                        Attempt(miner, message, prompt, units, 1, organic=True),
-                        result)) as relayed:
-                    async for _ in relayed:
-                        if len(result.tokens) == TOKENS and not held:
-                            held = True
-                            await asyncio.sleep(1.0)  # a slow client, twice the stall
-            finally:
-                await client.close()
-            return result.record
+    async def go(traffic: Traffic, miner: Neuron):
+        message = synthetic(min_tokens=0)
+        prompt, units = traffic.cost(message)
+        result, held = Result(), False
+        async with contextlib.aclosing(traffic.chat(
+                Attempt(miner, message, prompt, units, 1, organic=True), result)) as relayed:
+            async for _ in relayed:
+                if len(result.tokens) == TOKENS and not held:
+                    held = True
+                    await asyncio.sleep(1.0)  # a slow client, twice the stall
+        return result.record
 
-        record = asyncio.run(main())
-    store.close()
+    record = through_traffic(app, tmp_path, go)
     assert record.outcome is Outcome.OK
 
 
