@@ -151,7 +151,6 @@ class SignedClient:
             self._session = None
 
 
-
 class Lines:
     """A streamed answer's non-blank lines from its blocks as they arrive, each at most
     ``max_line`` bytes (TooLarge beyond: nothing longer is ever buffered). Synchronous, so a

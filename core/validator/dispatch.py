@@ -139,8 +139,8 @@ class ChatLines:
     one), a final line whose counts differ from the validator's (``prompt_tokens`` as counted
     here, the completion as received) or that ends before ``message.min_tokens`` (nothing may
     end such a request early: no end of sequence, and no stop sequence, which it cannot
-    carry). A line's text is checked against its ids by
-    ``ChatText`` (``ChatAnswer`` reads each line through both)."""
+    carry). A line's text is checked against its ids by ``ChatText`` (``ChatAnswer`` reads
+    each line through both)."""
 
     __slots__ = ("message", "prompt_tokens", "tokens", "lines")
 

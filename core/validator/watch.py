@@ -4,9 +4,10 @@ A validator in an audit window reads hundreds of streams at once, each a line ev
 ``asyncio.timeout_at`` around every wait for a line costs a Timeout, a timer handle and the
 task lookup per line (about a tenth of the validator's CPU in ``scripts/bench_window.py``'s
 profile). ``StreamWatch`` keeps the same rule with one timer that re-arms itself rarely: each
-wait for the next line is bounded by the request's deadline and, once tokens have begun, by
-``stall`` seconds from the wait's start; only a wait is ever cancelled, never the consumer's own
-work between lines (the API relaying to its client)."""
+wait for the miner is bounded by the request's deadline and, once tokens have begun, by
+``stall`` seconds from when they last came (the caller says when: ``wait``'s ``since``); only a
+wait is ever cancelled, never the consumer's own work between reads (the API relaying to its
+client, or a synthetic answer's reader pausing)."""
 
 from __future__ import annotations
 
